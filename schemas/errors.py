@@ -1,0 +1,113 @@
+"""One exception hierarchy for everything memstream reports to a user or a client.
+
+Each message says what was wrong and, where there is one, what to do about it. The
+``code`` is the wire error code a query reply carries (see DESIGN.md, Queries).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "EventTooLarge",
+    "InvalidEvent",
+    "InvalidId",
+    "InvalidSubject",
+    "InvalidTenant",
+    "MemstreamError",
+    "NatsServerError",
+    "NotCaughtUp",
+    "PublishError",
+    "SubjectMismatch",
+]
+
+
+class MemstreamError(Exception):
+    """Base of every error memstream raises on purpose."""
+
+    code = "internal"
+
+
+class InvalidTenant(MemstreamError):
+    code = "bad_request"
+
+    def __init__(self, tenant: object) -> None:
+        self.tenant = tenant
+        super().__init__(
+            f"tenant {tenant!r} is not a valid tenant id: use lowercase letters, digits, "
+            "'_' and '-', starting with a letter or digit (at most 63)"
+        )
+
+
+class InvalidId(MemstreamError):
+    code = "bad_request"
+
+    def __init__(self, field: str, value: object, limit: int) -> None:
+        self.field = field
+        self.value = value
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
+        super().__init__(
+            f"{field} {shown!r} is not valid: it must be a string of 1 to {limit} "
+            "printable characters"
+        )
+
+
+class InvalidSubject(MemstreamError):
+    code = "bad_request"
+
+
+class InvalidEvent(MemstreamError):
+    """An event that does not decode or does not match the contract."""
+
+    code = "bad_request"
+
+
+class SubjectMismatch(InvalidEvent):
+    """The envelope disagrees with the subject it arrived on."""
+
+
+class EventTooLarge(InvalidEvent):
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"event is {size} bytes, over the limit of {limit} bytes: store large payloads "
+            "elsewhere and put a reference in the event"
+        )
+
+
+class NotCaughtUp(MemstreamError):
+    code = "not_caught_up"
+
+
+class ConfigError(MemstreamError):
+    """A setting (environment variable or flag) has a bad value."""
+
+    code = "bad_request"
+
+
+class NatsServerError(MemstreamError):
+    """The embedded nats-server could not be found, started or reached."""
+
+    code = "unavailable"
+
+
+class ConnectError(MemstreamError):
+    """No NATS server could be reached (or it refused the credentials)."""
+
+    code = "unavailable"
+
+
+class PublishError(MemstreamError):
+    """JetStream did not store one or more events.
+
+    ``failures`` maps the index of each failed event in the batch to its error; ``acks``
+    holds the acknowledgement of every event that was stored (None where it failed).
+    """
+
+    code = "unavailable"
+
+    def __init__(self, message: str, failures: dict[int, BaseException], acks: list[object]):
+        self.failures = failures
+        self.acks = acks
+        super().__init__(message)

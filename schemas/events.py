@@ -1,0 +1,381 @@
+"""The event catalog: one frozen msgspec Struct per event type, in one tagged union.
+
+Schema evolution follows msgspec's rules: a new field always has a default, an existing
+field never changes type; a breaking change to an event is a new ``v`` with an upcaster
+(see :class:`EventDecoder`). Unknown fields are ignored on decode so that an older worker
+still reads the events of a newer producer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Final, TypeAlias
+
+import msgspec
+
+from schemas.errors import EventTooLarge, InvalidEvent, SubjectMismatch
+from schemas.ids import _PRINTABLE, _TENANT, AgentId, EventId, RefId, Tenant
+from schemas.subjects import parse_event_subject
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "EVENT_TYPES",
+    "AnyEvent",
+    "CollabMessage",
+    "CollabRecorded",
+    "ContextCleared",
+    "ContextSet",
+    "ConversationTurn",
+    "Event",
+    "EventDecoder",
+    "FlowRunRecorded",
+    "KnowledgeStored",
+    "MemoryForgotten",
+    "MemoryLinked",
+    "MemoryRevised",
+    "SolutionStored",
+    "TaskCompleted",
+    "TaskCreated",
+    "TaskFailed",
+    "TaskStarted",
+    "ToolUsed",
+    "UnknownEvent",
+    "Upcaster",
+    "check_subject",
+    "decode_event",
+    "encode_event",
+    "utc_now",
+]
+
+DEFAULT_MAX_EVENT_BYTES: Final = 1024 * 1024
+
+Text = Annotated[str, msgspec.Meta(min_length=1)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Tags = Annotated[tuple[Tag, ...], msgspec.Meta(max_length=64)]
+Metadata = dict[str, Any]
+Millis = Annotated[int, msgspec.Meta(ge=0)]
+Version = Annotated[int, msgspec.Meta(ge=1)]
+Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The envelope every event shares. Subclasses add the event's own fields, flat."""
+
+    id: EventId
+    tenant: Tenant
+    agent: AgentId
+    ts: Timestamp
+    v: Version = 1
+    correlation_id: RefId | None = None
+    causation_id: RefId | None = None
+    # Groups any event into a task's bundle.
+    task_id: RefId | None = None
+
+    @property
+    def type(self) -> str:
+        tag = self.__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+
+# --- memory -------------------------------------------------------------------------
+
+
+class KnowledgeStored(Event, frozen=True, tag="knowledge.stored"):
+    memory_id: RefId
+    domain: Name
+    content: Text
+    tags: Tags = ()
+    metadata: Metadata = {}
+
+
+class SolutionStored(Event, frozen=True, tag="solution.stored"):
+    memory_id: RefId
+    problem: Text
+    solution: Text
+    tags: Tags = ()
+    metadata: Metadata = {}
+
+
+class MemoryRevised(Event, frozen=True, tag="memory.revised"):
+    """Changes the fields it carries; a field left out (null) stays as it was."""
+
+    memory_id: RefId
+    content: Text | None = None
+    problem: Text | None = None
+    solution: Text | None = None
+    tags: Tags | None = None
+    metadata: Metadata | None = None
+
+
+class MemoryForgotten(Event, frozen=True, tag="memory.forgotten"):
+    memory_id: RefId
+    reason: str | None = None
+    # Also delete the memory's earlier events from the stream itself.
+    erase: bool = False
+
+
+class MemoryLinked(Event, frozen=True, tag="memory.linked"):
+    from_id: RefId
+    to_id: RefId
+    relation: Name
+
+
+# --- collaboration ------------------------------------------------------------------
+
+
+class CollabRecorded(Event, frozen=True, tag="collab.recorded"):
+    interaction_id: RefId
+    initiator: AgentId
+    participants: tuple[AgentId, ...]
+    task_description: Text
+    outcome: str | None = None
+    metadata: Metadata = {}
+
+
+class CollabMessage(Event, frozen=True, tag="collab.message"):
+    interaction_id: RefId
+    sender: AgentId
+    recipients: tuple[AgentId, ...]
+    content: Text
+
+
+# --- tasks and flows ----------------------------------------------------------------
+
+
+class TaskCreated(Event, frozen=True, tag="task.created"):
+    task_id: RefId
+    title: Text
+    assignee: AgentId | None = None
+    parent_id: RefId | None = None
+    flow_id: RefId | None = None
+    metadata: Metadata = {}
+
+
+class TaskStarted(Event, frozen=True, tag="task.started"):
+    task_id: RefId
+
+
+class TaskCompleted(Event, frozen=True, tag="task.completed"):
+    task_id: RefId
+    output: Any = None
+    metadata: Metadata = {}
+
+
+class TaskFailed(Event, frozen=True, tag="task.failed"):
+    task_id: RefId
+    error: Text
+
+
+class FlowRunRecorded(Event, frozen=True, tag="flow.run_recorded"):
+    flow_id: RefId
+    run_id: RefId
+    status: Name
+    duration_ms: Millis | None = None
+    data: Any = None
+
+
+# --- context, conversation, tools ---------------------------------------------------
+
+
+class ContextSet(Event, frozen=True, tag="context.set"):
+    key: RefId
+    data: Metadata
+    ttl_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class ContextCleared(Event, frozen=True, tag="context.cleared"):
+    key: RefId
+
+
+class ConversationTurn(Event, frozen=True, tag="conversation.turn"):
+    session_id: RefId
+    role: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    content: str
+
+
+class ToolUsed(Event, frozen=True, tag="tool.used"):
+    tool: Name
+    args: Any = None
+    result: Any = None
+    duration_ms: Millis | None = None
+    ok: bool | None = None
+
+
+AnyEvent: TypeAlias = (
+    KnowledgeStored
+    | SolutionStored
+    | MemoryRevised
+    | MemoryForgotten
+    | MemoryLinked
+    | CollabRecorded
+    | CollabMessage
+    | TaskCreated
+    | TaskStarted
+    | TaskCompleted
+    | TaskFailed
+    | FlowRunRecorded
+    | ContextSet
+    | ContextCleared
+    | ConversationTurn
+    | ToolUsed
+)
+
+EVENT_TYPES: Final[dict[str, type[Event]]] = {
+    cls.__struct_config__.tag: cls for cls in AnyEvent.__args__
+}
+
+
+class _Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """The common fields alone, to read an event whose type this version does not know."""
+
+    type: Annotated[str, msgspec.Meta(pattern=r"\A[^.\s*>]+\.[^.\s*>]+\Z")]
+    id: EventId
+    tenant: Tenant
+    agent: AgentId
+    ts: Timestamp
+    v: Version = 1
+    correlation_id: RefId | None = None
+    causation_id: RefId | None = None
+    task_id: RefId | None = None
+
+
+class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A valid envelope of a type this version does not know (from a newer producer).
+
+    It is kept in the history ``events`` table and skipped by the typed tables.
+    ``raw`` is the message body as it arrived.
+    """
+
+    type: str
+    id: str
+    tenant: str
+    agent: str
+    ts: dt.datetime
+    v: int
+    correlation_id: str | None
+    causation_id: str | None
+    task_id: str | None
+    raw: bytes
+
+
+Upcaster: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
+"""Turns the body of an event at version ``n`` into its body at version ``n + 1``."""
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_event(event: Event, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes:
+    """The event as the JSON body published on the wire; raises EventTooLarge."""
+    body = _encoder.encode(event)
+    if len(body) > max_bytes:
+        raise EventTooLarge(len(body), max_bytes)
+    return body
+
+
+# msgspec names a failed pattern by its regex; a person needs the rule in words.
+_PATTERN_WORDS = {
+    _TENANT: "a tenant id (lowercase letters, digits, '_' and '-', at most 63)",
+    _PRINTABLE: "printable characters (no control characters)",
+}
+
+
+def _describe(err: msgspec.DecodeError) -> str:
+    text = str(err)
+    if not isinstance(err, msgspec.ValidationError):
+        return f"event is not valid JSON: {text}"
+    for regex, words in _PATTERN_WORDS.items():
+        text = text.replace(f"`str` matching regex {regex!r}", words)
+    return f"event does not match the contract: {text}"
+
+
+class EventDecoder:
+    """Decodes event bodies; build one and reuse it (it holds the msgspec decoders).
+
+    ``upcasters`` maps ``(type, v)`` to a function lifting a body from version ``v`` to
+    ``v + 1``; ``current_versions`` gives each type's current ``v`` (1 when absent).
+    The common case, an event already at its current version, takes one typed decode.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        upcasters: Mapping[tuple[str, int], Upcaster] | None = None,
+        current_versions: Mapping[str, int] | None = None,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self._typed = msgspec.json.Decoder(AnyEvent)
+        self._envelope = msgspec.json.Decoder(_Envelope)
+        self._raw = msgspec.json.Decoder(dict[str, Any])
+        self._upcasters = dict(upcasters or {})
+        self._current = dict(current_versions or {})
+
+    def decode(self, body: bytes) -> AnyEvent | UnknownEvent:
+        """Decode one body; raises InvalidEvent (or EventTooLarge) naming the problem."""
+        if len(body) > self.max_bytes:
+            raise EventTooLarge(len(body), self.max_bytes)
+        try:
+            event: AnyEvent = self._typed.decode(body)
+        except msgspec.DecodeError as err:
+            return self._decode_slow(body, err)
+        if event.v < self._current.get(event.type, 1):
+            return self._upcast(self._raw.decode(body))
+        return event
+
+    def _decode_slow(self, body: bytes, err: msgspec.DecodeError) -> AnyEvent | UnknownEvent:
+        try:
+            env = self._envelope.decode(body)
+        except msgspec.DecodeError:
+            raise InvalidEvent(_describe(err)) from None
+        if env.type not in EVENT_TYPES:
+            return UnknownEvent(raw=body, **msgspec.structs.asdict(env))
+        if env.v < self._current.get(env.type, 1):
+            return self._upcast(self._raw.decode(body))
+        raise InvalidEvent(_describe(err)) from None
+
+    def _upcast(self, data: dict[str, Any]) -> AnyEvent:
+        type_, v = data["type"], data.get("v", 1)
+        target = self._current.get(type_, 1)
+        while v < target:
+            step = self._upcasters.get((type_, v))
+            if step is None:
+                raise InvalidEvent(f"no upcaster for {type_!r} from v{v} to v{v + 1}")
+            data = step(data)
+            v += 1
+            data["v"] = v
+        try:
+            event: AnyEvent = msgspec.convert(data, AnyEvent)
+        except msgspec.ValidationError as err:
+            raise InvalidEvent(f"event {type_!r} after upcasting to v{v}: {err}") from None
+        return event
+
+
+_default_decoder = EventDecoder()
+
+
+def decode_event(body: bytes) -> AnyEvent | UnknownEvent:
+    """Decode with the default limits; see :class:`EventDecoder`."""
+    return _default_decoder.decode(body)
+
+
+def check_subject(event: Event | UnknownEvent, subject: str) -> None:
+    """Raise SubjectMismatch unless tenant and type agree with ``mem.<tenant>.<type>``."""
+    parsed = parse_event_subject(subject)
+    event_type = event.type
+    if event.tenant != parsed.tenant:
+        raise SubjectMismatch(
+            f"event tenant {event.tenant!r} disagrees with subject {subject!r}: the tenant "
+            "field must equal the subject's tenant token"
+        )
+    if event_type != parsed.type:
+        raise SubjectMismatch(
+            f"event type {event_type!r} disagrees with subject {subject!r}: the type field "
+            "must equal the subject's last two tokens"
+        )

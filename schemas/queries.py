@@ -1,0 +1,266 @@
+"""Query requests and replies of the wire contract (``memq.<tenant>.<op>``).
+
+Requests reject unknown fields, so a misspelt filter is a ``bad_request`` naming it
+rather than a silently broader query. The tenant is never a request field: it is the
+subject's tenant token and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+import msgspec
+
+from schemas.errors import MemstreamError
+from schemas.ids import AgentId, RefId
+
+__all__ = [
+    "ANALYTICS_NAMES",
+    "ERROR_CODES",
+    "OPS",
+    "AnalyticsRequest",
+    "AnalyticsResult",
+    "ContextRequest",
+    "ContextResult",
+    "ConversationRequest",
+    "ConversationResult",
+    "ErrorBody",
+    "HistoryRequest",
+    "HistoryResult",
+    "QueryError",
+    "RecallRequest",
+    "RecallResult",
+    "RecallSource",
+    "Reply",
+    "Request",
+    "SearchHit",
+    "SearchRequest",
+    "SearchResult",
+    "StatsRequest",
+    "StatsResult",
+    "TaskRequest",
+    "TaskResult",
+    "Turn",
+    "decode_request",
+    "encode_reply",
+]
+
+ErrorCode: TypeAlias = Literal[
+    "bad_request", "not_found", "not_caught_up", "forbidden", "unavailable", "internal"
+]
+ERROR_CODES: Final = frozenset(ErrorCode.__args__)  # type: ignore[attr-defined]
+
+Kind: TypeAlias = Literal["knowledge", "solutions", "collaborations"]
+Strategy: TypeAlias = Literal["relevance", "recency", "balanced"]
+AnalyticsName: TypeAlias = Literal[
+    "agent_activity", "task_outcomes", "tool_usage", "collaboration_graph", "memory_growth"
+]
+ANALYTICS_NAMES: Final = frozenset(AnalyticsName.__args__)  # type: ignore[attr-defined]
+Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+QueryText = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Fields every request accepts: read-your-writes by stream sequence."""
+
+    # Wait until the serving projection has applied this stream sequence...
+    min_seq: Seq | None = None
+    # ...for at most this long, else answer not_caught_up.
+    wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 2000
+
+
+class SearchRequest(Request, frozen=True):
+    query: QueryText | None = None
+    queries: Annotated[list[QueryText], msgspec.Meta(min_length=1, max_length=256)] | None = None
+    kinds: tuple[Kind, ...] = ("knowledge", "solutions", "collaborations")
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    threshold: float | None = None
+    agent: AgentId | None = None
+    domain: str | None = None
+    tags: tuple[str, ...] = ()
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+
+
+class HistoryRequest(Request, frozen=True):
+    types: tuple[str, ...] = ()
+    agent: AgentId | None = None
+    task_id: RefId | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    after_seq: Seq = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+
+
+class TaskRequest(Request, frozen=True):
+    task_id: RefId
+
+
+class ContextRequest(Request, frozen=True):
+    key: RefId
+
+
+class ConversationRequest(Request, frozen=True):
+    session_id: RefId
+    last_n: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
+
+
+class RecallRequest(Request, frozen=True):
+    query: QueryText | None = None
+    session_id: RefId | None = None
+    task_id: RefId | None = None
+    budget_chars: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 4000
+    strategy: Strategy = "balanced"
+
+
+class StatsRequest(Request, frozen=True):
+    pass
+
+
+class AnalyticsRequest(Request, frozen=True):
+    name: AnalyticsName
+    # Bound as query parameters, never formatted into SQL.
+    params: dict[str, str | int | float | bool | None] = {}
+
+
+OPS: Final[dict[str, type[Request]]] = {
+    "search": SearchRequest,
+    "history": HistoryRequest,
+    "task": TaskRequest,
+    "context": ContextRequest,
+    "conversation": ConversationRequest,
+    "recall": RecallRequest,
+    "stats": StatsRequest,
+    "analytics": AnalyticsRequest,
+}
+
+
+# --- results ------------------------------------------------------------------------
+
+
+class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
+    kind: Kind
+    memory_id: str
+    score: float
+    text: str
+    agent: str
+    ts: dt.datetime
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = {}
+    seq: int
+
+
+class SearchResult(msgspec.Struct, frozen=True, kw_only=True):
+    # One list of hits per query; ``query`` requests get a single list.
+    hits: list[SearchHit] | list[list[SearchHit]]
+
+
+class HistoryResult(msgspec.Struct, frozen=True, kw_only=True):
+    events: list[dict[str, Any]]  # envelopes, each with its stream ``seq``
+    next_after_seq: int | None
+
+
+class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
+    task: dict[str, Any]
+    timeline: list[dict[str, Any]]
+    output: Any = None
+    bundle: list[dict[str, Any]] = []
+
+
+class ContextResult(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    data: dict[str, Any]
+    set_at: dt.datetime
+    expires_at: dt.datetime | None = None
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    role: str
+    content: str
+    agent: str
+    ts: dt.datetime
+
+
+class ConversationResult(msgspec.Struct, frozen=True, kw_only=True):
+    session_id: str
+    turns: list[Turn]
+
+
+class RecallSource(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    ref: str
+    seq: int | None = None
+    score: float | None = None
+
+
+class RecallResult(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    chars: int
+    sources: list[RecallSource]
+
+
+class StatsResult(msgspec.Struct, frozen=True, kw_only=True):
+    events_by_type: dict[str, int]
+    events_by_agent: dict[str, int]
+    last_applied_seq: dict[str, int]
+    lag: dict[str, int]
+    dlq_count: int
+
+
+class AnalyticsResult(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+# --- the reply envelope -------------------------------------------------------------
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    code: ErrorCode
+    message: str
+    correlation_id: str | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {...}}``."""
+
+    ok: bool
+    result: Any = None
+    error: ErrorBody | None = None
+
+
+class QueryError(MemstreamError):
+    """The error a query reply carried, raised on the client's side."""
+
+    def __init__(self, code: str, message: str, correlation_id: str | None = None) -> None:
+        self.code = code
+        self.message = message
+        self.correlation_id = correlation_id
+        super().__init__(f"{code}: {message}")
+
+
+_request_decoders = {op: msgspec.json.Decoder(cls) for op, cls in OPS.items()}
+_reply_encoder = msgspec.json.Encoder()
+
+
+def decode_request(op: str, body: bytes) -> Request:
+    """Decode the request body of ``op``; raises QueryError('bad_request', ...)."""
+    decoder = _request_decoders.get(op)
+    if decoder is None:
+        raise QueryError(
+            "bad_request", f"unknown query op {op!r}: use one of {', '.join(sorted(OPS))}"
+        )
+    try:
+        return decoder.decode(body or b"{}")
+    except msgspec.ValidationError as err:
+        raise QueryError("bad_request", f"{op} request: {err}") from None
+    except msgspec.DecodeError as err:
+        raise QueryError("bad_request", f"{op} request is not valid JSON: {err}") from None
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return _reply_encoder.encode(reply)

@@ -1,0 +1,105 @@
+"""NATS subjects and stream names of the wire contract: builders and parsers."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from schemas.errors import InvalidSubject, InvalidTenant
+from schemas.ids import validate_tenant
+
+__all__ = [
+    "ADMIN_PREFIX",
+    "DLQ_PREFIX",
+    "DLQ_STREAM",
+    "EVENT_PREFIX",
+    "EVENT_STREAM",
+    "QUERY_PREFIX",
+    "EventSubject",
+    "QuerySubject",
+    "admin_subject",
+    "dlq_subject",
+    "event_subject",
+    "parse_event_subject",
+    "parse_query_subject",
+    "query_subject",
+    "tenant_event_filter",
+]
+
+EVENT_PREFIX = "mem"
+QUERY_PREFIX = "memq"
+ADMIN_PREFIX = "memadm"
+DLQ_PREFIX = "memdlq"
+EVENT_STREAM = "MEMORY"
+DLQ_STREAM = "MEMORY_DLQ"
+
+
+class EventSubject(NamedTuple):
+    tenant: str
+    type: str
+
+
+class QuerySubject(NamedTuple):
+    tenant: str
+    op: str
+
+
+def _check_token(kind: str, token: str) -> str:
+    # A token must be one NATS subject token: no separators, wildcards or whitespace.
+    if not token or any(c in token for c in ".*> \t\r\n") or not token.isprintable():
+        raise InvalidSubject(f"{kind} {token!r} is not a valid subject token")
+    return token
+
+
+def event_subject(tenant: str, type: str) -> str:
+    """``mem.<tenant>.<family>.<name>`` for an event type ``<family>.<name>``."""
+    validate_tenant(tenant)
+    family, sep, name = type.partition(".")
+    if not sep:
+        raise InvalidSubject(f"event type {type!r} must be '<family>.<name>'")
+    _check_token("event family", family)
+    _check_token("event name", name)
+    return f"{EVENT_PREFIX}.{tenant}.{type}"
+
+
+def tenant_event_filter(tenant: str) -> str:
+    """The subject filter matching every event of one tenant."""
+    return f"{EVENT_PREFIX}.{validate_tenant(tenant)}.>"
+
+
+def parse_event_subject(subject: str) -> EventSubject:
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != EVENT_PREFIX:
+        raise InvalidSubject(
+            f"subject {subject!r} is not an event subject: expected "
+            f"'{EVENT_PREFIX}.<tenant>.<family>.<name>'"
+        )
+    tenant = validate_tenant(parts[1])
+    return EventSubject(tenant, f"{parts[2]}.{parts[3]}")
+
+
+def query_subject(tenant: str, op: str) -> str:
+    validate_tenant(tenant)
+    return f"{QUERY_PREFIX}.{tenant}.{_check_token('query op', op)}"
+
+
+def parse_query_subject(subject: str) -> QuerySubject:
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != QUERY_PREFIX:
+        raise InvalidSubject(
+            f"subject {subject!r} is not a query subject: expected '{QUERY_PREFIX}.<tenant>.<op>'"
+        )
+    return QuerySubject(validate_tenant(parts[1]), parts[2])
+
+
+def admin_subject(op: str) -> str:
+    return f"{ADMIN_PREFIX}.{_check_token('admin op', op)}"
+
+
+def dlq_subject(projection: str, tenant: str) -> str:
+    """``memdlq.<projection>.<tenant>``; an unreadable tenant token files under ``_invalid``."""
+    _check_token("projection", projection)
+    try:
+        validate_tenant(tenant)
+    except InvalidTenant:
+        tenant = "_invalid"
+    return f"{DLQ_PREFIX}.{projection}.{tenant}"

@@ -1,0 +1,75 @@
+"""Query requests and the reply envelope."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from schemas.queries import (
+    OPS,
+    ErrorBody,
+    QueryError,
+    Reply,
+    SearchRequest,
+    decode_request,
+    encode_reply,
+)
+
+
+def test_every_op_has_a_request_type() -> None:
+    """The eight ops of the contract each decode their request."""
+    expected = {
+        "search",
+        "history",
+        "task",
+        "context",
+        "conversation",
+        "recall",
+        "stats",
+        "analytics",
+    }
+    assert expected == set(OPS)
+
+
+def test_defaults_and_read_your_writes_fields() -> None:
+    """min_seq and wait_ms are accepted by every op, wait_ms defaulting to 2000."""
+    for op in ("search", "stats"):
+        req = decode_request(op, b'{"min_seq": 42}')
+        assert (42, 2000) == (req.min_seq, req.wait_ms)
+    search = decode_request("search", b'{"query": "x"}')
+    assert isinstance(search, SearchRequest)
+    assert (5, ("knowledge", "solutions", "collaborations")) == (search.top_k, search.kinds)
+
+
+@pytest.mark.parametrize(
+    ("op", "body", "expected"),
+    [
+        ("nope", b"{}", "unknown query op 'nope': use one of analytics, context"),
+        ("search", b'{"query": "x", "topk": 3}', "unknown field `topk`"),
+        ("search", b'{"query": "x", "top_k": 0}', ">= 1 - at `$.top_k`"),
+        ("search", b'{"kinds": ["memes"]}', "at `$.kinds[0]`"),
+        ("task", b"{}", "missing required field `task_id`"),
+        ("analytics", b'{"name": "drop_tables"}', "at `$.name`"),
+        ("analytics", b'{"name": "tool_usage", "params": {"x": [1]}}', "at `$.params"),
+        ("history", b"{nope", "history request is not valid JSON"),
+        ("stats", b'{"wait_ms": -1}', ">= 0 - at `$.wait_ms`"),
+    ],
+)
+def test_bad_requests_name_the_field(op: str, body: bytes, expected: str) -> None:
+    """A malformed request is bad_request with a message naming what is wrong."""
+    with pytest.raises(QueryError) as info:
+        decode_request(op, body)
+    assert "bad_request" == info.value.code
+    assert expected in info.value.message
+
+
+def test_reply_envelope_shapes() -> None:
+    """ok replies carry result; error replies carry code and message, nothing else."""
+    assert {"ok": True, "result": {"n": 1}} == msgspec.json.decode(
+        encode_reply(Reply(ok=True, result={"n": 1}))
+    )
+    err = Reply(ok=False, error=ErrorBody(code="not_found", message="no such task"))
+    assert {
+        "ok": False,
+        "error": {"code": "not_found", "message": "no such task", "correlation_id": None},
+    } == msgspec.json.decode(encode_reply(err))

@@ -1,0 +1,61 @@
+"""Subject builders and parsers."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.errors import InvalidSubject, InvalidTenant
+from schemas.subjects import (
+    dlq_subject,
+    event_subject,
+    parse_event_subject,
+    parse_query_subject,
+    query_subject,
+    tenant_event_filter,
+)
+
+
+def test_event_subject_round_trip() -> None:
+    """mem.<tenant>.<family>.<name> builds and parses back."""
+    subject = event_subject("acme", "knowledge.stored")
+    assert "mem.acme.knowledge.stored" == subject
+    assert ("acme", "knowledge.stored") == tuple(parse_event_subject(subject))
+
+
+@pytest.mark.parametrize("type_", ["knowledge", "a.b.c", "a.*", "a.>", ".b", "a. b"])
+def test_event_subject_rejects_bad_types(type_: str) -> None:
+    """A type must be exactly two clean tokens."""
+    with pytest.raises(InvalidSubject):
+        event_subject("acme", type_)
+
+
+def test_event_subject_rejects_bad_tenant() -> None:
+    """The tenant token is validated, so no wildcard can be built into a subject."""
+    with pytest.raises(InvalidTenant):
+        event_subject("*", "knowledge.stored")
+
+
+@pytest.mark.parametrize(
+    "subject", ["mem.acme.knowledge", "mem.acme.a.b.c", "memq.acme.a.b", "x.acme.a.b"]
+)
+def test_parse_event_subject_rejects(subject: str) -> None:
+    """Only four-token mem.* subjects are event subjects."""
+    with pytest.raises(InvalidSubject, match="is not an event subject"):
+        parse_event_subject(subject)
+
+
+def test_query_subjects() -> None:
+    """memq.<tenant>.<op> builds and parses; the tenant comes from the subject alone."""
+    assert "memq.acme.search" == query_subject("acme", "search")
+    assert ("acme", "search") == tuple(parse_query_subject("memq.acme.search"))
+    with pytest.raises(InvalidSubject):
+        parse_query_subject("memq.acme")
+    with pytest.raises(InvalidTenant):
+        parse_query_subject("memq.ACME.search")
+
+
+def test_dlq_subject_files_bad_tenants_apart() -> None:
+    """A dead letter whose tenant is unreadable still gets a valid subject."""
+    assert "memdlq.history.acme" == dlq_subject("history", "acme")
+    assert "memdlq.history._invalid" == dlq_subject("history", "Not A Tenant")
+    assert "mem.acme.>" == tenant_event_filter("acme")
