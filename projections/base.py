@@ -1,0 +1,34 @@
+"""The seam between the runners in ``consumers/`` and each projection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeAlias, runtime_checkable
+
+from schemas.events import AnyEvent, UnknownEvent
+
+__all__ = ["Batch", "Projection"]
+
+Batch: TypeAlias = Sequence[tuple[int, AnyEvent | UnknownEvent]]
+"""(stream sequence, event) pairs in stream order."""
+
+
+@runtime_checkable
+class Projection(Protocol):
+    """Applies batches in stream order with exactly-once effect.
+
+    ``apply`` must skip every event at or below :attr:`checkpoint` and make the batch's
+    effect and the new checkpoint durable together, so a redelivered batch changes
+    nothing. The live runner and the replay runner feed the same ``apply``.
+    """
+
+    name: str
+
+    @property
+    def checkpoint(self) -> int:
+        """The last stream sequence applied (0 when nothing was)."""
+        ...
+
+    def apply(self, batch: Batch) -> None: ...
+
+    def close(self) -> None: ...
