@@ -1,0 +1,131 @@
+"""Settings from ``MEMSTREAM_*`` environment variables, validated once at start."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from producers._connect import NatsAuth
+from schemas.errors import ConfigError
+from schemas.events import DEFAULT_MAX_EVENT_BYTES
+
+__all__ = ["DEFAULT_NATS_URL", "ENV_VARS", "Settings", "load_settings"]
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+Url = Annotated[str, msgspec.Meta(pattern=r"\A[a-z][a-z0-9+.-]*://\S+\Z")]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything configurable; each field's variable is in ``ENV_VARS``."""
+
+    nats_url: Url = DEFAULT_NATS_URL
+    data_dir: str = "./.memstream"
+    qdrant_url: str = ""
+    qdrant_api_key: str | None = None
+    embedder: Literal["hash", "openai", "sentence-transformers"] | None = None
+    embedding_model: str | None = None
+    embedding_dim: Annotated[int, msgspec.Meta(ge=8, le=65536)] | None = None
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    log_format: Literal["console", "json"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    nats_creds: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    max_event_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = (
+        DEFAULT_MAX_EVENT_BYTES
+    )
+    stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def nats_auth(self) -> NatsAuth:
+        """Credentials as keyword arguments for ``connect_nats`` and ``MemoryClient``."""
+        return {"user": self.nats_user, "password": self.nats_password, "creds": self.nats_creds}
+
+    @property
+    def effective_embedder(self) -> str:
+        """``openai`` when an API key is set and nothing else was chosen, else ``hash``."""
+        if self.embedder:
+            return self.embedder
+        return "openai" if self.openai_api_key else "hash"
+
+
+ENV_VARS: dict[str, str] = {
+    "nats_url": "MEMSTREAM_NATS_URL",
+    "data_dir": "MEMSTREAM_DATA_DIR",
+    "qdrant_url": "MEMSTREAM_QDRANT_URL",
+    "qdrant_api_key": "MEMSTREAM_QDRANT_API_KEY",
+    "embedder": "MEMSTREAM_EMBEDDER",
+    "embedding_model": "MEMSTREAM_EMBEDDING_MODEL",
+    "embedding_dim": "MEMSTREAM_EMBEDDING_DIM",
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+    "log_format": "MEMSTREAM_LOG_FORMAT",
+    "log_level": "MEMSTREAM_LOG_LEVEL",
+    "nats_creds": "MEMSTREAM_NATS_CREDS",
+    "nats_user": "MEMSTREAM_NATS_USER",
+    "nats_password": "MEMSTREAM_NATS_PASSWORD",
+    "max_event_bytes": "MEMSTREAM_MAX_EVENT_BYTES",
+    "stream_replicas": "MEMSTREAM_STREAM_REPLICAS",
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the environment, apply overrides (CLI flags; None means not given), validate.
+
+    A bad value raises ConfigError naming the variable (or the flag's field) and the rule.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for field, var in ENV_VARS.items():
+        value = env.get(var, "")
+        if value != "":
+            raw[field] = value
+            source[field] = var
+    for field, value in overrides.items():
+        if field not in ENV_VARS:
+            raise TypeError(f"unknown setting {field!r}")
+        if value is not None:
+            raw[field] = value
+            source[field] = "--" + field.replace("_", "-")
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as err:
+        raise ConfigError(_explain(err, raw, source)) from None
+
+
+# What a person should write instead, where msgspec's own words are too terse.
+_HINTS = {
+    "nats_url": "expected a URL such as nats://127.0.0.1:4222",
+    "embedder": "use one of hash, openai, sentence-transformers",
+    "log_format": "use console or json",
+    "log_level": "use one of debug, info, warning, error",
+    "embedding_dim": "expected a whole number from 8 to 65536",
+    "max_event_bytes": "expected a whole number of bytes from 1024 to 67108864",
+    "stream_replicas": "expected 1 to 5",
+}
+
+
+def _explain(err: msgspec.ValidationError, raw: dict[str, Any], source: dict[str, str]) -> str:
+    text = str(err)
+    match = re.search(r"at `\$\.(\w+)`", text)
+    if not match:
+        return f"invalid settings: {text}"
+    field = match.group(1)
+    where = source.get(field, ENV_VARS.get(field, field))
+    rule = _HINTS.get(field) or text[: match.start()].rstrip(" -")
+    shown = raw.get(field)
+    if field in ("openai_api_key", "nats_password", "qdrant_api_key"):
+        shown = "***"
+    return f"{where}={shown!r} is not valid: {rule}"

@@ -1,0 +1,75 @@
+"""Settings from the environment, validated once."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumers.settings import load_settings
+from schemas.errors import ConfigError
+
+
+def test_defaults() -> None:
+    """With nothing set: local NATS, ./.memstream, Qdrant local mode, hash embedder."""
+    s = load_settings({})
+    assert "nats://127.0.0.1:4222" == s.nats_url
+    assert "./.memstream" == s.data_dir
+    assert "" == s.qdrant_url
+    assert "hash" == s.effective_embedder
+
+
+def test_environment_is_read_and_flags_win() -> None:
+    """Variables are read; a flag given as an override beats the variable."""
+    env = {
+        "MEMSTREAM_NATS_URL": "nats://10.0.0.1:4222",
+        "MEMSTREAM_EMBEDDING_DIM": "384",
+        "MEMSTREAM_DATA_DIR": "/var/lib/memstream",
+    }
+    s = load_settings(env, nats_url="nats://127.0.0.1:5000", data_dir=None)
+    assert ("nats://127.0.0.1:5000", 384, "/var/lib/memstream") == (
+        s.nats_url,
+        s.embedding_dim,
+        s.data_dir,
+    )
+
+
+def test_openai_is_default_with_a_key() -> None:
+    """An OpenAI key switches the default embedder; an explicit choice still wins."""
+    assert "openai" == load_settings({"OPENAI_API_KEY": "sk-x"}).effective_embedder
+    env = {"OPENAI_API_KEY": "sk-x", "MEMSTREAM_EMBEDDER": "hash"}
+    assert "hash" == load_settings(env).effective_embedder
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"MEMSTREAM_EMBEDDING_DIM": "many"},
+            "MEMSTREAM_EMBEDDING_DIM='many' is not valid: expected a whole number from 8 to 65536",
+        ),
+        (
+            {"MEMSTREAM_EMBEDDER": "bert"},
+            "MEMSTREAM_EMBEDDER='bert' is not valid: use one of hash, openai, "
+            "sentence-transformers",
+        ),
+        (
+            {"MEMSTREAM_NATS_URL": "localhost:4222"},
+            "MEMSTREAM_NATS_URL='localhost:4222' is not valid: expected a URL such as "
+            "nats://127.0.0.1:4222",
+        ),
+        (
+            {"MEMSTREAM_LOG_FORMAT": "xml"},
+            "MEMSTREAM_LOG_FORMAT='xml' is not valid: use console or json",
+        ),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], expected: str) -> None:
+    """A bad value is one ConfigError naming the variable, the value and the rule."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert expected == str(info.value)
+
+
+def test_bad_flag_is_named_as_a_flag() -> None:
+    """A bad override is reported under its flag's name."""
+    with pytest.raises(ConfigError, match="^--nats-url='nowhere' is not valid"):
+        load_settings({}, nats_url="nowhere")
