@@ -1,0 +1,1 @@
+"""The running processes: consumer runners, the query worker, the broker, the CLI."""

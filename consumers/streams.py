@@ -1,0 +1,170 @@
+"""Provisioning of the streams and durable consumers, idempotent and self-correcting.
+
+Running it twice changes nothing; a setting that drifted (say the duplicate window) is
+updated in place, never duplicated. Each call reports what it did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from schemas.events import DEFAULT_MAX_EVENT_BYTES
+from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_PREFIX, EVENT_STREAM
+
+__all__ = [
+    "DUPLICATE_WINDOW_S",
+    "HEADER_ROOM",
+    "PROJECTIONS",
+    "ProvisionReport",
+    "consumer_config",
+    "ensure_streams",
+    "stream_configs",
+]
+
+DUPLICATE_WINDOW_S: Final = 120.0
+# Room for headers (Nats-Msg-Id, DLQ reasons) on top of the largest event body.
+HEADER_ROOM: Final = 64 * 1024
+PROJECTIONS: Final = ("history", "vectors")
+
+Action = Literal["created", "updated", "unchanged"]
+
+
+@dataclass
+class ProvisionReport:
+    streams: dict[str, Action] = field(default_factory=dict)
+    consumers: dict[str, Action] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return any(a != "unchanged" for a in (*self.streams.values(), *self.consumers.values()))
+
+
+def stream_configs(
+    *, replicas: int = 1, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> list[StreamConfig]:
+    common: dict[str, Any] = dict(
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_msg_size=max_event_bytes + HEADER_ROOM,
+        max_age=0,
+        max_msgs=-1,
+        max_bytes=-1,
+        allow_direct=True,
+    )
+    return [
+        StreamConfig(
+            name=EVENT_STREAM,
+            description="memstream events: the source of truth for every projection",
+            subjects=[f"{EVENT_PREFIX}.>"],
+            **common,
+        ),
+        StreamConfig(
+            name=DLQ_STREAM,
+            description="memstream dead letters: events a projection could not apply",
+            subjects=[f"{DLQ_PREFIX}.>"],
+            **common,
+        ),
+    ]
+
+
+def consumer_config(name: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=name,
+        name=name,
+        description=f"memstream {name} projection",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        # A batch is acked after its commit; a slow commit must not cause redelivery.
+        ack_wait=120.0,
+        # Poison messages go to the DLQ by hand; a failing commit must retry forever.
+        max_deliver=-1,
+        max_ack_pending=50_000,
+        max_waiting=64,
+        filter_subject=f"{EVENT_PREFIX}.>",
+    )
+
+
+# Fields we own; anything else on a stream (set by an operator) is left alone.
+_STREAM_FIELDS = (
+    "subjects",
+    "retention",
+    "storage",
+    "discard",
+    "num_replicas",
+    "duplicate_window",
+    "max_msg_size",
+    "max_age",
+    "allow_direct",
+    "description",
+)
+_CONSUMER_FIELDS = (
+    "deliver_policy",
+    "ack_policy",
+    "ack_wait",
+    "max_deliver",
+    "max_ack_pending",
+    "max_waiting",
+    "filter_subject",
+    "description",
+)
+
+
+def _differs(want: Any, have: Any, fields: tuple[str, ...]) -> bool:
+    return any(getattr(want, f) != getattr(have, f) for f in fields)
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    consumers: tuple[str, ...] = PROJECTIONS,
+) -> ProvisionReport:
+    """Create or update the streams and durable consumers; returns what changed."""
+    report = ProvisionReport()
+    for want in stream_configs(replicas=replicas, max_event_bytes=max_event_bytes):
+        assert want.name is not None
+        try:
+            info = await js.stream_info(want.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(want)
+            report.streams[want.name] = "created"
+            continue
+        if _differs(want, info.config, _STREAM_FIELDS):
+            # Update on top of the current config so fields we do not own survive.
+            merged = info.config.evolve(**{f: getattr(want, f) for f in _STREAM_FIELDS})
+            await js.update_stream(merged)
+            report.streams[want.name] = "updated"
+        else:
+            report.streams[want.name] = "unchanged"
+    for name in consumers:
+        want_c = consumer_config(name)
+        try:
+            have = await js.consumer_info(EVENT_STREAM, name)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(EVENT_STREAM, want_c)
+            report.consumers[name] = "created"
+            continue
+        if _differs(want_c, have.config, _CONSUMER_FIELDS):
+            # Creating a durable that exists with another config updates it in place.
+            await js.add_consumer(EVENT_STREAM, want_c)
+            report.consumers[name] = "updated"
+        else:
+            report.consumers[name] = "unchanged"
+    return report
