@@ -1,0 +1,341 @@
+"""The ``memstream`` command line.
+
+A user's mistake prints one line on stderr and exits with status 2; an outage (NATS not
+reachable, the broker failing) prints one line and exits with status 1. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import click
+import msgspec
+import nats.js.errors
+from rich.console import Console
+from rich.table import Table
+
+from consumers.log import configure_logging
+from consumers.settings import Settings, load_settings
+from producers._connect import connect_nats
+from producers.client import GENERATED_IDS, MemoryClient, PublishAck
+from schemas.errors import InvalidEvent, MemstreamError
+from schemas.events import EVENT_TYPES, Event, KnowledgeStored, utc_now
+from schemas.ids import new_id
+from schemas.subjects import DLQ_STREAM, EVENT_STREAM
+
+__all__ = ["cli", "main"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console(highlight=False, soft_wrap=True)
+_json = msgspec.json.Encoder()
+
+
+@click.group(
+    name="memstream",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="memstream", prog_name="memstream")
+def cli() -> None:
+    """memstream: event-sourced shared memory for multi-agent AI systems."""
+
+
+def nats_url_option(f: F) -> F:
+    return click.option(
+        "--nats-url",
+        default=None,
+        help="NATS URL [default: $MEMSTREAM_NATS_URL, else nats://127.0.0.1:4222].",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(f)
+
+
+def tenant_agent_options(f: F) -> F:
+    f = click.option("--agent", "-a", required=True, help="Agent id.")(f)
+    return click.option("--tenant", "-t", required=True, help="Tenant id.")(f)
+
+
+class UserError(MemstreamError):
+    code = "bad_request"
+
+
+def _settings(*, service: bool = False, **overrides: Any) -> Settings:
+    """Settings and logging; a one-shot command logs only warnings and worse."""
+    settings = load_settings(**overrides)
+    level = settings.log_level
+    if not service and level in ("debug", "info") and "MEMSTREAM_LOG_LEVEL" not in os.environ:
+        level = "warning"
+    configure_logging(settings.log_format, level)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(_json.encode(data).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _publish(
+    settings: Settings, tenant: str, agent: str, build: Callable[[MemoryClient], Event]
+) -> PublishAck:
+    """Connect as (tenant, agent), publish the event ``build`` makes, return its ack."""
+
+    async def go() -> PublishAck:
+        async with await MemoryClient.connect(
+            settings.nats_url,
+            tenant=tenant,
+            agent=agent,
+            max_event_bytes=settings.max_event_bytes,
+            **settings.nats_auth,
+        ) as client:
+            return await client.publish(build(client))
+
+    return _run(go())
+
+
+def _print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None:
+    if as_json:
+        _print_json({**msgspec.structs.asdict(ack), "type": type_, **extra})
+        return
+    dup = " (duplicate: already stored)" if ack.duplicate else ""
+    ids = "".join(f"  {k} {v}" for k, v in extra.items())
+    out.print(f"stored {type_} at seq {ack.seq}{dup}  id {ack.id}{ids}")
+
+
+# --- up -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--data-dir",
+    default=None,
+    help="Where NATS and the projections keep their data "
+    "[default: $MEMSTREAM_DATA_DIR, else ./.memstream].",
+)
+@click.option(
+    "--nats-port",
+    type=click.IntRange(0, 65535),
+    default=4222,
+    show_default=True,
+    help="Port of the embedded NATS (0: any free port).",
+)
+@click.option("--nats-url", default=None, help="Use this NATS instead of starting one.")
+@json_option
+def up(data_dir: str | None, nats_port: int, nats_url: str | None, as_json: bool) -> None:
+    """Run memstream on this machine: embedded NATS with JetStream and the streams."""
+    from consumers.app import UpInfo, run_up
+
+    settings = _settings(service=True, data_dir=data_dir, nats_url=nats_url)
+
+    def ready(info: UpInfo) -> None:
+        if as_json:
+            _print_json(
+                {
+                    "nats_url": info.nats_url,
+                    "data_dir": str(info.data_dir),
+                    "embedded": info.embedded,
+                    "nats_pid": info.nats_pid,
+                    "streams": info.provisioned.streams,
+                    "consumers": info.provisioned.consumers,
+                }
+            )
+            return
+        out.print("memstream is up")
+        out.print(f"  NATS      {info.nats_url}" + ("" if info.embedded else " (external)"))
+        out.print(f"  data dir  {info.data_dir}")
+        streams = ", ".join(f"{k} ({v})" for k, v in info.provisioned.streams.items())
+        out.print(f"  streams   {streams}")
+        out.print(f"Connect agents with MEMSTREAM_NATS_URL={info.nats_url}. Ctrl-C stops.")
+
+    _run(run_up(settings, nats_port=nats_port, external_nats=nats_url is not None, on_ready=ready))
+
+
+# --- publishing -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("type_", metavar="TYPE")
+@tenant_agent_options
+@click.option("--data", default="{}", help="The event's own fields as a JSON object.")
+@nats_url_option
+@json_option
+def publish(
+    type_: str, tenant: str, agent: str, data: str, nats_url: str | None, as_json: bool
+) -> None:
+    """Publish one event of TYPE (e.g. task.created); ids and ts are filled in when omitted."""
+    if type_ not in EVENT_TYPES:
+        raise UserError(
+            f"unknown event type {type_!r}: use one of {', '.join(sorted(EVENT_TYPES))}"
+        )
+    try:
+        fields = msgspec.json.decode(data)
+    except msgspec.DecodeError as err:
+        raise UserError(f"--data is not valid JSON: {err}") from None
+    if not isinstance(fields, dict):
+        raise UserError("--data must be a JSON object of the event's fields")
+    for name, given in (("type", type_), ("tenant", tenant), ("agent", agent)):
+        if name in fields and fields[name] != given:
+            raise UserError(f"--data has {name} {fields[name]!r} but the command says {given!r}")
+    fields.update(type=type_, tenant=tenant, agent=agent)
+    fields.setdefault("id", new_id())
+    fields.setdefault("ts", utc_now().isoformat())
+    generated = GENERATED_IDS.get(type_)
+    if generated:
+        fields.setdefault(generated, new_id())
+    try:
+        event = msgspec.convert(fields, EVENT_TYPES[type_])
+    except msgspec.ValidationError as err:
+        raise InvalidEvent(f"{type_} event does not match the contract: {err}") from None
+    settings = _settings(nats_url=nats_url)
+    extra = {generated: str(getattr(event, generated))} if generated else {}
+    ack = _publish(settings, tenant, agent, lambda _: event)
+    _print_ack(ack, as_json, type_, **extra)
+
+
+@cli.command()
+@click.argument("text")
+@tenant_agent_options
+@click.option("--domain", "-d", required=True, help="Knowledge domain, e.g. python.")
+@click.option("--tag", multiple=True, help="A tag (repeatable).")
+@click.option("--memory-id", default=None, help="Memory id [default: a new UUIDv7].")
+@nats_url_option
+@json_option
+def remember(
+    text: str,
+    tenant: str,
+    agent: str,
+    domain: str,
+    tag: tuple[str, ...],
+    memory_id: str | None,
+    nats_url: str | None,
+    as_json: bool,
+) -> None:
+    """Store TEXT as a piece of knowledge (a knowledge.stored event)."""
+    settings = _settings(nats_url=nats_url)
+    memory_id = memory_id or new_id()
+
+    def build(client: MemoryClient) -> Event:
+        return client.new_event(
+            KnowledgeStored, memory_id=memory_id, domain=domain, content=text, tags=tag
+        )
+
+    _print_ack(
+        _publish(settings, tenant, agent, build), as_json, "knowledge.stored", memory_id=memory_id
+    )
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def _version(nc: Any) -> str:
+    v = nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+async def _status(url: str, settings: Settings) -> dict[str, Any]:
+    nc = await connect_nats(url, name="memstream:status", **settings.nats_auth)
+    try:
+        js = nc.jetstream()
+        streams: list[dict[str, Any]] = []
+        for name in (EVENT_STREAM, DLQ_STREAM):
+            try:
+                info = await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                streams.append({"name": name, "exists": False})
+                continue
+            state = info.state
+            entry: dict[str, Any] = {
+                "name": name,
+                "exists": True,
+                "messages": state.messages,
+                "bytes": state.bytes,
+                "first_seq": state.first_seq,
+                "last_seq": state.last_seq,
+                "subjects": info.config.subjects,
+                "consumers": [],
+            }
+            for c in await js.consumers_info(name):
+                entry["consumers"].append(
+                    {
+                        "name": c.name,
+                        "pending": c.num_pending,
+                        "ack_pending": c.num_ack_pending,
+                        "delivered_seq": c.delivered.stream_seq if c.delivered else 0,
+                        "acked_seq": c.ack_floor.stream_seq if c.ack_floor else 0,
+                    }
+                )
+            streams.append(entry)
+        return {"nats_url": url, "server_version": _version(nc), "streams": streams}
+    finally:
+        await nc.close()
+
+
+@cli.command()
+@nats_url_option
+@json_option
+def status(nats_url: str | None, as_json: bool) -> None:
+    """Streams with their message counts, and consumers with what they have pending."""
+    settings = _settings(nats_url=nats_url)
+    report = _run(_status(settings.nats_url, settings))
+    if as_json:
+        _print_json(report)
+        return
+    out.print(f"NATS {report['nats_url']} (server {report['server_version']})")
+    table = Table("stream", "messages", "bytes", "first seq", "last seq")
+    consumers = Table("stream", "consumer", "pending", "ack pending", "acked up to seq")
+    for s in report["streams"]:
+        if not s["exists"]:
+            table.add_row(s["name"], "missing: run 'memstream up'", "", "", "")
+            continue
+        table.add_row(
+            s["name"], str(s["messages"]), str(s["bytes"]), str(s["first_seq"]), str(s["last_seq"])
+        )
+        for c in s["consumers"]:
+            consumers.add_row(
+                s["name"], c["name"], str(c["pending"]), str(c["ack_pending"]), str(c["acked_seq"])
+            )
+    out.print(table)
+    if consumers.row_count:
+        out.print(consumers)
+
+
+# --- entry point ----------------------------------------------------------------------
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    sys.stderr.write(f"memstream: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run a command, turning errors into one line."""
+    try:
+        cli.main(args=argv, prog_name="memstream", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        raise SystemExit(done.exit_code) from None
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.UsageError as err:
+        _fail(err.format_message().replace("\n", " "), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except MemstreamError as err:
+        message = str(err).replace("\n", " ")
+        _fail(message, 2 if err.code == "bad_request" else 1)
+    except OSError as err:
+        _fail(f"{err.strerror or err} ({getattr(err, 'filename', '') or ''})", 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Run the ``memstream`` command as a user does: a real process, real output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import pid_alive
+
+_script = Path(sys.executable).parent / "memstream"
+MEMSTREAM = [str(_script)] if _script.exists() else [sys.executable, "-m", "consumers"]
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "MEMSTREAM_LOG_FORMAT": "json", **(env or {})}
+    full_env.pop("MEMSTREAM_NATS_URL", None) if env is None else None
+    return subprocess.run(
+        [*MEMSTREAM, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@dataclass
+class Up:
+    process: subprocess.Popen[str]
+    info: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return str(self.info["nats_url"])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def start_up(data_dir: Path, *extra: str) -> Up:
+    """``memstream up --json`` on a free port; returns once it printed its ready line."""
+    env = {**os.environ, "MEMSTREAM_LOG_FORMAT": "json"}
+    process = subprocess.Popen(
+        [*MEMSTREAM, "up", "--nats-port", "0", "--data-dir", str(data_dir), "--json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # blocks until ready, or EOF if it died
+    if not line:
+        _, err = process.communicate(timeout=10)
+        raise AssertionError(f"memstream up exited with {process.returncode}: {err}")
+    return Up(process, json.loads(line))
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    running = start_up(tmp_path / "data")
+    nats_pid = running.info["nats_pid"]
+    try:
+        yield running
+    finally:
+        running.stop()
+        assert not pid_alive(nats_pid), "memstream up left its nats-server running"

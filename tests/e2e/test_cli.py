@@ -1,0 +1,184 @@
+"""The memstream CLI in a subprocess, the way a user runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from tests.conftest import pid_alive
+from tests.e2e.conftest import Up, run_cli, start_up
+
+
+def test_up_remember_status_tour(up: Up) -> None:
+    """up starts the broker; remember prints its seq; status shows it in MEMORY."""
+    assert up.info["embedded"] is True
+    assert pid_alive(up.info["nats_pid"])
+    assert {"MEMORY": "created", "MEMORY_DLQ": "created"} == up.info["streams"]
+    result = run_cli(
+        "remember",
+        "--nats-url",
+        up.url,
+        "--tenant",
+        "acme",
+        "--agent",
+        "a1",
+        "--domain",
+        "python",
+        "asyncio.gather runs awaitables concurrently",
+    )
+    assert 0 == result.returncode, result.stderr
+    assert result.stdout.startswith("stored knowledge.stored at seq 1 ")
+    status = run_cli("status", "--nats-url", up.url, "--json")
+    assert 0 == status.returncode, status.stderr
+    memory = {s["name"]: s for s in json.loads(status.stdout)["streams"]}["MEMORY"]
+    assert (1, 1) == (memory["messages"], memory["last_seq"])
+    assert {"history": 1, "vectors": 1} == {c["name"]: c["pending"] for c in memory["consumers"]}
+    table = run_cli("status", "--nats-url", up.url)
+    assert "MEMORY" in table.stdout and "history" in table.stdout
+
+
+def test_publish_any_type_with_json_output(up: Up) -> None:
+    """publish fills id, ts and the generated task_id, and reports them as JSON."""
+    result = run_cli(
+        "publish",
+        "task.created",
+        "--nats-url",
+        up.url,
+        "-t",
+        "acme",
+        "-a",
+        "pm",
+        "--data",
+        '{"title": "ship it", "assignee": "coder"}',
+        "--json",
+    )
+    assert 0 == result.returncode, result.stderr
+    ack = json.loads(result.stdout)
+    assert (1, False, "task.created") == (ack["seq"], ack["duplicate"], ack["type"])
+    assert ack["task_id"] and ack["id"]
+    again = run_cli(
+        "publish",
+        "task.started",
+        "--nats-url",
+        up.url,
+        "-t",
+        "acme",
+        "-a",
+        "pm",
+        "--data",
+        json.dumps({"task_id": ack["task_id"], "id": "fixed-1"}),
+    )
+    dup = run_cli(
+        "publish",
+        "task.started",
+        "--nats-url",
+        up.url,
+        "-t",
+        "acme",
+        "-a",
+        "pm",
+        "--data",
+        json.dumps({"task_id": ack["task_id"], "id": "fixed-1"}),
+    )
+    assert "at seq 2 " in again.stdout
+    assert "at seq 2 (duplicate: already stored)" in dup.stdout
+
+
+def _one_line_error(result: object, status: int, *needles: str) -> None:
+    assert status == result.returncode  # type: ignore[attr-defined]
+    err = result.stderr  # type: ignore[attr-defined]
+    assert 1 == len(err.strip().splitlines()), err
+    assert "Traceback" not in err
+    assert err.startswith("memstream: error: ")
+    for needle in needles:
+        assert needle in err
+
+
+def test_user_mistakes_are_one_line_and_status_2(up: Up) -> None:
+    """Bad tenant, bad JSON, unknown type, missing option: one stderr line, exit 2."""
+    _one_line_error(
+        run_cli(
+            "remember",
+            "--nats-url",
+            up.url,
+            "--tenant",
+            "Acme Corp",
+            "--agent",
+            "a1",
+            "--domain",
+            "python",
+            "x",
+        ),
+        2,
+        "tenant 'Acme Corp' is not a valid tenant id",
+    )
+    _one_line_error(
+        run_cli("publish", "task.created", "-t", "acme", "-a", "a", "--data", "{x"),
+        2,
+        "--data is not valid JSON",
+    )
+    _one_line_error(
+        run_cli("publish", "task.exploded", "-t", "acme", "-a", "a"),
+        2,
+        "unknown event type 'task.exploded'",
+    )
+    _one_line_error(
+        run_cli(
+            "publish", "task.created", "--nats-url", up.url, "-t", "acme", "-a", "a", "--data", "{}"
+        ),
+        2,
+        "missing required field `title`",
+    )
+    _one_line_error(run_cli("remember", "-t", "acme", "x"), 2, "Missing option")
+    _one_line_error(
+        run_cli("status", env={"MEMSTREAM_NATS_URL": "not-a-url"}),
+        2,
+        "MEMSTREAM_NATS_URL='not-a-url' is not valid",
+    )
+    status = json.loads(run_cli("status", "--nats-url", up.url, "--json").stdout)
+    assert 0 == status["streams"][0]["messages"]
+
+
+def test_unreachable_nats_is_one_line_and_status_1() -> None:
+    """No server: the error names the URL and says how to start one."""
+    _one_line_error(
+        run_cli(
+            "remember",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "-t",
+            "acme",
+            "-a",
+            "a",
+            "-d",
+            "x",
+            "text",
+        ),
+        1,
+        "cannot reach NATS at nats://127.0.0.1:1",
+        "memstream up",
+    )
+
+
+def test_up_restarts_on_existing_data(tmp_path: Path) -> None:
+    """Stopped with SIGTERM and started again, up keeps the stream and changes nothing."""
+    first = start_up(tmp_path)
+    run_cli("remember", "--nats-url", first.url, "-t", "acme", "-a", "a", "-d", "d", "kept")
+    nats_pid = first.info["nats_pid"]
+    assert 0 == first.stop(signal.SIGTERM)
+    assert not pid_alive(nats_pid)
+    second = start_up(tmp_path)
+    try:
+        assert {"MEMORY": "unchanged", "MEMORY_DLQ": "unchanged"} == second.info["streams"]
+        status = json.loads(run_cli("status", "--nats-url", second.url, "--json").stdout)
+        assert 1 == status["streams"][0]["messages"]
+    finally:
+        assert 0 == second.stop(signal.SIGINT)
+
+
+def test_up_refuses_a_taken_port(up: Up, tmp_path: Path) -> None:
+    """A second up on the same port fails with one line naming the port."""
+    port = up.url.rsplit(":", 1)[1]
+    result = run_cli("up", "--nats-port", port, "--data-dir", str(tmp_path / "other"))
+    _one_line_error(result, 1, f"port {port} on 127.0.0.1 is already in use")
