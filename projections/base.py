@@ -19,7 +19,10 @@ class Projection(Protocol):
 
     ``apply`` must skip every event at or below :attr:`checkpoint` and make the batch's
     effect and the new checkpoint durable together, so a redelivered batch changes
-    nothing. The live runner and the replay runner feed the same ``apply``.
+    nothing. The new checkpoint is the batch's last sequence, or ``upto`` when that is
+    higher (the runner passes the last sequence it consumed, so messages that went to the
+    dead-letter stream are not delivered again). The live runner and the replay runner
+    feed the same ``apply``.
     """
 
     name: str
@@ -29,6 +32,6 @@ class Projection(Protocol):
         """The last stream sequence applied (0 when nothing was)."""
         ...
 
-    def apply(self, batch: Batch) -> None: ...
+    def apply(self, batch: Batch, upto: int = 0) -> None: ...
 
     def close(self) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 
 from schemas import events as ev
 from schemas.events import Event
@@ -11,12 +12,13 @@ TS = dt.datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=dt.UTC)
 
 
 def sample_events(tenant: str = "acme", agent: str = "a1") -> list[Event]:
-    """Every event type once, ids made unique per (tenant, agent)."""
+    """Every event type once; each call makes new ids (a stream dedupes repeated ones)."""
     n = iter(range(1000))
+    call = secrets.token_hex(4)
 
     def common() -> dict[str, object]:
         return {
-            "id": f"{tenant}-{agent}-{next(n)}",
+            "id": f"{tenant}-{agent}-{call}-{next(n)}",
             "tenant": tenant,
             "agent": agent,
             "ts": TS,

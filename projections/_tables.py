@@ -1,0 +1,130 @@
+"""The DuckDB schema of the history projection, with the Arrow schema of each table.
+
+One list per table drives both the DDL and the Arrow schema rows are loaded through, so
+the two cannot drift. Timestamps are naive UTC ``TIMESTAMP`` columns: the wire format is
+UTC by convention, and naive columns need no time-zone support at query time.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pyarrow as pa
+
+__all__ = ["ARROW_SCHEMAS", "DDL", "KEYS", "TABLES"]
+
+_S, _I, _J, _T, _B = pa.string(), pa.int64(), pa.string(), pa.timestamp("us"), pa.bool_()
+_L = pa.list_(pa.string())
+
+
+def _duck_type(typ: pa.DataType) -> str:
+    if pa.types.is_list(typ):
+        return f"{_duck_type(typ.value_type)}[]"
+    for check, name in (
+        (pa.types.is_string, "VARCHAR"),
+        (pa.types.is_int64, "BIGINT"),
+        (pa.types.is_timestamp, "TIMESTAMP"),
+        (pa.types.is_boolean, "BOOLEAN"),
+    ):
+        if check(typ):
+            return name
+    raise TypeError(f"no DuckDB type for {typ}")
+
+
+# (column, arrow type, DuckDB type override). JSON columns travel as strings.
+TABLES: Final[dict[str, list[tuple[str, pa.DataType, str | None]]]] = {
+    "events": [
+        ("seq", _I, None), ("id", _S, None), ("id_hash", _I, None), ("type", _S, None),
+        ("tenant", _S, None), ("agent", _S, None), ("ts", _T, None), ("task_id", _S, None),
+        ("correlation_id", _S, None), ("causation_id", _S, None), ("v", _I, None),
+        ("body", _J, "JSON"),
+    ],
+    "knowledge": [
+        ("tenant", _S, None), ("memory_id", _S, None), ("agent", _S, None),
+        ("domain", _S, None), ("content", _S, None), ("tags", _L, None),
+        ("metadata", _J, "JSON"), ("created_seq", _I, None), ("updated_seq", _I, None),
+        ("created_at", _T, None), ("updated_at", _T, None),
+    ],
+    "solutions": [
+        ("tenant", _S, None), ("memory_id", _S, None), ("agent", _S, None),
+        ("problem", _S, None), ("solution", _S, None), ("tags", _L, None),
+        ("metadata", _J, "JSON"), ("created_seq", _I, None), ("updated_seq", _I, None),
+        ("created_at", _T, None), ("updated_at", _T, None),
+    ],
+    "memory_links": [
+        ("seq", _I, None), ("tenant", _S, None), ("agent", _S, None), ("from_id", _S, None),
+        ("to_id", _S, None), ("relation", _S, None), ("ts", _T, None),
+    ],
+    "collaborations": [
+        ("tenant", _S, None), ("interaction_id", _S, None), ("seq", _I, None),
+        ("agent", _S, None), ("initiator", _S, None), ("participants", _L, None),
+        ("task_description", _S, None), ("outcome", _S, None), ("metadata", _J, "JSON"),
+        ("ts", _T, None),
+    ],
+    "collab_messages": [
+        ("seq", _I, None), ("tenant", _S, None), ("interaction_id", _S, None),
+        ("agent", _S, None), ("sender", _S, None), ("recipients", _L, None),
+        ("content", _S, None), ("ts", _T, None),
+    ],
+    "tasks": [
+        ("tenant", _S, None), ("task_id", _S, None), ("title", _S, None),
+        ("assignee", _S, None), ("parent_id", _S, None), ("flow_id", _S, None),
+        ("metadata", _J, "JSON"), ("status", _S, None), ("agent", _S, None),
+        ("created_at", _T, None), ("started_at", _T, None), ("finished_at", _T, None),
+        ("output", _J, "JSON"), ("error", _S, None), ("created_seq", _I, None),
+        ("last_seq", _I, None),
+    ],
+    "task_events": [
+        ("seq", _I, None), ("tenant", _S, None), ("task_id", _S, None), ("type", _S, None),
+        ("agent", _S, None), ("ts", _T, None), ("status", _S, None),
+    ],
+    "flow_runs": [
+        ("seq", _I, None), ("tenant", _S, None), ("flow_id", _S, None), ("run_id", _S, None),
+        ("agent", _S, None), ("status", _S, None), ("duration_ms", _I, None),
+        ("data", _J, "JSON"), ("ts", _T, None),
+    ],
+    "context": [
+        ("tenant", _S, None), ("key", _S, None), ("data", _J, "JSON"), ("agent", _S, None),
+        ("set_at", _T, None), ("expires_at", _T, None), ("seq", _I, None),
+    ],
+    "conversations": [
+        ("seq", _I, None), ("tenant", _S, None), ("session_id", _S, None),
+        ("agent", _S, None), ("role", _S, None), ("content", _S, None), ("ts", _T, None),
+    ],
+    "tool_usage": [
+        ("seq", _I, None), ("tenant", _S, None), ("agent", _S, None), ("tool", _S, None),
+        ("args", _J, "JSON"), ("result", _J, "JSON"), ("duration_ms", _I, None),
+        ("ok", _B, None), ("task_id", _S, None), ("ts", _T, None),
+    ],
+}  # fmt: skip
+
+# The identity of a row in the tables that hold current state rather than a log.
+KEYS: Final[dict[str, tuple[str, str]]] = {
+    "knowledge": ("tenant", "memory_id"),
+    "solutions": ("tenant", "memory_id"),
+    "collaborations": ("tenant", "interaction_id"),
+    "tasks": ("tenant", "task_id"),
+    "context": ("tenant", "key"),
+}
+
+ARROW_SCHEMAS: Final[dict[str, pa.Schema]] = {
+    name: pa.schema([(col, typ) for col, typ, _ in cols]) for name, cols in TABLES.items()
+}
+
+
+def _ddl() -> str:
+    statements = [
+        "CREATE TABLE IF NOT EXISTS projection_state "
+        "(name VARCHAR PRIMARY KEY, last_seq BIGINT NOT NULL, updated_at TIMESTAMP)"
+    ]
+    for name, cols in TABLES.items():
+        keys = KEYS.get(name, ())
+        body = ", ".join(
+            f"{col} {override or _duck_type(typ)}{' NOT NULL' if col in keys else ''}"
+            for col, typ, override in cols
+        )
+        statements.append(f"CREATE TABLE IF NOT EXISTS {name} ({body})")
+    return ";\n".join(statements)
+
+
+DDL: Final = _ddl()
