@@ -89,7 +89,8 @@ def consumer_config(name: str) -> ConsumerConfig:
         name=name,
         description=f"memstream {name} projection",
         deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
+        # Batches are applied in order, so acking a batch's last message acks it all.
+        ack_policy=AckPolicy.ALL,
         # A batch is acked after its commit; a slow commit must not cause redelivery.
         ack_wait=120.0,
         # Poison messages go to the DLQ by hand; a failing commit must retry forever.
@@ -161,9 +162,22 @@ async def ensure_streams(
             await js.add_consumer(EVENT_STREAM, want_c)
             report.consumers[name] = "created"
             continue
-        if _differs(want_c, have.config, _CONSUMER_FIELDS):
-            # Creating a durable that exists with another config updates it in place.
+        if have.config.ack_policy != want_c.ack_policy:
+            # Not updatable in place. Recreated from the start: the projection skips what
+            # it has already applied.
+            await js.delete_consumer(EVENT_STREAM, name)
             await js.add_consumer(EVENT_STREAM, want_c)
+            report.consumers[name] = "updated"
+        elif _differs(want_c, have.config, _CONSUMER_FIELDS):
+            # Creating a durable that exists with another config updates it in place;
+            # its start position stays as it is.
+            await js.add_consumer(
+                EVENT_STREAM,
+                want_c.evolve(
+                    deliver_policy=have.config.deliver_policy,
+                    opt_start_seq=have.config.opt_start_seq,
+                ),
+            )
             report.consumers[name] = "updated"
         else:
             report.consumers[name] = "unchanged"

@@ -31,7 +31,7 @@ async def test_streams_match_the_design(nc: NatsClient) -> None:
     assert memory.max_age in (0, None)
     assert ["memdlq.>"] == (await js.stream_info("MEMORY_DLQ")).config.subjects
     history = (await js.consumer_info("MEMORY", "history")).config
-    assert ("history", AckPolicy.EXPLICIT, None) == (
+    assert ("history", AckPolicy.ALL, None) == (
         history.durable_name,
         history.ack_policy,
         history.deliver_subject,

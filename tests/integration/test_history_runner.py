@@ -1,0 +1,196 @@
+"""The history projection fed by JetStream: dead letters, replay, rebuild, repositioning."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+
+from consumers import _ops
+from consumers.runner import LiveRunner, replay
+from consumers.service import HistoryStorage, ProjectionService, rebuild_offline
+from producers import MemoryClient
+from projections._tables import TABLES
+from projections.history import HistoryProjection
+from schemas import events as ev
+from schemas.events import EventDecoder
+from tests.samples import sample_events
+from tests.waiting import wait_for
+
+
+async def last_seq(nc: NatsClient) -> int:
+    return (await nc.jetstream().stream_info("MEMORY")).state.last_seq
+
+
+async def run_live(nc: NatsClient, projection: HistoryProjection, **kw: Any) -> LiveRunner:
+    """Run the live runner until the projection has applied the whole stream."""
+    runner = LiveRunner(nc, projection, batch_size=kw.pop("batch_size", 500), max_wait=0.1, **kw)
+    task = asyncio.create_task(runner.run())
+    target = await last_seq(nc)
+    try:
+        await wait_for(lambda: projection.checkpoint >= target, what="live caught up")
+    finally:
+        runner.stop()
+        await task
+    return runner
+
+
+async def publish_mixed(nc: NatsClient, n: int, tenant: str = "acme") -> None:
+    client = MemoryClient(nc, tenant=tenant, agent="writer")
+    kinds = [
+        lambda i: client.new_event(ev.KnowledgeStored, memory_id=f"m{i % 50}", domain="d",
+                                   content=f"fact {i}"),
+        lambda i: client.new_event(ev.MemoryRevised, memory_id=f"m{i % 50}", content=f"v{i}"),
+        lambda i: client.new_event(ev.TaskCreated, task_id=f"t{i % 30}", title=f"task {i}"),
+        lambda i: client.new_event(ev.TaskStarted, task_id=f"t{i % 30}"),
+        lambda i: client.new_event(ev.TaskCompleted, task_id=f"t{i % 30}", output=i),
+        lambda i: client.new_event(ev.ContextSet, key=f"k{i % 7}", data={"i": i}, ttl_s=60),
+        lambda i: client.new_event(ev.ConversationTurn, session_id="s", role="user",
+                                   content=f"turn {i}"),
+        lambda i: client.new_event(ev.MemoryForgotten, memory_id=f"m{(i * 7) % 50}"),
+        lambda i: client.new_event(ev.ToolUsed, tool="grep", duration_ms=i, ok=i % 3 > 0),
+    ]  # fmt: skip
+    await client.publish_many([kinds[i % len(kinds)](i) for i in range(n)])
+
+
+def dump(projection: HistoryProjection) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: projection.con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
+
+
+async def test_poison_messages_go_to_the_dlq(nc: NatsClient, tmp_path: Path) -> None:
+    """Each kind of bad message is dead-lettered with its reason; every good one lands."""
+    js = nc.jetstream()
+    client = MemoryClient(nc, tenant="acme", agent="a1")
+    good = sample_events()
+    await client.publish_many(good[:8])
+    envelope = {"id": "x1", "tenant": "acme", "agent": "a", "ts": "2026-11-21T12:00:00Z"}
+    bad = [
+        ("mem.acme.knowledge.stored", b"\xff not json at all", "event is not valid JSON"),
+        ("mem.beta.task.started",
+         msgspec.json.encode({**envelope, "type": "task.started", "task_id": "t"}),
+         "event tenant 'acme' disagrees with subject 'mem.beta.task.started'"),
+        ("mem.acme.knowledge.stored",
+         msgspec.json.encode({**envelope, "id": "x2", "type": "knowledge.stored",
+                              "domain": "d", "content": "c"}),
+         "missing required field `memory_id`"),
+        ("mem.acme.knowledge.stored",
+         msgspec.json.encode({**envelope, "id": "x3", "type": "knowledge.stored",
+                              "memory_id": "m", "domain": "d", "content": "x" * (1 << 20)}),
+         "over the limit of 1048576 bytes"),
+        ("mem.acme.a", b"{}", "is not an event subject"),
+    ]  # fmt: skip
+    for subject, body, _ in bad:
+        await js.publish(subject, body)
+    unknown = msgspec.json.encode({**envelope, "id": "x4", "type": "plan.drafted", "steps": 2})
+    await js.publish("mem.acme.plan.drafted", unknown)
+    await client.publish_many(good[8:])
+    projection = HistoryProjection(tmp_path / "h.duckdb")
+    runner = await run_live(nc, projection)
+
+    ids = {r[0] for r in projection.con.execute("SELECT id FROM events").fetchall()}
+    assert {e.id for e in good} | {"x4"} == ids
+    assert len(bad) == runner.stats.dead_letters
+    letters = await _ops.list_dead_letters(nc)
+    assert [s for s, _, _ in bad] == [d.source_subject for d in letters]
+    for letter, (_, _, reason) in zip(letters, bad, strict=True):
+        assert reason in letter.error
+        assert letter.subject.startswith("memdlq.history.")
+    assert "memdlq.history.beta" == letters[1].subject
+    source = await js.get_msg("MEMORY", letters[0].source_seq)
+    assert b"\xff not json at all" == source.data
+
+
+async def test_live_and_replay_agree_row_for_row(nc: NatsClient, tmp_path: Path) -> None:
+    """A full replay produces tables identical to the live projection's."""
+    client = MemoryClient(nc, tenant="acme", agent="a1")
+    await client.publish_many(sample_events("acme") + sample_events("beta", "b1"))
+    await publish_mixed(nc, 3000)
+    await publish_mixed(nc, 500, tenant="beta")
+    live = HistoryProjection(tmp_path / "live.duckdb")
+    await run_live(nc, live, batch_size=700)
+    rebuilt = HistoryProjection(tmp_path / "replayed.duckdb")
+    stats = await replay(nc, rebuilt, batch_size=1000)
+    assert (3532, live.checkpoint) == (stats.applied, rebuilt.checkpoint)
+    expected, actual = dump(live), dump(rebuilt)
+    for table in TABLES:
+        assert expected[table] == actual[table], table
+    assert 3532 == len(expected["events"])
+
+
+async def test_rebuild_while_ingesting_swaps_without_loss(nc: NatsClient, tmp_path: Path) -> None:
+    """A rebuild under live load swaps in a database holding every event exactly once."""
+    await publish_mixed(nc, 4000)
+    service = ProjectionService(nc, HistoryStorage(tmp_path), batch_size=400, max_wait=0.05)
+    await service.start()
+    assert service.projection is not None
+    old_path = service.projection.path
+    writer = asyncio.create_task(publish_mixed(nc, 3000, tenant="beta"))
+    try:
+        result = await service.rebuild()
+        await writer
+        await publish_mixed(nc, 200, tenant="gamma")
+        target = await last_seq(nc)
+        await wait_for(lambda: service.projection.checkpoint >= target, what="caught up")  # type: ignore[union-attr]
+        async with service.reading() as history:
+            counts = history.con.execute(
+                "SELECT count(*), count(DISTINCT id), count(DISTINCT seq) FROM events"
+            ).fetchone()
+            by_tenant = dict(history.con.execute(
+                "SELECT tenant, count(*) FROM events GROUP BY tenant"
+            ).fetchall())  # fmt: skip
+    finally:
+        await service.stop()
+    assert (7200, 7200, 7200) == counts
+    assert {"acme": 4000, "beta": 3000, "gamma": 200} == by_tenant
+    assert result.events >= 4000
+    assert service.projection.path != old_path
+    assert not old_path.exists()
+    assert [service.projection.path] == sorted(tmp_path.glob("history/*.duckdb"))
+
+
+async def test_offline_rebuild_replaces_the_file(nc: NatsClient, tmp_path: Path) -> None:
+    """With nothing running, a rebuild writes a new file and points CURRENT at it."""
+    await publish_mixed(nc, 900)
+    storage = HistoryStorage(tmp_path)
+    first = storage.open_current()
+    await run_live(nc, first)
+    before = dump(first)
+    first.close()
+    result = await rebuild_offline(nc, storage)
+    assert 900 == result.events
+    current = storage.files.current()
+    assert current is not None and current != first.path and not first.path.exists()
+    after = HistoryProjection(current)
+    assert before == dump(after)
+
+
+async def test_dead_letters_retried_once_the_cause_is_fixed(nc: NatsClient, tmp_path: Path) -> None:
+    """An event refused under a small size limit is projected after retry with a larger one."""
+    client = MemoryClient(nc, tenant="acme", agent="a1")
+    big = await client.store_knowledge("y" * 10_000, domain="d", memory_id="big")
+    await client.task_started("after")
+    projection = HistoryProjection(tmp_path / "h.duckdb")
+    strict = await run_live(nc, projection, decoder=EventDecoder(max_bytes=4096))
+    assert 1 == strict.stats.dead_letters
+    assert [] == projection.con.execute("SELECT * FROM knowledge").fetchall()
+    retried = await _ops.retry_dead_letters(nc)
+    assert [big.seq] == [letter.source_seq for letter, _ in retried]
+    assert [] == await _ops.list_dead_letters(nc)
+    await run_live(nc, projection)
+    assert [("big", 10_000)] == projection.con.execute(
+        "SELECT memory_id, length(content) FROM knowledge"
+    ).fetchall()
+
+
+async def test_consumer_follows_the_projection_checkpoint(nc: NatsClient, tmp_path: Path) -> None:
+    """A projection behind the consumer (a lost database) gets every event again."""
+    await publish_mixed(nc, 600)
+    await run_live(nc, HistoryProjection(tmp_path / "first.duckdb"))
+    info = await nc.jetstream().consumer_info("MEMORY", "history")
+    assert info.ack_floor.stream_seq == await last_seq(nc)
+    fresh = HistoryProjection(tmp_path / "fresh.duckdb")
+    await run_live(nc, fresh)
+    assert (600,) == fresh.con.execute("SELECT count(*) FROM events").fetchone()
