@@ -1,7 +1,9 @@
 """``memstream up``: everything on one machine, in one process.
 
 It starts the embedded nats-server (unless told to use another NATS), provisions the
-streams and consumers, and runs until SIGINT or SIGTERM, then stops what it started.
+streams and consumers, runs the history projection and the admin responder, and runs
+until SIGINT or SIGTERM. Stopping finishes and acks the batch in flight, then stops what
+it started, last of all the broker.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from consumers.admin import AdminResponder
 from consumers.log import get_logger
 from consumers.nats_server import NatsServer
+from consumers.service import HistoryStorage, ProjectionService
 from consumers.settings import Settings
 from consumers.streams import HEADER_ROOM, ProvisionReport, ensure_streams
 from producers._connect import connect_nats
+from schemas.errors import MemstreamError
 
 __all__ = ["UpInfo", "run_up"]
 
@@ -30,6 +36,11 @@ class UpInfo:
     embedded: bool
     nats_pid: int | None
     provisioned: ProvisionReport
+    projections: dict[str, int]
+
+
+class ProjectionFailed(MemstreamError):
+    code = "internal"
 
 
 async def run_up(
@@ -69,18 +80,29 @@ async def run_up(
                 max_event_bytes=settings.max_event_bytes,
             )
             log.info("streams_ready", streams=report.streams, consumers=report.consumers)
-            if on_ready:
-                on_ready(
-                    UpInfo(
-                        nats_url=url,
-                        data_dir=data_dir,
-                        embedded=server is not None,
-                        nats_pid=server.pid if server else None,
-                        provisioned=report,
+            await _serve(
+                nc,
+                settings,
+                data_dir,
+                stop,
+                lambda services: (
+                    on_ready
+                    and on_ready(
+                        UpInfo(
+                            nats_url=url,
+                            data_dir=data_dir,
+                            embedded=server is not None,
+                            nats_pid=server.pid if server else None,
+                            provisioned=report,
+                            projections={
+                                n: s.projection.checkpoint
+                                for n, s in services.items()
+                                if s.projection is not None
+                            },
+                        )
                     )
-                )
-            await stop.wait()
-            log.info("stopping")
+                ),
+            )
         finally:
             await nc.drain()
     finally:
@@ -89,3 +111,42 @@ async def run_up(
         if server is not None:
             code = await asyncio.to_thread(server.stop)
             log.info("nats_stopped", exit_code=code)
+
+
+async def _serve(
+    nc: Any,
+    settings: Settings,
+    data_dir: Path,
+    stop: asyncio.Event,
+    ready: Callable[[dict[str, ProjectionService[Any]]], Any],
+) -> None:
+    services: dict[str, ProjectionService[Any]] = {
+        "history": ProjectionService(
+            nc,
+            HistoryStorage(data_dir),
+            batch_size=settings.batch_size,
+            max_wait=settings.batch_wait_ms / 1000,
+        ),
+    }
+    admin = AdminResponder(nc, services)
+    started: list[ProjectionService[Any]] = []
+    try:
+        for service in services.values():
+            await service.start()
+            started.append(service)
+        await admin.start()
+        ready(services)
+        watchers = [asyncio.create_task(stop.wait())]
+        watchers += [s.wait_failed() for s in started]
+        _, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        failed = [s for s in started if s.failed is not None]
+        log.info("stopping")
+    finally:
+        await admin.stop()
+        for service in reversed(started):
+            await service.stop()
+    if failed:
+        err = failed[0].failed
+        raise ProjectionFailed(f"the {failed[0].name} projection stopped: {err!r}") from err

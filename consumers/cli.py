@@ -7,9 +7,12 @@ reachable, the broker failing) prints one line and exits with status 1. Never a 
 from __future__ import annotations
 
 import asyncio
+import csv
+import dataclasses
+import datetime as dt
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -147,12 +150,15 @@ def up(data_dir: str | None, nats_port: int, nats_url: str | None, as_json: bool
                     "nats_pid": info.nats_pid,
                     "streams": info.provisioned.streams,
                     "consumers": info.provisioned.consumers,
+                    "projections": info.projections,
                 }
             )
             return
         out.print("memstream is up")
         out.print(f"  NATS      {info.nats_url}" + ("" if info.embedded else " (external)"))
         out.print(f"  data dir  {info.data_dir}")
+        for name, checkpoint in info.projections.items():
+            out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
         streams = ", ".join(f"{k} ({v})" for k, v in info.provisioned.streams.items())
         out.print(f"  streams   {streams}")
         out.print(f"Connect agents with MEMSTREAM_NATS_URL={info.nats_url}. Ctrl-C stops.")
@@ -265,6 +271,8 @@ async def _status(url: str, settings: Settings) -> dict[str, Any]:
                 "consumers": [],
             }
             for c in await js.consumers_info(name):
+                if not c.config.durable_name:
+                    continue  # a replay's ephemeral consumer, gone when it finishes
                 entry["consumers"].append(
                     {
                         "name": c.name,
@@ -307,6 +315,196 @@ def status(nats_url: str | None, as_json: bool) -> None:
     out.print(table)
     if consumers.row_count:
         out.print(consumers)
+
+
+# --- operating the projections -------------------------------------------------------
+
+
+def data_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir",
+        default=None,
+        help="memstream's data dir [default: $MEMSTREAM_DATA_DIR, else ./.memstream].",
+    )(f)
+
+
+def _url_given(nats_url: str | None) -> bool:
+    return nats_url is not None or bool(os.environ.get("MEMSTREAM_NATS_URL"))
+
+
+@cli.command()
+@click.argument("projection", type=click.Choice(["history"]))
+@data_dir_option
+@nats_url_option
+@json_option
+def replay(projection: str, data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
+    """Rebuild PROJECTION from the whole stream, then swap it in atomically.
+
+    With memstream up running, the running process rebuilds and keeps answering from the
+    old database until the swap; otherwise this command works on the files itself.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from consumers import _ops
+
+    settings = _settings(data_dir=data_dir, nats_url=nats_url)
+    progress = Progress(
+        TextColumn(f"rebuilding {projection}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>10,.0f} events/s"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=as_json,
+        transient=False,
+    )
+    task = progress.add_task(projection, total=None, rate=0.0)
+
+    def on_progress(p: Any) -> None:
+        progress.update(task, completed=p.done, total=p.total, rate=p.rate)
+
+    with progress:
+        result = _run(_ops.rebuild(settings, projection, _url_given(nats_url), on_progress))
+        progress.update(
+            task,
+            completed=result.events + result.dead_letters,
+            total=result.events + result.dead_letters,
+        )
+    if as_json:
+        _print_json(dataclasses.asdict(result))
+        return
+    out.print(
+        f"rebuilt {projection}: {result.events} events up to seq {result.last_seq} "
+        f"in {result.seconds:.1f}s ({result.dead_letters} dead letters skipped); swapped in"
+    )
+
+
+@cli.command(name="sql")
+@click.argument("query")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--max-rows", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
+@data_dir_option
+@nats_url_option
+def sql_command(
+    query: str, fmt: str, max_rows: int, data_dir: str | None, nats_url: str | None
+) -> None:
+    """Run one read-only SQL QUERY over the history (tables: events, knowledge, tasks, ...)."""
+    from consumers import _ops
+
+    settings = _settings(data_dir=data_dir, nats_url=nats_url)
+    result = _run(_ops.sql(settings, query, _url_given(nats_url), max_rows))
+    _print_rows(result.columns, result.rows, fmt)
+    if result.truncated:
+        sys.stderr.write(f"memstream: showing the first {max_rows} rows (--max-rows)\n")
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+def _print_rows(columns: list[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    if fmt == "json":
+        _print_json([dict(zip(columns, map(_cell, row), strict=True)) for row in rows])
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows([[_cell(v) for v in row] for row in rows])
+    else:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*("" if v is None else str(_cell(v)) for v in row))
+        out.print(table)
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: events a projection could not apply, with the reason."""
+
+
+@dlq.command(name="list")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@nats_url_option
+@json_option
+def dlq_list(limit: int, nats_url: str | None, as_json: bool) -> None:
+    """Show each dead letter: its reason, source subject and source sequence."""
+    from consumers import _ops
+
+    settings = _settings(nats_url=nats_url)
+
+    async def go() -> list[_ops.DeadLetterInfo]:
+        nc = await connect_nats(settings.nats_url, name="memstream:dlq", **settings.nats_auth)
+        try:
+            return await _ops.list_dead_letters(nc, limit)
+        finally:
+            await nc.close()
+
+    letters = _run(go())
+    if as_json:
+        _print_json([dataclasses.asdict(d) for d in letters])
+        return
+    if not letters:
+        out.print("no dead letters")
+        return
+    _print_rows(
+        ["dlq seq", "projection", "source subject", "source seq", "reason"],
+        [
+            (d.seq, d.subject.split(".")[1], d.source_subject, d.source_seq, d.error)
+            for d in letters
+        ],
+        "table",
+    )
+
+
+@dlq.command(name="retry")
+@click.option(
+    "--seq",
+    "seqs",
+    type=int,
+    multiple=True,
+    help="Retry only this DLQ sequence (repeatable) [default: all].",
+)
+@nats_url_option
+@json_option
+def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> None:
+    """Publish dead letters again to their source subject (once the cause is fixed)."""
+    from consumers import _ops
+
+    settings = _settings(nats_url=nats_url)
+
+    async def go() -> list[tuple[_ops.DeadLetterInfo, int]]:
+        nc = await connect_nats(settings.nats_url, name="memstream:dlq", **settings.nats_auth)
+        try:
+            return await _ops.retry_dead_letters(nc, set(seqs) if seqs else None)
+        finally:
+            await nc.close()
+
+    done = _run(go())
+    if as_json:
+        _print_json(
+            [
+                {"dlq_seq": d.seq, "source_subject": d.source_subject, "new_seq": seq}
+                for d, seq in done
+            ]
+        )
+        return
+    out.print(f"retried {len(done)} dead letter{'s' if len(done) != 1 else ''}")
+    for d, seq in done:
+        out.print(f"  dlq seq {d.seq}: {d.source_subject} published again as seq {seq}")
 
 
 # --- entry point ----------------------------------------------------------------------

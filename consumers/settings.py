@@ -42,6 +42,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         DEFAULT_MAX_EVENT_BYTES
     )
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
+    batch_wait_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
 
     @property
     def data_path(self) -> Path:
@@ -77,6 +79,8 @@ ENV_VARS: dict[str, str] = {
     "nats_password": "MEMSTREAM_NATS_PASSWORD",
     "max_event_bytes": "MEMSTREAM_MAX_EVENT_BYTES",
     "stream_replicas": "MEMSTREAM_STREAM_REPLICAS",
+    "batch_size": "MEMSTREAM_BATCH_SIZE",
+    "batch_wait_ms": "MEMSTREAM_BATCH_WAIT_MS",
 }
 
 
@@ -114,6 +118,8 @@ _HINTS = {
     "embedding_dim": "expected a whole number from 8 to 65536",
     "max_event_bytes": "expected a whole number of bytes from 1024 to 67108864",
     "stream_replicas": "expected 1 to 5",
+    "batch_size": "expected a whole number of events from 1 to 100000",
+    "batch_wait_ms": "expected a whole number of milliseconds from 1 to 60000",
 }
 
 

@@ -55,9 +55,9 @@ class Up:
             raise
 
 
-def start_up(data_dir: Path, *extra: str) -> Up:
+def start_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Up:
     """``memstream up --json`` on a free port; returns once it printed its ready line."""
-    env = {**os.environ, "MEMSTREAM_LOG_FORMAT": "json"}
+    env = {**os.environ, "MEMSTREAM_LOG_FORMAT": "json", **(env or {})}
     process = subprocess.Popen(
         [*MEMSTREAM, "up", "--nats-port", "0", "--data-dir", str(data_dir), "--json", *extra],
         stdout=subprocess.PIPE,

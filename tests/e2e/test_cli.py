@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import pid_alive
 from tests.e2e.conftest import Up, run_cli, start_up
+from tests.waiting import wait_for_sync
 
 
 def test_up_remember_status_tour(up: Up) -> None:
@@ -29,13 +31,40 @@ def test_up_remember_status_tour(up: Up) -> None:
     )
     assert 0 == result.returncode, result.stderr
     assert result.stdout.startswith("stored knowledge.stored at seq 1 ")
-    status = run_cli("status", "--nats-url", up.url, "--json")
-    assert 0 == status.returncode, status.stderr
-    memory = {s["name"]: s for s in json.loads(status.stdout)["streams"]}["MEMORY"]
+
+    def memory_stream() -> dict[str, Any]:
+        status = run_cli("status", "--nats-url", up.url, "--json")
+        assert 0 == status.returncode, status.stderr
+        return {s["name"]: s for s in json.loads(status.stdout)["streams"]}["MEMORY"]  # type: ignore[no-any-return]
+
+    def acked(consumer: str) -> int:
+        return {c["name"]: c["acked_seq"] for c in memory_stream()["consumers"]}[consumer]  # type: ignore[no-any-return]
+
+    wait_for_sync(lambda: acked("history") == 1, what="history projected the event")
+    memory = memory_stream()
     assert (1, 1) == (memory["messages"], memory["last_seq"])
-    assert {"history": 1, "vectors": 1} == {c["name"]: c["pending"] for c in memory["consumers"]}
+    assert {"history": 0, "vectors": 1} == {c["name"]: c["pending"] for c in memory["consumers"]}
     table = run_cli("status", "--nats-url", up.url)
     assert "MEMORY" in table.stdout and "history" in table.stdout
+    sql = run_cli(
+        "sql",
+        "--nats-url",
+        up.url,
+        "--data-dir",
+        up.info["data_dir"],
+        "--format",
+        "json",
+        "SELECT tenant, agent, domain, content FROM knowledge",
+    )
+    assert 0 == sql.returncode, sql.stderr
+    assert [
+        {
+            "tenant": "acme",
+            "agent": "a1",
+            "domain": "python",
+            "content": "asyncio.gather runs awaitables concurrently",
+        }
+    ] == json.loads(sql.stdout)
 
 
 def test_publish_any_type_with_json_output(up: Up) -> None:
