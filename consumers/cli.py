@@ -21,6 +21,7 @@ import nats.js.errors
 from rich.console import Console
 from rich.table import Table
 
+from consumers._runtime import tune_for_throughput
 from consumers.log import configure_logging
 from consumers.settings import Settings, load_settings
 from producers._connect import connect_nats
@@ -72,6 +73,7 @@ class UserError(MemstreamError):
 def _settings(*, service: bool = False, **overrides: Any) -> Settings:
     """Settings and logging; a one-shot command logs only warnings and worse."""
     settings = load_settings(**overrides)
+    tune_for_throughput()
     level = settings.log_level
     if not service and level in ("debug", "info") and "MEMSTREAM_LOG_LEVEL" not in os.environ:
         level = "warning"

@@ -9,6 +9,8 @@ an ordered consumer from sequence 1 (replay).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +20,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from consumers._pull import BatchPuller
 from consumers.log import get_logger
 from consumers.streams import consumer_config
 from projections.base import Projection
@@ -72,23 +75,46 @@ class RunnerStats:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    batch: list[tuple[int, AnyEvent | UnknownEvent]]
+    bodies: list[bytes]  # as published, aligned with batch
+    dead: list[DeadLetter]
+
+
 class _Decoder:
     """Messages to a batch of (seq, event) plus the dead letters among them."""
 
     def __init__(self, decoder: EventDecoder | None = None) -> None:
         self.decoder = decoder or EventDecoder()
+        # subject -> (tenant, type): parsing validates the tenant token, which is not free
+        # per message, and a stream has few distinct subjects.
+        self._subjects: dict[str, tuple[str, str]] = {}
 
-    def decode(
-        self, msgs: Sequence[Msg]
-    ) -> tuple[list[tuple[int, AnyEvent | UnknownEvent]], list[DeadLetter]]:
+    def _check(self, event: AnyEvent | UnknownEvent, subject: str) -> None:
+        parsed = self._subjects.get(subject)
+        if parsed is None:
+            if len(self._subjects) > 65_536:
+                self._subjects.clear()
+            tenant, type_ = parse_event_subject(subject)
+            parsed = self._subjects[subject] = (tenant, type_)
+        if event.tenant != parsed[0] or event.type != parsed[1]:
+            check_subject(event, subject)  # raises, with the message that says why
+
+    def decode(self, msgs: Sequence[Msg], seqs: Sequence[int] | None = None) -> _Decoded:
+        """``seqs``: the messages' stream sequences, when the caller parsed them already."""
         batch: list[tuple[int, AnyEvent | UnknownEvent]] = []
+        bodies: list[bytes] = []
         dead: list[DeadLetter] = []
         decode = self.decoder.decode
-        for msg in msgs:
-            seq, _ = stream_seq(msg.reply)
+        check = self._check
+        if seqs is None:
+            seqs = [stream_seq(msg.reply)[0] for msg in msgs]
+        for msg, seq in zip(msgs, seqs, strict=True):
+            data = msg.data
             try:
-                event = decode(msg.data)
-                check_subject(event, msg.subject)
+                event = decode(data)
+                check(event, msg.subject)
             except (InvalidEvent, InvalidSubject, InvalidTenant) as err:
                 reason = str(err)
                 try:
@@ -101,7 +127,8 @@ class _Decoder:
                 dead.append(DeadLetter(seq, msg.subject, tenant, reason, msg.data))
                 continue
             batch.append((seq, event))
-        return batch, dead
+            bodies.append(data)
+        return _Decoded(batch, bodies, dead)
 
 
 class LiveRunner:
@@ -172,40 +199,34 @@ class LiveRunner:
 
     async def run(self) -> RunnerStats:
         await self.sync_position()
-        sub = await self.js.pull_subscribe_bind(durable=self.name, stream=EVENT_STREAM)
+        puller = BatchPuller(self.nc, EVENT_STREAM, self.name)
+        await puller.start()
         in_flight: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
                 try:
-                    msgs = await sub.fetch(self.batch_size, timeout=self.max_wait)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    self.idle.set()
-                    continue
+                    msgs = await puller.fetch(self.batch_size, timeout=self.max_wait)
                 except nats.errors.ConnectionClosedError:
                     break
                 if not msgs:
                     self.idle.set()
                     continue
                 self.idle.clear()
-                batch, dead = self._decoder.decode(msgs)
+                decoded = self._decoder.decode(msgs)
                 if in_flight is not None:
                     await in_flight
-                in_flight = asyncio.create_task(self._apply_and_ack(msgs, batch, dead))
+                in_flight = asyncio.create_task(self._apply_and_ack(msgs, decoded))
             if in_flight is not None:
                 await in_flight
         finally:
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
-            await sub.unsubscribe()
+            await puller.stop()
         return self.stats
 
-    async def _apply_and_ack(
-        self,
-        msgs: list[Msg],
-        batch: list[tuple[int, AnyEvent | UnknownEvent]],
-        dead: list[DeadLetter],
-    ) -> None:
+    async def _apply_and_ack(self, msgs: list[Msg], decoded: _Decoded) -> None:
         last_seq = stream_seq(msgs[-1].reply)[0]
+        dead = decoded.dead
         delay = 0.5
         while True:
             # A failure here (the disk full, the DLQ unreachable) must not drop the batch
@@ -214,7 +235,9 @@ class LiveRunner:
                 if dead:
                     await publish_dead_letters(self.js, self.name, dead)
                 async with self.lock:
-                    await asyncio.to_thread(self.projection.apply, batch, last_seq)
+                    await asyncio.to_thread(
+                        self.projection.apply, decoded.batch, last_seq, decoded.bodies
+                    )
                 break
             except Exception as err:
                 if self._stopping.is_set():
@@ -231,12 +254,12 @@ class LiveRunner:
         self.stats.dead_letters += len(dead)
         # The consumer acks all up to the last message (AckPolicy.ALL): one ack a batch.
         await msgs[-1].ack()
-        self.stats.applied += len(batch)
+        self.stats.applied += len(decoded.batch)
         self.stats.batches += 1
         log.debug(
             "batch_applied",
             projection=self.name,
-            events=len(batch),
+            events=len(decoded.batch),
             dead=len(dead),
             last_seq=self.projection.checkpoint,
         )
@@ -279,7 +302,7 @@ async def replay(
     nc: NatsClient,
     projection: Projection,
     *,
-    batch_size: int = 5000,
+    batch_size: int = 20_000,
     until: Callable[[int], Awaitable[bool]] | None = None,
     on_progress: Callable[[ReplayProgress], None] | None = None,
     decoder: EventDecoder | None = None,
@@ -296,44 +319,47 @@ async def replay(
     total = info.state.messages
     stats = RunnerStats()
     decoder_ = _Decoder(decoder)
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def on_msg(msg: Msg) -> None:
-        queue.put_nowait(msg)
-
     if total == 0 and (until is None or await until(projection.checkpoint)):
         return stats
-    sub = await js.subscribe(
-        f"{EVENT_PREFIX}.>",
-        stream=EVENT_STREAM,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-        cb=on_msg,
-        pending_msgs_limit=4 * batch_size,
-        idle_heartbeat=2.0,
-        # The server drops the ephemeral consumer soon after we stop reading it.
-        inactive_threshold=5.0,
+    # An ephemeral pull consumer with no acks: in order, nothing redelivered, and gone
+    # by itself if this process dies (inactive_threshold).
+    name = f"replay-{secrets.token_hex(6)}"
+    await js.add_consumer(
+        EVENT_STREAM,
+        ConsumerConfig(
+            name=name,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            filter_subject=f"{EVENT_PREFIX}.>",
+            inactive_threshold=30.0,
+            mem_storage=True,
+            max_waiting=4,
+        ),
     )
+    puller = BatchPuller(nc, EVENT_STREAM, name, linger=0.02)
+    await puller.start()
     in_flight: asyncio.Task[None] | None = None
     done = 0
     try:
         while True:
-            msgs = [await queue.get()]
-            pending = stream_seq(msgs[-1].reply)[1]
-            while pending and len(msgs) < batch_size:
-                if queue.empty():
-                    msgs.append(await queue.get())
-                else:
-                    msgs.append(queue.get_nowait())
-                pending = stream_seq(msgs[-1].reply)[1]
-            batch, dead = decoder_.decode(msgs)
-            stats.dead_letters += len(dead)
+            msgs = await puller.fetch(batch_size, timeout=1.0)
+            if not msgs:
+                continue
+            seqs = []
+            pending = 0
+            for msg in msgs:
+                seq, pending = stream_seq(msg.reply)
+                seqs.append(seq)
+            decoded = decoder_.decode(msgs, seqs)
+            stats.dead_letters += len(decoded.dead)
             if in_flight is not None:
                 await in_flight
-            last_seq = stream_seq(msgs[-1].reply)[0]
-            in_flight = asyncio.create_task(asyncio.to_thread(projection.apply, batch, last_seq))
+            last_seq = seqs[-1]
+            in_flight = asyncio.create_task(
+                asyncio.to_thread(projection.apply, decoded.batch, last_seq, decoded.bodies)
+            )
             done += len(msgs)
-            stats.applied += len(batch)
+            stats.applied += len(decoded.batch)
             stats.batches += 1
             if on_progress:
                 elapsed = time.monotonic() - stats.started
@@ -351,5 +377,10 @@ async def replay(
                 if until is None or await until(last_seq):
                     break
     finally:
-        await sub.unsubscribe()
+        if in_flight is not None:
+            with contextlib.suppress(Exception):
+                await in_flight
+        await puller.stop()
+        with contextlib.suppress(nats.errors.Error):
+            await js.delete_consumer(EVENT_STREAM, name)
     return stats

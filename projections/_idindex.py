@@ -1,55 +1,65 @@
-"""A compact in-memory index of the event ids a projection has applied.
+"""A compact in-memory index of 64-bit hashes: event ids applied, keys present.
+
+The hashes are the caller's (DuckDB's ``hash()`` for ids, Python's for keys); the index
+is rebuilt from the tables whenever a process opens them, so they need not be stable
+across processes.
 
 JetStream drops a duplicate id only within its duplicate window; past it, the projection
 must. Asking DuckDB per batch means scanning every id ever stored (27 ms a batch at a
-million events, growing with history). This keeps 64-bit hashes in a sorted numpy array
-(8 bytes an event) plus a small unsorted tail, so a membership test is a binary search.
-A hit is only a candidate: the caller confirms it against the table, since two ids may
-share a hash.
+million events, growing with history). This keeps the hashes (8 bytes each) in a few
+sorted numpy runs, merged as they accumulate, so a batch is checked with vectorised
+binary searches and no Python per event. A hit is only a candidate: the caller confirms
+it against the table, since two values may share a hash.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["IdIndex", "id_hash"]
+__all__ = ["Hashes", "IdIndex"]
 
-_MERGE_AT = 65_536
+Hashes = npt.NDArray[np.int64]
+_MAX_RUNS = 6
 
 
-def id_hash(event_id: str) -> int:
-    """A stable signed 64-bit hash of an event id (the same in every process)."""
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+def _array(values: Iterable[int] | Hashes) -> Hashes:
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int64, copy=False)
+    return np.fromiter(values, dtype=np.int64)
 
 
 class IdIndex:
-    def __init__(self, hashes: Iterable[int] | npt.NDArray[np.int64] = ()) -> None:
-        self._sorted: npt.NDArray[np.int64] = np.sort(np.fromiter(hashes, dtype=np.int64))
-        self._tail: set[int] = set()
+    def __init__(self, hashes: Iterable[int] | Hashes = ()) -> None:
+        self._runs: list[Hashes] = [np.sort(_array(hashes))]
 
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._tail)
+        return sum(len(r) for r in self._runs)
 
-    def contains(self, hashes: Sequence[int]) -> list[bool]:
+    def contains(self, hashes: Iterable[int] | Hashes) -> npt.NDArray[np.bool_]:
         """For each hash, whether it may have been added before."""
-        if not len(self._sorted):
-            return [h in self._tail for h in hashes]
-        probe = np.asarray(hashes, dtype=np.int64)
-        pos = np.searchsorted(self._sorted, probe)
-        pos[pos == len(self._sorted)] = 0
-        found = self._sorted[pos] == probe
-        tail = self._tail
-        return [bool(f) or h in tail for f, h in zip(found, hashes, strict=True)]
+        probe = _array(hashes)
+        found = np.zeros(len(probe), dtype=bool)
+        for run in self._runs:
+            if len(run):
+                pos = np.searchsorted(run, probe)
+                pos[pos == len(run)] = 0
+                found |= run[pos] == probe
+        return found
 
-    def add(self, hashes: Iterable[int]) -> None:
-        self._tail.update(hashes)
-        if len(self._tail) >= _MERGE_AT:
-            merged = np.concatenate([self._sorted, np.fromiter(self._tail, dtype=np.int64)])
+    def add(self, hashes: Iterable[int] | Hashes) -> None:
+        new = np.sort(_array(hashes))
+        if not len(new):
+            return
+        self._runs.append(new)
+        # Merge small runs into their neighbours, keeping few runs to search; the big
+        # run is rewritten only when the others add up to a sizeable part of it.
+        while len(self._runs) > _MAX_RUNS or (
+            len(self._runs) > 1 and len(self._runs[-1]) * 4 >= len(self._runs[-2])
+        ):
+            last = self._runs.pop()
+            merged = np.concatenate([self._runs.pop(), last])
             merged.sort(kind="stable")
-            self._sorted = merged
-            self._tail = set()
+            self._runs.append(merged)

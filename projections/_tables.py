@@ -34,7 +34,7 @@ def _duck_type(typ: pa.DataType) -> str:
 # (column, arrow type, DuckDB type override). JSON columns travel as strings.
 TABLES: Final[dict[str, list[tuple[str, pa.DataType, str | None]]]] = {
     "events": [
-        ("seq", _I, None), ("id", _S, None), ("id_hash", _I, None), ("type", _S, None),
+        ("seq", _I, None), ("id", _S, None), ("type", _S, None),
         ("tenant", _S, None), ("agent", _S, None), ("ts", _T, None), ("task_id", _S, None),
         ("correlation_id", _S, None), ("causation_id", _S, None), ("v", _I, None),
         ("body", _J, "JSON"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Final, TypeAlias
+from typing import Annotated, Any, ClassVar, Final, TypeAlias
 
 import msgspec
 
@@ -64,8 +64,12 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """The envelope every event shares. Subclasses add the event's own fields, flat."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+    """The envelope every event shares. Subclasses add the event's own fields, flat.
+
+    ``gc=False``: events are never part of a reference cycle, and a batch of tens of
+    thousands of tracked objects makes every garbage-collector pass walk them all.
+    """
 
     id: EventId
     tenant: Tenant
@@ -76,12 +80,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     causation_id: RefId | None = None
     # Groups any event into a task's bundle.
     task_id: RefId | None = None
-
-    @property
-    def type(self) -> str:
-        tag = self.__struct_config__.tag
-        assert isinstance(tag, str)
-        return tag
+    # The tag, as a plain class attribute: read for every event on the hot paths.
+    type: ClassVar[str] = ""
 
 
 # --- memory -------------------------------------------------------------------------
@@ -230,6 +230,8 @@ AnyEvent: TypeAlias = (
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
     cls.__struct_config__.tag: cls for cls in AnyEvent.__args__
 }
+for _tag, _cls in EVENT_TYPES.items():
+    _cls.type = _tag
 
 
 class _Envelope(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,92 @@
+"""A full history rebuild vs a bare ordered-consumer decode loop over the same stream.
+
+Target (DESIGN.md): rebuilding the history projection from sequence 1 >= 0.5 x a bare
+nats-py ordered push consumer that decodes every message, in the same run.
+
+    python -m benchmarks.replay_history [--events 200000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from benchmarks._common import broker, median, report
+from benchmarks._workload import fill
+from consumers._runtime import tune_for_throughput
+from consumers.log import configure_logging
+from consumers.runner import replay
+from consumers.streams import ensure_streams
+from producers import MemoryClient
+from projections.history import HistoryProjection
+from schemas.events import EventDecoder
+
+
+async def raw_loop(nc: nats.NATS, n: int) -> float:
+    decode = EventDecoder().decode
+    done = asyncio.Event()
+    seen = 0
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal seen
+        decode(msg.data)
+        seen += 1
+        if seen == n:
+            done.set()
+
+    start = time.perf_counter()
+    sub = await nc.jetstream().subscribe(
+        "mem.>", stream="MEMORY", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+        cb=on_msg,
+    )  # fmt: skip
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    await sub.unsubscribe()
+    return n / elapsed
+
+
+async def rebuild(nc: nats.NATS, n: int, path: Path) -> float:
+    projection = HistoryProjection(path)
+    start = time.perf_counter()
+    stats = await replay(nc, projection)
+    elapsed = time.perf_counter() - start
+    assert stats.applied == n, stats
+    projection.close()
+    return n / elapsed
+
+
+async def main(n: int, rounds: int) -> bool:
+    configure_logging("console", "warning")
+    tune_for_throughput()  # the same settings for the raw loop and memstream's
+    raws: list[float] = []
+    ours: list[float] = []
+    with broker() as server, tempfile.TemporaryDirectory() as tmp:
+        nc = await nats.connect(server.url)
+        await ensure_streams(nc.jetstream())
+        await fill(MemoryClient(nc, tenant="bench", agent="agent"), n)
+        for r in range(rounds):
+            raws.append(await raw_loop(nc, n))
+            ours.append(await rebuild(nc, n, Path(tmp) / f"history-{r}.duckdb"))
+            print(
+                f"  round {r + 1}: raw {raws[-1]:,.0f}/s  rebuild {ours[-1]:,.0f}/s",
+                file=sys.stderr,
+            )
+        await nc.close()
+    print(f"replay-history: {n} events, {rounds} rounds (medians)")
+    return report("replay-history", median(ours), median(raws), 0.5)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    sys.exit(0 if asyncio.run(main(args.events, args.rounds)) else 1)
