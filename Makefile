@@ -31,6 +31,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.publish $(ARGS)
+	$(BIN)/python -m benchmarks.ingest_history $(ARGS)
+	$(BIN)/python -m benchmarks.replay_history $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
