@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import operator
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,17 +36,7 @@ from projections.base import Batch
 from schemas import events as ev
 from schemas.events import UnknownEvent
 
-__all__ = ["TASK_STATUS", "HistoryProjection"]
-
-# A task's status only moves up this ranking; between equal ranks the later event wins,
-# so the same events give the same state whatever order they arrive in.
-TASK_STATUS: Final = {
-    "task.created": ("created", 0),
-    "task.started": ("running", 1),
-    "task.completed": ("completed", 2),
-    "task.failed": ("failed", 2),
-}
-_RANK: Final = {status: rank for status, rank in TASK_STATUS.values()}
+__all__ = ["HistoryProjection"]
 
 _json = msgspec.json.Encoder()
 _UTC = dt.UTC
@@ -56,8 +47,9 @@ _STAGING = pa.schema([
     ("seq", pa.int64()), ("id", pa.string()), ("type", pa.string()), ("ts_us", pa.int64()),
     ("raw", pa.binary()),
 ])  # fmt: skip
-# The batch as the log statements read it: the body as text, checked as UTF-8 by DuckDB.
-_STAGED = "(SELECT seq, type, ts_us, decode(raw) AS body FROM _staging)"
+# The statements read the batch from _batch: each body parsed once, into the struct `j`
+# of every field they use (see _parse_sql), rather than once per field and statement.
+_STAGED = "_batch"
 
 # A JSON value at a path, or SQL NULL where it is JSON null or missing.
 _MACROS = (
@@ -67,46 +59,202 @@ _MACROS = (
 
 _EVENTS_SQL = """
     INSERT INTO events SELECT
-        seq, body->>'$.id', type, body->>'$.tenant', body->>'$.agent',
-        make_timestamp(ts_us), body->>'$.task_id', body->>'$.correlation_id',
-        body->>'$.causation_id', coalesce((body->>'$.v')::BIGINT, 1), body
+        seq, j.id, type, j.tenant, j.agent,
+        make_timestamp(ts_us), j.task_id, j.correlation_id,
+        j.causation_id, coalesce(j.v, 1), body
     FROM _STAGED"""
 
 # Log tables, filled from the staging table by type.
 _LOG_SQL = {
     "memory.linked": """
         INSERT INTO memory_links SELECT
-            seq, body->>'$.tenant', body->>'$.agent', body->>'$.from_id', body->>'$.to_id',
-            body->>'$.relation', make_timestamp(ts_us)
+            seq, j.tenant, j.agent, j.from_id, j.to_id,
+            j.relation, make_timestamp(ts_us)
         FROM _STAGED WHERE type = 'memory.linked'""",
     "collab.message": """
         INSERT INTO collab_messages SELECT
-            seq, body->>'$.tenant', body->>'$.interaction_id', body->>'$.agent',
-            body->>'$.sender', CAST(body->'$.recipients' AS VARCHAR[]), body->>'$.content',
+            seq, j.tenant, j.interaction_id, j.agent,
+            j.sender, j.recipients, j.content,
             make_timestamp(ts_us)
         FROM _STAGED WHERE type = 'collab.message'""",
     "flow.run_recorded": """
         INSERT INTO flow_runs SELECT
-            seq, body->>'$.tenant', body->>'$.flow_id', body->>'$.run_id', body->>'$.agent',
-            body->>'$.status', (body->>'$.duration_ms')::BIGINT, ms_json(body, '$.data'),
+            seq, j.tenant, j.flow_id, j.run_id, j.agent,
+            j.status, j.duration_ms, j.data,
             make_timestamp(ts_us)
         FROM _STAGED WHERE type = 'flow.run_recorded'""",
     "conversation.turn": """
         INSERT INTO conversations SELECT
-            seq, body->>'$.tenant', body->>'$.session_id', body->>'$.agent', body->>'$.role',
-            body->>'$.content', make_timestamp(ts_us)
+            seq, j.tenant, j.session_id, j.agent, j.role,
+            j.content, make_timestamp(ts_us)
         FROM _STAGED WHERE type = 'conversation.turn'""",
     "tool.used": """
         INSERT INTO tool_usage SELECT
-            seq, body->>'$.tenant', body->>'$.agent', body->>'$.tool', ms_json(body, '$.args'),
-            ms_json(body, '$.result'), (body->>'$.duration_ms')::BIGINT,
-            (body->>'$.ok')::BOOLEAN, body->>'$.task_id', make_timestamp(ts_us)
+            seq, j.tenant, j.agent, j.tool, j.args,
+            j.result, j.duration_ms,
+            j.ok, j.task_id, make_timestamp(ts_us)
         FROM _STAGED WHERE type = 'tool.used'""",
 }
 Row = dict[str, Any]
 Key = tuple[str, str]
 
 
+# --- current-state tables folded in SQL -------------------------------------------------
+# Each takes the batch's events of its types in stream order, starting from the stored
+# rows, and writes the final row per key: delete the old, insert the new.
+
+_TASKS_STAGED = """
+    SELECT j.tenant AS tenant, j.task_id AS task_id, seq, type, j,
+           make_timestamp(ts_us) AS ts, j.agent AS agent,
+           CASE type WHEN 'task.created' THEN 0 WHEN 'task.started' THEN 1 ELSE 2 END AS rank,
+           CASE type WHEN 'task.created' THEN 'created' WHEN 'task.started' THEN 'running'
+                     WHEN 'task.completed' THEN 'completed' ELSE 'failed' END AS status
+    FROM _STAGED WHERE type IN ('task.created', 'task.started', 'task.completed', 'task.failed')
+"""
+# A status only moves up the ranking; at equal rank the later event wins. The stored
+# status counts as the earliest event of its rank. (2^50 orders rank above any seq.)
+_RANK_SQL = "CASE {s} WHEN 'created' THEN 0 WHEN 'running' THEN 1 ELSE 2 END"
+
+_TASK_SQL = [
+    f"""
+    INSERT INTO task_events
+    SELECT t.seq, t.tenant, t.task_id, t.type, t.agent, t.ts,
+           CASE WHEN e.status IS NULL OR t.top_rank >= {_RANK_SQL.format(s="e.status")}
+                THEN t.top_status ELSE e.status END
+    FROM (
+        SELECT *,
+               max(rank) OVER w AS top_rank,
+               arg_max(status, rank * 1125899906842624 + seq) OVER w AS top_status
+        FROM ({_TASKS_STAGED})
+        WINDOW w AS (PARTITION BY tenant, task_id ORDER BY seq
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    ) t
+    LEFT JOIN tasks e ON e.tenant = t.tenant AND e.task_id = t.task_id
+    """,
+    f"""
+    CREATE OR REPLACE TEMP TABLE _tasks_next AS
+    WITH agg AS (
+        SELECT tenant, task_id,
+               max(rank) AS top_rank,
+               arg_max(status, rank * 1125899906842624 + seq) AS top_status,
+               count(*) FILTER (WHERE type = 'task.created') AS created,
+               count(*) FILTER (WHERE type = 'task.completed') AS completed,
+               count(*) FILTER (WHERE type = 'task.failed') AS failed,
+               arg_max({{'title': j.title, 'assignee': j.assignee,
+                        'parent_id': j.parent_id, 'flow_id': j.flow_id,
+                        'metadata': coalesce(j.metadata, '{{}}'),
+                        'agent': agent, 'ts': ts}}, seq)
+                   FILTER (WHERE type = 'task.created') AS c,
+               arg_min(j.metadata, seq) FILTER (
+                   WHERE type = 'task.completed'
+                   AND coalesce(j.metadata::VARCHAR, '{{}}') <> '{{}}'
+               ) AS completed_metadata,
+               min(ts) FILTER (WHERE type = 'task.started') AS started_at,
+               arg_max(ts, seq) FILTER (WHERE rank = 2) AS finished_at,
+               arg_max({{'v': j.output}}, seq)
+                   FILTER (WHERE type = 'task.completed') AS output,
+               arg_max(j.error, seq) FILTER (WHERE type = 'task.failed') AS error,
+               min(seq) AS first_seq, max(seq) AS last_seq
+        FROM ({_TASKS_STAGED}) GROUP BY tenant, task_id
+    )
+    SELECT a.tenant, a.task_id,
+           CASE WHEN a.created > 0 THEN a.c.title ELSE e.title END,
+           CASE WHEN a.created > 0 THEN a.c.assignee ELSE e.assignee END,
+           CASE WHEN a.created > 0 THEN a.c.parent_id ELSE e.parent_id END,
+           CASE WHEN a.created > 0 THEN a.c.flow_id ELSE e.flow_id END,
+           CASE WHEN a.created > 0 THEN a.c.metadata
+                ELSE coalesce(e.metadata, a.completed_metadata) END,
+           CASE WHEN e.status IS NULL OR a.top_rank >= {_RANK_SQL.format(s="e.status")}
+                THEN a.top_status ELSE e.status END,
+           CASE WHEN a.created > 0 THEN a.c.agent ELSE e.agent END,
+           CASE WHEN a.created > 0 THEN a.c.ts ELSE e.created_at END,
+           least(e.started_at, a.started_at),
+           coalesce(a.finished_at, e.finished_at),
+           CASE WHEN a.completed > 0 THEN a.output.v ELSE e.output END,
+           CASE WHEN a.failed > 0 THEN a.error ELSE e.error END,
+           coalesce(e.created_seq, a.first_seq),
+           a.last_seq
+    FROM agg a LEFT JOIN tasks e ON e.tenant = a.tenant AND e.task_id = a.task_id
+    """,
+    """
+    DELETE FROM tasks USING _tasks_next n
+    WHERE tasks.tenant = n.tenant AND tasks.task_id = n.task_id
+    """,
+    "INSERT INTO tasks SELECT * FROM _tasks_next",
+    "DROP TABLE _tasks_next",
+]
+
+
+def _latest_sql(table: str, key: str, types: str, columns: str, keep: str) -> list[str]:
+    """Replace-by-key tables: the batch's last event per key decides the row."""
+    latest = f"""
+        SELECT *, j.tenant AS tenant, j.{key} AS {key},
+               make_timestamp(ts_us) AS ts, j.agent AS agent,
+               row_number() OVER (PARTITION BY j.tenant, j.{key}
+                                  ORDER BY seq DESC) AS nth
+        FROM _STAGED WHERE type IN ({types})
+    """
+    return [
+        f"""
+        DELETE FROM {table} USING (SELECT DISTINCT tenant, {key} FROM ({latest})) k
+        WHERE {table}.tenant = k.tenant AND {table}.{key} = k.{key}
+        """,
+        f"INSERT INTO {table} SELECT {columns} FROM ({latest}) WHERE nth = 1 AND {keep}",
+    ]
+
+
+_CONTEXT_SQL = _latest_sql(
+    "context",
+    "key",
+    "'context.set', 'context.cleared'",
+    """tenant, key, j.data, agent, ts,
+       ts + to_microseconds(round(j.ttl_s * 1000000)::BIGINT), seq""",
+    "type = 'context.set'",
+)
+_COLLAB_SQL = _latest_sql(
+    "collaborations",
+    "interaction_id",
+    "'collab.recorded'",
+    """tenant, interaction_id, seq, agent, j.initiator,
+       j.participants, j.task_description,
+       j.outcome, coalesce(j.metadata, '{}'), ts""",
+    "TRUE",
+)
+
+# Event types -> the statements that fold them, run when a batch holds any of the types.
+_STATE_SQL_RAW = [
+    (frozenset({"task.created", "task.started", "task.completed", "task.failed"}), _TASK_SQL),
+    (frozenset({"context.set", "context.cleared"}), _CONTEXT_SQL),
+    (frozenset({"collab.recorded"}), _COLLAB_SQL),
+]
+_STATE_SQL: Final = [
+    (types, [sql.replace("_STAGED", _STAGED) for sql in statements])
+    for types, statements in _STATE_SQL_RAW
+]
+
+# How each field is read from the JSON; anything else is VARCHAR.
+_FIELD_TYPES: Final = {
+    "v": "BIGINT", "duration_ms": "BIGINT", "ok": "BOOLEAN", "ttl_s": "DOUBLE",
+    "data": "JSON", "args": "JSON", "result": "JSON", "metadata": "JSON", "output": "JSON",
+    "recipients": ["VARCHAR"], "participants": ["VARCHAR"],
+}  # fmt: skip
+
+
+def _parse_sql(*statements: str) -> str:
+    fields = sorted({f for sql in statements for f in re.findall(r"\bj\.(\w+)", sql)})
+    spec = msgspec.json.encode({f: _FIELD_TYPES.get(f, "VARCHAR") for f in fields}).decode()
+    return f"""
+        CREATE OR REPLACE TEMP TABLE _batch AS
+        SELECT seq, type, ts_us, body, json_transform(body, '{spec}') AS j
+        FROM (SELECT seq, type, ts_us, decode(raw) AS body FROM _staging)
+    """
+
+
+_PARSE_SQL: Final = _parse_sql(
+    _EVENTS_SQL,
+    *_LOG_SQL.values(),
+    *(sql for _, statements in _STATE_SQL_RAW for sql in statements),
+)
 _EVENTS_SQL = _EVENTS_SQL.replace("_STAGED", _STAGED)
 _LOG_SQL = {t: sql.replace("_STAGED", _STAGED) for t, sql in _LOG_SQL.items()}
 
@@ -116,16 +264,13 @@ _Item = tuple[int, "ev.AnyEvent | UnknownEvent", bytes]
 # Event types folded in Python into current-state tables (and task_events): the tables
 # whose rows they may change, and the field that names the row.
 _MEMORY = (("knowledge", "solutions"), "memory_id")
-_TASK = (("tasks",), "task_id")
-_CONTEXT = (("context",), "key")
 _TOUCHES: Final[dict[str, tuple[tuple[str, ...], str]]] = {
     "knowledge.stored": _MEMORY, "solution.stored": _MEMORY, "memory.revised": _MEMORY,
-    "memory.forgotten": _MEMORY, "collab.recorded": (("collaborations",), "interaction_id"),
-    "task.created": _TASK, "task.started": _TASK, "task.completed": _TASK,
-    "task.failed": _TASK, "context.set": _CONTEXT, "context.cleared": _CONTEXT,
+    "memory.forgotten": _MEMORY,
 }  # fmt: skip
+_PY_FOLDED: Final = ("knowledge", "solutions")
 # A row dict to the table's column order, in C.
-_ROW_GETTERS: Final = {t: operator.itemgetter(*(c for c, _, _ in TABLES[t])) for t in KEYS}
+_ROW_GETTERS: Final = {t: operator.itemgetter(*(c for c, _, _ in TABLES[t])) for t in _PY_FOLDED}
 
 
 def _body(event: ev.AnyEvent | UnknownEvent) -> bytes:
@@ -199,7 +344,8 @@ class HistoryProjection:
     def _key_indexes(self) -> dict[str, IdIndex]:
         if self._keys is None:
             self._keys = {}
-            for table, (a, b) in KEYS.items():
+            for table in _PY_FOLDED:
+                a, b = KEYS[table]
                 pairs = self.con.execute(f"SELECT {a}, {b} FROM {table}").fetchall()
                 # hash(), not a stable hash: this index lives and dies with the process.
                 self._keys[table] = IdIndex(hash(p) for p in pairs)
@@ -229,8 +375,6 @@ class HistoryProjection:
                 self._insert_logs(items)
             fold.load(self.con)
             fold.run()
-            for table, rows in fold.appends.items():
-                self._insert(table, rows)
             for table, (stale, rows) in fold.replacements.items():
                 self._replace(table, stale, rows)
             self.con.execute(
@@ -291,12 +435,18 @@ class HistoryProjection:
     def _insert_logs(self, items: list[_Item]) -> None:
         types = {i[1].type for i in items}
         try:
+            self.con.execute(_PARSE_SQL)
             self.con.execute(_EVENTS_SQL)
             for type_, sql in _LOG_SQL.items():
                 if type_ in types:
                     self.con.execute(sql)
+            for folded, statements in _STATE_SQL:
+                if types & folded:
+                    for sql in statements:
+                        self.con.execute(sql)
         finally:
             self.con.unregister("_staging")
+            self.con.execute("DROP TABLE IF EXISTS _batch")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -343,33 +493,31 @@ class HistoryProjection:
 
 
 class _Fold:
-    """Turns one batch into appended rows and replaced current-state rows."""
+    """Folds a batch's memory events into the final knowledge and solutions rows.
+
+    Revisions merge field by field and depend on which table holds the memory, which
+    reads more plainly here than in SQL; the other current-state tables fold in SQL.
+    """
 
     def __init__(self, items: list[_Item], key_indexes: dict[str, IdIndex]) -> None:
         self.items = items
         self.key_indexes = key_indexes
         self.new_keys: dict[str, list[int]] = {}
         # Keys whose stored row this batch may change: loaded first, deleted at write.
-        self.stored: dict[str, set[Key]] = {t: set() for t in KEYS}
-        self.appends: dict[str, list[tuple[Any, ...]]] = {t: [] for t in TABLES if t not in KEYS}
+        self.stored: dict[str, set[Key]] = {t: set() for t in _PY_FOLDED}
         # Current state by key; None marks a row to delete.
-        self.state: dict[str, dict[Key, Row | None]] = {t: {} for t in KEYS}
+        self.state: dict[str, dict[Key, Row | None]] = {t: {} for t in _PY_FOLDED}
         self.replacements: dict[str, tuple[list[Key], list[tuple[Any, ...]]]] = {}
 
     def load(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Read the stored rows of the keys this batch touches that may exist already."""
-        touched: dict[str, set[Key]] = {t: set() for t in KEYS}
-        for _, e, _ in self.items:
-            where = _TOUCHES.get(e.type)
-            if where is not None:
-                key = (e.tenant, getattr(e, where[1]))
-                for table in where[0]:
-                    touched[table].add(key)
-        for table, keys in touched.items():
-            if not keys:
-                continue
-            ordered = list(keys)
-            maybe = self.key_indexes[table].contains([hash(k) for k in ordered])
+        """Read the stored rows of the memories this batch touches that may exist."""
+        touched = {(e.tenant, e.memory_id) for _, e, _ in self.items if e.type in _TOUCHES}  # type: ignore[union-attr]
+        if not touched:
+            return
+        ordered = list(touched)
+        hashes = [hash(k) for k in ordered]
+        for table in _PY_FOLDED:
+            maybe = self.key_indexes[table].contains(hashes)
             candidates = {k for k, m in zip(ordered, maybe, strict=True) if m}
             if candidates:
                 loaded = _load(con, table, candidates)
@@ -392,29 +540,37 @@ class _Fold:
                     if r is not None and k not in self.stored[table]
                 ]
 
-    def _memory(self, e: ev.MemoryRevised | ev.MemoryForgotten) -> tuple[str, Row] | None:
+    def _memory(self, e: ev.MemoryRevised) -> tuple[str, Row] | None:
         key = (e.tenant, e.memory_id)
-        for table in ("knowledge", "solutions"):
+        for table in _PY_FOLDED:
             row = self.state[table].get(key)
             if row is not None:
                 return table, row
         return None
 
-    def _apply(self, seq: int, e: ev.AnyEvent) -> None:
+    def _apply(
+        self,
+        seq: int,
+        e: ev.KnowledgeStored | ev.SolutionStored | ev.MemoryRevised | ev.MemoryForgotten,
+    ) -> None:
+        key = (e.tenant, e.memory_id)
         match e:
             case ev.KnowledgeStored() | ev.SolutionStored():
-                table = "knowledge" if isinstance(e, ev.KnowledgeStored) else "solutions"
                 row: Row = {
                     "tenant": e.tenant, "memory_id": e.memory_id, "agent": e.agent,
                     "tags": list(e.tags), "metadata": _dumps(e.metadata),
                     "created_seq": seq, "updated_seq": seq,
                     "created_at": e.ts, "updated_at": e.ts,
                 }  # fmt: skip
+                # A memory id lives in one table: storing it as the other kind moves it.
                 if isinstance(e, ev.KnowledgeStored):
                     row.update(domain=e.domain, content=e.content)
+                    self.state["knowledge"][key] = row
+                    self.state["solutions"][key] = None
                 else:
                     row.update(problem=e.problem, solution=e.solution)
-                self.state[table][(e.tenant, e.memory_id)] = row
+                    self.state["solutions"][key] = row
+                    self.state["knowledge"][key] = None
             case ev.MemoryRevised():
                 found = self._memory(e)
                 if found is None:
@@ -430,60 +586,8 @@ class _Fold:
                     row["metadata"] = _dumps(e.metadata)
                 row["updated_seq"], row["updated_at"] = seq, e.ts
             case ev.MemoryForgotten():
-                key = (e.tenant, e.memory_id)
                 self.state["knowledge"][key] = None
                 self.state["solutions"][key] = None
-            case ev.CollabRecorded():
-                self.state["collaborations"][(e.tenant, e.interaction_id)] = {
-                    "tenant": e.tenant, "interaction_id": e.interaction_id, "seq": seq,
-                    "agent": e.agent, "initiator": e.initiator,
-                    "participants": list(e.participants),
-                    "task_description": e.task_description, "outcome": e.outcome,
-                    "metadata": _dumps(e.metadata), "ts": e.ts,
-                }  # fmt: skip
-            case ev.TaskCreated() | ev.TaskStarted() | ev.TaskCompleted() | ev.TaskFailed():
-                self._task(seq, e)
-            case ev.ContextSet():
-                expires = e.ts + dt.timedelta(seconds=e.ttl_s) if e.ttl_s else None
-                self.state["context"][(e.tenant, e.key)] = {
-                    "tenant": e.tenant, "key": e.key, "data": _dumps(e.data),
-                    "agent": e.agent, "set_at": e.ts, "expires_at": expires, "seq": seq,
-                }  # fmt: skip
-            case ev.ContextCleared():
-                self.state["context"][(e.tenant, e.key)] = None
-
-    def _task(
-        self, seq: int, e: ev.TaskCreated | ev.TaskStarted | ev.TaskCompleted | ev.TaskFailed
-    ) -> None:
-        key = (e.tenant, e.task_id)
-        row = self.state["tasks"].get(key)
-        if row is None:
-            row = {name: None for name, _, _ in TABLES["tasks"]}
-            row.update(tenant=e.tenant, task_id=e.task_id, created_seq=seq, status=None)
-            self.state["tasks"][key] = row
-        status, rank = TASK_STATUS[e.type]
-        if row["status"] is None or rank >= _RANK[row["status"]]:
-            row["status"] = status
-        match e:
-            case ev.TaskCreated():
-                row.update(
-                    title=e.title, assignee=e.assignee, parent_id=e.parent_id,
-                    flow_id=e.flow_id, metadata=_dumps(e.metadata), agent=e.agent,
-                    created_at=e.ts,
-                )  # fmt: skip
-            case ev.TaskStarted():
-                if row["started_at"] is None or e.ts < row["started_at"]:
-                    row["started_at"] = e.ts
-            case ev.TaskCompleted():
-                row.update(output=_dumps(e.output), finished_at=e.ts)
-                if e.metadata and row["metadata"] is None:
-                    row["metadata"] = _dumps(e.metadata)
-            case ev.TaskFailed():
-                row.update(error=e.error, finished_at=e.ts)
-        row["last_seq"] = seq
-        self.appends["task_events"].append(
-            (seq, e.tenant, e.task_id, e.type, e.agent, e.ts, row["status"])
-        )
 
 
 def _load(con: duckdb.DuckDBPyConnection, table: str, keys: set[Key]) -> dict[Key, Row]:
