@@ -26,7 +26,6 @@ from consumers.streams import ensure_streams
 from producers import MemoryClient
 from schemas.events import EventDecoder
 
-
 MESSAGE = Context("message")  # FastStream injects the batch message here
 
 
