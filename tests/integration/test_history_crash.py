@@ -64,3 +64,28 @@ async def _mid(nc: NatsClient, first: int, end: int) -> bool:
 
 async def _caught_up(nc: NatsClient, end: int) -> bool:
     return await _acked(nc) >= end
+
+
+async def test_sigterm_mid_ingest_finishes_and_acks_the_batch_in_flight(
+    nc: NatsClient, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A graceful stop commits the batch in flight and acks exactly what it committed."""
+    await publish_mixed(nc, 20_000)
+    first_seq = (await nc.jetstream().stream_info("MEMORY")).state.first_seq
+    end = await last_seq(nc)
+    data_dir = tmp_path / "data"
+    running = start_up(data_dir, "--nats-url", nats_server.url, env={"MEMSTREAM_BATCH_SIZE": "250"})
+    try:
+        await wait_for(lambda: _mid(nc, first_seq, end), timeout=60, what="ingest under way")
+    finally:
+        assert 0 == running.stop(signal.SIGTERM)
+    acked = await _acked(nc)
+    path = HistoryStorage(data_dir).files.current()
+    assert path is not None
+    history = HistoryProjection(path, read_only=True)
+    assert acked == history.checkpoint
+    assert acked < end, "the stop came after ingest had finished"
+    (count,) = history.con.execute(
+        "SELECT count(*) FROM events WHERE seq >= ?", [first_seq]
+    ).fetchone()  # type: ignore[misc]
+    assert acked - first_seq + 1 == count
