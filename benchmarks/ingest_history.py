@@ -3,7 +3,7 @@
 Target (DESIGN.md): the history projection's live runner >= 0.7 x a bare nats-py loop
 of fetch(batch) + msgspec decode + one ack per batch, on the same stream in the same run.
 
-    python -m benchmarks.ingest_history [--events 200000] [--batch 2000] [--rounds 3]
+    python -m benchmarks.ingest_history [--events 200000] [--batch 2000] [--rounds 5]
 
 Each round drains the same filled stream once with each loop; the medians are compared.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,13 +20,8 @@ import nats
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from benchmarks._common import broker, median, report
-from benchmarks._workload import fill
-from consumers._runtime import tune_for_throughput
-from consumers.log import configure_logging
+from benchmarks._common import compare_on_filled_stream
 from consumers.runner import LiveRunner
-from consumers.streams import ensure_streams
-from producers import MemoryClient
 from projections.history import HistoryProjection
 from schemas.events import EventDecoder
 
@@ -72,31 +66,20 @@ async def projection_loop(nc: nats.NATS, n: int, batch: int, path: Path) -> floa
 
 
 async def main(n: int, batch: int, rounds: int) -> bool:
-    configure_logging("console", "warning")
-    tune_for_throughput()  # the same settings for the raw loop and memstream's
-    raws: list[float] = []
-    ours: list[float] = []
-    with broker() as server, tempfile.TemporaryDirectory() as tmp:
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        await ensure_streams(js)
-        await fill(MemoryClient(nc, tenant="bench", agent="agent"), n)
-        for r in range(rounds):
-            raws.append(await raw_loop(js, n, batch))
-            ours.append(await projection_loop(nc, n, batch, Path(tmp) / f"history-{r}.duckdb"))
-            print(
-                f"  round {r + 1}: raw {raws[-1]:,.0f}/s  history {ours[-1]:,.0f}/s",
-                file=sys.stderr,
-            )
-        await nc.close()
-    print(f"ingest-history: {n} events, batch {batch}, {rounds} rounds (medians)")
-    return report("ingest-history", median(ours), median(raws), 0.7)
+    return await compare_on_filled_stream(
+        "ingest-history",
+        n,
+        rounds,
+        0.7,
+        raw=lambda nc, _: raw_loop(nc.jetstream(), n, batch),
+        ours=lambda nc, tmp: projection_loop(nc, n, batch, tmp.with_suffix(".duckdb")),
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     sys.exit(0 if asyncio.run(main(args.events, args.batch, args.rounds)) else 1)

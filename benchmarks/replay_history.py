@@ -3,7 +3,7 @@
 Target (DESIGN.md): rebuilding the history projection from sequence 1 >= 0.5 x a bare
 nats-py ordered push consumer that decodes every message, in the same run.
 
-    python -m benchmarks.replay_history [--events 200000] [--rounds 3]
+    python -m benchmarks.replay_history [--events 200000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,13 +18,8 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from benchmarks._common import broker, median, report
-from benchmarks._workload import fill
-from consumers._runtime import tune_for_throughput
-from consumers.log import configure_logging
+from benchmarks._common import compare_on_filled_stream
 from consumers.runner import replay
-from consumers.streams import ensure_streams
-from producers import MemoryClient
 from projections.history import HistoryProjection
 from schemas.events import EventDecoder
 
@@ -64,29 +58,19 @@ async def rebuild(nc: nats.NATS, n: int, path: Path) -> float:
 
 
 async def main(n: int, rounds: int) -> bool:
-    configure_logging("console", "warning")
-    tune_for_throughput()  # the same settings for the raw loop and memstream's
-    raws: list[float] = []
-    ours: list[float] = []
-    with broker() as server, tempfile.TemporaryDirectory() as tmp:
-        nc = await nats.connect(server.url)
-        await ensure_streams(nc.jetstream())
-        await fill(MemoryClient(nc, tenant="bench", agent="agent"), n)
-        for r in range(rounds):
-            raws.append(await raw_loop(nc, n))
-            ours.append(await rebuild(nc, n, Path(tmp) / f"history-{r}.duckdb"))
-            print(
-                f"  round {r + 1}: raw {raws[-1]:,.0f}/s  rebuild {ours[-1]:,.0f}/s",
-                file=sys.stderr,
-            )
-        await nc.close()
-    print(f"replay-history: {n} events, {rounds} rounds (medians)")
-    return report("replay-history", median(ours), median(raws), 0.5)
+    return await compare_on_filled_stream(
+        "replay-history",
+        n,
+        rounds,
+        0.5,
+        raw=lambda nc, _: raw_loop(nc, n),
+        ours=lambda nc, tmp: rebuild(nc, n, tmp.with_suffix(".duckdb")),
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     sys.exit(0 if asyncio.run(main(args.events, args.rounds)) else 1)

@@ -216,6 +216,9 @@ class LiveRunner:
                 if in_flight is not None:
                     await in_flight
                 in_flight = asyncio.create_task(self._apply_and_ack(msgs, decoded))
+                # Let it reach its worker thread before this loop decodes the next batch,
+                # which may already be buffered and would not yield.
+                await asyncio.sleep(0)
             if in_flight is not None:
                 await in_flight
         finally:
@@ -338,7 +341,8 @@ async def replay(
     )
     puller = BatchPuller(nc, EVENT_STREAM, name, linger=0.02)
     await puller.start()
-    in_flight: asyncio.Task[None] | None = None
+    loop = asyncio.get_running_loop()
+    in_flight: asyncio.Future[None] | None = None
     done = 0
     try:
         while True:
@@ -355,8 +359,10 @@ async def replay(
             if in_flight is not None:
                 await in_flight
             last_seq = seqs[-1]
-            in_flight = asyncio.create_task(
-                asyncio.to_thread(projection.apply, decoded.batch, last_seq, decoded.bodies)
+            # Submitted to the thread now, not when this coroutine next yields: the next
+            # batch may already be buffered, and decoding it does not yield.
+            in_flight = loop.run_in_executor(
+                None, projection.apply, decoded.batch, last_seq, decoded.bodies
             )
             done += len(msgs)
             stats.applied += len(decoded.batch)
