@@ -11,7 +11,6 @@ a batch is handed over, so the server streams the next batch while this one is a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from typing import Any
 
@@ -22,9 +21,11 @@ from nats.aio.subscription import Subscription
 
 __all__ = ["BatchPuller"]
 
-# Statuses that end a pull request early: no messages (404), expired (408), and the
-# server cancelling it (409: leadership change, consumer deleted, max waiting...).
-_END = frozenset({"404", "408", "409"})
+# Statuses that end a pull request early: no messages (404), expired (408), the server
+# cancelling it (409: leadership change, consumer deleted, max waiting...), and nobody
+# to answer it (503: the consumer does not exist, or JetStream is unavailable).
+_END = frozenset({"404", "408", "409", "503"})
+_TROUBLE = frozenset({"409", "503"})
 
 
 class BatchPuller:
@@ -48,6 +49,8 @@ class BatchPuller:
         self._wake: asyncio.Future[None] | None = None
         self._last = 0.0
         self._linger_handle: asyncio.TimerHandle | None = None
+        # The last status that ended a request early ("409 Consumer Deleted", ...).
+        self.last_status: str | None = None
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
@@ -69,6 +72,10 @@ class BatchPuller:
             # must not end the current one.
             if msg.headers["Status"] in _END and msg.subject == self._reply:
                 self._owed = 0
+                status = msg.headers["Status"]
+                if status in _TROUBLE:
+                    words = msg.headers.get("Description", "").strip().splitlines()[:1]
+                    self.last_status = " ".join([status, *words])
                 self._set_wake()
             return  # 100: an idle heartbeat
         # Deliveries carry their stream subject, not the reply subject; they come in the
@@ -115,9 +122,11 @@ class BatchPuller:
             if self._msgs and self.linger:
                 self._last = asyncio.get_running_loop().time()
                 self._linger_check()
-            with contextlib.suppress(TimeoutError):
+            try:
                 # The server answers 408 at expiry; the margin covers a lost status.
                 await asyncio.wait_for(asyncio.shield(self._wake), timeout + 2.0)
+            except TimeoutError:
+                self._owed = 0  # that request is over, answered or not: ask again next time
             self._wake = None
             if self._linger_handle is not None:
                 self._linger_handle.cancel()

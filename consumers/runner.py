@@ -197,6 +197,17 @@ class LiveRunner:
             start=checkpoint + 1,
         )
 
+    async def _recover(self, puller: BatchPuller) -> None:
+        """The server cancelled our pull (the consumer deleted, a leader change): wait a
+        moment rather than spin, then make sure the consumer exists where it should."""
+        log.warning("pull_cancelled", projection=self.name, status=puller.last_status)
+        puller.last_status = None
+        await asyncio.sleep(1.0)
+        if self.lock.locked():
+            return  # a rebuild holds the projection; the next pull tells us more
+        with contextlib.suppress(nats.errors.Error):
+            await self.sync_position()
+
     async def run(self) -> RunnerStats:
         await self.sync_position()
         puller = BatchPuller(self.nc, EVENT_STREAM, self.name)
@@ -210,6 +221,8 @@ class LiveRunner:
                     break
                 if not msgs:
                     self.idle.set()
+                    if puller.last_status is not None:
+                        await self._recover(puller)
                     continue
                 self.idle.clear()
                 decoded = self._decoder.decode(msgs)

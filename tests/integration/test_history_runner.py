@@ -194,3 +194,22 @@ async def test_consumer_follows_the_projection_checkpoint(nc: NatsClient, tmp_pa
     fresh = HistoryProjection(tmp_path / "fresh.duckdb")
     await run_live(nc, fresh)
     assert (600,) == fresh.con.execute("SELECT count(*) FROM events").fetchone()
+
+
+async def test_runner_recovers_when_its_consumer_is_deleted(nc: NatsClient, tmp_path: Path) -> None:
+    """An operator deleting the durable consumer stalls nothing: it is made again."""
+    projection = HistoryProjection(tmp_path / "h.duckdb")
+    runner = LiveRunner(nc, projection, batch_size=200, max_wait=0.1)
+    task = asyncio.create_task(runner.run())
+    try:
+        await publish_mixed(nc, 300)
+        target = await last_seq(nc)
+        await wait_for(lambda: projection.checkpoint >= target, what="first events")
+        await nc.jetstream().delete_consumer("MEMORY", "history")
+        await publish_mixed(nc, 300, tenant="beta")
+        target = await last_seq(nc)
+        await wait_for(lambda: projection.checkpoint >= target, what="events after deletion")
+    finally:
+        runner.stop()
+        await task
+    assert (600,) == projection.con.execute("SELECT count(DISTINCT id) FROM events").fetchone()
