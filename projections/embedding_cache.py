@@ -1,0 +1,141 @@
+"""A persistent embedding cache, so that no text is paid for twice.
+
+Keyed by (tenant, model, dimensions, sha256 of the text): a replay, or the same text
+stored again, costs no embedding call. SQLite (the standard library's) rather than
+DuckDB: the cache is looked up by key in batches, which a B-tree serves best. Entries
+are per tenant so that erasing a tenant erases its cached texts' vectors too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from projections.embedders import Embedder, Vectors
+
+__all__ = ["CacheStats", "CachedEmbedder", "EmbeddingCache", "text_key"]
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    # Calls made to the embedder (each may be several requests to a server).
+    embedding_calls: int = 0
+    texts_embedded: int = 0
+
+
+class EmbeddingCache:
+    """Vectors by (tenant, model, dimensions, sha256(text)), in one SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=NORMAL")
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings ("
+                " tenant TEXT NOT NULL, model TEXT NOT NULL, dims INTEGER NOT NULL,"
+                " text_hash BLOB NOT NULL, vector BLOB NOT NULL,"
+                " PRIMARY KEY (tenant, model, dims, text_hash)) WITHOUT ROWID"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def get_many(
+        self, tenant: str, model: str, dims: int, keys: Sequence[bytes]
+    ) -> dict[bytes, Vectors]:
+        found: dict[bytes, Vectors] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = self._con.execute(
+                    "SELECT text_hash, vector FROM embeddings WHERE tenant = ? AND model = ?"
+                    f" AND dims = ? AND text_hash IN ({marks})",
+                    [tenant, model, dims, *chunk],
+                ).fetchall()
+                for key, blob in rows:
+                    found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(
+        self, tenant: str, model: str, dims: int, items: Sequence[tuple[bytes, Vectors]]
+    ) -> None:
+        with self._lock:
+            self._con.execute("BEGIN")
+            self._con.executemany(
+                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)",
+                [
+                    (tenant, model, dims, key, vec.astype(np.float32).tobytes())
+                    for key, vec in items
+                ],
+            )
+            self._con.execute("COMMIT")
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Forget every vector cached for ``tenant``; returns how many."""
+        with self._lock:
+            cur = self._con.execute("DELETE FROM embeddings WHERE tenant = ?", [tenant])
+            return cur.rowcount
+
+    def count(self, tenant: str | None = None) -> int:
+        with self._lock:
+            if tenant is None:
+                row = self._con.execute("SELECT count(*) FROM embeddings").fetchone()
+            else:
+                row = self._con.execute(
+                    "SELECT count(*) FROM embeddings WHERE tenant = ?", [tenant]
+                ).fetchone()
+        return int(row[0])
+
+
+class CachedEmbedder:
+    """An embedder in front of a cache: only texts never embedded before are sent."""
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+        self.embedder = embedder
+        self.cache = cache
+        self.stats = CacheStats()
+
+    @property
+    def model(self) -> str:
+        return self.embedder.model
+
+    def embed(self, tenant: str, texts: Sequence[str]) -> Vectors:
+        model, dims = self.embedder.model, self.embedder.dimensions
+        keys = [text_key(t) for t in texts]
+        found = self.cache.get_many(tenant, model, dims, keys)
+        missing: dict[bytes, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            if key not in found:
+                missing.setdefault(key, text)
+        # A hit is a text served without embedding it (a repeat within the batch too).
+        self.stats.hits += len(keys) - len(missing)
+        self.stats.misses += len(missing)
+        if missing:
+            vectors = self.embedder.embed(list(missing.values()))
+            self.stats.embedding_calls += 1
+            self.stats.texts_embedded += len(missing)
+            new = list(zip(missing, vectors, strict=True))
+            # dimensions may be learnt from the first response (an unknown model's size)
+            dims = self.embedder.dimensions
+            self.cache.put_many(tenant, model, dims, new)
+            found.update(new)
+        if not keys:
+            return np.zeros((0, self.embedder.dimensions), dtype=np.float32)
+        return np.stack([found[k] for k in keys])
