@@ -1,0 +1,367 @@
+"""The vector projection: memories and collaborations as points in Qdrant.
+
+Layout: one collection per (kind, tenant), reached through an alias
+``ms_<kind>_<tenant>`` that points at the generation in use
+(``ms_<kind>_<tenant>__<generation>``). Why per tenant: in Qdrant's local mode a payload
+filter is evaluated point by point in Python (measured: 99 ms a query at 10,000 points of
+384 dimensions, against 7 ms unfiltered), so a shared collection filtered by tenant cannot
+meet a 20 ms p99; a tenant's own collection needs no tenant filter at all, and isolation
+is structural: no query can reach another tenant's points. On a server the same layout
+stays right (for a very large number of tenants, a shared collection with an ``is_tenant``
+payload index is Qdrant's alternative).
+
+A rebuild writes a new generation of every collection, then moves all aliases at once.
+The projection's checkpoint lives in the generation's own state collection, so it
+travels with the points it describes.
+
+Point ids are uuid5 of (tenant, kind, id): upserts and deletes repeat safely, and the
+same memory id in two tenants is two points.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from qdrant_client import QdrantClient, models
+
+from projections.base import Batch
+from projections.embedding_cache import CachedEmbedder
+from schemas import events as ev
+from schemas.events import UnknownEvent
+
+__all__ = ["KINDS", "Hit", "VectorProjection", "point_id"]
+
+KINDS: Final = ("knowledge", "solutions", "collaborations")
+_NAMESPACE = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13")
+_STATE_POINT = 1
+
+
+def point_id(tenant: str, kind: str, ref: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x00{kind}\x00{ref}"))
+
+
+def _text(kind: str, p: dict[str, Any]) -> str:
+    """What a point's vector embeds."""
+    if kind == "knowledge":
+        return str(p["content"])
+    if kind == "solutions":
+        return f"{p['problem']}\n{p['solution']}"
+    outcome = p.get("outcome")
+    return f"{p['task_description']}\n{outcome}" if outcome else str(p["task_description"])
+
+
+@dataclass(frozen=True)
+class Hit:
+    kind: str
+    ref: str
+    score: float
+    text: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class _Changes:
+    # (kind, tenant, ref) -> payload to write, or None to delete.
+    points: dict[tuple[str, str, str], dict[str, Any] | None] = field(default_factory=dict)
+
+
+class VectorProjection:
+    """Writes and searches the vector collections of one generation."""
+
+    name = "vectors"
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        embedder: CachedEmbedder,
+        *,
+        generation: str | None = None,
+    ) -> None:
+        self.client = client
+        self.embedder = embedder
+        self.dimensions = embedder.embedder.dimensions
+        current = self.current_generation(client)
+        # Without a generation asked for: the one in use, or (first start) a new one.
+        self.generation = generation or current or _new_generation()
+        self._state = f"ms_state__{self.generation}"
+        self._known: set[str] = set()
+        if not client.collection_exists(self._state):
+            client.create_collection(
+                self._state,
+                vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT),
+            )
+        self._is_current = self.generation == current
+        if current is None and generation is None:
+            self.make_current()
+        self._checkpoint = self._load_checkpoint()
+
+    # --- generations and collections -----------------------------------------------
+
+    @staticmethod
+    def current_generation(client: QdrantClient) -> str | None:
+        for alias in client.get_aliases().aliases:
+            if alias.alias_name == "ms_state":
+                return alias.collection_name.split("__", 1)[1]
+        return None
+
+    def _physical(self, kind: str, tenant: str) -> str:
+        return f"ms_{kind}_{tenant}__{self.generation}"
+
+    def _ensure(self, kind: str, tenant: str) -> str:
+        name = self._physical(kind, tenant)
+        if name not in self._known:
+            if not self.client.collection_exists(name):
+                self.client.create_collection(
+                    name,
+                    vectors_config=models.VectorParams(
+                        size=self.dimensions, distance=models.Distance.COSINE
+                    ),
+                )
+                if self._is_current:
+                    # A new tenant's collection in the generation in use: alias it now.
+                    alias = models.CreateAlias(
+                        collection_name=name, alias_name=name.rsplit("__", 1)[0]
+                    )
+                    self.client.update_collection_aliases(
+                        change_aliases_operations=[models.CreateAliasOperation(create_alias=alias)]
+                    )
+            self._known.add(name)
+        return name
+
+    def make_current(self) -> list[str]:
+        """Point every alias at this generation in one atomic change; returns the
+        collections of the generation it replaces, for the caller to delete."""
+        collections = [c.name for c in self.client.get_collections().collections]
+        ours = [name for name in collections if name.endswith(f"__{self.generation}")]
+        existing = {a.alias_name for a in self.client.get_aliases().aliases}
+        old = self.current_generation(self.client)
+        ops: list[Any] = []
+        for name in ours:
+            alias = name.rsplit("__", 1)[0]
+            if alias in existing:
+                ops.append(
+                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+                )
+            ops.append(
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name=name, alias_name=alias)
+                )
+            )
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+        self._is_current = True
+        if old is None or old == self.generation:
+            return []
+        return [name for name in collections if name.endswith(f"__{old}")]
+
+    # --- checkpoint ------------------------------------------------------------------
+
+    @property
+    def checkpoint(self) -> int:
+        return self._checkpoint
+
+    def _load_checkpoint(self) -> int:
+        points = self.client.retrieve(self._state, ids=[_STATE_POINT], with_payload=True)
+        return int(points[0].payload["checkpoint"]) if points and points[0].payload else 0
+
+    def _save_checkpoint(self, seq: int) -> None:
+        self.client.upsert(
+            self._state,
+            points=[models.PointStruct(id=_STATE_POINT, vector=[1.0], payload={"checkpoint": seq})],
+        )
+        self._checkpoint = seq
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- apply -----------------------------------------------------------------------
+
+    def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> None:
+        """Fold the batch's memory events in order, embed what changed, write, then save
+        the checkpoint. Points are idempotent, so a batch applied twice changes nothing."""
+        fresh = [(s, e) for s, e in batch if s > self._checkpoint]
+        last_seq = max(fresh[-1][0] if fresh else 0, upto)
+        if last_seq <= self._checkpoint:
+            return
+        changes = _Changes()
+        revised = [(e.tenant, e.memory_id) for _, e in fresh if isinstance(e, ev.MemoryRevised)]
+        stored = self._retrieve(revised, changes) if revised else {}
+        for seq, e in fresh:
+            if not isinstance(e, UnknownEvent):
+                self._fold(seq, e, changes, stored)
+        self._write(changes)
+        self._save_checkpoint(last_seq)
+
+    def _retrieve(
+        self, keys: list[tuple[str, str]], changes: _Changes
+    ) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """The stored payloads of memories this batch revises."""
+        found: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for kind in ("knowledge", "solutions"):
+            by_tenant: dict[str, list[str]] = {}
+            for tenant, ref in keys:
+                by_tenant.setdefault(tenant, []).append(ref)
+            for tenant, refs in by_tenant.items():
+                name = self._physical(kind, tenant)
+                if not self.client.collection_exists(name):
+                    continue
+                ids = [point_id(tenant, kind, r) for r in refs]
+                for p in self.client.retrieve(name, ids=ids, with_payload=True):
+                    payload = dict(p.payload or {})
+                    found[(kind, tenant, payload["ref"])] = payload
+        return found
+
+    def _fold(
+        self,
+        seq: int,
+        e: ev.AnyEvent,
+        changes: _Changes,
+        stored: dict[tuple[str, str, str], dict[str, Any]],
+    ) -> None:
+        base = {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
+                "ts_epoch": e.ts.timestamp(), "seq": seq}  # fmt: skip
+        points = changes.points
+        match e:
+            case ev.KnowledgeStored():
+                points[("knowledge", e.tenant, e.memory_id)] = {
+                    **base, "ref": e.memory_id, "domain": e.domain, "content": e.content,
+                    "tags": list(e.tags), "metadata": e.metadata,
+                }  # fmt: skip
+                points[("solutions", e.tenant, e.memory_id)] = None
+            case ev.SolutionStored():
+                points[("solutions", e.tenant, e.memory_id)] = {
+                    **base, "ref": e.memory_id, "problem": e.problem, "solution": e.solution,
+                    "tags": list(e.tags), "metadata": e.metadata,
+                }  # fmt: skip
+                points[("knowledge", e.tenant, e.memory_id)] = None
+            case ev.MemoryRevised():
+                for kind, fields in (
+                    ("knowledge", ("content",)),
+                    ("solutions", ("problem", "solution")),
+                ):
+                    key = (kind, e.tenant, e.memory_id)
+                    current = points[key] if key in points else stored.get(key)
+                    if current is None:
+                        continue
+                    updated = dict(current)
+                    for name in fields:
+                        if getattr(e, name) is not None:
+                            updated[name] = getattr(e, name)
+                    if e.tags is not None:
+                        updated["tags"] = list(e.tags)
+                    if e.metadata is not None:
+                        updated["metadata"] = e.metadata
+                    updated.update(seq=seq, ts=base["ts"], ts_epoch=base["ts_epoch"])
+                    points[key] = updated
+            case ev.MemoryForgotten():
+                points[("knowledge", e.tenant, e.memory_id)] = None
+                points[("solutions", e.tenant, e.memory_id)] = None
+            case ev.CollabRecorded():
+                points[("collaborations", e.tenant, e.interaction_id)] = {
+                    **base, "ref": e.interaction_id, "initiator": e.initiator,
+                    "participants": list(e.participants),
+                    "task_description": e.task_description, "outcome": e.outcome,
+                    "metadata": e.metadata, "tags": [],
+                }  # fmt: skip
+            case _:
+                pass
+
+    def _write(self, changes: _Changes) -> None:
+        upserts: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
+        deletes: dict[tuple[str, str], list[models.ExtendedPointId]] = {}
+        for (kind, tenant, ref), payload in changes.points.items():
+            if payload is None:
+                deletes.setdefault((kind, tenant), []).append(point_id(tenant, kind, ref))
+            else:
+                payload["kind"] = kind
+                payload["text"] = _text(kind, payload)
+                upserts.setdefault((kind, tenant), []).append((ref, payload))
+        for (kind, tenant), ids in deletes.items():
+            name = self._physical(kind, tenant)
+            if name in self._known or self.client.collection_exists(name):
+                self.client.delete(name, points_selector=models.PointIdsList(points=ids))
+        by_tenant: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+        for (kind, tenant), items in upserts.items():
+            by_tenant.setdefault(tenant, []).extend((kind, ref, p) for ref, p in items)
+        for tenant, tenant_items in by_tenant.items():
+            vectors = self.embedder.embed(tenant, [p["text"] for _, _, p in tenant_items])
+            grouped: dict[str, list[models.PointStruct]] = {}
+            for (kind, ref, payload), vector in zip(tenant_items, vectors, strict=True):
+                grouped.setdefault(self._ensure(kind, tenant), []).append(
+                    models.PointStruct(
+                        id=point_id(tenant, kind, ref), vector=vector.tolist(), payload=payload
+                    )
+                )
+            for name, points in grouped.items():
+                self.client.upsert(name, points=points, wait=True)
+
+    # --- search ----------------------------------------------------------------------
+
+    def search(
+        self,
+        tenant: str,
+        query: str,
+        *,
+        kinds: Sequence[str] = KINDS,
+        top_k: int = 5,
+        threshold: float | None = None,
+        agent: str | None = None,
+        domain: str | None = None,
+        tags: Sequence[str] = (),
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> list[Hit]:
+        """The tenant's best matches across ``kinds``, best first."""
+        vector = self.embedder.embed(tenant, [query])[0].tolist()
+        must: list[Any] = []
+        if agent:
+            must.append(models.FieldCondition(key="agent", match=models.MatchValue(value=agent)))
+        if domain:
+            must.append(models.FieldCondition(key="domain", match=models.MatchValue(value=domain)))
+        for tag in tags:
+            must.append(models.FieldCondition(key="tags", match=models.MatchValue(value=tag)))
+        if since or until:
+            must.append(
+                models.FieldCondition(
+                    key="ts_epoch",
+                    range=models.Range(
+                        gte=since.timestamp() if since else None,
+                        lt=until.timestamp() if until else None,
+                    ),
+                )
+            )
+        query_filter = models.Filter(must=must) if must else None
+        hits: list[Hit] = []
+        for kind in kinds:
+            name = self._physical(kind, tenant)
+            if name not in self._known and not self.client.collection_exists(name):
+                continue
+            result = self.client.query_points(
+                name,
+                query=vector,
+                limit=top_k,
+                query_filter=query_filter,
+                score_threshold=threshold,
+                with_payload=True,
+            )
+            for p in result.points:
+                payload = dict(p.payload or {})
+                hits.append(
+                    Hit(
+                        kind,
+                        payload.get("ref", ""),
+                        float(p.score),
+                        payload.get("text", ""),
+                        payload,
+                    )
+                )
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return hits[:top_k]
+
+
+def _new_generation() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)

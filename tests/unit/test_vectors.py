@@ -1,0 +1,212 @@
+"""The vector projection on Qdrant's local mode (on disk, in a temporary directory)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from projections.embedders import HashEmbedder
+from projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from projections.vectors import VectorProjection, point_id
+from schemas import events as ev
+
+T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+_ids = itertools.count()
+
+
+def make(
+    cls: type[ev.Event],
+    tenant: str = "acme",
+    agent: str = "a1",
+    ts: dt.datetime = T0,
+    **fields: Any,
+) -> Any:
+    return cls(id=f"v{next(_ids)}", tenant=tenant, agent=agent, ts=ts, **fields)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[tuple[QdrantClient, CachedEmbedder]]:
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    cached = CachedEmbedder(HashEmbedder(64), EmbeddingCache(tmp_path / "cache.sqlite3"))
+    yield client, cached
+    client.close()
+
+
+@pytest.fixture
+def vectors(parts: tuple[QdrantClient, CachedEmbedder]) -> VectorProjection:
+    return VectorProjection(*parts)
+
+
+def test_memories_are_searchable_with_their_payload(vectors: VectorProjection) -> None:
+    """Stored knowledge, solutions and collaborations come back with kind, ref and payload."""
+    vectors.apply([
+        (1, make(ev.KnowledgeStored, memory_id="k1", domain="python",
+                 content="asyncio gather runs awaitables concurrently", tags=("asyncio",),
+                 metadata={"source": "docs"})),
+        (2, make(ev.SolutionStored, memory_id="s1", problem="flaky test",
+                 solution="wait for the condition instead of sleeping")),
+        (3, make(ev.CollabRecorded, interaction_id="i1", initiator="a1",
+                 participants=("a1", "b2"), task_description="review the retry patch",
+                 outcome="approved")),
+        (4, make(ev.ConversationTurn, session_id="s", role="user", content="not a memory")),
+    ])  # fmt: skip
+    (hit,) = vectors.search("acme", "asyncio gather awaitables", kinds=["knowledge"], top_k=1)
+    assert ("knowledge", "k1") == (hit.kind, hit.ref)
+    assert hit.score > 0.5
+    p = hit.payload
+    assert ("acme", "a1", "python", ["asyncio"], 1, {"source": "docs"}) == (
+        p["tenant"],
+        p["agent"],
+        p["domain"],
+        p["tags"],
+        p["seq"],
+        p["metadata"],
+    )
+    assert T0.isoformat() == p["ts"]
+    assert "solutions" == vectors.search("acme", "flaky test sleeping", top_k=1)[0].kind
+    collab = vectors.search("acme", "review retry patch", kinds=["collaborations"])[0]
+    assert ("i1", "review the retry patch\napproved") == (collab.ref, collab.text)
+    assert 4 == vectors.checkpoint
+
+
+def test_tenants_never_see_each_others_points(vectors: VectorProjection) -> None:
+    """The same text stored by two tenants: each tenant's search returns its own point."""
+    text = "the deploy key lives in the vault"
+    vectors.apply([
+        (1, make(ev.KnowledgeStored, tenant="acme", memory_id="m", domain="ops", content=text)),
+        (2, make(ev.KnowledgeStored, tenant="beta", memory_id="m", domain="ops", content=text)),
+    ])  # fmt: skip
+    for tenant in ("acme", "beta"):
+        hits = vectors.search(tenant, text, top_k=10)
+        assert [tenant] == [h.payload["tenant"] for h in hits]
+    aliases = {a.alias_name for a in vectors.client.get_aliases().aliases}
+    assert {"ms_knowledge_acme", "ms_knowledge_beta", "ms_state"} <= aliases
+    assert point_id("acme", "knowledge", "m") != point_id("beta", "knowledge", "m")
+    assert [] == vectors.search("gamma", text)
+
+
+def test_forget_removes_from_search(vectors: VectorProjection) -> None:
+    """A forgotten memory is gone from search; others stay."""
+    vectors.apply([
+        (1, make(ev.KnowledgeStored, memory_id="keep", domain="d", content="keep this fact")),
+        (2, make(ev.KnowledgeStored, memory_id="drop", domain="d", content="drop this fact")),
+    ])  # fmt: skip
+    vectors.apply([(3, make(ev.MemoryForgotten, memory_id="drop"))])
+    assert ["keep"] == [h.ref for h in vectors.search("acme", "this fact", top_k=10)]
+
+
+def test_revise_re_embeds_in_later_and_same_batch(vectors: VectorProjection) -> None:
+    """A revision changes the text that is searched, whether stored earlier or just now."""
+    vectors.apply(
+        [
+            (
+                1,
+                make(
+                    ev.KnowledgeStored,
+                    memory_id="m",
+                    domain="d",
+                    content="postgres vacuum settings",
+                ),
+            )
+        ]
+    )
+    vectors.apply(
+        [
+            (
+                2,
+                make(
+                    ev.MemoryRevised,
+                    memory_id="m",
+                    content="duckdb checkpoint size",
+                    tags=("storage",),
+                ),
+            )
+        ]
+    )
+    (hit,) = vectors.search("acme", "duckdb checkpoint size", top_k=1)
+    assert ("m", "duckdb checkpoint size", ["storage"], 2, "d") == (
+        hit.ref,
+        hit.text,
+        hit.payload["tags"],
+        hit.payload["seq"],
+        hit.payload["domain"],
+    )
+    vectors.apply([
+        (3, make(ev.SolutionStored, memory_id="s", problem="slow", solution="add an index")),
+        (4, make(ev.MemoryRevised, memory_id="s", solution="batch the inserts")),
+        (5, make(ev.MemoryRevised, memory_id="ghost", content="ignored")),
+    ])  # fmt: skip
+    assert "slow\nbatch the inserts" == vectors.search("acme", "batch inserts", top_k=1)[0].text
+    assert [] == [h for h in vectors.search("acme", "ignored", top_k=10) if h.ref == "ghost"]
+
+
+def test_filters(vectors: VectorProjection) -> None:
+    """agent, domain, tags and the time window narrow the search."""
+    later = T0 + dt.timedelta(days=1)
+    vectors.apply([
+        (1, make(ev.KnowledgeStored, memory_id="a", domain="py", content="retry with backoff",
+                 tags=("net",))),
+        (2, make(ev.KnowledgeStored, memory_id="b", domain="go", content="retry with backoff",
+                 agent="other", ts=later)),
+    ])  # fmt: skip
+    q = "retry with backoff"
+    assert ["b"] == [h.ref for h in vectors.search("acme", q, agent="other")]
+    assert ["a"] == [h.ref for h in vectors.search("acme", q, domain="py")]
+    assert ["a"] == [h.ref for h in vectors.search("acme", q, tags=["net"])]
+    assert ["b"] == [h.ref for h in vectors.search("acme", q, since=T0 + dt.timedelta(hours=1))]
+    assert ["a"] == [h.ref for h in vectors.search("acme", q, until=T0 + dt.timedelta(hours=1))]
+    assert [] == vectors.search("acme", q, threshold=1.01)
+
+
+def test_checkpoint_skips_redelivery_and_survives_reopen(
+    parts: tuple[QdrantClient, CachedEmbedder], tmp_path: Path
+) -> None:
+    """Events at or below the checkpoint change nothing; the checkpoint is stored."""
+    client, cached = parts
+    projection = VectorProjection(client, cached)
+    projection.apply([(5, make(ev.KnowledgeStored, memory_id="m", domain="d", content="v1"))])
+    projection.apply([(5, make(ev.MemoryForgotten, memory_id="m"))])  # a redelivery of seq 5
+    assert ["m"] == [h.ref for h in projection.search("acme", "v1")]
+    again = VectorProjection(client, cached)
+    assert (5, projection.generation) == (again.checkpoint, again.generation)
+
+
+def test_rebuilt_generation_matches_and_costs_no_embedding_call(
+    parts: tuple[QdrantClient, CachedEmbedder],
+) -> None:
+    """A new generation from the same events has the same ids, payloads and vectors, makes
+    no embedding call with a warm cache, and takes over every alias at once."""
+    client, cached = parts
+    events = [
+        (1, make(ev.KnowledgeStored, memory_id="k", domain="d", content="first fact")),
+        (2, make(ev.SolutionStored, memory_id="s", problem="p", solution="fix")),
+        (3, make(ev.KnowledgeStored, memory_id="k2", tenant="beta", domain="d",
+                 content="beta fact")),
+        (4, make(ev.MemoryRevised, memory_id="k", content="first fact, revised")),
+    ]  # fmt: skip
+    live = VectorProjection(client, cached)
+    live.apply(events)
+    calls = cached.stats.embedding_calls
+    rebuilt = VectorProjection(client, cached, generation="rebuild1")
+    rebuilt.apply(events)
+    assert calls == cached.stats.embedding_calls
+    for kind, tenant in (("knowledge", "acme"), ("solutions", "acme"), ("knowledge", "beta")):
+        old = client.scroll(live._physical(kind, tenant), with_vectors=True, limit=100)[0]
+        new = client.scroll(rebuilt._physical(kind, tenant), with_vectors=True, limit=100)[0]
+        assert sorted(p.id for p in old) == sorted(p.id for p in new)
+        by_id = {p.id: p for p in new}
+        for p in old:
+            assert p.payload == by_id[p.id].payload
+            assert np.allclose(p.vector, by_id[p.id].vector)
+    replaced = rebuilt.make_current()
+    assert "rebuild1" == VectorProjection.current_generation(client)
+    assert replaced and all(name.endswith(f"__{live.generation}") for name in replaced)
+    aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+    assert "ms_knowledge_beta__rebuild1" == aliases["ms_knowledge_beta"]
