@@ -20,9 +20,10 @@ from nats.aio.client import Client as NatsClient
 
 from consumers.nats_server import NatsServer
 from consumers.runner import DLQ_ERROR, DLQ_SOURCE_SEQ, DLQ_SOURCE_SUBJECT, ReplayProgress
-from consumers.service import HistoryStorage, RebuildResult, rebuild_offline
+from consumers.service import HistoryStorage, RebuildResult, Storage, rebuild_offline
 from consumers.settings import Settings
 from consumers.streams import HEADER_ROOM
+from consumers.vector_storage import VectorStorage
 from producers._connect import connect_nats
 from projections.analytics import QueryResult, run_readonly
 from projections.history import HistoryProjection
@@ -92,11 +93,20 @@ async def rebuild(
     url_given: bool,
     on_progress: Callable[[ReplayProgress], None],
 ) -> RebuildResult:
-    """Rebuild through the running memstream, or on the files when none runs."""
+    """Rebuild through the running memstream, or on the files when none runs.
+
+    A history database locked by another process means memstream up runs on this data
+    dir (it always runs the history projection): then only it may rebuild.
+    """
     if not _history_in_use(settings):
         async with nats_for(settings, url_given) as nc:
             if not await _has_responders(nc):
-                return await rebuild_offline(nc, HistoryStorage(settings.data_path), on_progress)
+                storage: Storage[Any] = (
+                    HistoryStorage(settings.data_path)
+                    if projection == "history"
+                    else VectorStorage(settings)
+                )
+                return await rebuild_offline(nc, storage, on_progress)
     async with nats_for(settings, True) as nc:
         return await _rebuild_remote(nc, projection, on_progress)
 

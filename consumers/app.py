@@ -21,6 +21,7 @@ from consumers.nats_server import NatsServer
 from consumers.service import HistoryStorage, ProjectionService
 from consumers.settings import Settings
 from consumers.streams import HEADER_ROOM, ProvisionReport, ensure_streams
+from consumers.vector_storage import VectorStorage
 from producers._connect import connect_nats
 from schemas.errors import MemstreamError
 
@@ -120,13 +121,10 @@ async def _serve(
     stop: asyncio.Event,
     ready: Callable[[dict[str, ProjectionService[Any]]], Any],
 ) -> None:
+    size, wait = settings.batch_size, settings.batch_wait_ms / 1000
     services: dict[str, ProjectionService[Any]] = {
-        "history": ProjectionService(
-            nc,
-            HistoryStorage(data_dir),
-            batch_size=settings.batch_size,
-            max_wait=settings.batch_wait_ms / 1000,
-        ),
+        "history": ProjectionService(nc, HistoryStorage(data_dir), batch_size=size, max_wait=wait),
+        "vectors": ProjectionService(nc, VectorStorage(settings), batch_size=size, max_wait=wait),
     }
     admin = AdminResponder(nc, services)
     started: list[ProjectionService[Any]] = []

@@ -335,7 +335,7 @@ def _url_given(nats_url: str | None) -> bool:
 
 
 @cli.command()
-@click.argument("projection", type=click.Choice(["history"]))
+@click.argument("projection", type=click.Choice(["history", "vectors"]))
 @data_dir_option
 @nats_url_option
 @json_option

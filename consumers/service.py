@@ -54,6 +54,10 @@ class Storage(Protocol[P]):
 
     def discard(self, projection: P) -> None: ...
 
+    def close(self) -> None:
+        """Release what the storage holds, after its projections are closed."""
+        ...
+
 
 class HistoryStorage:
     """DuckDB files under ``<data dir>/history``, switched by the CURRENT pointer."""
@@ -79,6 +83,9 @@ class HistoryStorage:
     def discard(self, projection: HistoryProjection) -> None:
         projection.close()
         self.files.remove(projection.path)
+
+    def close(self) -> None:
+        pass
 
 
 class RebuildBusy(Exception):
@@ -139,6 +146,7 @@ class ProjectionService(Generic[P]):
             log.info(
                 "projection_stopped", projection=self.name, checkpoint=self.projection.checkpoint
             )
+        self.storage.close()
 
     def wait_failed(self) -> asyncio.Task[Any]:
         """A task that ends when the live runner ends (on its own, it only ends by error)."""
@@ -229,6 +237,8 @@ async def rebuild_offline(
     except BaseException:
         await asyncio.to_thread(storage.discard, new)
         raise
+    finally:
+        storage.close()
     return _result(new.name, stats, new)
 
 

@@ -34,7 +34,7 @@ from projections.embedding_cache import CachedEmbedder
 from schemas import events as ev
 from schemas.events import UnknownEvent
 
-__all__ = ["KINDS", "Hit", "VectorProjection", "point_id"]
+__all__ = ["KINDS", "Hit", "VectorProjection", "new_generation", "point_id"]
 
 KINDS: Final = ("knowledge", "solutions", "collaborations")
 _NAMESPACE = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13")
@@ -87,7 +87,7 @@ class VectorProjection:
         self.dimensions = embedder.embedder.dimensions
         current = self.current_generation(client)
         # Without a generation asked for: the one in use, or (first start) a new one.
-        self.generation = generation or current or _new_generation()
+        self.generation = generation or current or new_generation()
         self._state = f"ms_state__{self.generation}"
         self._known: set[str] = set()
         if not client.collection_exists(self._state):
@@ -175,8 +175,16 @@ class VectorProjection:
         )
         self._checkpoint = seq
 
+    def collections(self) -> list[str]:
+        """Every collection of this generation (the state collection included)."""
+        return [
+            c.name
+            for c in self.client.get_collections().collections
+            if c.name.endswith(f"__{self.generation}")
+        ]
+
     def close(self) -> None:
-        self.client.close()
+        """Nothing to release: the Qdrant client is shared, and closed by its owner."""
 
     # --- apply -----------------------------------------------------------------------
 
@@ -363,5 +371,5 @@ class VectorProjection:
         return hits[:top_k]
 
 
-def _new_generation() -> str:
+def new_generation() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)

@@ -10,14 +10,16 @@ from nats.aio.client import Client as NatsClient
 from consumers.nats_server import NatsServer
 from consumers.runner import replay
 from consumers.service import HistoryStorage
+from consumers.settings import load_settings
+from consumers.vector_storage import VectorStorage
 from projections.history import HistoryProjection
 from tests.e2e.conftest import start_up
 from tests.integration.test_history_runner import dump, last_seq, publish_mixed
 from tests.waiting import wait_for
 
 
-async def _acked(nc: NatsClient) -> int:
-    info = await nc.jetstream().consumer_info("MEMORY", "history")
+async def _acked(nc: NatsClient, consumer: str = "history") -> int:
+    info = await nc.jetstream().consumer_info("MEMORY", consumer)
     return info.ack_floor.stream_seq if info.ack_floor else 0
 
 
@@ -56,6 +58,23 @@ async def test_sigkill_mid_ingest_then_restart_applies_each_event_once(
     clean = HistoryProjection(tmp_path / "clean.duckdb")
     await replay(nc, clean)
     assert dump(clean) == dump(history)
+    # And the vectors hold exactly the memories the history holds.
+    memories = {
+        (kind, tenant, ref)
+        for kind, table in (("knowledge", "knowledge"), ("solutions", "solutions"))
+        for tenant, ref in history.con.execute(f"SELECT tenant, memory_id FROM {table}").fetchall()
+    }
+    vectors = VectorStorage(load_settings({}, data_dir=str(data_dir)))
+    projection = vectors.open_current()
+    assert end == projection.checkpoint
+    points = {
+        (p.payload["kind"], p.payload["tenant"], p.payload["ref"])  # type: ignore[index]
+        for name in projection.collections()
+        if not name.startswith("ms_state")
+        for p in vectors.client.scroll(name, limit=100_000, with_payload=True)[0]
+    }
+    vectors.close()
+    assert memories == points
 
 
 async def _mid(nc: NatsClient, first: int, end: int) -> bool:
@@ -63,7 +82,7 @@ async def _mid(nc: NatsClient, first: int, end: int) -> bool:
 
 
 async def _caught_up(nc: NatsClient, end: int) -> bool:
-    return await _acked(nc) >= end
+    return await _acked(nc) >= end and await _acked(nc, "vectors") >= end
 
 
 async def test_sigterm_mid_ingest_finishes_and_acks_the_batch_in_flight(
