@@ -1,0 +1,77 @@
+"""The vector projection against a Qdrant server in a container (needs Docker).
+
+The same code as local mode, through MEMSTREAM_QDRANT_URL. Without a Docker engine
+(as on this project's CI machine) the module is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumers.settings import load_settings
+from consumers.vector_storage import VectorStorage
+from projections.embedders import HashEmbedder
+from schemas import events as ev
+from tests.samples import TS
+
+
+def _docker_unavailable() -> str | None:
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as err:
+        return f"no Docker engine to run a Qdrant server container ({type(err).__name__})"
+    return None
+
+
+_REASON = _docker_unavailable()
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+
+
+@pytest.fixture(scope="module")
+def qdrant_url() -> Iterator[str]:
+    from testcontainers.community.qdrant import QdrantContainer
+
+    with QdrantContainer() as container:
+        host = container.get_container_host_ip()
+        yield f"http://{host}:{container.get_exposed_port(6333)}"
+
+
+def _event(cls: type[ev.Event], n: int, tenant: str = "acme", **fields: object) -> ev.Event:
+    return cls(id=f"srv-{tenant}-{n}", tenant=tenant, agent="a1", ts=TS, **fields)  # type: ignore[arg-type]
+
+
+def test_server_mode_projects_searches_and_swaps(qdrant_url: str, tmp_path: Path) -> None:
+    """Upsert, tenant isolation, forget and a generation swap work on a real server."""
+    settings = load_settings({}, data_dir=str(tmp_path), qdrant_url=qdrant_url)
+    storage = VectorStorage(settings, HashEmbedder(64))
+    events = [
+        (1, _event(ev.KnowledgeStored, 1, memory_id="m", domain="d", content="vault key")),
+        (2, _event(ev.KnowledgeStored, 2, tenant="beta", memory_id="m", domain="d",
+                   content="vault key")),
+        (3, _event(ev.KnowledgeStored, 3, memory_id="gone", domain="d", content="old news")),
+        (4, _event(ev.MemoryForgotten, 4, memory_id="gone")),
+    ]  # fmt: skip
+    try:
+        live = storage.open_current()
+        live.apply(events)
+        assert ["acme"] == [h.payload["tenant"] for h in live.search("acme", "vault key")]
+        assert ["beta"] == [h.payload["tenant"] for h in live.search("beta", "vault key")]
+        assert [] == [h for h in live.search("acme", "old news") if h.ref == "gone"]
+        calls = storage.embedder.stats.embedding_calls
+        rebuilt = storage.open_new()
+        rebuilt.apply(events)
+        storage.make_current(rebuilt)
+        assert calls == storage.embedder.stats.embedding_calls
+        assert rebuilt.generation == type(rebuilt).current_generation(storage.client)
+        assert all(
+            c.name.endswith(rebuilt.generation)
+            for c in storage.client.get_collections().collections
+            if c.name.startswith("ms_")
+        )
+    finally:
+        storage.close()
