@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest_history $(ARGS)
 	$(BIN)/python -m benchmarks.replay_history $(ARGS)
 	$(BIN)/python -m benchmarks.faststream_pull $(ARGS)
-	$(BIN)/python -m benchmarks.vectors
+	$(BIN)/python -m benchmarks.ingest_vectors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,7 @@
   the same collection with the same vector. Target (DESIGN.md): p99 <= 20 ms, p50 within
   1.5 ms of the raw query.
 
-    python -m benchmarks.vectors [--tenants 10] [--per-tenant 10000] [--queries 500]
+    python -m benchmarks.ingest_vectors [--tenants 10] [--per-tenant 10000] [--queries 500]
 """
 
 from __future__ import annotations
