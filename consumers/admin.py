@@ -56,7 +56,7 @@ class AdminResponder:
         self.nc = nc
         self.services = services
         self._subs: list[Subscription] = []
-        self._jobs: set[asyncio.Task[None]] = set()
+        self._jobs: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         for op, handler in (("sql", self._sql), ("replay", self._replay), ("ping", self._ping)):
@@ -129,17 +129,11 @@ class AdminResponder:
             now = time.monotonic()
             if inbox and now - last_sent >= 0.25:
                 last_sent = now
-                body = {
-                    "progress": {
-                        "done": p.done,
-                        "total": p.total,
-                        "last_seq": p.last_seq,
-                        "rate": p.rate,
-                    }
-                }
-                asyncio.get_running_loop().create_task(
-                    self.nc.publish(inbox, _encoder.encode(body))
-                )
+                body = _encoder.encode({"progress": dataclasses.asdict(p)})
+                # Hold the task: the loop keeps only weak references to tasks.
+                send = asyncio.get_running_loop().create_task(self.nc.publish(inbox, body))
+                self._jobs.add(send)
+                send.add_done_callback(self._jobs.discard)
 
         try:
             result = await service.rebuild(progress)

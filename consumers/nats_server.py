@@ -203,12 +203,6 @@ class NatsServer:
             return "(no log)"
         return " | ".join(line.strip() for line in text[-lines:]) or "(empty log)"
 
-    def reload(self) -> None:
-        """Re-read the config file (SIGHUP), e.g. after authorization changed."""
-        if self.process is None or self.process.poll() is not None:
-            raise NatsServerError("nats-server is not running")
-        self.process.send_signal(signal.SIGHUP)
-
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (the server's graceful shutdown), then SIGKILL after ``timeout``."""
         proc, self.process = self.process, None

@@ -159,7 +159,6 @@ class LiveRunner:
         self.lock = asyncio.Lock()
         self._decoder = _Decoder(decoder)
         self._stopping = asyncio.Event()
-        self.idle = asyncio.Event()
 
     def stop(self) -> None:
         """Finish the batch in flight, ack it, and return from :meth:`run`."""
@@ -220,11 +219,9 @@ class LiveRunner:
                 except nats.errors.ConnectionClosedError:
                     break
                 if not msgs:
-                    self.idle.set()
                     if puller.last_status is not None:
                         await self._recover(puller)
                     continue
-                self.idle.clear()
                 decoded = self._decoder.decode(msgs)
                 if in_flight is not None:
                     await in_flight
@@ -308,10 +305,6 @@ class ReplayProgress:
     total: int
     last_seq: int
     rate: float
-
-    @property
-    def eta_s(self) -> float | None:
-        return (self.total - self.done) / self.rate if self.rate > 0 else None
 
 
 async def replay(

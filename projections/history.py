@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from projections._idindex import Hashes, IdIndex
+from projections._memory import revision
 from projections._tables import ARROW_SCHEMAS, DDL, KEYS, TABLES
 from projections.base import Batch
 from schemas import events as ev
@@ -576,15 +577,10 @@ class _Fold:
                 if found is None:
                     return  # Nothing to revise (kept in `events` all the same).
                 table, row = found
-                fields = ("content",) if table == "knowledge" else ("problem", "solution")
-                for name in fields:
-                    if getattr(e, name) is not None:
-                        row[name] = getattr(e, name)
-                if e.tags is not None:
-                    row["tags"] = list(e.tags)
-                if e.metadata is not None:
-                    row["metadata"] = _dumps(e.metadata)
-                row["updated_seq"], row["updated_at"] = seq, e.ts
+                changes = revision(e, table)
+                if "metadata" in changes:
+                    changes["metadata"] = _dumps(changes["metadata"])
+                row.update(changes, updated_seq=seq, updated_at=e.ts)
             case ev.MemoryForgotten():
                 self.state["knowledge"][key] = None
                 self.state["solutions"][key] = None

@@ -24,11 +24,12 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from qdrant_client import QdrantClient, models
 
+from projections._memory import revision
 from projections.base import Batch
 from projections.embedding_cache import CachedEmbedder
 from schemas import events as ev
@@ -64,10 +65,8 @@ class Hit:
     payload: dict[str, Any]
 
 
-@dataclass
-class _Changes:
-    # (kind, tenant, ref) -> payload to write, or None to delete.
-    points: dict[tuple[str, str, str], dict[str, Any] | None] = field(default_factory=dict)
+# (kind, tenant, ref) -> the payload to write, or None to delete the point.
+_Changes = dict[tuple[str, str, str], dict[str, Any] | None]
 
 
 class VectorProjection:
@@ -195,18 +194,16 @@ class VectorProjection:
         last_seq = max(fresh[-1][0] if fresh else 0, upto)
         if last_seq <= self._checkpoint:
             return
-        changes = _Changes()
+        changes: _Changes = {}
         revised = [(e.tenant, e.memory_id) for _, e in fresh if isinstance(e, ev.MemoryRevised)]
-        stored = self._retrieve(revised, changes) if revised else {}
+        stored = self._retrieve(revised) if revised else {}
         for seq, e in fresh:
             if not isinstance(e, UnknownEvent):
                 self._fold(seq, e, changes, stored)
         self._write(changes)
         self._save_checkpoint(last_seq)
 
-    def _retrieve(
-        self, keys: list[tuple[str, str]], changes: _Changes
-    ) -> dict[tuple[str, str, str], dict[str, Any]]:
+    def _retrieve(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
         """The stored payloads of memories this batch revises."""
         found: dict[tuple[str, str, str], dict[str, Any]] = {}
         for kind in ("knowledge", "solutions"):
@@ -232,7 +229,7 @@ class VectorProjection:
     ) -> None:
         base = {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
                 "ts_epoch": e.ts.timestamp(), "seq": seq}  # fmt: skip
-        points = changes.points
+        points = changes
         match e:
             case ev.KnowledgeStored():
                 points[("knowledge", e.tenant, e.memory_id)] = {
@@ -247,24 +244,14 @@ class VectorProjection:
                 }  # fmt: skip
                 points[("knowledge", e.tenant, e.memory_id)] = None
             case ev.MemoryRevised():
-                for kind, fields in (
-                    ("knowledge", ("content",)),
-                    ("solutions", ("problem", "solution")),
-                ):
+                for kind in ("knowledge", "solutions"):
                     key = (kind, e.tenant, e.memory_id)
                     current = points[key] if key in points else stored.get(key)
-                    if current is None:
-                        continue
-                    updated = dict(current)
-                    for name in fields:
-                        if getattr(e, name) is not None:
-                            updated[name] = getattr(e, name)
-                    if e.tags is not None:
-                        updated["tags"] = list(e.tags)
-                    if e.metadata is not None:
-                        updated["metadata"] = e.metadata
-                    updated.update(seq=seq, ts=base["ts"], ts_epoch=base["ts_epoch"])
-                    points[key] = updated
+                    if current is not None:
+                        points[key] = {
+                            **current, **revision(e, kind),
+                            "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"],
+                        }  # fmt: skip
             case ev.MemoryForgotten():
                 points[("knowledge", e.tenant, e.memory_id)] = None
                 points[("solutions", e.tenant, e.memory_id)] = None
@@ -281,7 +268,7 @@ class VectorProjection:
     def _write(self, changes: _Changes) -> None:
         upserts: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
         deletes: dict[tuple[str, str], list[models.ExtendedPointId]] = {}
-        for (kind, tenant, ref), payload in changes.points.items():
+        for (kind, tenant, ref), payload in changes.items():
             if payload is None:
                 deletes.setdefault((kind, tenant), []).append(point_id(tenant, kind, ref))
             else:

@@ -86,7 +86,8 @@ def test_publish_any_type_with_json_output(up: Up) -> None:
     ack = json.loads(result.stdout)
     assert (1, False, "task.created") == (ack["seq"], ack["duplicate"], ack["type"])
     assert ack["task_id"] and ack["id"]
-    again = run_cli(
+    # The same event (same id) twice: stored once, the second reported as a duplicate.
+    args = (
         "publish",
         "task.started",
         "--nats-url",
@@ -98,18 +99,7 @@ def test_publish_any_type_with_json_output(up: Up) -> None:
         "--data",
         json.dumps({"task_id": ack["task_id"], "id": "fixed-1"}),
     )
-    dup = run_cli(
-        "publish",
-        "task.started",
-        "--nats-url",
-        up.url,
-        "-t",
-        "acme",
-        "-a",
-        "pm",
-        "--data",
-        json.dumps({"task_id": ack["task_id"], "id": "fixed-1"}),
-    )
+    again, dup = (run_cli(*args) for _ in range(2))
     assert "at seq 2 " in again.stdout
     assert "at seq 2 (duplicate: already stored)" in dup.stdout
 
