@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,15 @@ from projections.embedding_cache import CachedEmbedder
 from schemas import events as ev
 from schemas.events import UnknownEvent
 
-__all__ = ["KINDS", "Hit", "VectorProjection", "new_generation", "point_id"]
+__all__ = [
+    "KINDS",
+    "Hit",
+    "VectorProjection",
+    "VectorReader",
+    "new_generation",
+    "point_id",
+    "search_points",
+]
 
 KINDS: Final = ("knowledge", "solutions", "collaborations")
 _NAMESPACE = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13")
@@ -89,6 +98,9 @@ class VectorProjection:
         self.generation = generation or current or new_generation()
         self._state = f"ms_state__{self.generation}"
         self._known: set[str] = set()
+        # Qdrant's local mode is not safe for a search in one thread while another
+        # thread writes; the lock is held for the writes, not for the embedding.
+        self._lock = threading.Lock()
         if not client.collection_exists(self._state):
             client.create_collection(
                 self._state,
@@ -168,10 +180,13 @@ class VectorProjection:
         return int(points[0].payload["checkpoint"]) if points and points[0].payload else 0
 
     def _save_checkpoint(self, seq: int) -> None:
-        self.client.upsert(
-            self._state,
-            points=[models.PointStruct(id=_STATE_POINT, vector=[1.0], payload={"checkpoint": seq})],
-        )
+        with self._lock:
+            self.client.upsert(
+                self._state,
+                points=[
+                    models.PointStruct(id=_STATE_POINT, vector=[1.0], payload={"checkpoint": seq})
+                ],
+            )
         self._checkpoint = seq
 
     def collections(self) -> list[str]:
@@ -275,87 +290,130 @@ class VectorProjection:
                 payload["kind"] = kind
                 payload["text"] = _text(kind, payload)
                 upserts.setdefault((kind, tenant), []).append((ref, payload))
-        for (kind, tenant), ids in deletes.items():
-            name = self._physical(kind, tenant)
-            if name in self._known or self.client.collection_exists(name):
-                self.client.delete(name, points_selector=models.PointIdsList(points=ids))
         by_tenant: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
         for (kind, tenant), items in upserts.items():
             by_tenant.setdefault(tenant, []).extend((kind, ref, p) for ref, p in items)
-        for tenant, tenant_items in by_tenant.items():
-            vectors = self.embedder.embed(tenant, [p["text"] for _, _, p in tenant_items])
-            grouped: dict[str, list[models.PointStruct]] = {}
-            for (kind, ref, payload), vector in zip(tenant_items, vectors, strict=True):
-                grouped.setdefault(self._ensure(kind, tenant), []).append(
-                    models.PointStruct(
-                        id=point_id(tenant, kind, ref), vector=vector.tolist(), payload=payload
+        # Embed first (the slow part, maybe over the network), then write under the lock.
+        embedded = [
+            (tenant, items, self.embedder.embed(tenant, [p["text"] for _, _, p in items]))
+            for tenant, items in by_tenant.items()
+        ]
+        with self._lock:
+            for (kind, tenant), ids in deletes.items():
+                name = self._physical(kind, tenant)
+                if name in self._known or self.client.collection_exists(name):
+                    self.client.delete(name, points_selector=models.PointIdsList(points=ids))
+            for tenant, tenant_items, vectors in embedded:
+                grouped: dict[str, list[models.PointStruct]] = {}
+                for (kind, ref, payload), vector in zip(tenant_items, vectors, strict=True):
+                    grouped.setdefault(self._ensure(kind, tenant), []).append(
+                        models.PointStruct(
+                            id=point_id(tenant, kind, ref), vector=vector.tolist(), payload=payload
+                        )
                     )
-                )
-            for name, points in grouped.items():
-                self.client.upsert(name, points=points, wait=True)
+                for name, points in grouped.items():
+                    self.client.upsert(name, points=points, wait=True)
 
     # --- search ----------------------------------------------------------------------
 
-    def search(
-        self,
-        tenant: str,
-        query: str,
-        *,
-        kinds: Sequence[str] = KINDS,
-        top_k: int = 5,
-        threshold: float | None = None,
-        agent: str | None = None,
-        domain: str | None = None,
-        tags: Sequence[str] = (),
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-    ) -> list[Hit]:
-        """The tenant's best matches across ``kinds``, best first."""
-        vector = self.embedder.embed(tenant, [query])[0].tolist()
-        must: list[Any] = []
-        if agent:
-            must.append(models.FieldCondition(key="agent", match=models.MatchValue(value=agent)))
-        if domain:
-            must.append(models.FieldCondition(key="domain", match=models.MatchValue(value=domain)))
-        for tag in tags:
-            must.append(models.FieldCondition(key="tags", match=models.MatchValue(value=tag)))
-        if since or until:
-            must.append(
-                models.FieldCondition(
-                    key="ts_epoch",
-                    range=models.Range(
-                        gte=since.timestamp() if since else None,
-                        lt=until.timestamp() if until else None,
-                    ),
-                )
+    def search(self, tenant: str, query: str, **filters: Any) -> list[Hit]:
+        """The tenant's best matches for one query across ``kinds``, best first."""
+        return self.search_many(tenant, [query], **filters)[0]
+
+    def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
+        """One list of best matches per query; the queries are embedded together."""
+        vectors = self.embedder.embed(tenant, list(queries))
+        names = {kind: self._physical(kind, tenant) for kind in KINDS}
+        with self._lock:
+            known = {k: n for k, n in names.items() if n in self._known}
+            known |= {
+                k: n for k, n in names.items()
+                if k not in known and self.client.collection_exists(n)
+            }  # fmt: skip
+            return [search_points(self.client, known, v.tolist(), **filters) for v in vectors]
+
+
+class VectorReader:
+    """Searches the generation in use through its aliases, from a process that does not
+    write the vectors (``serve --role query`` against a Qdrant server)."""
+
+    name = "vectors"
+
+    def __init__(self, client: QdrantClient, embedder: CachedEmbedder) -> None:
+        self.client = client
+        self.embedder = embedder
+
+    @property
+    def checkpoint(self) -> int:
+        """The checkpoint of the generation in use, as its writer last saved it."""
+        if not self.client.collection_exists("ms_state"):
+            return 0
+        points = self.client.retrieve("ms_state", ids=[_STATE_POINT], with_payload=True)
+        return int(points[0].payload["checkpoint"]) if points and points[0].payload else 0
+
+    def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
+        vectors = self.embedder.embed(tenant, list(queries))
+        names = {
+            kind: f"ms_{kind}_{tenant}"
+            for kind in KINDS
+            if self.client.collection_exists(f"ms_{kind}_{tenant}")
+        }
+        return [search_points(self.client, names, v.tolist(), **filters) for v in vectors]
+
+
+def search_points(
+    client: QdrantClient,
+    collections: dict[str, str],
+    vector: list[float],
+    *,
+    kinds: Sequence[str] = KINDS,
+    top_k: int = 5,
+    threshold: float | None = None,
+    agent: str | None = None,
+    domain: str | None = None,
+    tags: Sequence[str] = (),
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> list[Hit]:
+    """The best ``top_k`` points of ``kinds`` (kind -> collection, those that exist)."""
+    must: list[Any] = []
+    if agent:
+        must.append(models.FieldCondition(key="agent", match=models.MatchValue(value=agent)))
+    if domain:
+        must.append(models.FieldCondition(key="domain", match=models.MatchValue(value=domain)))
+    for tag in tags:
+        must.append(models.FieldCondition(key="tags", match=models.MatchValue(value=tag)))
+    if since or until:
+        must.append(
+            models.FieldCondition(
+                key="ts_epoch",
+                range=models.Range(
+                    gte=since.timestamp() if since else None,
+                    lt=until.timestamp() if until else None,
+                ),
             )
-        query_filter = models.Filter(must=must) if must else None
-        hits: list[Hit] = []
-        for kind in kinds:
-            name = self._physical(kind, tenant)
-            if name not in self._known and not self.client.collection_exists(name):
-                continue
-            result = self.client.query_points(
-                name,
-                query=vector,
-                limit=top_k,
-                query_filter=query_filter,
-                score_threshold=threshold,
-                with_payload=True,
+        )
+    query_filter = models.Filter(must=must) if must else None
+    hits: list[Hit] = []
+    for kind in kinds:
+        name = collections.get(kind)
+        if name is None:
+            continue
+        result = client.query_points(
+            name,
+            query=vector,
+            limit=top_k,
+            query_filter=query_filter,
+            score_threshold=threshold,
+            with_payload=True,
+        )
+        for p in result.points:
+            payload = dict(p.payload or {})
+            hits.append(
+                Hit(kind, payload.get("ref", ""), float(p.score), payload.get("text", ""), payload)
             )
-            for p in result.points:
-                payload = dict(p.payload or {})
-                hits.append(
-                    Hit(
-                        kind,
-                        payload.get("ref", ""),
-                        float(p.score),
-                        payload.get("text", ""),
-                        payload,
-                    )
-                )
-        hits.sort(key=lambda h: h.score, reverse=True)
-        return hits[:top_k]
+    hits.sort(key=lambda h: h.score, reverse=True)
+    return hits[:top_k]
 
 
 def new_generation() -> str:
