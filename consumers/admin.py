@@ -52,17 +52,30 @@ def _error(code: str, message: str) -> bytes:
 
 
 class AdminResponder:
-    def __init__(self, nc: NatsClient, services: dict[str, ProjectionService[Any]]) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        services: dict[str, ProjectionService[Any]],
+        *,
+        exclusive: bool = True,
+    ) -> None:
+        """``exclusive``: this process runs every projection there is, so it answers
+        for one it does not have. Otherwise (one role of several) it stays silent on
+        those, and the process that has the projection answers; each role listens in a
+        queue group of its own."""
         self.nc = nc
         self.services = services
+        self.exclusive = exclusive
+        self.queue = ADMIN_QUEUE if exclusive else f"{ADMIN_QUEUE}-{'+'.join(sorted(services))}"
         self._subs: list[Subscription] = []
         self._jobs: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         for op, handler in (("sql", self._sql), ("replay", self._replay), ("ping", self._ping)):
             self._subs.append(
-                await self.nc.subscribe(admin_subject(op), queue=ADMIN_QUEUE, cb=handler)
+                await self.nc.subscribe(admin_subject(op), queue=self.queue, cb=handler)
             )
+        await self.nc.flush()
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -87,6 +100,8 @@ class AdminResponder:
             return
         service = self.services.get("history")
         if service is None or service.projection is None:
+            if not self.exclusive:
+                return
             await msg.respond(_error("unavailable", "the history projection is not running here"))
             return
         try:
@@ -111,6 +126,8 @@ class AdminResponder:
             return
         service = self.services.get(req.projection)
         if service is None:
+            if not self.exclusive:
+                return
             await msg.respond(_error("unavailable", f"{req.projection} is not running here"))
             return
         if service.rebuilding:

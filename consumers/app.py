@@ -1,9 +1,16 @@
-"""``memstream up``: everything on one machine, in one process.
+"""``memstream up`` and ``memstream serve``: the processes that run memstream.
 
-It starts the embedded nats-server (unless told to use another NATS), provisions the
-streams and consumers, runs the history projection and the admin responder, and runs
-until SIGINT or SIGTERM. Stopping finishes and acks the batch in flight, then stops what
-it started, last of all the broker.
+``up`` is everything on one machine, in one process: it starts the embedded nats-server
+(unless told to use another NATS), provisions the streams and consumers, runs both
+projections, the query worker and the admin responder until SIGINT or SIGTERM. Stopping
+finishes the queries and the batch in flight, commits and acks it, then stops what it
+started, last of all the broker.
+
+``serve --role`` runs one role per process against an external NATS, for scale-out:
+``history`` (the DuckDB history, answering the ops that read it), ``vectors`` (the
+vector projection; with Qdrant's local mode it also answers ``search`` and ``recall``,
+since no other process can open the collections), and ``query`` (``search`` and
+``recall`` from a Qdrant server, asking the history role for turns and tasks).
 """
 
 from __future__ import annotations
@@ -13,21 +20,27 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from consumers.admin import AdminResponder
 from consumers.log import get_logger
 from consumers.nats_server import NatsServer
+from consumers.query_worker import QUEUE, QueryWorker, ReaderSource, RemoteHistory
 from consumers.service import HistoryStorage, ProjectionService
 from consumers.settings import Settings
 from consumers.streams import HEADER_ROOM, ProvisionReport, ensure_streams
 from consumers.vector_storage import VectorStorage
 from producers._connect import connect_nats
-from schemas.errors import MemstreamError
+from projections.vectors import VectorReader
+from schemas.errors import ConfigError, MemstreamError
 
-__all__ = ["UpInfo", "run_up"]
+__all__ = ["ALL_ROLES", "ROLES", "UpInfo", "run_up"]
 
 log = get_logger("memstream.up")
+
+
+ROLES: Final = ("history", "vectors", "query")
+ALL_ROLES: Final = frozenset(ROLES)
 
 
 @dataclass(frozen=True)
@@ -51,8 +64,14 @@ async def run_up(
     external_nats: bool = False,
     on_ready: Callable[[UpInfo], None] | None = None,
     stop: asyncio.Event | None = None,
+    roles: frozenset[str] = ALL_ROLES,
 ) -> None:
     """Run until ``stop`` is set or SIGINT/SIGTERM arrives; cleans up what it started."""
+    if "query" in roles and roles != ALL_ROLES and not settings.qdrant_url:
+        raise ConfigError(
+            "the query role reads the vectors from a Qdrant server: set MEMSTREAM_QDRANT_URL "
+            "(with Qdrant's local mode, the vectors role answers search and recall itself)"
+        )
     data_dir = settings.data_path.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     stop = stop or asyncio.Event()
@@ -73,7 +92,8 @@ async def run_up(
             server = await asyncio.to_thread(embedded.start)
             url = server.url
             log.info("nats_started", url=url, pid=server.pid, store=str(data_dir / "nats"))
-        nc = await connect_nats(url, name="memstream:up", **settings.nats_auth)
+        name = "memstream:up" if roles == ALL_ROLES else f"memstream:{'+'.join(sorted(roles))}"
+        nc = await connect_nats(url, name=name, **settings.nats_auth)
         try:
             report = await ensure_streams(
                 nc.jetstream(),
@@ -103,6 +123,7 @@ async def run_up(
                         )
                     )
                 ),
+                roles,
             )
         finally:
             await nc.drain()
@@ -114,25 +135,80 @@ async def run_up(
             log.info("nats_stopped", exit_code=code)
 
 
+class _Roles:
+    """The projection services of some roles, and the query worker that reads them."""
+
+    def __init__(self, nc: Any, settings: Settings, data_dir: Path, roles: frozenset[str]):
+        self.nc, self.settings, self.roles = nc, settings, roles
+        size, wait = settings.batch_size, settings.batch_wait_ms / 1000
+        self.services: dict[str, ProjectionService[Any]] = {}
+        if "history" in roles:
+            self.services["history"] = ProjectionService(
+                nc, HistoryStorage(data_dir), batch_size=size, max_wait=wait
+            )
+        if "vectors" in roles:
+            self.services["vectors"] = ProjectionService(
+                nc, VectorStorage(settings), batch_size=size, max_wait=wait
+            )
+        self._reader: VectorStorage | None = None
+
+    def query_worker(self) -> QueryWorker | None:
+        """Built once the services have started, since it reads their projections."""
+        nc, roles = self.nc, self.roles
+        history, vectors = self.services.get("history"), self.services.get("vectors")
+        if roles == ALL_ROLES:
+            return QueryWorker(nc, history=history, vectors=vectors)
+        if roles == {"history"}:
+            return QueryWorker(nc, history=history, queue=f"{QUEUE}-history")
+        if roles == {"vectors"} and not self.settings.qdrant_url:
+            # Local mode: only this process can open the vectors, so it answers for them.
+            return QueryWorker(
+                nc,
+                vectors=vectors,
+                remote_history=RemoteHistory(nc),
+                answers_unknown=False,
+                queue=f"{QUEUE}-vectors",
+            )
+        if roles == {"query"}:
+            self._reader = VectorStorage(self.settings)
+            reader = VectorReader(self._reader.client, self._reader.embedder)
+            return QueryWorker(
+                nc,
+                vectors=ReaderSource(reader),
+                remote_history=RemoteHistory(nc),
+                answers_unknown=False,
+                queue=f"{QUEUE}-vectors",
+            )
+        return None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
 async def _serve(
     nc: Any,
     settings: Settings,
     data_dir: Path,
     stop: asyncio.Event,
     ready: Callable[[dict[str, ProjectionService[Any]]], Any],
+    roles: frozenset[str] = ALL_ROLES,
 ) -> None:
-    size, wait = settings.batch_size, settings.batch_wait_ms / 1000
-    services: dict[str, ProjectionService[Any]] = {
-        "history": ProjectionService(nc, HistoryStorage(data_dir), batch_size=size, max_wait=wait),
-        "vectors": ProjectionService(nc, VectorStorage(settings), batch_size=size, max_wait=wait),
-    }
-    admin = AdminResponder(nc, services)
+    parts = _Roles(nc, settings, data_dir, roles)
+    services = parts.services
+    admin = AdminResponder(nc, services, exclusive=roles == ALL_ROLES)
     started: list[ProjectionService[Any]] = []
+    worker: QueryWorker | None = None
+    failed: list[ProjectionService[Any]] = []
     try:
         for service in services.values():
             await service.start()
             started.append(service)
-        await admin.start()
+        worker = parts.query_worker()
+        if worker is not None:
+            await worker.start()
+        if services:
+            await admin.start()
         ready(services)
         watchers = [asyncio.create_task(stop.wait())]
         watchers += [s.wait_failed() for s in started]
@@ -142,9 +218,13 @@ async def _serve(
         failed = [s for s in started if s.failed is not None]
         log.info("stopping")
     finally:
+        # Queries first (they read the projections), then the projections.
+        if worker is not None:
+            await worker.stop()
         await admin.stop()
         for service in reversed(started):
             await service.stop()
+        parts.close()
     if failed:
         err = failed[0].failed
         raise ProjectionFailed(f"the {failed[0].name} projection stopped: {err!r}") from err

@@ -147,9 +147,12 @@ class LiveRunner:
         batch_size: int = 2000,
         max_wait: float = 0.2,
         decoder: EventDecoder | None = None,
+        on_applied: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        # Told after each commit, so readers waiting for a sequence (min_seq) wake up.
+        self.on_applied = on_applied
         self.projection = projection
         self.name = projection.name
         self.batch_size = batch_size
@@ -264,6 +267,8 @@ class LiveRunner:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        if self.on_applied is not None:
+            await self.on_applied()
         self.stats.dead_letters += len(dead)
         # The consumer acks all up to the last message (AckPolicy.ALL): one ack a batch.
         await msgs[-1].ack()

@@ -120,6 +120,7 @@ class ProjectionService(Generic[P]):
         self._readers = 0
         self._no_readers = asyncio.Event()
         self._no_readers.set()
+        self._applied = asyncio.Condition()
 
     @property
     def name(self) -> str:
@@ -129,7 +130,11 @@ class ProjectionService(Generic[P]):
     async def start(self) -> None:
         self.projection = await asyncio.to_thread(self.storage.open_current)
         self.runner = LiveRunner(
-            self.nc, self.projection, batch_size=self.batch_size, max_wait=self.max_wait
+            self.nc,
+            self.projection,
+            batch_size=self.batch_size,
+            max_wait=self.max_wait,
+            on_applied=self._notify_applied,
         )
         self._task = asyncio.create_task(self.runner.run(), name=f"live-{self.name}")
         log.info("projection_started", projection=self.name, checkpoint=self.projection.checkpoint)
@@ -152,6 +157,29 @@ class ProjectionService(Generic[P]):
         """A task that ends when the live runner ends (on its own, it only ends by error)."""
         assert self._task is not None
         return asyncio.ensure_future(asyncio.wait([self._task]))
+
+    async def _notify_applied(self) -> None:
+        async with self._applied:
+            self._applied.notify_all()
+
+    @property
+    def checkpoint(self) -> int:
+        assert self.projection is not None
+        return self.projection.checkpoint
+
+    async def wait_applied(self, seq: int, within: float) -> bool:
+        """Whether the projection has applied stream sequence ``seq``, waiting at most
+        ``within`` seconds for it (read-your-writes)."""
+        if self.checkpoint >= seq:
+            return True
+        async with self._applied:
+            try:
+                await asyncio.wait_for(
+                    self._applied.wait_for(lambda: self.checkpoint >= seq), within
+                )
+            except TimeoutError:
+                return False
+        return True
 
     @property
     def rebuilding(self) -> bool:
@@ -213,6 +241,7 @@ class ProjectionService(Generic[P]):
                 await asyncio.to_thread(self.storage.make_current, new)
                 self.projection = new
                 runner.projection = new
+                await self._notify_applied()
             except BaseException:
                 await asyncio.to_thread(self.storage.discard, new)
                 raise

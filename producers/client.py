@@ -1,4 +1,4 @@
-"""``MemoryClient``: what an agent imports to publish memory events (asyncio)."""
+"""``MemoryClient``: what an agent imports to publish and query its memory (asyncio)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck
 
 from producers._connect import connect_nats
+from producers._queries import QueryMethods
 from schemas import events as ev
 from schemas.errors import InvalidEvent, PublishError
 from schemas.events import DEFAULT_MAX_EVENT_BYTES, Event
@@ -59,12 +60,14 @@ GENERATED_IDS: dict[str, str] = {
 _validators = {tag: msgspec.json.Decoder(cls) for tag, cls in ev.EVENT_TYPES.items()}
 
 
-class MemoryClient:
+class MemoryClient(QueryMethods):
     """Publishes one tenant's events as one agent. Create it with :meth:`connect`.
 
     Every typed method builds a contract-conforming event (id as UUIDv7, timestamp now),
     validates it, and publishes it with ``Nats-Msg-Id`` set to the event id, so a retry
-    within JetStream's duplicate window is stored once.
+    within JetStream's duplicate window is stored once. The query methods (``search``,
+    ``history``, ``task``, ``context``, ``conversation``, ``recall``, ``stats``,
+    ``analytics``) read the tenant's memory; pass ``min_seq=ack.seq`` to read a write.
     """
 
     def __init__(

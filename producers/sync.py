@@ -50,7 +50,8 @@ def _blocking(name: str) -> Callable[..., Any]:
 
 
 class SyncMemoryClient:
-    """Blocking MemoryClient: the same methods, each returning when JetStream has acked."""
+    """Blocking MemoryClient: the same methods, each returning when JetStream has acked
+    (a publish) or the reply has come (a query)."""
 
     def __init__(self, client: MemoryClient, runner: _LoopThread) -> None:
         self._client = client
@@ -116,3 +117,13 @@ class SyncMemoryClient:
     clear_context = _blocking("clear_context")
     add_turn = _blocking("add_turn")
     record_tool_use = _blocking("record_tool_use")
+    search = _blocking("search")
+    search_many = _blocking("search_many")
+    history = _blocking("history")
+    task = _blocking("task")
+    context = _blocking("context")
+    conversation = _blocking("conversation")
+    recall = _blocking("recall")
+    stats = _blocking("stats")
+    analytics = _blocking("analytics")
+    query = _blocking("query")

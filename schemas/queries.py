@@ -8,7 +8,7 @@ subject's tenant token and nothing else.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 import msgspec
 
@@ -34,6 +34,7 @@ __all__ = [
     "RecallSource",
     "Reply",
     "Request",
+    "SearchBatchResult",
     "SearchHit",
     "SearchRequest",
     "SearchResult",
@@ -42,6 +43,7 @@ __all__ = [
     "TaskRequest",
     "TaskResult",
     "Turn",
+    "TypedReply",
     "decode_request",
     "encode_reply",
 ]
@@ -57,6 +59,7 @@ AnalyticsName: TypeAlias = Literal[
     "agent_activity", "task_outcomes", "tool_usage", "collaboration_graph", "memory_growth"
 ]
 ANALYTICS_NAMES: Final = frozenset(AnalyticsName.__args__)  # type: ignore[attr-defined]
+R = TypeVar("R")
 Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 QueryText = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
@@ -153,8 +156,15 @@ class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SearchResult(msgspec.Struct, frozen=True, kw_only=True):
-    # One list of hits per query; ``query`` requests get a single list.
-    hits: list[SearchHit] | list[list[SearchHit]]
+    """The reply to a ``query``: its hits, best first."""
+
+    hits: list[SearchHit]
+
+
+class SearchBatchResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The reply to ``queries``: one list of hits per query, in the order asked."""
+
+    hits: list[list[SearchHit]]
 
 
 class HistoryResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,6 +177,8 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
     timeline: list[dict[str, Any]]
     output: Any = None
     bundle: list[dict[str, Any]] = []
+    # The bundle holds the newest events only, when the task has very many.
+    bundle_truncated: bool = False
 
 
 class ContextResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,6 +186,8 @@ class ContextResult(msgspec.Struct, frozen=True, kw_only=True):
     data: dict[str, Any]
     set_at: dt.datetime
     expires_at: dt.datetime | None = None
+    agent: str | None = None
+    seq: int | None = None
 
 
 class Turn(msgspec.Struct, frozen=True, kw_only=True):
@@ -200,6 +214,7 @@ class RecallResult(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     chars: int
     sources: list[RecallSource]
+    strategy: Strategy = "balanced"
 
 
 class StatsResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -230,6 +245,14 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     ok: bool
     result: Any = None
+    error: ErrorBody | None = None
+
+
+class TypedReply(msgspec.Struct, Generic[R], frozen=True, kw_only=True):
+    """A reply decoded with its result's type (``TypedReply[SearchResult]``)."""
+
+    ok: bool
+    result: R | None = None
     error: ErrorBody | None = None
 
 

@@ -1,0 +1,495 @@
+"""The query worker: request-reply over ``memq.<tenant>.<op>``.
+
+The tenant is the subject's tenant token and nothing else. Each op reads the projection
+that serves it: the history (DuckDB) for ``history``, ``task``, ``context``,
+``conversation``, ``stats`` and ``analytics``; the vectors (Qdrant) for ``search``;
+both for ``recall``. A request's ``min_seq`` waits (up to ``wait_ms``) until that
+projection has applied the sequence: read-your-writes for an agent that just published.
+
+Workers subscribe to ``memq.>`` in a queue group, so several can share the load. Where
+roles run in separate processes, each role has its own queue group and stays silent on
+the ops another role serves; exactly one role (the one holding the history) answers
+malformed subjects and unknown ops. Replies are ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": {"code", "message"}}``; an internal failure is logged with a
+correlation id that its reply carries, and no stack trace leaves the process.
+
+Built on nats-py: a FastStream subscriber costs more per request than the search target
+leaves room for (see ``benchmarks/search.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, Protocol
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from consumers.log import get_logger
+from projections import reads
+from projections.history import HistoryProjection
+from projections.recall import Part, compose, memory_part, task_part, turn_part
+from projections.vectors import Hit, VectorReader
+from schemas.errors import MemstreamError
+from schemas.ids import new_id
+from schemas.queries import (
+    OPS,
+    AnalyticsRequest,
+    ContextRequest,
+    ConversationRequest,
+    ErrorBody,
+    HistoryRequest,
+    QueryError,
+    RecallRequest,
+    Reply,
+    Request,
+    SearchRequest,
+    StatsRequest,
+    TaskRequest,
+    decode_request,
+    encode_reply,
+)
+from schemas.subjects import (
+    DLQ_PREFIX,
+    DLQ_STREAM,
+    EVENT_STREAM,
+    QUERY_PREFIX,
+    parse_query_subject,
+    query_subject,
+)
+
+__all__ = [
+    "HISTORY_OPS",
+    "QUEUE",
+    "VECTOR_OPS",
+    "QueryWorker",
+    "ReaderSource",
+    "RemoteHistory",
+]
+
+log = get_logger("memstream.query")
+
+QUEUE: Final = "memstream-query"
+HISTORY_OPS: Final = frozenset({"history", "task", "context", "conversation", "stats", "analytics"})
+VECTOR_OPS: Final = frozenset({"search", "recall"})
+# Turns and memories recall considers before the budget picks among them.
+_RECALL_TURNS = 50
+_RECALL_MEMORIES = 12
+_MAX_IN_FLIGHT = 256
+
+
+class Source(Protocol):
+    """A projection a query reads: its progress, and the projection held for a read."""
+
+    @property
+    def checkpoint(self) -> int: ...
+
+    async def wait_applied(self, seq: int, within: float) -> bool: ...
+
+    def reading(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+
+class ReaderSource:
+    """Vectors written by another process, read through a Qdrant server's aliases."""
+
+    def __init__(self, reader: VectorReader, poll_s: float = 0.01) -> None:
+        self.reader = reader
+        self.poll_s = poll_s
+
+    @property
+    def checkpoint(self) -> int:
+        return self.reader.checkpoint
+
+    async def wait_applied(self, seq: int, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while await asyncio.to_thread(lambda: self.reader.checkpoint) < seq:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(self.poll_s)
+        return True
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[VectorReader]:
+        yield self.reader
+
+
+class HistoryReads(Protocol):
+    """What recall needs from the history, wherever the history runs."""
+
+    async def task(self, tenant: str, task_id: str, min_seq: int | None, wait_ms: int) -> Any: ...
+
+    async def turns(
+        self, tenant: str, session_id: str, min_seq: int | None, wait_ms: int
+    ) -> list[dict[str, Any]]: ...
+
+
+class RemoteHistory:
+    """The history of another process, asked over its own query ops."""
+
+    def __init__(self, nc: NatsClient, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._decoder = msgspec.json.Decoder(Reply)
+
+    async def _ask(self, tenant: str, op: str, body: dict[str, Any], wait_ms: int) -> Any:
+        try:
+            msg = await self.nc.request(
+                query_subject(tenant, op),
+                msgspec.json.encode(body),
+                timeout=self.timeout + wait_ms / 1000,
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            raise QueryError("unavailable", f"no history worker answered {op}") from None
+        reply = self._decoder.decode(msg.data)
+        if reply.error is not None:
+            if reply.error.code == "not_found":
+                return None
+            raise QueryError(reply.error.code, reply.error.message)
+        return reply.result
+
+    async def task(self, tenant: str, task_id: str, min_seq: int | None, wait_ms: int) -> Any:
+        body = {"task_id": task_id, "min_seq": min_seq, "wait_ms": wait_ms}
+        return await self._ask(tenant, "task", body, wait_ms)
+
+    async def turns(
+        self, tenant: str, session_id: str, min_seq: int | None, wait_ms: int
+    ) -> list[dict[str, Any]]:
+        body = {"session_id": session_id, "last_n": _RECALL_TURNS, "min_seq": min_seq}
+        result = await self._ask(tenant, "conversation", {**body, "wait_ms": wait_ms}, wait_ms)
+        turns: list[dict[str, Any]] = result["turns"] if result else []
+        return turns
+
+
+class _LocalHistory:
+    def __init__(self, worker: QueryWorker) -> None:
+        self.worker = worker
+
+    async def task(self, tenant: str, task_id: str, min_seq: int | None, wait_ms: int) -> Any:
+        return await self.worker._read(reads.task, tenant, task_id)
+
+    async def turns(
+        self, tenant: str, session_id: str, min_seq: int | None, wait_ms: int
+    ) -> list[dict[str, Any]]:
+        turns: list[dict[str, Any]] = await self.worker._read(
+            reads.conversation, tenant, session_id, _RECALL_TURNS
+        )
+        return turns
+
+
+def _hit(h: Hit) -> dict[str, Any]:
+    p = h.payload
+    return {
+        "kind": h.kind,
+        "memory_id": h.ref,
+        "score": h.score,
+        "text": h.text,
+        "agent": p.get("agent"),
+        "ts": dt.datetime.fromisoformat(p["ts"]) if "ts" in p else None,
+        "tags": p.get("tags") or [],
+        "metadata": p.get("metadata") or {},
+        "seq": p.get("seq"),
+    }
+
+
+def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
+    if isinstance(req, RecallRequest):
+        return {"kinds": ("knowledge", "solutions"), "top_k": _RECALL_MEMORIES}
+    return {
+        "kinds": req.kinds,
+        "top_k": req.top_k,
+        "threshold": req.threshold,
+        "agent": req.agent,
+        "domain": req.domain,
+        "tags": req.tags,
+        "since": req.since,
+        "until": req.until,
+    }
+
+
+class QueryWorker:
+    """Answers the query ops it has a source for; see the module docstring."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        *,
+        history: Source | None = None,
+        vectors: Source | None = None,
+        remote_history: HistoryReads | None = None,
+        answers_unknown: bool = True,
+        queue: str = QUEUE,
+        projections: tuple[str, ...] = ("history", "vectors"),
+    ) -> None:
+        self.nc = nc
+        self.history = history
+        self.vectors = vectors
+        self.queue = queue
+        self.answers_unknown = answers_unknown
+        # The durable consumers whose progress ``stats`` reports.
+        self.projections = projections
+        self.history_reads: HistoryReads | None = (
+            _LocalHistory(self) if history is not None else remote_history
+        )
+        self.ops: dict[str, Callable[[str, Any], Awaitable[Any]]] = {}
+        if history is not None:
+            self.ops |= {
+                "history": self._history,
+                "task": self._task,
+                "context": self._context,
+                "conversation": self._conversation,
+                "stats": self._stats,
+                "analytics": self._analytics,
+            }
+        if vectors is not None:
+            self.ops["search"] = self._search
+            if self.history_reads is not None:
+                self.ops["recall"] = self._recall
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
+        self._stopping = asyncio.Event()
+        self.served = 0
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{QUERY_PREFIX}.>", queue=self.queue, cb=self._on_msg)
+        # The server has the subscription once this returns: "ready" means answering.
+        await self.nc.flush()
+        log.info("query_worker_started", ops=sorted(self.ops), queue=self.queue)
+
+    async def stop(self) -> None:
+        """Stop taking requests and finish those in flight (those waiting for min_seq
+        are answered ``unavailable`` at once)."""
+        self._stopping.set()
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # The subscription's callbacks run one at a time: hand each request to a task so
+        # a slow one (a wait for min_seq, a large analytics query) holds up no other.
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _handle(self, msg: Msg) -> None:
+        if not msg.reply:
+            return  # a publish, not a request: there is nobody to answer
+        started = time.perf_counter()
+        op = tenant = None
+        try:
+            parts = msg.subject.split(".")
+            op = parts[-1] if len(parts) == 3 else None
+            if op is not None and op in OPS and op not in self.ops:
+                return  # another role's op: its workers answer it
+            if not self.answers_unknown and op not in self.ops:
+                return
+            tenant, op = parse_query_subject(msg.subject)
+            req = decode_request(op, msg.data)
+            result = await self._serve(tenant, op, req)
+            body = encode_reply(Reply(ok=True, result=result))
+        except QueryError as err:
+            body = _error(err.code, err.message)
+        except MemstreamError as err:
+            body = _error(err.code, str(err))
+        except Exception:
+            correlation_id = new_id()
+            log.exception("query_failed", op=op, tenant=tenant, correlation_id=correlation_id)
+            body = _error(
+                "internal",
+                f"the query failed inside the worker; its log has the details under "
+                f"correlation id {correlation_id}",
+                correlation_id,
+            )
+        if len(body) > self.nc.max_payload:
+            body = _error(
+                "bad_request",
+                f"the reply would be {len(body)} bytes, more than the {self.nc.max_payload} "
+                "NATS allows in one message: ask for less (a smaller limit, last_n or top_k)",
+            )
+        with contextlib.suppress(nats.errors.Error):
+            await msg.respond(body)
+        self.served += 1
+        log.debug(
+            "query_answered",
+            op=op,
+            tenant=tenant,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _serve(self, tenant: str, op: str, req: Request) -> Any:
+        if op == "search" or op == "recall":
+            await self._wait(self.vectors, "vectors", req)
+        if op != "search" and self.history is not None:
+            await self._wait(self.history, "history", req)
+        return await self.ops[op](tenant, req)
+
+    async def _wait(self, source: Source | None, name: str, req: Request) -> None:
+        if req.min_seq is None or source is None:
+            return
+        if source.checkpoint >= req.min_seq:
+            return
+        # A worker that is stopping answers its waiting requests at once.
+        waiting = asyncio.ensure_future(source.wait_applied(req.min_seq, req.wait_ms / 1000))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not waiting.done():
+            waiting.cancel()
+            raise QueryError("unavailable", "the query worker is stopping: retry the request")
+        if not waiting.result():
+            raise QueryError(
+                "not_caught_up",
+                f"the {name} projection has applied up to seq {source.checkpoint}, not yet "
+                f"min_seq {req.min_seq}, after waiting {req.wait_ms} ms: retry, or wait longer",
+            )
+
+    async def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(cursor, *args, **kwargs)`` on a worker thread against the history."""
+        assert self.history is not None
+        async with self.history.reading() as projection:
+            return await asyncio.to_thread(_with_cursor, projection, fn, *args, **kwargs)
+
+    # --- ops -------------------------------------------------------------------------
+
+    async def _search(self, tenant: str, req: SearchRequest) -> Any:
+        if (req.query is None) == (req.queries is None):
+            raise QueryError("bad_request", "search takes either query or queries (a list)")
+        queries = [req.query] if req.query is not None else list(req.queries or ())
+        assert self.vectors is not None
+        async with self.vectors.reading() as vectors:
+            found = await asyncio.to_thread(
+                vectors.search_many, tenant, queries, **_search_filters(req)
+            )
+        lists = [[_hit(h) for h in hits] for hits in found]
+        return {"hits": lists[0] if req.query is not None else lists}
+
+    async def _history(self, tenant: str, req: HistoryRequest) -> Any:
+        page = await self._read(
+            reads.history,
+            tenant,
+            types=req.types,
+            agent=req.agent,
+            task_id=req.task_id,
+            since=req.since,
+            until=req.until,
+            after_seq=req.after_seq,
+            limit=req.limit,
+        )
+        return {"events": page.events, "next_after_seq": page.next_after_seq}
+
+    async def _task(self, tenant: str, req: TaskRequest) -> Any:
+        found = await self._read(reads.task, tenant, req.task_id)
+        if found is None:
+            raise QueryError("not_found", f"tenant {tenant} has no task {req.task_id!r}")
+        return found
+
+    async def _context(self, tenant: str, req: ContextRequest) -> Any:
+        found = await self._read(reads.context, tenant, req.key, dt.datetime.now(dt.UTC))
+        if found is None:
+            raise QueryError(
+                "not_found", f"context key {req.key!r} is not set (never set, cleared or expired)"
+            )
+        return found
+
+    async def _conversation(self, tenant: str, req: ConversationRequest) -> Any:
+        turns = await self._read(reads.conversation, tenant, req.session_id, req.last_n)
+        return {"session_id": req.session_id, "turns": turns}
+
+    async def _analytics(self, tenant: str, req: AnalyticsRequest) -> Any:
+        result = await self._read(reads.analytics, tenant, req.name, req.params)
+        return {"name": req.name, "columns": result.columns, "rows": result.rows}
+
+    async def _stats(self, tenant: str, req: StatsRequest) -> Any:
+        by_type, by_agent = await self._read(reads.counts, tenant)
+        js = self.nc.jetstream()
+        last_seq = (await js.stream_info(EVENT_STREAM)).state.last_seq
+        applied: dict[str, int] = {}
+        local = {"history": self.history, "vectors": self.vectors}
+        for name in self.projections:
+            source = local.get(name)
+            if source is not None:
+                applied[name] = source.checkpoint
+            else:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    info = await js.consumer_info(EVENT_STREAM, name)
+                    applied[name] = info.ack_floor.stream_seq if info.ack_floor else 0
+        dlq = await js.stream_info(DLQ_STREAM, subjects_filter=f"{DLQ_PREFIX}.*.{tenant}")
+        return {
+            "events_by_type": by_type,
+            "events_by_agent": by_agent,
+            "last_applied_seq": applied,
+            "lag": {name: max(0, last_seq - seq) for name, seq in applied.items()},
+            "dlq_count": sum((dlq.state.subjects or {}).values()),
+        }
+
+    async def _recall(self, tenant: str, req: RecallRequest) -> Any:
+        if req.query is None and req.session_id is None and req.task_id is None:
+            raise QueryError(
+                "bad_request", "recall needs at least one of query, session_id and task_id"
+            )
+        assert self.history_reads is not None and self.vectors is not None
+        parts: list[Part] = []
+        if req.task_id is not None:
+            found = await self.history_reads.task(tenant, req.task_id, req.min_seq, req.wait_ms)
+            if found is not None:
+                parts.append(task_part(found, found.get("output")))
+        if req.session_id is not None:
+            turns = await self.history_reads.turns(tenant, req.session_id, req.min_seq, req.wait_ms)
+            parts += [turn_part(t, req.session_id) for t in turns]
+        if req.query is not None:
+            async with self.vectors.reading() as vectors:
+                (hits,) = await asyncio.to_thread(
+                    vectors.search_many, tenant, [req.query], **_search_filters(req)
+                )
+            for h in hits:
+                ts = h.payload.get("ts")
+                parts.append(
+                    memory_part(
+                        h.kind,
+                        h.ref,
+                        h.text,
+                        h.score,
+                        h.payload.get("seq", 0),
+                        dt.datetime.fromisoformat(ts) if ts else None,
+                    )
+                )
+        text, used = compose(parts, req.budget_chars, req.strategy)
+        return {
+            "text": text,
+            "chars": len(text),
+            "strategy": req.strategy,
+            "sources": [
+                {"kind": p.kind, "ref": p.ref, "seq": p.seq, "score": p.score} for p in used
+            ],
+        }
+
+
+def _with_cursor(
+    projection: HistoryProjection, fn: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    cursor = projection.cursor()
+    try:
+        return fn(cursor, *args, **kwargs)
+    finally:
+        cursor.close()
+
+
+def _error(code: str, message: str, correlation_id: str | None = None) -> bytes:
+    error = ErrorBody(code=code, message=message, correlation_id=correlation_id)  # type: ignore[arg-type]
+    return encode_reply(Reply(ok=False, error=error))

@@ -1,0 +1,203 @@
+"""The query half of the SDK: request-reply on ``memq.<tenant>.<op>``, typed results.
+
+Every method accepts ``min_seq`` (a stream sequence, e.g. ``ack.seq`` of an event just
+published) and ``wait_ms``: the worker answers once the projection serving the op has
+applied that sequence, so an agent reads its own writes. A reply's error is raised as
+:class:`QueryError` with the reply's code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, TypedDict, TypeVar, Unpack
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
+from schemas.queries import (
+    AnalyticsResult,
+    ContextResult,
+    ConversationResult,
+    HistoryResult,
+    QueryError,
+    RecallResult,
+    SearchBatchResult,
+    SearchHit,
+    SearchResult,
+    StatsResult,
+    TaskResult,
+    TypedReply,
+)
+from schemas.subjects import query_subject
+
+__all__ = ["QueryMethods", "SearchFilters"]
+
+R = TypeVar("R")
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(result: type[R]) -> msgspec.json.Decoder[TypedReply[R]]:
+    decoder = _decoders.get(result)
+    if decoder is None:
+        decoder = _decoders[result] = msgspec.json.Decoder(TypedReply[result])  # type: ignore[valid-type]
+    return decoder
+
+
+class SearchFilters(TypedDict, total=False):
+    kinds: Sequence[str]  # knowledge, solutions, collaborations (default: all three)
+    top_k: int  # default 5
+    threshold: float  # the lowest score to return
+    agent: str
+    domain: str
+    tags: Sequence[str]  # every tag must be present
+    since: dt.datetime
+    until: dt.datetime
+    min_seq: int
+    wait_ms: int
+
+
+class QueryMethods:
+    """Mixed into the clients: needs ``nc`` and ``tenant``."""
+
+    nc: NatsClient
+    tenant: str
+    # How long a reply may take beyond the request's own wait_ms.
+    query_timeout: float = 10.0
+
+    async def query(self, op: str, result: type[R], **fields: Any) -> R:
+        """Send one query; fields left as None are not sent (the worker's default holds)."""
+        body = _encoder.encode({k: v for k, v in fields.items() if v is not None})
+        subject = query_subject(self.tenant, op)
+        wait_ms = fields.get("wait_ms") or 2000
+        try:
+            msg = await self.nc.request(subject, body, timeout=self.query_timeout + wait_ms / 1000)
+        except nats.errors.NoRespondersError:
+            raise QueryError(
+                "unavailable",
+                f"no query worker serves {subject}: is `memstream up` (or `serve`) running?",
+            ) from None
+        except nats.errors.TimeoutError:
+            raise QueryError(
+                "unavailable", f"no reply on {subject} within {self.query_timeout:g} s"
+            ) from None
+        try:
+            reply = _decoder(result).decode(msg.data)
+        except msgspec.DecodeError as err:
+            raise QueryError(
+                "internal", f"the reply to {op} is not what it should be: {err}"
+            ) from None
+        if reply.error is not None:
+            raise QueryError(reply.error.code, reply.error.message, reply.error.correlation_id)
+        if reply.result is None:
+            raise QueryError("internal", f"the reply to {op} carries no result")
+        return reply.result
+
+    async def search(self, query: str, **filters: Unpack[SearchFilters]) -> list[SearchHit]:
+        """The tenant's memories and collaborations most like ``query``, best first."""
+        found = await self.query("search", SearchResult, query=query, **_listed(filters))
+        return found.hits
+
+    async def search_many(
+        self, queries: Sequence[str], **filters: Unpack[SearchFilters]
+    ) -> list[list[SearchHit]]:
+        """One list of hits per query, in one request."""
+        found = await self.query(
+            "search", SearchBatchResult, queries=list(queries), **_listed(filters)
+        )
+        return found.hits
+
+    async def history(
+        self,
+        *,
+        types: Sequence[str] | None = None,
+        agent: str | None = None,
+        task_id: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        after_seq: int | None = None,
+        limit: int | None = None,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+    ) -> HistoryResult:
+        """A page of events in stream order; pass ``next_after_seq`` on for the next."""
+        return await self.query(
+            "history", HistoryResult, types=list(types) if types else None, agent=agent,
+            task_id=task_id, since=since, until=until, after_seq=after_seq, limit=limit,
+            min_seq=min_seq, wait_ms=wait_ms,
+        )  # fmt: skip
+
+    async def task(
+        self, task_id: str, *, min_seq: int | None = None, wait_ms: int | None = None
+    ) -> TaskResult:
+        """The task's state, timeline, output and every event carrying its id."""
+        return await self.query(
+            "task", TaskResult, task_id=task_id, min_seq=min_seq, wait_ms=wait_ms
+        )
+
+    async def context(
+        self, key: str, *, min_seq: int | None = None, wait_ms: int | None = None
+    ) -> ContextResult:
+        """The value under ``key``; QueryError ``not_found`` once expired or cleared."""
+        return await self.query("context", ContextResult, key=key, min_seq=min_seq, wait_ms=wait_ms)
+
+    async def conversation(
+        self,
+        session_id: str,
+        *,
+        last_n: int | None = None,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+    ) -> ConversationResult:
+        """The session's last turns, oldest first."""
+        return await self.query(
+            "conversation", ConversationResult, session_id=session_id, last_n=last_n,
+            min_seq=min_seq, wait_ms=wait_ms,
+        )  # fmt: skip
+
+    async def recall(
+        self,
+        query: str | None = None,
+        *,
+        session_id: str | None = None,
+        task_id: str | None = None,
+        budget_chars: int | None = None,
+        strategy: str | None = None,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+    ) -> RecallResult:
+        """One context bundle for a prompt, within ``budget_chars``, with its sources."""
+        return await self.query(
+            "recall", RecallResult, query=query, session_id=session_id, task_id=task_id,
+            budget_chars=budget_chars, strategy=strategy, min_seq=min_seq, wait_ms=wait_ms,
+        )  # fmt: skip
+
+    async def stats(self, *, min_seq: int | None = None, wait_ms: int | None = None) -> StatsResult:
+        """Counts by type and agent, each projection's progress and lag, dead letters."""
+        return await self.query("stats", StatsResult, min_seq=min_seq, wait_ms=wait_ms)
+
+    async def analytics(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        *,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+    ) -> AnalyticsResult:
+        """Rows of a named analytics query (agent_activity, task_outcomes, tool_usage,
+        collaboration_graph, memory_growth); params: since, until, limit, bucket."""
+        return await self.query(
+            "analytics", AnalyticsResult, name=name, params=params, min_seq=min_seq,
+            wait_ms=wait_ms,
+        )  # fmt: skip
+
+
+def _listed(filters: SearchFilters) -> dict[str, Any]:
+    """Sequences as lists, so any sequence (a tuple, a generator's list) encodes."""
+    listed: dict[str, Any] = dict(filters)
+    for key in ("kinds", "tags"):
+        if key in listed:
+            listed[key] = list(listed[key])
+    return listed
