@@ -120,6 +120,14 @@ def _print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None
 # --- up -------------------------------------------------------------------------------
 
 
+def data_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir",
+        default=None,
+        help="memstream's data dir [default: $MEMSTREAM_DATA_DIR, else ./.memstream].",
+    )(f)
+
+
 @cli.command()
 @click.option(
     "--data-dir",
@@ -137,7 +145,8 @@ def _print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None
 @click.option("--nats-url", default=None, help="Use this NATS instead of starting one.")
 @json_option
 def up(data_dir: str | None, nats_port: int, nats_url: str | None, as_json: bool) -> None:
-    """Run memstream on this machine: embedded NATS with JetStream and the streams."""
+    """Run memstream on this machine: embedded NATS with JetStream, both projections
+    (history in DuckDB, vectors in Qdrant) and the query worker, in one process."""
     from consumers.app import UpInfo, run_up
 
     settings = _settings(service=True, data_dir=data_dir, nats_url=nats_url)
@@ -166,6 +175,48 @@ def up(data_dir: str | None, nats_port: int, nats_url: str | None, as_json: bool
         out.print(f"Connect agents with MEMSTREAM_NATS_URL={info.nats_url}. Ctrl-C stops.")
 
     _run(run_up(settings, nats_port=nats_port, external_nats=nats_url is not None, on_ready=ready))
+
+
+@cli.command()
+@click.option(
+    "--role",
+    type=click.Choice(["history", "vectors", "query"]),
+    required=True,
+    help="What this process runs.",
+)
+@data_dir_option
+@nats_url_option
+@json_option
+def serve(role: str, data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
+    """Run one role against an external NATS, for scale-out.
+
+    history: the DuckDB history, answering history, task, context, conversation, stats and
+    analytics. vectors: the vector projection (with Qdrant's local mode it also answers
+    search and recall). query: search and recall from a Qdrant server
+    (MEMSTREAM_QDRANT_URL). Each role can run in several processes; a role's processes
+    share its queries in a queue group.
+    """
+    from consumers.app import UpInfo, run_up
+
+    settings = _settings(service=True, data_dir=data_dir, nats_url=nats_url)
+
+    def ready(info: UpInfo) -> None:
+        if as_json:
+            _print_json(
+                {
+                    "role": role,
+                    "nats_url": info.nats_url,
+                    "data_dir": str(info.data_dir),
+                    "projections": info.projections,
+                }
+            )
+            return
+        out.print(f"memstream serve: {role} role up on {info.nats_url}")
+        for name, checkpoint in info.projections.items():
+            out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
+        out.print("Ctrl-C stops.")
+
+    _run(run_up(settings, external_nats=True, roles=frozenset({role}), on_ready=ready))
 
 
 # --- publishing -----------------------------------------------------------------------
@@ -320,14 +371,6 @@ def status(nats_url: str | None, as_json: bool) -> None:
 
 
 # --- operating the projections -------------------------------------------------------
-
-
-def data_dir_option(f: F) -> F:
-    return click.option(
-        "--data-dir",
-        default=None,
-        help="memstream's data dir [default: $MEMSTREAM_DATA_DIR, else ./.memstream].",
-    )(f)
 
 
 def _url_given(nats_url: str | None) -> bool:
@@ -509,6 +552,20 @@ def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> Non
         out.print(f"  dlq seq {d.seq}: {d.source_subject} published again as seq {seq}")
 
 
+# --- demo -----------------------------------------------------------------------------
+
+
+@cli.command()
+@nats_url_option
+def demo(nats_url: str | None) -> None:
+    """Run a scripted multi-agent session against a running memstream, then show search,
+    recall, a task's bundle and analytics over it (tenants acme and globex)."""
+    from consumers.demo import run_demo
+
+    settings = _settings(nats_url=nats_url)
+    _run(run_demo(settings.nats_url, settings.nats_auth, out))
+
+
 # --- entry point ----------------------------------------------------------------------
 
 
@@ -536,6 +593,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         _fail(f"{err.strerror or err} ({getattr(err, 'filename', '') or ''})", 1)
 
+
+# The query commands register themselves on the group.
+import consumers.cli_queries  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any, Final, Literal
 
+import msgspec
+
 __all__ = ["Part", "compose"]
 
 Section = Literal["task", "memory", "turn"]
 _TITLES: Final = {"task": "## Task", "memory": "## Relevant memory", "turn": "## Conversation"}
 _ORDER: Final[tuple[Section, ...]] = ("task", "memory", "turn")
 _ELLIPSIS = "…"
+_json = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def task_part(task: dict[str, Any], output: Any) -> Part:
     if state.get("error"):
         line += f"\nerror: {state['error']}"
     if output is not None:
-        line += f"\noutput: {output}"
+        line += f"\noutput: {_json.encode(output).decode()}"
     return Part("task", line, "task", state["task_id"], seq=state.get("last_seq"))
 
 

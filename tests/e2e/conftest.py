@@ -55,11 +55,13 @@ class Up:
             raise
 
 
-def start_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Up:
-    """``memstream up --json`` on a free port; returns once it printed its ready line."""
+def spawn_ready(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Run ``memstream ARGS --json``; returns once it printed its ready line (JSON)."""
     env = {**os.environ, "MEMSTREAM_LOG_FORMAT": "json", **(env or {})}
     process = subprocess.Popen(
-        [*MEMSTREAM, "up", "--nats-port", "0", "--data-dir", str(data_dir), "--json", *extra],
+        [*MEMSTREAM, *args, "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -70,8 +72,13 @@ def start_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> 
     line = process.stdout.readline()  # blocks until ready, or EOF if it died
     if not line:
         _, err = process.communicate(timeout=10)
-        raise AssertionError(f"memstream up exited with {process.returncode}: {err}")
-    return Up(process, json.loads(line))
+        raise AssertionError(f"memstream {args[0]} exited with {process.returncode}: {err}")
+    return process, json.loads(line)
+
+
+def start_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Up:
+    """``memstream up`` on a free port; returns once it is ready."""
+    return Up(*spawn_ready(["up", "--nats-port", "0", "--data-dir", str(data_dir), *extra], env))
 
 
 @pytest.fixture

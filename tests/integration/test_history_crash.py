@@ -1,4 +1,5 @@
-"""Exactly once across a crash: memstream killed with SIGKILL mid-ingest, then restarted."""
+"""Exactly once across a stop: memstream killed (SIGKILL) or stopped (SIGTERM) mid-ingest,
+then started again."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from consumers.runner import replay
 from consumers.service import HistoryStorage
 from consumers.settings import load_settings
 from consumers.vector_storage import VectorStorage
+from producers import MemoryClient
 from projections.history import HistoryProjection
 from tests.e2e.conftest import start_up
 from tests.integration.test_history_runner import dump, last_seq, publish_mixed
@@ -93,8 +95,10 @@ async def _caught_up(nc: NatsClient, end: int) -> bool:
 async def test_sigterm_mid_ingest_finishes_and_acks_the_batch_in_flight(
     nc: NatsClient, nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    """A graceful stop commits the batch in flight and acks exactly what it committed."""
-    await publish_mixed(nc, 20_000)
+    """A graceful stop commits the batch in flight and acks exactly what it committed;
+    started again, memstream answers queries over every event exactly once."""
+    total = 20_000
+    await publish_mixed(nc, total)
     first_seq = (await nc.jetstream().stream_info("MEMORY")).state.first_seq
     end = await last_seq(nc)
     data_dir = tmp_path / "data"
@@ -113,3 +117,23 @@ async def test_sigterm_mid_ingest_finishes_and_acks_the_batch_in_flight(
         "SELECT count(*) FROM events WHERE seq >= ?", [first_seq]
     ).fetchone()  # type: ignore[misc]
     assert acked - first_seq + 1 == count
+    history.close()
+
+    restarted = start_up(data_dir, "--nats-url", nats_server.url)
+    try:
+        await wait_for(lambda: _caught_up(nc, end), timeout=240, what="caught up after restart")
+        mem = MemoryClient(nc, tenant="acme", agent="reader")
+        stats = await mem.stats(min_seq=end)
+        assert total == sum(stats.events_by_type.values())
+        assert {"history": end, "vectors": end} == stats.last_applied_seq
+        seqs: list[int] = []
+        after = 0
+        while True:
+            page = await mem.history(after_seq=after, limit=2000)
+            seqs += [e["seq"] for e in page.events]
+            if page.next_after_seq is None:
+                break
+            after = page.next_after_seq
+        assert list(range(first_seq, end + 1)) == seqs
+    finally:
+        assert 0 == restarted.stop(signal.SIGTERM, timeout=120)

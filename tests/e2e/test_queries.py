@@ -1,0 +1,163 @@
+"""The query commands, the demo and the serve roles, run as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+
+from consumers.nats_server import NatsServer
+from tests.conftest import pid_alive
+from tests.e2e.conftest import Up, run_cli, spawn_ready
+
+
+def cli_json(*args: str) -> Any:
+    result = run_cli(*args, "--json")
+    assert 0 == result.returncode, result.stderr
+    return json.loads(result.stdout)
+
+
+def publish(url: str, type_: str, data: dict[str, Any], agent: str = "coder") -> int:
+    ack = cli_json(
+        "publish", type_, "--nats-url", url, "-t", "acme", "-a", agent, "--data", json.dumps(data)
+    )
+    return int(ack["seq"])
+
+
+def test_every_query_command(up: Up) -> None:
+    """Each query command answers from what was just published, in JSON and as a table."""
+    url = up.url
+    q = ("--nats-url", url, "--tenant", "acme")
+    content = "retry 503 responses with jittered backoff"
+    publish(url, "knowledge.stored", {"memory_id": "k1", "domain": "http", "content": content})
+    publish(url, "task.created", {"task_id": "t1", "title": "add retries"}, agent="planner")
+    publish(url, "task.started", {"task_id": "t1"})
+    publish(url, "tool.used", {"tool": "pytest", "ok": True, "duration_ms": 900, "task_id": "t1"})
+    publish(url, "task.completed", {"task_id": "t1", "output": {"pr": 7}})
+    publish(url, "context.set", {"key": "sprint", "data": {"goal": "reliability"}})
+    publish(url, "conversation.turn", {"session_id": "s1", "role": "user", "content": "hi"})
+    last = publish(url, "conversation.turn", {"session_id": "s1", "role": "assistant",
+                                              "content": "what shall we fix?"})  # fmt: skip
+    rw = ("--min-seq", str(last))
+
+    hits = cli_json("search", *q, *rw, "retry", "backoff")
+    assert ["k1"] == [h["memory_id"] for h in hits[:1]]
+    page = cli_json("history", *q, *rw, "--limit", "3")
+    assert ([1, 2, 3], 3) == ([e["seq"] for e in page["events"]], page["next_after_seq"])
+    task = cli_json("task", *q, *rw, "t1")
+    assert ("completed", {"pr": 7}) == (task["task"]["status"], task["output"])
+    assert 4 == len(task["bundle"])
+    assert {"goal": "reliability"} == cli_json("context", *q, *rw, "sprint")["data"]
+    turns = cli_json("conversation", *q, *rw, "s1", "--last-n", "1")["turns"]
+    assert ["what shall we fix?"] == [t["content"] for t in turns]
+    recall = cli_json("recall", *q, *rw, "retry", "--session-id", "s1", "--task-id", "t1",
+                      "--budget-chars", "200")  # fmt: skip
+    assert recall["chars"] <= 200 and recall["text"].startswith("## Task\nadd retries")
+    stats = cli_json("stats", *q, *rw)
+    assert (8, 0) == (sum(stats["events_by_type"].values()), stats["dlq_count"])
+    rows = cli_json("analytics", "tool_usage", *q, *rw)
+    assert [("pytest", 1)] == [(r["tool"], r["calls"]) for r in rows]
+
+    wide = {"COLUMNS": "200"}
+    table = run_cli("task", *q, "t1", env=wide)
+    assert "add retries" in table.stdout and "task.completed" in table.stdout
+    shown = run_cli("search", *q, "retry", env=wide)
+    assert content in shown.stdout
+
+
+def test_query_mistakes_are_one_line(up: Up) -> None:
+    """Not found exits 1; a bad tenant, time or analytics name exits 2; one line each."""
+    q = ("--nats-url", up.url)
+    for args, status, says in [
+        (("task", "-t", "acme", "nope"), 1, "not_found: tenant acme has no task 'nope'"),
+        (("context", "-t", "acme", "gone"), 1, "not_found: context key 'gone' is not set"),
+        (("search", "-t", "Acme", "x"), 2, "tenant 'Acme' is not a valid tenant id"),
+        (("history", "-t", "acme", "--since", "yesterday"), 2, "'yesterday' is not an ISO"),
+        (("analytics", "-t", "acme", "drop_all"), 2, "'drop_all' is not one of"),
+        (("recall", "-t", "acme"), 2, "recall needs at least one of query"),
+    ]:
+        result = run_cli(*args, *q)
+        assert status == result.returncode, (args, result.stderr)
+        assert 1 == len(result.stderr.splitlines()), result.stderr
+        assert says in result.stderr
+
+
+def test_demo_tells_the_story(up: Up) -> None:
+    """The demo runs against up and shows search, isolation, recall, a task and analytics."""
+    result = run_cli("demo", "--nats-url", up.url, env={"COLUMNS": "120"})
+    assert 0 == result.returncode, result.stderr
+    out = result.stdout
+    for heading in ("1. Three agents at work", "2. Search", "3. Recall", "4. A task", "5. Anal"):
+        assert heading in out
+    other_tenant = out.split("globex, same question")[1].split("3. Recall")[0]
+    assert "Webhook" in other_tenant and "payments" not in other_tenant
+    assert "Add retries to the payments HTTP client: completed" in out
+    assert "collaboration_graph" in out
+
+
+def _serve(role: str, url: str, data_dir: Path) -> subprocess.Popen[str]:
+    process, info = spawn_ready(
+        ["serve", "--role", role, "--data-dir", str(data_dir)], {"MEMSTREAM_NATS_URL": url}
+    )
+    assert role == info["role"]
+    return process
+
+
+async def _all_replies(url: str, subject: str) -> list[dict[str, Any]]:
+    """Every reply a request gets within a second (a request takes only the first)."""
+    nc = await nats.connect(url)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(subject, b"{}", reply=inbox)
+        replies = []
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while True:
+                replies.append(json.loads((await sub.next_msg(timeout=1)).data))
+        return replies
+    finally:
+        await nc.close()
+
+
+def test_roles_in_separate_processes(nats_server: NatsServer, tmp_path: Path) -> None:
+    """serve --role history and --role vectors split the work; every op is answered,
+    recall composing across both processes; each stops cleanly on SIGTERM."""
+    url = nats_server.url
+    processes = [_serve("history", url, tmp_path / "h"), _serve("vectors", url, tmp_path / "v")]
+    try:
+        q = ("--nats-url", url, "--tenant", "roles")
+        seq = cli_json("remember", *q, "-a", "a1", "--domain", "d", "split roles work")["seq"]
+        cli_json("publish", "conversation.turn", *q, "-a", "a1", "--data",
+                 '{"session_id": "s", "role": "user", "content": "hello roles"}')  # fmt: skip
+        rw = ("--min-seq", str(seq + 1))
+        assert "split roles work" == cli_json("search", *q, *rw, "split roles")[0]["text"]
+        assert 2 == len(cli_json("history", *q, *rw)["events"])
+        recall = cli_json("recall", *q, *rw, "split roles", "--session-id", "s")
+        assert {"knowledge", "turn"} == {s["kind"] for s in recall["sources"]}
+        stats = cli_json("stats", *q, *rw)
+        assert seq + 1 <= min(stats["last_applied_seq"].values())
+        # Exactly one role answers an unknown op (the history role), with bad_request.
+        replies = asyncio.run(_all_replies(url, "memq.roles.nope"))
+        assert ["bad_request"] == [r["error"]["code"] for r in replies]
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(60) for p in processes]
+    assert [0, 0] == codes
+    assert not any(pid_alive(p.pid) for p in processes)
+
+
+def test_the_query_role_needs_a_qdrant_server(nats_server: NatsServer, tmp_path: Path) -> None:
+    """Without MEMSTREAM_QDRANT_URL, serve --role query says why it cannot start."""
+    result = run_cli(
+        "serve", "--role", "query", "--nats-url", nats_server.url, "--data-dir", str(tmp_path)
+    )
+    assert 2 == result.returncode
+    assert "set MEMSTREAM_QDRANT_URL" in result.stderr
