@@ -156,11 +156,12 @@ class _Roles:
         """Built once the services have started, since it reads their projections."""
         nc, roles = self.nc, self.roles
         history, vectors = self.services.get("history"), self.services.get("vectors")
+        local = not self.settings.qdrant_url
         if roles == ALL_ROLES:
-            return QueryWorker(nc, history=history, vectors=vectors)
+            return QueryWorker(nc, history=history, vectors=vectors, search_inline=local)
         if roles == {"history"}:
             return QueryWorker(nc, history=history, queue=f"{QUEUE}-history")
-        if roles == {"vectors"} and not self.settings.qdrant_url:
+        if roles == {"vectors"} and local:
             # Local mode: only this process can open the vectors, so it answers for them.
             return QueryWorker(
                 nc,
@@ -168,6 +169,7 @@ class _Roles:
                 remote_history=RemoteHistory(nc),
                 answers_unknown=False,
                 queue=f"{QUEUE}-vectors",
+                search_inline=True,
             )
         if roles == {"query"}:
             self._reader = VectorStorage(self.settings)
