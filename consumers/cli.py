@@ -552,6 +552,21 @@ def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> Non
         out.print(f"  dlq seq {d.seq}: {d.source_subject} published again as seq {seq}")
 
 
+# --- the contract ---------------------------------------------------------------------
+
+
+@cli.command()
+def asyncapi() -> None:
+    """Print the wire contract (events, queries, replies) as an AsyncAPI 3.0 document."""
+    from importlib.metadata import version
+
+    from schemas.asyncapi import asyncapi_document
+
+    sys.stdout.write(
+        msgspec.json.format(_json.encode(asyncapi_document(version("memstream")))).decode() + "\n"
+    )
+
+
 # --- demo -----------------------------------------------------------------------------
 
 
