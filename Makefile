@@ -34,7 +34,10 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest_history $(ARGS)
 	$(BIN)/python -m benchmarks.replay_history $(ARGS)
 	$(BIN)/python -m benchmarks.faststream_pull $(ARGS)
+	$(BIN)/python -m benchmarks.faststream_reply
 	$(BIN)/python -m benchmarks.ingest_vectors
+	$(BIN)/python -m benchmarks.search
+	$(BIN)/python -m benchmarks.history_query
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

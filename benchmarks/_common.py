@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -89,3 +96,47 @@ async def compare_on_filled_stream(
     print(f"{name}: {n} events, {rounds} rounds (medians)")
     ratios = [m / r for m, r in zip(mine, raws, strict=True)]
     return report(name, median(mine), median(raws), target, ratio=median(ratios))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextmanager
+def memstream_process(*args: str, env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """``memstream ARGS --json`` in a process of its own (as it runs in production), until
+    its ready line; stopped with SIGTERM by its pid afterwards."""
+    full_env = {**os.environ, "MEMSTREAM_LOG_LEVEL": "warning", **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "consumers", *args, "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"memstream {args[0]} exited with {process.wait()}")
+        yield json.loads(line)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_acked(nc: nats.NATS, consumer: str, seq: int, what: str) -> float:
+    """Wait until ``consumer`` has acked stream sequence ``seq``; returns the seconds."""
+    start = time.perf_counter()
+    while True:
+        info = await nc.jetstream().consumer_info("MEMORY", consumer)
+        done = info.ack_floor.stream_seq if info.ack_floor else 0
+        if done >= seq:
+            return time.perf_counter() - start
+        print(f"  {what}: {done:,}/{seq:,}", file=sys.stderr, end="\r")
+        await asyncio.sleep(1)

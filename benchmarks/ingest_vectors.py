@@ -23,7 +23,7 @@ from pathlib import Path
 
 from qdrant_client import QdrantClient, models
 
-from benchmarks._common import report
+from benchmarks._common import percentile, report
 from consumers._runtime import tune_for_throughput
 from projections.embedders import HashEmbedder
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
@@ -49,11 +49,6 @@ def events_for(tenant: str, n: int, start_seq: int) -> list[tuple[int, ev.Event]
                                            content=memory_text(i)))
         for i in range(n)
     ]  # fmt: skip
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(tenants: int, per_tenant: int, queries: int) -> bool:
