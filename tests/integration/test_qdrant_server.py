@@ -6,15 +6,19 @@ The same code as local mode, through MEMSTREAM_QDRANT_URL. Without a Docker engi
 
 from __future__ import annotations
 
+import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from consumers.nats_server import NatsServer
 from consumers.settings import load_settings
 from consumers.vector_storage import VectorStorage
 from projections.embedders import HashEmbedder
 from schemas import events as ev
+from tests.e2e.conftest import run_cli, spawn_ready
 from tests.samples import TS
 
 
@@ -75,3 +79,33 @@ def test_server_mode_projects_searches_and_swaps(qdrant_url: str, tmp_path: Path
         )
     finally:
         storage.close()
+
+
+def test_roles_over_a_qdrant_server(
+    qdrant_url: str, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """history, vectors and query roles in three processes: the query role answers search
+    and recall from the server, asking the history role for the turns."""
+    env = {"MEMSTREAM_NATS_URL": nats_server.url, "MEMSTREAM_QDRANT_URL": qdrant_url}
+    processes = [
+        spawn_ready(["serve", "--role", role, "--data-dir", str(tmp_path / role)], env)[0]
+        for role in ("history", "vectors", "query")
+    ]
+    try:
+        q = ("--nats-url", nats_server.url, "--tenant", "srv")
+        seq = json.loads(
+            run_cli(
+                "remember", *q, "-a", "a1", "--domain", "d", "server mode works", "--json"
+            ).stdout
+        )["seq"]
+        run_cli("publish", "conversation.turn", *q, "-a", "a1", "--data",
+                '{"session_id": "s", "role": "user", "content": "hello"}')  # fmt: skip
+        rw = ("--min-seq", str(seq + 1), "--json")
+        hits = json.loads(run_cli("search", *q, *rw, "server mode").stdout)
+        assert ["server mode works"] == [h["text"] for h in hits]
+        recall = json.loads(run_cli("recall", *q, *rw, "server", "--session-id", "s").stdout)
+        assert {"knowledge", "turn"} == {s["kind"] for s in recall["sources"]}
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGTERM)
+        assert [0, 0, 0] == [p.wait(60) for p in processes]

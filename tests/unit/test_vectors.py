@@ -14,7 +14,7 @@ from qdrant_client import QdrantClient
 
 from projections.embedders import HashEmbedder
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.vectors import VectorProjection, point_id
+from projections.vectors import VectorProjection, VectorReader, point_id
 from schemas import events as ev
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -210,3 +210,27 @@ def test_rebuilt_generation_matches_and_costs_no_embedding_call(
     assert replaced and all(name.endswith(f"__{live.generation}") for name in replaced)
     aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
     assert "ms_knowledge_beta__rebuild1" == aliases["ms_knowledge_beta"]
+
+
+def test_a_reader_follows_the_generation_in_use(parts: tuple[QdrantClient, CachedEmbedder]) -> None:
+    """A reader (the query role) searches through the aliases and reads the writer's
+    checkpoint; after a rebuild is made current, it sees the new generation."""
+    client, cached = parts
+    reader = VectorReader(client, cached)
+    assert 0 == reader.checkpoint
+    assert [[]] == reader.search_many("acme", ["anything"])
+    live = VectorProjection(client, cached)
+    live.apply([(1, make(ev.KnowledgeStored, memory_id="k1", domain="d", content="old fact"))])
+    assert (1, ["k1"]) == (
+        reader.checkpoint,
+        [h.ref for h in reader.search_many("acme", ["old"])[0]],
+    )
+    rebuilt = VectorProjection(client, cached, generation="g2")
+    rebuilt.apply([(7, make(ev.KnowledgeStored, memory_id="k2", domain="d", content="new fact"))])
+    assert ["k1"] == [h.ref for h in reader.search_many("acme", ["fact"])[0]]
+    rebuilt.make_current()
+    assert (7, ["k2"]) == (
+        reader.checkpoint,
+        [h.ref for h in reader.search_many("acme", ["fact"])[0]],
+    )
+    assert [] == reader.search_many("beta", ["fact"])[0]
