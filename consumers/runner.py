@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from consumers._pull import BatchPuller
 from consumers.log import get_logger
 from consumers.streams import consumer_config
-from projections.base import Projection
+from projections.base import Erasing, Projection
 from schemas.errors import InvalidEvent, InvalidSubject, InvalidTenant
 from schemas.events import AnyEvent, EventDecoder, UnknownEvent, check_subject
 from schemas.subjects import (
@@ -162,10 +162,28 @@ class LiveRunner:
         self.lock = asyncio.Lock()
         self._decoder = _Decoder(decoder)
         self._stopping = asyncio.Event()
+        # tenant -> stream sequence: a purged tenant's events up to there, fetched before
+        # the purge, are dropped rather than applied again.
+        self._dropped: dict[str, int] = {}
 
     def stop(self) -> None:
         """Finish the batch in flight, ack it, and return from :meth:`run`."""
         self._stopping.set()
+
+    def drop_tenant(self, tenant: str, upto: int) -> None:
+        """Apply none of ``tenant``'s events up to stream sequence ``upto`` (it was purged;
+        some may have been fetched already)."""
+        self._dropped[tenant] = upto
+
+    def _without_dropped(self, decoded: _Decoded) -> _Decoded:
+        keep = [
+            i for i, (seq, e) in enumerate(decoded.batch) if seq > self._dropped.get(e.tenant, 0)
+        ]
+        if len(keep) == len(decoded.batch):
+            return decoded
+        return _Decoded(
+            [decoded.batch[i] for i in keep], [decoded.bodies[i] for i in keep], decoded.dead
+        )
 
     async def sync_position(self) -> None:
         """Make the durable consumer deliver in order from the projection's checkpoint + 1.
@@ -251,9 +269,12 @@ class LiveRunner:
                 if dead:
                     await publish_dead_letters(self.js, self.name, dead)
                 async with self.lock:
+                    if self._dropped:
+                        decoded = self._without_dropped(decoded)
                     await asyncio.to_thread(
                         self.projection.apply, decoded.batch, last_seq, decoded.bodies
                     )
+                    await erase_from_stream(self.js, self.projection)
                 break
             except Exception as err:
                 if self._stopping.is_set():
@@ -281,6 +302,25 @@ class LiveRunner:
             dead=len(dead),
             last_seq=self.projection.checkpoint,
         )
+
+
+async def erase_from_stream(js: Any, projection: Projection) -> int:
+    """Delete from the stream the events an applied erase removed from the projection
+    (``memory.forgotten`` with ``erase: true``), so no replay brings them back."""
+    if not isinstance(projection, Erasing):
+        return 0
+    seqs = projection.take_erased()
+    for seq in seqs:
+        try:
+            await js.delete_msg(EVENT_STREAM, seq)
+        except nats.js.errors.NotFoundError:
+            pass  # deleted already (a replay of an erase applied before)
+        except nats.errors.Error as err:
+            # The rows are gone; the stream keeps the event until a replay erases it again.
+            log.error("erase_failed", projection=projection.name, seq=seq, error=repr(err))
+    if seqs:
+        log.info("events_erased", projection=projection.name, seqs=seqs)
+    return len(seqs)
 
 
 async def publish_dead_letters(js: Any, projection: str, dead: Sequence[DeadLetter]) -> None:
@@ -400,4 +440,5 @@ async def replay(
         await puller.stop()
         with contextlib.suppress(nats.errors.Error):
             await js.delete_consumer(EVENT_STREAM, name)
+    await erase_from_stream(js, projection)
     return stats

@@ -7,7 +7,7 @@ from typing import Protocol, TypeAlias, runtime_checkable
 
 from schemas.events import AnyEvent, UnknownEvent
 
-__all__ = ["Batch", "Projection"]
+__all__ = ["Batch", "Erasing", "Projection"]
 
 Batch: TypeAlias = Sequence[tuple[int, AnyEvent | UnknownEvent]]
 """(stream sequence, event) pairs in stream order."""
@@ -37,3 +37,16 @@ class Projection(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Erasing(Protocol):
+    """A projection that finds, when it applies an erase (``memory.forgotten`` with
+    ``erase: true``), the earlier events that carried the memory's text."""
+
+    name: str
+
+    def take_erased(self) -> list[int]:
+        """Their stream sequences, committed and not yet taken; the runner deletes them
+        from the stream."""
+        ...

@@ -93,6 +93,20 @@ class EmbeddingCache:
             cur = self._con.execute("DELETE FROM embeddings WHERE tenant = ?", [tenant])
             return cur.rowcount
 
+    def delete_keys(self, tenant: str, keys: Sequence[bytes]) -> int:
+        """Forget the vectors of these texts (by :func:`text_key`), for every model."""
+        removed = 0
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                cur = self._con.execute(
+                    f"DELETE FROM embeddings WHERE tenant = ? AND text_hash IN ({marks})",
+                    [tenant, *chunk],
+                )
+                removed += cur.rowcount
+        return removed
+
     def count(self, tenant: str | None = None) -> int:
         with self._lock:
             if tenant is None:

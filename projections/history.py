@@ -40,6 +40,8 @@ from schemas.events import UnknownEvent
 __all__ = ["HistoryProjection"]
 
 _json = msgspec.json.Encoder()
+# The events that carry a memory's text: an erase deletes them.
+_ERASED_TYPES: Final = ("knowledge.stored", "solution.stored", "memory.revised")
 _UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _US = dt.timedelta(microseconds=1)
@@ -313,6 +315,9 @@ class HistoryProjection:
         # batch needs neither to read nor to delete its row (the common case).
         self._keys: dict[str, IdIndex] | None = None
         self.duplicates_skipped = 0
+        # Stream sequences of events an erase removed from the history, for the runner to
+        # delete from the stream too once the batch has committed (see ``take_erased``).
+        self.erased: list[int] = []
 
     @property
     def checkpoint(self) -> int:
@@ -378,15 +383,55 @@ class HistoryProjection:
             fold.run()
             for table, (stale, rows) in fold.replacements.items():
                 self._replace(table, stale, rows)
+            erased = self._erase(items)
             self.con.execute(
                 "INSERT OR REPLACE INTO projection_state VALUES (?, ?, ?)",
                 [self.name, last_seq, _naive(dt.datetime.now(_UTC))],
             )
         self._checkpoint = last_seq
+        self.erased.extend(erased)
         if hashes is not None:
             self._id_index().add(hashes)
         for table, keys in fold.new_keys.items():
             self._key_indexes()[table].add(keys)
+
+    def _erase(self, items: list[_Item]) -> list[int]:
+        """Remove the earlier events of each memory forgotten with ``erase: true``: the
+        bodies in ``events`` hold its text. Returns their stream sequences."""
+        erased: list[int] = []
+        for seq, e, _ in items:
+            if isinstance(e, ev.MemoryForgotten) and e.erase:
+                rows = self.con.execute(
+                    """DELETE FROM events
+                       WHERE tenant = ? AND seq < ? AND type IN (?, ?, ?)
+                         AND json_extract_string(body, '$.memory_id') = ?
+                       RETURNING seq""",
+                    [e.tenant, seq, *_ERASED_TYPES, e.memory_id],
+                ).fetchall()
+                erased += sorted(r[0] for r in rows)
+        return erased
+
+    def take_erased(self) -> list[int]:
+        """The stream sequences erased since the last call (committed already)."""
+        taken, self.erased = self.erased, []
+        return taken
+
+    def purge_tenant(self, tenant: str) -> dict[str, int]:
+        """Delete every row of ``tenant`` from every table, in one transaction; returns
+        the rows removed per table."""
+        removed: dict[str, int] = {}
+        with self._transaction():
+            for table in TABLES:
+                (n,) = self.con.execute(
+                    f"SELECT count(*) FROM {table} WHERE tenant = ?", [tenant]
+                ).fetchone()  # type: ignore[misc]
+                if n:
+                    self.con.execute(f"DELETE FROM {table} WHERE tenant = ?", [tenant])
+                    removed[table] = int(n)
+        # The id and key indexes may hold the tenant's hashes: rebuild them when needed.
+        self._ids = None
+        self._keys = None
+        return removed
 
     def _stage(self, fresh: list[_Item]) -> tuple[list[_Item], Hashes]:
         """Register the batch as ``_staging``, without ids applied before; their hashes."""

@@ -32,7 +32,7 @@ from qdrant_client import QdrantClient, models
 
 from projections._memory import revision
 from projections.base import Batch
-from projections.embedding_cache import CachedEmbedder
+from projections.embedding_cache import CachedEmbedder, text_key
 from schemas import events as ev
 from schemas.events import UnknownEvent
 
@@ -200,6 +200,32 @@ class VectorProjection:
     def close(self) -> None:
         """Nothing to release: the Qdrant client is shared, and closed by its owner."""
 
+    def purge_tenant(self, tenant: str) -> int:
+        """Delete the tenant's collections of every generation and its cached vectors;
+        returns the points removed."""
+        removed = 0
+        with self._lock:
+            aliases = [
+                a.alias_name
+                for a in self.client.get_aliases().aliases
+                if a.alias_name in {f"ms_{kind}_{tenant}" for kind in KINDS}
+            ]
+            if aliases:
+                self.client.update_collection_aliases(
+                    change_aliases_operations=[
+                        models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=a))
+                        for a in aliases
+                    ]
+                )
+            for c in self.client.get_collections().collections:
+                kind_tenant = c.name.rsplit("__", 1)[0]
+                if kind_tenant in {f"ms_{kind}_{tenant}" for kind in KINDS}:
+                    removed += self.client.count(c.name, exact=True).count
+                    self.client.delete_collection(c.name)
+                    self._known.discard(c.name)
+        self.embedder.cache.delete_tenant(tenant)
+        return removed
+
     # --- apply -----------------------------------------------------------------------
 
     def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> None:
@@ -210,12 +236,20 @@ class VectorProjection:
         if last_seq <= self._checkpoint:
             return
         changes: _Changes = {}
-        revised = [(e.tenant, e.memory_id) for _, e in fresh if isinstance(e, ev.MemoryRevised)]
-        stored = self._retrieve(revised) if revised else {}
+        wanted = [
+            (e.tenant, e.memory_id)
+            for _, e in fresh
+            if isinstance(e, ev.MemoryRevised) or (isinstance(e, ev.MemoryForgotten) and e.erase)
+        ]
+        stored = self._retrieve(wanted) if wanted else {}
+        erased: dict[str, set[bytes]] = {}
         for seq, e in fresh:
             if not isinstance(e, UnknownEvent):
-                self._fold(seq, e, changes, stored)
+                self._fold(seq, e, changes, stored, erased)
         self._write(changes)
+        for tenant, keys in erased.items():
+            # An erased memory's texts leave the embedding cache too, every revision's.
+            self.embedder.cache.delete_keys(tenant, sorted(keys))
         self._save_checkpoint(last_seq)
 
     def _retrieve(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -241,6 +275,7 @@ class VectorProjection:
         e: ev.AnyEvent,
         changes: _Changes,
         stored: dict[tuple[str, str, str], dict[str, Any]],
+        erased: dict[str, set[bytes]],
     ) -> None:
         base = {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
                 "ts_epoch": e.ts.timestamp(), "seq": seq}  # fmt: skip
@@ -268,8 +303,14 @@ class VectorProjection:
                             "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"],
                         }  # fmt: skip
             case ev.MemoryForgotten():
-                points[("knowledge", e.tenant, e.memory_id)] = None
-                points[("solutions", e.tenant, e.memory_id)] = None
+                for kind in ("knowledge", "solutions"):
+                    key = (kind, e.tenant, e.memory_id)
+                    current = points[key] if key in points else stored.get(key)
+                    if e.erase and current is not None:
+                        keys = erased.setdefault(e.tenant, set())
+                        keys.update(bytes.fromhex(k) for k in current.get("text_keys", ()))
+                        keys.add(text_key(_text(kind, current)))
+                    points[key] = None
             case ev.CollabRecorded():
                 points[("collaborations", e.tenant, e.interaction_id)] = {
                     **base, "ref": e.interaction_id, "initiator": e.initiator,
@@ -289,6 +330,10 @@ class VectorProjection:
             else:
                 payload["kind"] = kind
                 payload["text"] = _text(kind, payload)
+                # Every text this memory has had, so an erase can clear their cache entries.
+                key = text_key(payload["text"]).hex()
+                if key not in payload.get("text_keys", ()):
+                    payload["text_keys"] = [*payload.get("text_keys", ()), key]
                 upserts.setdefault((kind, tenant), []).append((ref, payload))
         by_tenant: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
         for (kind, tenant), items in upserts.items():
