@@ -1,4 +1,5 @@
-"""What the operator commands do (replay, sql, dead letters), apart from how they print.
+"""What the operator commands do (replay, sql, dead letters, tenant purge), apart from how
+they print.
 
 Each works through a running memstream when there is one (over ``memadm.*``), and on
 the files under the data dir when there is none.
@@ -23,17 +24,20 @@ from consumers.runner import DLQ_ERROR, DLQ_SOURCE_SEQ, DLQ_SOURCE_SUBJECT, Repl
 from consumers.service import HistoryStorage, RebuildResult, Storage, rebuild_offline
 from consumers.settings import Settings
 from consumers.streams import HEADER_ROOM
+from consumers.tenants import PurgeReport, purge_offline, purge_stream
 from consumers.vector_storage import VectorStorage
 from producers._connect import connect_nats
 from projections.analytics import QueryResult, run_readonly
 from projections.history import HistoryProjection
 from schemas.errors import ConnectError, MemstreamError
+from schemas.ids import validate_tenant
 from schemas.subjects import DLQ_STREAM, admin_subject
 
 __all__ = [
     "DeadLetterInfo",
     "OpsError",
     "list_dead_letters",
+    "purge_tenant",
     "rebuild",
     "retry_dead_letters",
     "sql",
@@ -253,3 +257,44 @@ async def retry_dead_letters(
         await js.delete_msg(DLQ_STREAM, info.seq)
         done.append((info, ack.seq))
     return done
+
+
+async def purge_tenant(settings: Settings, tenant: str, url_given: bool) -> PurgeReport:
+    """Purge through the running memstream process(es), or on the files when none runs."""
+    validate_tenant(tenant)
+    if not _history_in_use(settings):
+        async with nats_for(settings, url_given) as nc:
+            if not await _has_responders(nc):
+                report = PurgeReport(tenant)
+                await purge_stream(nc, tenant, report)
+                await asyncio.to_thread(purge_offline, settings, tenant, report)
+                return report
+    async with nats_for(settings, True) as nc:
+        return await _purge_remote(nc, tenant)
+
+
+async def _purge_remote(nc: NatsClient, tenant: str) -> PurgeReport:
+    """Ask every memstream process: each purges the projections it runs (with roles in
+    separate processes, each answers), and the reports add up."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    report = PurgeReport(tenant)
+    try:
+        await nc.publish(admin_subject("purge"), msgspec.json.encode({"tenant": tenant}), inbox)
+        timeout, answers = 120.0, 0
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                break
+            reply = msgspec.json.decode(msg.data)
+            if not reply.get("ok"):
+                raise OpsError(reply["error"]["message"])
+            report.merge(PurgeReport(**reply["result"]["report"]))
+            answers += 1
+            timeout = 1.0  # the other roles answer about as soon
+        if not answers:
+            raise OpsError("no memstream process answered the purge in 120 s")
+        return report
+    finally:
+        await sub.unsubscribe()

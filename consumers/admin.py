@@ -23,12 +23,14 @@ from nats.aio.subscription import Subscription
 from consumers.log import get_logger
 from consumers.runner import ReplayProgress
 from consumers.service import ProjectionService, RebuildBusy
+from consumers.tenants import PurgeReport, purge_projection, purge_stream
 from projections.analytics import SqlRejected, run_readonly
 from schemas.errors import MemstreamError
+from schemas.ids import validate_tenant
 from schemas.queries import ErrorBody, Reply
 from schemas.subjects import admin_subject
 
-__all__ = ["ADMIN_QUEUE", "AdminResponder", "ReplayRequest", "SqlRequest"]
+__all__ = ["ADMIN_QUEUE", "AdminResponder", "PurgeRequest", "ReplayRequest", "SqlRequest"]
 
 log = get_logger("memstream.admin")
 ADMIN_QUEUE = "memstream-admin"
@@ -42,6 +44,10 @@ class SqlRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     projection: Literal["history", "vectors"]
     progress: str | None = None
+
+
+class PurgeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    tenant: str
 
 
 _encoder = msgspec.json.Encoder()
@@ -71,7 +77,13 @@ class AdminResponder:
         self._jobs: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        for op, handler in (("sql", self._sql), ("replay", self._replay), ("ping", self._ping)):
+        handlers = (
+            ("sql", self._sql),
+            ("replay", self._replay),
+            ("ping", self._ping),
+            ("purge", self._purge),
+        )
+        for op, handler in handlers:
             self._subs.append(
                 await self.nc.subscribe(admin_subject(op), queue=self.queue, cb=handler)
             )
@@ -137,6 +149,29 @@ class AdminResponder:
         job = asyncio.create_task(self._rebuild(service, req.progress))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
+
+    async def _purge(self, msg: Msg) -> None:
+        """Purge a tenant from the stream and from the projections this process runs."""
+        try:
+            req = msgspec.json.decode(msg.data, type=PurgeRequest)
+            validate_tenant(req.tenant)
+        except (msgspec.DecodeError, MemstreamError) as err:
+            await msg.respond(_error("bad_request", f"purge request: {err}"))
+            return
+        report = PurgeReport(req.tenant)
+        try:
+            upto = await purge_stream(self.nc, req.tenant, report)
+            for service in self.services.values():
+                await purge_projection(service, req.tenant, upto, report)
+        except MemstreamError as err:
+            await msg.respond(_error(err.code, str(err)))
+            return
+        except Exception as err:
+            log.exception("purge_failed", tenant=req.tenant)
+            await msg.respond(_error("internal", f"purge of {req.tenant} failed: {err!r}"))
+            return
+        body = {"report": dataclasses.asdict(report), "projections": sorted(self.services)}
+        await msg.respond(_encoder.encode(Reply(ok=True, result=body)))
 
     async def _rebuild(self, service: ProjectionService[Any], inbox: str | None) -> None:
         last_sent = 0.0

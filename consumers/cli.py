@@ -552,6 +552,46 @@ def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> Non
         out.print(f"  dlq seq {d.seq}: {d.source_subject} published again as seq {seq}")
 
 
+# --- tenants --------------------------------------------------------------------------
+
+
+@cli.group()
+def tenant() -> None:
+    """Tenants: purge one's data from the stream and every projection."""
+
+
+@tenant.command(name="purge")
+@click.argument("name", metavar="TENANT")
+@click.option("--yes", is_flag=True, help="Really delete everything the tenant has stored.")
+@data_dir_option
+@nats_url_option
+@json_option
+def tenant_purge(
+    name: str, yes: bool, data_dir: str | None, nats_url: str | None, as_json: bool
+) -> None:
+    """Delete TENANT's messages from MEMORY and MEMORY_DLQ, its rows from every DuckDB
+    table, its Qdrant points and its cached embeddings. Cannot be undone."""
+    from consumers import _ops
+
+    if not yes:
+        raise UserError(
+            f"purging {name} deletes everything it stored, for good: run again with --yes"
+        )
+    settings = _settings(data_dir=data_dir, nats_url=nats_url)
+    report = _run(_ops.purge_tenant(settings, name, _url_given(nats_url)))
+    if as_json:
+        _print_json(dataclasses.asdict(report))
+        return
+    out.print(f"purged tenant {report.tenant}:")
+    out.print(f"  stream MEMORY       {report.stream_messages} messages")
+    out.print(f"  stream MEMORY_DLQ   {report.dlq_messages} dead letters")
+    rows = sum(report.history_rows.values())
+    tables = ", ".join(f"{t} {n}" for t, n in sorted(report.history_rows.items()))
+    out.print(f"  history (DuckDB)    {rows} rows" + (f" ({tables})" if tables else ""))
+    out.print(f"  vectors (Qdrant)    {report.vector_points} points")
+    out.print(f"  embedding cache     {report.cached_embeddings} vectors")
+
+
 # --- the contract ---------------------------------------------------------------------
 
 

@@ -181,6 +181,17 @@ class ProjectionService(Generic[P]):
                 return False
         return True
 
+    async def purge_tenant(self, tenant: str, upto: int) -> Any:
+        """Remove ``tenant`` from the projection, between two batches; its events up to
+        stream sequence ``upto`` that were fetched already are not applied after."""
+        assert self.runner is not None and self.projection is not None
+        purge = getattr(self.projection, "purge_tenant", None)
+        if purge is None:
+            return None
+        async with self.runner.lock:
+            self.runner.drop_tenant(tenant, upto)
+            return await asyncio.to_thread(purge, tenant)
+
     @property
     def rebuilding(self) -> bool:
         return self._rebuilding.locked()
