@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
 from consumers.admin import AdminResponder
+from consumers.auth import TenantCredentials
 from consumers.log import get_logger
 from consumers.nats_server import NatsServer
 from consumers.query_worker import QUEUE, QueryWorker, ReaderSource, RemoteHistory
@@ -50,6 +53,7 @@ class UpInfo:
     embedded: bool
     nats_pid: int | None
     provisioned: ProvisionReport
+    auth: bool
     projections: dict[str, int]
 
 
@@ -65,8 +69,18 @@ async def run_up(
     on_ready: Callable[[UpInfo], None] | None = None,
     stop: asyncio.Event | None = None,
     roles: frozenset[str] = ALL_ROLES,
+    auth: bool = False,
 ) -> None:
-    """Run until ``stop`` is set or SIGINT/SIGTERM arrives; cleans up what it started."""
+    """Run until ``stop`` is set or SIGINT/SIGTERM arrives; cleans up what it started.
+
+    ``auth``: the embedded server admits only the service user and the tenants'
+    users (``consumers.auth``), and memstream connects as the service.
+    """
+    if auth and external_nats:
+        raise ConfigError(
+            "--auth configures the embedded NATS; with --nats-url, the server's own "
+            "authorization applies (give memstream a user with MEMSTREAM_NATS_USER/PASSWORD)"
+        )
     if "query" in roles and roles != ALL_ROLES and not settings.qdrant_url:
         raise ConfigError(
             "the query role reads the vectors from a Qdrant server: set MEMSTREAM_QDRANT_URL "
@@ -83,10 +97,18 @@ async def run_up(
         if external_nats:
             url = settings.nats_url
         else:
+            extra = ""
+            if auth:
+                service = TenantCredentials(data_dir).service()
+                settings = msgspec.structs.replace(
+                    settings, nats_user=service.user, nats_password=service.password
+                )
+                extra = 'include "../auth/auth.conf"'
             embedded = NatsServer(
                 data_dir,
                 port=nats_port,
                 max_payload=settings.max_event_bytes + HEADER_ROOM,
+                extra_config=extra,
             )
             # Starting the child blocks briefly; keep the loop free for signals.
             server = await asyncio.to_thread(embedded.start)
@@ -114,6 +136,7 @@ async def run_up(
                             data_dir=data_dir,
                             embedded=server is not None,
                             nats_pid=server.pid if server else None,
+                            auth=auth,
                             provisioned=report,
                             projections={
                                 n: s.projection.checkpoint

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consumers._runtime import tune_for_throughput
+from consumers.auth import TenantCredentials
 from consumers.log import configure_logging
 from consumers.settings import Settings, load_settings
 from producers._connect import connect_nats
@@ -73,6 +74,14 @@ class UserError(MemstreamError):
 def _settings(*, service: bool = False, **overrides: Any) -> Settings:
     """Settings and logging; a one-shot command logs only warnings and worse."""
     settings = load_settings(**overrides)
+    if not (settings.nats_user or settings.nats_creds):
+        # On the machine memstream runs on, its commands act as memstream's service user
+        # (memstream up --auth keeps it under the data dir).
+        identity = TenantCredentials(settings.data_path).service_if_any()
+        if identity is not None:
+            settings = msgspec.structs.replace(
+                settings, nats_user=identity.user, nats_password=identity.password
+            )
     tune_for_throughput()
     level = settings.log_level
     if not service and level in ("debug", "info") and "MEMSTREAM_LOG_LEVEL" not in os.environ:
@@ -143,8 +152,16 @@ def data_dir_option(f: F) -> F:
     help="Port of the embedded NATS (0: any free port).",
 )
 @click.option("--nats-url", default=None, help="Use this NATS instead of starting one.")
+@click.option(
+    "--auth",
+    is_flag=True,
+    help="Admit only memstream's service user and the tenants' users "
+    "(memstream tenant add), each confined to its own subjects.",
+)
 @json_option
-def up(data_dir: str | None, nats_port: int, nats_url: str | None, as_json: bool) -> None:
+def up(
+    data_dir: str | None, nats_port: int, nats_url: str | None, auth: bool, as_json: bool
+) -> None:
     """Run memstream on this machine: embedded NATS with JetStream, both projections
     (history in DuckDB, vectors in Qdrant) and the query worker, in one process."""
     from consumers.app import UpInfo, run_up
@@ -159,6 +176,7 @@ def up(data_dir: str | None, nats_port: int, nats_url: str | None, as_json: bool
                     "data_dir": str(info.data_dir),
                     "embedded": info.embedded,
                     "nats_pid": info.nats_pid,
+                    "auth": info.auth,
                     "streams": info.provisioned.streams,
                     "consumers": info.provisioned.consumers,
                     "projections": info.projections,
@@ -172,9 +190,25 @@ def up(data_dir: str | None, nats_port: int, nats_url: str | None, as_json: bool
             out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
         streams = ", ".join(f"{k} ({v})" for k, v in info.provisioned.streams.items())
         out.print(f"  streams   {streams}")
-        out.print(f"Connect agents with MEMSTREAM_NATS_URL={info.nats_url}. Ctrl-C stops.")
+        if info.auth:
+            out.print("  auth      on: only memstream and the tenants' users may connect")
+            out.print(
+                "Give each tenant its credentials with 'memstream tenant add TENANT'; agents "
+                f"connect with MEMSTREAM_NATS_URL={info.nats_url} MEMSTREAM_NATS_USER=TENANT "
+                "MEMSTREAM_NATS_PASSWORD=... Ctrl-C stops."
+            )
+        else:
+            out.print(f"Connect agents with MEMSTREAM_NATS_URL={info.nats_url}. Ctrl-C stops.")
 
-    _run(run_up(settings, nats_port=nats_port, external_nats=nats_url is not None, on_ready=ready))
+    _run(
+        run_up(
+            settings,
+            nats_port=nats_port,
+            external_nats=nats_url is not None,
+            on_ready=ready,
+            auth=auth,
+        )
+    )
 
 
 @cli.command()
@@ -557,7 +591,65 @@ def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> Non
 
 @cli.group()
 def tenant() -> None:
-    """Tenants: purge one's data from the stream and every projection."""
+    """Tenants: their NATS users (with up --auth), and purging one's data."""
+
+
+def _creds(data_dir: str | None) -> TenantCredentials:
+    return TenantCredentials(load_settings(data_dir=data_dir).data_path)
+
+
+def _reloaded(creds: TenantCredentials) -> str:
+    pid = creds.reload_server()
+    return (
+        f"the running NATS (pid {pid}) reloaded its users"
+        if pid
+        else "no embedded NATS runs on this data dir: it takes effect at 'memstream up --auth'"
+    )
+
+
+@tenant.command(name="add")
+@click.argument("name", metavar="TENANT")
+@data_dir_option
+@json_option
+def tenant_add(name: str, data_dir: str | None, as_json: bool) -> None:
+    """Create TENANT's NATS user: it may publish only on mem.TENANT.>, request only on
+    memq.TENANT.>, and receive only on its own reply inbox. Prints its credentials."""
+    creds = _creds(data_dir)
+    made = creds.add(name)
+    reloaded = _reloaded(creds)
+    if as_json:
+        _print_json({"tenant": name, "user": made.user, "password": made.password})
+        return
+    out.print(f"tenant {name}: user {made.user}, password {made.password}")
+    out.print(f"  ({reloaded})")
+    out.print(
+        f"Its agents connect with MEMSTREAM_NATS_USER={made.user} "
+        f"MEMSTREAM_NATS_PASSWORD={made.password} (or user=/password= in MemoryClient.connect)."
+    )
+
+
+@tenant.command(name="list")
+@data_dir_option
+@json_option
+def tenant_list(data_dir: str | None, as_json: bool) -> None:
+    """The tenants that have NATS users."""
+    names = sorted(_creds(data_dir).tenants())
+    if as_json:
+        _print_json(names)
+        return
+    out.print("\n".join(names) if names else "no tenants: add one with 'memstream tenant add'")
+
+
+@tenant.command(name="remove")
+@click.argument("name", metavar="TENANT")
+@data_dir_option
+def tenant_remove(name: str, data_dir: str | None) -> None:
+    """Delete TENANT's NATS user; the server closes its connections. Its data stays
+    (see 'memstream tenant purge')."""
+    creds = _creds(data_dir)
+    if not creds.remove(name):
+        raise UserError(f"tenant {name!r} has no NATS user (see 'memstream tenant list')")
+    out.print(f"removed tenant {name}'s user; {_reloaded(creds)}")
 
 
 @tenant.command(name="purge")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, TypedDict
 
 import nats
@@ -12,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 
 from schemas.errors import ConnectError
 
-__all__ = ["DEFAULT_URL", "NatsAuth", "connect_nats", "default_url"]
+__all__ = ["DEFAULT_URL", "NatsAuth", "connect_nats", "default_url", "denied"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 log = structlog.get_logger("memstream.nats")
@@ -22,6 +23,19 @@ class NatsAuth(TypedDict):
     user: str | None
     password: str | None
     creds: str | None
+
+
+# Per connection, the permission violations the server reported (the newest few): a
+# denied publish or request just goes unanswered, and this says why.
+_violations: weakref.WeakKeyDictionary[NatsClient, list[str]] = weakref.WeakKeyDictionary()
+
+
+def denied(nc: NatsClient, subject: str) -> str | None:
+    """The server's permissions-violation message about ``subject``, if it sent one."""
+    for message in reversed(_violations.get(nc, ())):
+        if f'"{subject}"' in message or f"'{subject}'" in message or subject in message:
+            return message
+    return None
 
 
 def default_url() -> str:
@@ -55,6 +69,12 @@ async def connect_nats(
 
     async def on_error(err: BaseException) -> None:
         errors.append(err)
+        if client and "permissions violation" in str(err).lower():
+            seen = _violations.setdefault(client[0], [])
+            seen.append(str(err))
+            del seen[:-32]
+            log.warning("nats_permission_denied", url=url, error=str(err))
+            return
         log.debug("nats_error", url=url, error=repr(err))
 
     async def on_disconnect() -> None:
@@ -85,9 +105,11 @@ async def connect_nats(
         nc = await nats.connect(**kwargs)
     except (nats.errors.Error, OSError, TimeoutError) as err:
         cause = errors[-1] if errors else err
-        if (
-            isinstance(cause, nats.errors.AuthorizationError)
-            or "authorization" in str(cause).lower()
+        # The server says "Authorization Violation", then drops the connection: any
+        # such refusal among the attempts is the cause, not the reset that followed.
+        if any(
+            isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower()
+            for e in [*errors, err]
         ):
             raise ConnectError(
                 f"NATS at {url} refused the credentials: check MEMSTREAM_NATS_USER/"

@@ -13,13 +13,13 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck
 
-from producers._connect import connect_nats
+from producers._connect import connect_nats, denied
 from producers._queries import QueryMethods
 from schemas import events as ev
 from schemas.errors import InvalidEvent, PublishError
 from schemas.events import DEFAULT_MAX_EVENT_BYTES, Event
 from schemas.ids import new_id, validate_agent, validate_tenant
-from schemas.subjects import event_subject
+from schemas.subjects import event_subject, reply_inbox_prefix
 
 __all__ = ["GENERATED_IDS", "Causality", "MemoryClient", "PublishAck", "Trace"]
 
@@ -113,7 +113,14 @@ class MemoryClient(QueryMethods):
         validate_tenant(tenant)
         validate_agent(agent)
         nc = await connect_nats(
-            url, name=f"memstream:{tenant}:{agent}", user=user, password=password, creds=creds
+            url,
+            name=f"memstream:{tenant}:{agent}",
+            user=user,
+            password=password,
+            creds=creds,
+            # Replies come back under the tenant's own inbox prefix, the only place a
+            # tenant's credentials may subscribe (see `memstream up --auth`).
+            inbox_prefix=reply_inbox_prefix(tenant),
         )
         return cls(
             nc,
@@ -177,8 +184,9 @@ class MemoryClient(QueryMethods):
                 subject, body, timeout=self.ack_timeout, headers={"Nats-Msg-Id": event.id}
             )
         except (nats.errors.Error, TimeoutError) as err:
+            reason = _forbidden(self.nc, subject) or _reason(err)
             raise PublishError(
-                f"event {event.id} was not stored: {_reason(err)}", {0: err}, [None]
+                f"event {event.id} was not stored: {reason}", {0: err}, [None]
             ) from err
         return _to_ack(ack, event.id)
 
@@ -231,10 +239,11 @@ class MemoryClient(QueryMethods):
             else:
                 acks[i] = _to_ack(result, batch[i].id)
         if failures:
-            first = failures[min(failures)]
+            first = min(failures)
+            reason = _forbidden(self.nc, encoded[first][0]) or _reason(failures[first])
             raise PublishError(
                 f"{len(failures)} of {len(batch)} events were not stored "
-                f"(first: {_reason(first)}); publishing the batch again is safe",
+                f"(first: {reason}); publishing the batch again is safe",
                 failures,
                 list(acks),
             )
@@ -518,6 +527,11 @@ class MemoryClient(QueryMethods):
 
 def _to_ack(ack: PubAck, event_id: str) -> PublishAck:
     return PublishAck(seq=ack.seq, id=event_id, duplicate=bool(ack.duplicate), stream=ack.stream)
+
+
+def _forbidden(nc: NatsClient, subject: str) -> str | None:
+    message = denied(nc, subject)
+    return f"these credentials may not publish to {subject} ({message})" if message else None
 
 
 def _reason(err: BaseException) -> str:

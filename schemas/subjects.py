@@ -22,6 +22,7 @@ __all__ = [
     "parse_event_subject",
     "parse_query_subject",
     "query_subject",
+    "reply_inbox_prefix",
     "tenant_event_filter",
 ]
 
@@ -89,6 +90,12 @@ def parse_query_subject(subject: str) -> QuerySubject:
             f"subject {subject!r} is not a query subject: expected '{QUERY_PREFIX}.<tenant>.<op>'"
         )
     return QuerySubject(validate_tenant(parts[1]), parts[2])
+
+
+def reply_inbox_prefix(tenant: str) -> str:
+    """The reply inbox prefix of a tenant's connections: with ``up --auth`` a tenant may
+    subscribe under it and nowhere else, so no tenant can read another's replies."""
+    return f"_INBOX_{validate_tenant(tenant)}"
 
 
 def admin_subject(op: str) -> str:
