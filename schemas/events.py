@@ -49,6 +49,12 @@ __all__ = [
 ]
 
 DEFAULT_MAX_EVENT_BYTES: Final = 1024 * 1024
+# The deepest an event's JSON may nest (objects and arrays, the event itself included).
+MAX_DEPTH: Final = 64
+_TOO_DEEP: Final = (
+    f"the event nests more than {MAX_DEPTH} levels of objects and arrays: flatten its "
+    "metadata, data, args, result or output"
+)
 
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -274,11 +280,43 @@ _encoder = msgspec.json.Encoder()
 
 
 def encode_event(event: Event, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes:
-    """The event as the JSON body published on the wire; raises EventTooLarge."""
-    body = _encoder.encode(event)
+    """The event as the JSON body published on the wire; raises EventTooLarge, or
+    InvalidEvent when it nests deeper than MAX_DEPTH."""
+    try:
+        body = _encoder.encode(event)
+    except RecursionError:
+        raise InvalidEvent(_TOO_DEEP) from None
     if len(body) > max_bytes:
         raise EventTooLarge(len(body), max_bytes)
+    check_depth(body)
     return body
+
+
+def check_depth(body: bytes) -> None:
+    """Raise InvalidEvent when the JSON nests deeper than MAX_DEPTH objects and arrays
+    (an event is itself one level). Deeper values break what stores them downstream
+    (Qdrant's local mode pickles payloads), so the contract bounds them."""
+    if body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
+        return  # cannot nest deeper than it has brackets: the common case, no scan
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):  # { [
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                raise InvalidEvent(_TOO_DEEP)
+        elif byte in (0x7D, 0x5D):  # } ]
+            depth -= 1
 
 
 # msgspec names a failed pattern by its regex; a person needs the rule in words.
@@ -327,6 +365,9 @@ class EventDecoder:
             event: AnyEvent = self._typed.decode(body)
         except msgspec.DecodeError as err:
             return self._decode_slow(body, err)
+        except RecursionError:
+            raise InvalidEvent(_TOO_DEEP) from None
+        check_depth(body)
         if event.v < self._current.get(event.type, 1):
             return self._upcast(self._raw.decode(body))
         return event

@@ -224,3 +224,27 @@ _any_event = st.one_of([_event_strategy(cls) for cls in EVENT_TYPES.values()])
 def test_any_valid_event_survives_the_wire(event: ev.Event) -> None:
     """Any event that satisfies the contract decodes to an equal event."""
     assert event == decode_event(encode_event(event, max_bytes=1 << 30))
+
+
+def test_nesting_is_bounded_and_brackets_in_strings_do_not_count() -> None:
+    """An event may nest 64 levels (itself included); one more is InvalidEvent, from the
+    decoder and from encode_event alike; brackets inside strings are text."""
+    from schemas.events import MAX_DEPTH, EventDecoder, check_depth
+
+    def body(levels: int, text: str = "c") -> bytes:
+        inner = b'{"a":' * levels + b"{}" + b"}" * levels
+        return (
+            b'{"type":"knowledge.stored","id":"e1","tenant":"acme","agent":"a","ts":'
+            b'"2026-11-21T12:00:00Z","memory_id":"m","domain":"d","content":'
+            + msgspec.json.encode(text)
+            + b',"metadata":'
+            + inner
+            + b"}"
+        )
+
+    EventDecoder().decode(body(MAX_DEPTH - 2))  # event + metadata + 62 more = 64
+    with pytest.raises(InvalidEvent, match="nests more than 64 levels"):
+        EventDecoder().decode(body(MAX_DEPTH - 1))
+    with pytest.raises(InvalidEvent, match="nests more than 64 levels"):
+        EventDecoder().decode(body(5000))  # deeper than msgspec itself can go
+    check_depth(body(3, text="[[[[{{{{" * 100))
