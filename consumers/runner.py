@@ -38,6 +38,9 @@ from schemas.subjects import (
 
 __all__ = ["DeadLetter", "LiveRunner", "ReplayProgress", "RunnerStats", "replay", "stream_seq"]
 
+# Failed attempts at a whole batch before it is applied event by event.
+_ISOLATE_AFTER = 3
+
 log = get_logger("memstream.runner")
 
 DLQ_ERROR = "Memstream-Error"
@@ -262,6 +265,7 @@ class LiveRunner:
         last_seq = stream_seq(msgs[-1].reply)[0]
         dead = decoded.dead
         delay = 0.5
+        failures = 0
         while True:
             # A failure here (the disk full, the DLQ unreachable) must not drop the batch
             # or stop the projection: retry the same batch, in order, until it commits.
@@ -271,14 +275,18 @@ class LiveRunner:
                 async with self.lock:
                     if self._dropped:
                         decoded = self._without_dropped(decoded)
-                    await asyncio.to_thread(
-                        self.projection.apply, decoded.batch, last_seq, decoded.bodies
-                    )
+                    if failures < _ISOLATE_AFTER:
+                        await asyncio.to_thread(
+                            self.projection.apply, decoded.batch, last_seq, decoded.bodies
+                        )
+                    else:
+                        dead = [*dead, *await self._apply_one_by_one(decoded, last_seq)]
                     await erase_from_stream(self.js, self.projection)
                 break
             except Exception as err:
                 if self._stopping.is_set():
                     raise
+                failures += 1
                 log.error(
                     "batch_failed",
                     projection=self.name,
@@ -302,6 +310,30 @@ class LiveRunner:
             dead=len(dead),
             last_seq=self.projection.checkpoint,
         )
+
+    async def _apply_one_by_one(self, decoded: _Decoded, last_seq: int) -> list[DeadLetter]:
+        """The batch keeps failing: apply it event by event, and dead-letter each event
+        that fails on its own (before any later event commits past it), so one poison
+        event cannot stall the projection. An outage fails the first event's dead letter
+        too, and the batch is retried whole."""
+        dead: list[DeadLetter] = []
+        for (seq, event), body in zip(decoded.batch, decoded.bodies, strict=True):
+            if seq <= self.projection.checkpoint:
+                continue
+            try:
+                await asyncio.to_thread(self.projection.apply, [(seq, event)], seq, [body])
+            except Exception as err:
+                letter = DeadLetter(
+                    seq,
+                    f"{EVENT_PREFIX}.{event.tenant}.{event.type}",
+                    event.tenant,
+                    f"the {self.name} projection could not apply it: {err!r}",
+                    body,
+                )
+                await publish_dead_letters(self.js, self.name, [letter])
+                dead.append(letter)
+        await asyncio.to_thread(self.projection.apply, [], last_seq, [])
+        return dead
 
 
 async def erase_from_stream(js: Any, projection: Projection) -> int:
