@@ -87,6 +87,8 @@ VECTOR_OPS: Final = frozenset({"search", "recall"})
 _RECALL_TURNS = 50
 _RECALL_MEMORIES = 12
 _MAX_IN_FLIGHT = 256
+# The most characters of a memory's text a search hit carries.
+HIT_TEXT_CHARS: Final = 65_536
 
 
 class Source(Protocol):
@@ -193,7 +195,10 @@ def _hit(h: Hit) -> dict[str, Any]:
         "kind": h.kind,
         "memory_id": h.ref,
         "score": h.score,
-        "text": h.text,
+        # A hit is a pointer with a preview: five near-1 MB memories would not fit in a
+        # reply. The history holds the whole text.
+        "text": h.text[:HIT_TEXT_CHARS],
+        "text_truncated": len(h.text) > HIT_TEXT_CHARS,
         "agent": p.get("agent"),
         "ts": dt.datetime.fromisoformat(p["ts"]) if "ts" in p else None,
         "tags": p.get("tags") or [],

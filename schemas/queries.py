@@ -153,6 +153,8 @@ class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] = {}
     seq: int
+    # The text is cut at 65,536 characters in a hit; this says it was.
+    text_truncated: bool = False
 
 
 class SearchResult(msgspec.Struct, frozen=True, kw_only=True):
