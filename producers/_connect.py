@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import weakref
-from typing import Any, TypedDict
+from collections.abc import Awaitable
+from typing import Any, TypedDict, TypeVar
 
 import nats
 import nats.errors
@@ -13,7 +15,17 @@ from nats.aio.client import Client as NatsClient
 
 from schemas.errors import ConnectError
 
-__all__ = ["DEFAULT_URL", "NatsAuth", "connect_nats", "default_url", "denied"]
+__all__ = [
+    "DEFAULT_URL",
+    "NatsAuth",
+    "PermissionDenied",
+    "connect_nats",
+    "default_url",
+    "denied",
+    "or_denied",
+]
+
+T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 log = structlog.get_logger("memstream.nats")
@@ -33,9 +45,44 @@ _violations: weakref.WeakKeyDictionary[NatsClient, list[str]] = weakref.WeakKeyD
 def denied(nc: NatsClient, subject: str) -> str | None:
     """The server's permissions-violation message about ``subject``, if it sent one."""
     for message in reversed(_violations.get(nc, ())):
-        if f'"{subject}"' in message or f"'{subject}'" in message or subject in message:
+        if subject in message:
             return message
     return None
+
+
+async def when_denied(nc: NatsClient, subject: str, seen: int, poll: float = 0.02) -> str:
+    """Wait for a permissions violation about ``subject`` after the first ``seen``: the
+    server answers a refused publish with one at once, while the request would only
+    time out."""
+    while True:
+        found = _violations.get(nc, [])
+        if len(found) != seen:
+            for message in found[-max(1, len(found) - seen) :]:
+                if subject in message:
+                    return message
+            seen = len(found)
+        await asyncio.sleep(poll)
+
+
+async def or_denied(nc: NatsClient, subject: str, call: Awaitable[T]) -> T:
+    """Await ``call``, unless the server refuses ``subject`` first: then PermissionDenied."""
+    if not (nc.options.get("user") or nc.options.get("user_credentials")):
+        return await call  # no credentials, no permissions to violate: no watcher
+    seen = len(_violations.get(nc, ()))  # before the call can send anything
+    task = asyncio.ensure_future(call)
+    watch = asyncio.ensure_future(when_denied(nc, subject, seen))
+    try:
+        await asyncio.wait([task, watch], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        raise PermissionDenied(watch.result())
+    return task.result()
+
+
+class PermissionDenied(Exception):
+    """The server refused a publish or request with a permissions violation."""
 
 
 def default_url() -> str:
@@ -72,7 +119,8 @@ async def connect_nats(
         if client and "permissions violation" in str(err).lower():
             seen = _violations.setdefault(client[0], [])
             seen.append(str(err))
-            del seen[:-32]
+            if len(seen) > 256:
+                del seen[:128]
             log.warning("nats_permission_denied", url=url, error=str(err))
             return
         log.debug("nats_error", url=url, error=repr(err))

@@ -16,7 +16,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from producers._connect import denied
+from producers._connect import PermissionDenied, denied, or_denied
 from schemas.queries import (
     AnalyticsResult,
     ContextResult,
@@ -74,7 +74,15 @@ class QueryMethods:
         subject = query_subject(self.tenant, op)
         wait_ms = fields.get("wait_ms") or 2000
         try:
-            msg = await self.nc.request(subject, body, timeout=self.query_timeout + wait_ms / 1000)
+            msg = await or_denied(
+                self.nc,
+                subject,
+                self.nc.request(subject, body, timeout=self.query_timeout + wait_ms / 1000),
+            )
+        except PermissionDenied as err:
+            raise QueryError(
+                "forbidden", f"these credentials may not query {subject} ({err})"
+            ) from None
         except nats.errors.NoRespondersError:
             raise QueryError(
                 "unavailable",

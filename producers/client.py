@@ -13,7 +13,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck
 
-from producers._connect import connect_nats, denied
+from producers._connect import PermissionDenied, connect_nats, denied, or_denied
 from producers._queries import QueryMethods
 from schemas import events as ev
 from schemas.errors import InvalidEvent, PublishError
@@ -180,9 +180,20 @@ class MemoryClient(QueryMethods):
         """Publish one event and wait for JetStream to store it."""
         subject, body = self.encode(event)
         try:
-            ack = await self._js.publish(
-                subject, body, timeout=self.ack_timeout, headers={"Nats-Msg-Id": event.id}
+            ack = await or_denied(
+                self.nc,
+                subject,
+                self._js.publish(
+                    subject, body, timeout=self.ack_timeout, headers={"Nats-Msg-Id": event.id}
+                ),
             )
+        except PermissionDenied as err:
+            raise PublishError(
+                f"event {event.id} was not stored: these credentials may not publish to "
+                f"{subject} ({err})",
+                {0: err},
+                [None],
+            ) from None
         except (nats.errors.Error, TimeoutError) as err:
             reason = _forbidden(self.nc, subject) or _reason(err)
             raise PublishError(

@@ -1,0 +1,58 @@
+"""Tenants from the command line: up --auth, tenant add/list/remove, tenant purge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.e2e.conftest import run_cli, start_up
+
+
+def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> None:
+    """A tenant added while up --auth runs can store and query its own memory at once,
+    nothing else; without credentials nobody gets in; once removed, the tenant is out."""
+    data, elsewhere = tmp_path / "data", {"MEMSTREAM_DATA_DIR": str(tmp_path / "none")}
+    up = start_up(data, "--auth")
+    try:
+        assert up.info["auth"] is True
+        added = run_cli("tenant", "add", "acme", "--data-dir", str(data), "--json")
+        assert 0 == added.returncode, added.stderr
+        acme = {
+            **elsewhere,
+            "MEMSTREAM_NATS_USER": "acme",
+            "MEMSTREAM_NATS_PASSWORD": json.loads(added.stdout)["password"],
+        }
+        q = ("--nats-url", up.url)
+        stored = run_cli("remember", *q, "-t", "acme", "-a", "a1", "--domain", "d", "ours",
+                         "--json", env=acme)  # fmt: skip
+        assert 0 == stored.returncode, stored.stderr
+        seq = str(json.loads(stored.stdout)["seq"])
+        hits = run_cli("search", *q, "-t", "acme", "ours", "--min-seq", seq, "--json", env=acme)
+        assert ["ours"] == [h["text"] for h in json.loads(hits.stdout)]
+
+        theirs = run_cli("remember", *q, "-t", "beta", "-a", "a1", "--domain", "d", "x", env=acme)
+        assert 1 == theirs.returncode
+        assert "may not publish to mem.beta.knowledge.stored" in theirs.stderr.splitlines()[-1]
+        asked = run_cli("stats", *q, "-t", "beta", env=acme)
+        assert "forbidden: these credentials may not query memq.beta.stats" in asked.stderr
+        nobody = run_cli("status", *q, env=elsewhere)
+        assert (1, 1) == (nobody.returncode, len(nobody.stderr.splitlines()))
+        assert "refused the credentials" in nobody.stderr
+
+        operator = {"MEMSTREAM_DATA_DIR": str(data)}
+        assert 0 == run_cli("status", *q, env=operator).returncode
+        listed = run_cli("tenant", "list", "--data-dir", str(data), "--json")
+        assert ["acme"] == json.loads(listed.stdout)
+
+        unsure = run_cli("tenant", "purge", "acme", *q, env=operator)
+        assert 2 == unsure.returncode and "--yes" in unsure.stderr
+        purged = run_cli("tenant", "purge", "acme", "--yes", *q, env=operator)
+        assert 0 == purged.returncode, purged.stderr
+        assert "purged tenant acme:" in purged.stdout
+        assert "stream MEMORY       1 messages" in purged.stdout
+
+        assert 0 == run_cli("tenant", "remove", "acme", "--data-dir", str(data)).returncode
+        gone = run_cli("stats", *q, "-t", "acme", env=acme)
+        assert 1 == gone.returncode and "refused the credentials" in gone.stderr
+    finally:
+        assert 0 == up.stop()
