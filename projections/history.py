@@ -48,7 +48,7 @@ _US = dt.timedelta(microseconds=1)
 
 _STAGING = pa.schema([
     ("seq", pa.int64()), ("id", pa.string()), ("type", pa.string()), ("ts_us", pa.int64()),
-    ("raw", pa.binary()),
+    ("raw", pa.binary()), ("tenant", pa.string()),
 ])  # fmt: skip
 # The statements read the batch from _batch: each body parsed once, into the struct `j`
 # of every field they use (see _parse_sql), rather than once per field and statement.
@@ -342,7 +342,7 @@ class HistoryProjection:
             # DuckDB's hash(), not one of ours: the index is rebuilt from the table by the
             # same DuckDB that hashes new batches, so the two always agree.
             hashes = self.con.execute(
-                "SELECT (hash(id) & 9223372036854775807)::BIGINT AS h FROM events"
+                "SELECT (hash(tenant, id) & 9223372036854775807)::BIGINT AS h FROM events"
             ).fetchnumpy()
             self._ids = IdIndex(hashes["h"])
         return self._ids
@@ -443,34 +443,37 @@ class HistoryProjection:
                 pa.array([e.type for e in events], pa.string()),
                 pa.array([(e.ts - _EPOCH) // _US for e in events], pa.int64()),
                 pa.array([i[2] for i in fresh], pa.binary()),
+                pa.array([e.tenant for e in events], pa.string()),
             ],
             schema=_STAGING,
         )
         self.con.register("_staging", staging)
         hashes = self.con.execute(
-            "SELECT (hash(id) & 9223372036854775807)::BIGINT AS h FROM _staging"
+            "SELECT (hash(tenant, id) & 9223372036854775807)::BIGINT AS h FROM _staging"
         ).fetchnumpy()["h"]
         maybe = self._id_index().contains(hashes)
         repeated = len(np.unique(hashes)) != len(hashes)
         if not maybe.any() and not repeated:
             return fresh, hashes
-        # Rare: an id seen before (past JetStream's window) or twice in this batch.
+        # Rare: an id seen before (past JetStream's window) or twice in this batch. Ids
+        # are a tenant's own: another tenant using the same id is another event.
         candidates = [e.id for e, m in zip(events, maybe, strict=True) if m]
         known = (
             {
-                r[0]
+                (r[0], r[1])
                 for r in self.con.execute(
-                    "SELECT id FROM events WHERE list_contains(?, id)", [candidates]
+                    "SELECT tenant, id FROM events WHERE list_contains(?, id)", [candidates]
                 ).fetchall()
             }
             if candidates
             else set()
         )
         keep: list[bool] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         for e in events:
-            ok = e.id not in known and e.id not in seen
-            seen.add(e.id)
+            key = (e.tenant, e.id)
+            ok = key not in known and key not in seen
+            seen.add(key)
             keep.append(ok)
         self.duplicates_skipped += keep.count(False)
         mask = np.array(keep, dtype=bool)

@@ -47,7 +47,7 @@ def sample_events(tenant: str = "acme", agent: str = "a1") -> list[Event]:
             content="gather runs them concurrently",
             tags=("asyncio", "concurrency"),
         ),
-        ev.MemoryForgotten(**common(), memory_id="s1", reason="superseded", erase=True),
+        ev.MemoryForgotten(**common(), memory_id="s1", reason="superseded"),
         ev.MemoryLinked(**common(), from_id="m1", to_id="s1", relation="supports"),
         ev.CollabRecorded(
             **common(),

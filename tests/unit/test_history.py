@@ -266,3 +266,35 @@ def test_timestamps_are_stored_as_utc(history: HistoryProjection) -> None:
     plus2 = dt.datetime(2026, 11, 21, 14, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     history.apply([(1, make(ev.TaskStarted, plus2, task_id="t"))])
     assert [(dt.datetime(2026, 11, 21, 12, 0),)] == rows(history, "SELECT ts FROM events")
+
+
+def test_an_id_is_a_tenants_own(history: HistoryProjection) -> None:
+    """Another tenant reusing an event id (say, guessing one) takes nothing away: both
+    events land; a repeat within one tenant is the same event, applied once."""
+    acme = make(ev.ToolUsed, tool="a")
+    beta = ev.ToolUsed(id=acme.id, tenant="beta", agent="a1", ts=T0, tool="b")
+    again = ev.ToolUsed(id=acme.id, tenant="acme", agent="a1", ts=T0, tool="c")
+    history.apply([(1, acme), (2, beta)])
+    history.apply([(3, again)])
+    assert [("acme", "a"), ("beta", "b")] == rows(
+        history, "SELECT tenant, tool FROM tool_usage ORDER BY seq"
+    )
+
+
+def test_erase_removes_the_memorys_earlier_events_and_reports_them(
+    history: HistoryProjection,
+) -> None:
+    """forget(erase) deletes the events that carried the memory's text and hands their
+    seqs to the runner once; a plain forget keeps the history."""
+    history.apply([
+        (1, make(ev.KnowledgeStored, memory_id="m", domain="d", content="secret 1")),
+        (2, make(ev.MemoryRevised, memory_id="m", content="secret 2")),
+        (3, make(ev.KnowledgeStored, memory_id="other", domain="d", content="keep")),
+        (4, make(ev.MemoryForgotten, memory_id="other")),
+    ])  # fmt: skip
+    assert [] == history.take_erased()
+    history.apply([(5, make(ev.MemoryForgotten, memory_id="m", erase=True))])
+    assert [1, 2] == history.take_erased()
+    assert [] == history.take_erased()
+    assert [(3,), (4,), (5,)] == rows(history, "SELECT seq FROM events ORDER BY seq")
+    assert "secret" not in repr(rows(history, "SELECT * FROM events"))
