@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest_vectors
 	$(BIN)/python -m benchmarks.search
 	$(BIN)/python -m benchmarks.history_query
+	$(BIN)/python -m benchmarks.memory
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

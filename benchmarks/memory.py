@@ -1,0 +1,104 @@
+"""Resident memory of ``memstream up``: idle, and after ingesting ``--events`` events.
+
+``memstream up`` runs in its own process (hash embedder, Qdrant local mode) against a
+fresh broker; its RSS is read from /proc when it is ready and idle, and again once both
+projections have applied ``--events`` events of the benchmark mix (one in eight a memory,
+so Qdrant's local mode holds those in memory). Raw limit: the RSS of a bare Python
+process that imported memstream's dependencies, measured the same way. Targets
+(DESIGN.md): idle <= 300 MB, after 1,000,000 events <= 1.5 GB.
+
+    python -m benchmarks.memory [--events 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+
+from benchmarks._common import broker, wait_acked
+from benchmarks._workload import fill
+from consumers.log import configure_logging
+from consumers.streams import ensure_streams
+from producers import MemoryClient
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def bare_python_mb() -> float:
+    code = (
+        "import duckdb, qdrant_client, nats, msgspec, pyarrow, numpy, structlog, time;"
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        return rss_mb(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def _fill_and_wait(url: str, n: int) -> None:
+    nc = await nats.connect(url)
+    try:
+        await ensure_streams(nc.jetstream())
+        await fill(MemoryClient(nc, tenant="bench", agent="agent"), n)
+        last = (await nc.jetstream().stream_info("MEMORY")).state.last_seq
+        took = max(
+            await wait_acked(nc, "history", last, "history"),
+            await wait_acked(nc, "vectors", last, "vectors"),
+        )
+        print(f"  both projections applied {last:,} events ({took:.0f} s)", file=sys.stderr)
+    finally:
+        await nc.close()
+
+
+def main(events: int) -> bool:
+    configure_logging("console", "warning")
+    raw = bare_python_mb()
+    with broker() as server, tempfile.TemporaryDirectory(prefix="memstream-bench-") as tmp:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "consumers", "up", "--nats-url", server.url,
+             "--data-dir", tmp, "--json"],
+            stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "MEMSTREAM_EMBEDDER": "hash", "MEMSTREAM_LOG_LEVEL": "warning"},
+        )  # fmt: skip
+        try:
+            assert process.stdout is not None
+            process.stdout.readline()
+            time.sleep(2)
+            idle = rss_mb(process.pid)
+            asyncio.run(_fill_and_wait(server.url, events))
+            loaded = rss_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(120)
+    ok = idle <= 300 and loaded <= 1536
+    print(f"memory: memstream up, hash embedder, Qdrant local mode; a bare Python with the "
+          f"same libraries imported: {raw:.0f} MB")  # fmt: skip
+    print(
+        f"memory: idle {idle:.0f} MB (target <= 300 MB); after {events:,} events "
+        f"{loaded:.0f} MB (target <= 1,536 MB) {'OK' if ok else 'BELOW TARGET'}"
+    )
+    return ok
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    args = parser.parse_args()
+    sys.exit(0 if main(args.events) else 1)
