@@ -70,9 +70,7 @@ from schemas.subjects import (
 )
 
 __all__ = [
-    "HISTORY_OPS",
     "QUEUE",
-    "VECTOR_OPS",
     "QueryWorker",
     "ReaderSource",
     "RemoteHistory",
@@ -81,8 +79,6 @@ __all__ = [
 log = get_logger("memstream.query")
 
 QUEUE: Final = "memstream-query"
-HISTORY_OPS: Final = frozenset({"history", "task", "context", "conversation", "stats", "analytics"})
-VECTOR_OPS: Final = frozenset({"search", "recall"})
 # Turns and memories recall considers before the budget picks among them.
 _RECALL_TURNS = 50
 _RECALL_MEMORIES = 12
@@ -268,7 +264,6 @@ class QueryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
         self._stopping = asyncio.Event()
-        self.served = 0
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(f"{QUERY_PREFIX}.>", queue=self.queue, cb=self._on_msg)
@@ -336,7 +331,6 @@ class QueryWorker:
             )
         with contextlib.suppress(nats.errors.Error):
             await msg.respond(body)
-        self.served += 1
         log.debug(
             "query_answered",
             op=op,

@@ -299,3 +299,16 @@ async def test_an_internal_failure_is_logged_under_the_id_its_reply_carries(
     assert "secret" not in error["message"] and "Traceback" not in error["message"]
     (logged,) = [e for e in logs if e["event"] == "query_failed"]
     assert (error["correlation_id"], "history") == (logged["correlation_id"], logged["op"])
+
+
+async def test_a_hit_carries_a_preview_of_a_long_memory(stack: Stack) -> None:
+    """A memory longer than 65,536 characters comes back cut, saying so; the history
+    holds all of it."""
+    mem = stack.client()
+    text = "needle " + "x" * 70_000
+    ack = await mem.store_knowledge(text, domain="d")
+    (hit,) = await mem.search("needle", top_k=1, min_seq=ack.seq)
+    assert (65_536, True) == (len(hit.text), hit.text_truncated)
+    assert text.startswith(hit.text)
+    (event,) = (await mem.history(min_seq=ack.seq)).events
+    assert text == event["content"]
