@@ -178,3 +178,31 @@ async def test_purging_needs_a_valid_tenant(tmp_path: Path) -> None:
     settings = load_settings({}, data_dir=str(tmp_path), nats_url="nats://127.0.0.1:1")
     with pytest.raises(InvalidTenant, match="not a valid tenant id"):
         await _ops.purge_tenant(settings, "Acme Corp", url_given=True)
+
+
+async def test_a_purge_with_nothing_running_works_on_the_files(
+    nc: NatsClient, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """With memstream stopped, purge empties the stream by subject and edits the history
+    file, the Qdrant directory and the cache itself."""
+    data = tmp_path / "data"
+    async with running(nats_server, data):
+        await write_session(MemoryClient(nc, tenant="acme", agent="planner"))
+        ack = await MemoryClient(nc, tenant="beta", agent="b").store_knowledge("b", domain="d")
+        await MemoryClient(nc, tenant="acme", agent="x").stats(min_seq=ack.seq)
+        await MemoryClient(nc, tenant="acme", agent="x").search("x", min_seq=ack.seq)
+    settings = load_settings(
+        {"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data), nats_url=nats_server.url
+    )
+    report = await _ops.purge_tenant(settings, "acme", url_given=True)
+    assert (13, 13, 3) == (
+        report.stream_messages,
+        report.history_rows["events"],
+        report.vector_points,
+    )
+    assert {t: 0 for t in TABLES} == history_rows(data, "acme")
+    assert 1 == history_rows(data, "beta")["events"]
+    assert ["beta"] == [p["tenant"] for p in vector_payloads(data)]
+    assert 0 == cached(data, "acme")
+    subjects = [s for s, _ in await stream_contents(nc, "MEMORY")]
+    assert ["mem.beta.knowledge.stored"] == subjects
