@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+import nats.errors
 
 from consumers.admin import AdminResponder
 from consumers.auth import TenantCredentials
@@ -149,7 +150,11 @@ async def run_up(
                 roles,
             )
         finally:
-            await nc.drain()
+            try:
+                await nc.drain()
+            except nats.errors.Error:
+                # The broker went away first (someone else stopped it): nothing to flush.
+                await nc.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

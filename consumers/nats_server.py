@@ -155,6 +155,9 @@ class NatsServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,  # before exec; nothing else runs in the child
+                # Its own process group: Ctrl-C in a terminal (or a signal to make's group)
+                # reaches memstream, which stops the broker last, after its final acks.
+                process_group=0,
             )
         finally:
             log.close()

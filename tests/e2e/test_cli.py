@@ -201,3 +201,30 @@ def test_up_refuses_a_taken_port(up: Up, tmp_path: Path) -> None:
     port = up.url.rsplit(":", 1)[1]
     result = run_cli("up", "--nats-port", port, "--data-dir", str(tmp_path / "other"))
     _one_line_error(result, 1, f"port {port} on 127.0.0.1 is already in use")
+
+
+def test_ctrl_c_to_the_whole_group_still_stops_in_order(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals every process of the group: the broker (in a group
+    of its own) stays up until memstream has stopped its projections, then goes."""
+    import os
+    import subprocess
+
+    from tests.e2e.conftest import MEMSTREAM
+
+    process = subprocess.Popen(
+        [*MEMSTREAM, "up", "--nats-port", "0", "--data-dir", str(tmp_path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MEMSTREAM_LOG_FORMAT": "json"},
+        start_new_session=True,  # a terminal's foreground group, away from pytest's
+    )
+    assert process.stdout is not None
+    info = json.loads(process.stdout.readline())
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert 0 == process.returncode, err
+    assert "Traceback" not in err
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert events.index("projection_stopped") < events.index("nats_stopped")
+    assert not pid_alive(info["nats_pid"])
