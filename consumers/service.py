@@ -181,16 +181,13 @@ class ProjectionService(Generic[P]):
                 return False
         return True
 
-    async def purge_tenant(self, tenant: str, upto: int) -> Any:
+    async def purge_tenant(self, tenant: str, upto: int) -> dict[str, int]:
         """Remove ``tenant`` from the projection, between two batches; its events up to
         stream sequence ``upto`` that were fetched already are not applied after."""
         assert self.runner is not None and self.projection is not None
-        purge = getattr(self.projection, "purge_tenant", None)
-        if purge is None:
-            return None
         async with self.runner.lock:
             self.runner.drop_tenant(tenant, upto)
-            return await asyncio.to_thread(purge, tenant)
+            return await asyncio.to_thread(self.projection.purge_tenant, tenant)
 
     @property
     def rebuilding(self) -> bool:

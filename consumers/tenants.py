@@ -39,6 +39,14 @@ class PurgeReport:
     vector_points: int = 0
     cached_embeddings: int = 0
 
+    def record(self, projection: str, removed: dict[str, int]) -> None:
+        """What a projection's ``purge_tenant`` says it removed."""
+        if projection == "history":
+            self.history_rows = removed
+        else:
+            self.vector_points = removed["points"]
+            self.cached_embeddings = removed["cached_embeddings"]
+
     def merge(self, other: PurgeReport) -> None:
         self.stream_messages = max(self.stream_messages, other.stream_messages)
         self.dlq_messages = max(self.dlq_messages, other.dlq_messages)
@@ -81,14 +89,8 @@ async def purge_projection(
         raise PurgeRefused(
             f"a rebuild of {service.name} is running: purge {tenant} once it has finished"
         )
-    if service.name == "vectors":
-        cache = service.projection.embedder.cache  # type: ignore[union-attr]
-        report.cached_embeddings = cache.count(tenant)
     removed = await service.purge_tenant(tenant, upto)
-    if service.name == "history":
-        report.history_rows = removed
-    else:
-        report.vector_points = removed
+    report.record(service.name, removed)
     log.info("tenant_purged", tenant=tenant, projection=service.name, removed=removed)
 
 
@@ -98,13 +100,13 @@ def purge_offline(settings: Settings, tenant: str, report: PurgeReport) -> None:
     if path is not None and path.exists():
         history = HistoryProjection(path)
         try:
-            report.history_rows = history.purge_tenant(tenant)
+            report.record(history.name, history.purge_tenant(tenant))
         finally:
             history.close()
     if settings.qdrant_url or (settings.data_path / "qdrant").exists():
         storage = VectorStorage(settings)
         try:
-            report.cached_embeddings = storage.cache.count(tenant)
-            report.vector_points = storage.open_current().purge_tenant(tenant)
+            vectors = storage.open_current()
+            report.record(vectors.name, vectors.purge_tenant(tenant))
         finally:
             storage.close()

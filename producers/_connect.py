@@ -56,11 +56,11 @@ async def when_denied(nc: NatsClient, subject: str, seen: int, poll: float = 0.0
     time out."""
     while True:
         found = _violations.get(nc, [])
-        if len(found) != seen:
-            for message in found[-max(1, len(found) - seen) :]:
-                if subject in message:
-                    return message
-            seen = len(found)
+        # Fewer than seen: the list was trimmed meanwhile, so all of it is new.
+        for message in found[seen:] if len(found) >= seen else found:
+            if subject in message:
+                return message
+        seen = len(found)
         await asyncio.sleep(poll)
 
 

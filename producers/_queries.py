@@ -16,7 +16,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from producers._connect import PermissionDenied, denied, or_denied
+from producers._connect import PermissionDenied, or_denied
 from schemas.queries import (
     AnalyticsResult,
     ContextResult,
@@ -89,11 +89,6 @@ class QueryMethods:
                 f"no query worker serves {subject}: is `memstream up` (or `serve`) running?",
             ) from None
         except nats.errors.TimeoutError:
-            message = denied(self.nc, subject)
-            if message:
-                raise QueryError(
-                    "forbidden", f"these credentials may not query {subject} ({message})"
-                ) from None
             raise QueryError(
                 "unavailable", f"no reply on {subject} within {self.query_timeout:g} s"
             ) from None

@@ -195,9 +195,8 @@ class MemoryClient(QueryMethods):
                 [None],
             ) from None
         except (nats.errors.Error, TimeoutError) as err:
-            reason = _forbidden(self.nc, subject) or _reason(err)
             raise PublishError(
-                f"event {event.id} was not stored: {reason}", {0: err}, [None]
+                f"event {event.id} was not stored: {_reason(err)}", {0: err}, [None]
             ) from err
         return _to_ack(ack, event.id)
 

@@ -36,6 +36,10 @@ class Projection(Protocol):
         """``bodies``: the events' JSON as published, aligned with ``batch``, if known."""
         ...
 
+    def purge_tenant(self, tenant: str) -> dict[str, int]:
+        """Remove everything of ``tenant``; what was removed, by name."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "Hit",
     "VectorProjection",
     "VectorReader",
+    "alias",
     "new_generation",
     "point_id",
     "search_points",
@@ -49,6 +50,11 @@ __all__ = [
 KINDS: Final = ("knowledge", "solutions", "collaborations")
 _NAMESPACE = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13")
 _STATE_POINT = 1
+
+
+def alias(kind: str, tenant: str) -> str:
+    """The name a (kind, tenant) collection is reached by, whatever its generation."""
+    return f"ms_{kind}_{tenant}"
 
 
 def point_id(tenant: str, kind: str, ref: str) -> str:
@@ -121,7 +127,7 @@ class VectorProjection:
         return None
 
     def _physical(self, kind: str, tenant: str) -> str:
-        return f"ms_{kind}_{tenant}__{self.generation}"
+        return f"{alias(kind, tenant)}__{self.generation}"
 
     def _ensure(self, kind: str, tenant: str) -> str:
         name = self._physical(kind, tenant)
@@ -200,31 +206,27 @@ class VectorProjection:
     def close(self) -> None:
         """Nothing to release: the Qdrant client is shared, and closed by its owner."""
 
-    def purge_tenant(self, tenant: str) -> int:
+    def purge_tenant(self, tenant: str) -> dict[str, int]:
         """Delete the tenant's collections of every generation and its cached vectors;
-        returns the points removed."""
-        removed = 0
+        returns how many points and cached vectors went."""
+        names = {alias(kind, tenant) for kind in KINDS}
+        points = 0
         with self._lock:
-            aliases = [
-                a.alias_name
-                for a in self.client.get_aliases().aliases
-                if a.alias_name in {f"ms_{kind}_{tenant}" for kind in KINDS}
-            ]
-            if aliases:
+            aliased = names & {a.alias_name for a in self.client.get_aliases().aliases}
+            if aliased:
                 self.client.update_collection_aliases(
                     change_aliases_operations=[
                         models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=a))
-                        for a in aliases
+                        for a in sorted(aliased)
                     ]
                 )
             for c in self.client.get_collections().collections:
-                kind_tenant = c.name.rsplit("__", 1)[0]
-                if kind_tenant in {f"ms_{kind}_{tenant}" for kind in KINDS}:
-                    removed += self.client.count(c.name, exact=True).count
+                if c.name.rsplit("__", 1)[0] in names:
+                    points += self.client.count(c.name, exact=True).count
                     self.client.delete_collection(c.name)
                     self._known.discard(c.name)
-        self.embedder.cache.delete_tenant(tenant)
-        return removed
+        cached = self.embedder.cache.delete_tenant(tenant)
+        return {"points": points, "cached_embeddings": cached}
 
     # --- apply -----------------------------------------------------------------------
 
@@ -368,14 +370,14 @@ class VectorProjection:
     def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
         """One list of best matches per query; the queries are embedded together."""
         vectors = self.embedder.embed(tenant, list(queries))
-        names = {kind: self._physical(kind, tenant) for kind in KINDS}
         with self._lock:
-            known = {k: n for k, n in names.items() if n in self._known}
-            known |= {
-                k: n for k, n in names.items()
-                if k not in known and self.client.collection_exists(n)
-            }  # fmt: skip
-            return [search_points(self.client, known, v.tolist(), **filters) for v in vectors]
+            existing = {
+                kind: name
+                for kind in KINDS
+                if (name := self._physical(kind, tenant)) in self._known
+                or self.client.collection_exists(name)
+            }
+            return [search_points(self.client, existing, v.tolist(), **filters) for v in vectors]
 
 
 class VectorReader:
@@ -398,12 +400,12 @@ class VectorReader:
 
     def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
         vectors = self.embedder.embed(tenant, list(queries))
-        names = {
-            kind: f"ms_{kind}_{tenant}"
+        existing = {
+            kind: name
             for kind in KINDS
-            if self.client.collection_exists(f"ms_{kind}_{tenant}")
+            if self.client.collection_exists(name := alias(kind, tenant))
         }
-        return [search_points(self.client, names, v.tolist(), **filters) for v in vectors]
+        return [search_points(self.client, existing, v.tolist(), **filters) for v in vectors]
 
 
 def search_points(
