@@ -5,7 +5,7 @@ A fresh stream gets ``--events`` events of the benchmark mix for one tenant (its
 case: every event is that tenant's), projected by ``memstream serve --role history`` in
 its own process. Each request shape below is sent ``--repeat`` times through
 ``MemoryClient`` and every round trip is timed. Raw limit: with the worker stopped, the
-same reads (``projections.reads``) on the same file in this process. Target (DESIGN.md):
+same reads (``projections.reads``) on the same file in this process. Target (README, "Benchmarks"):
 p99 <= 50 ms.
 
     python -m benchmarks.history_query [--events 1000000] [--repeat 100]
@@ -29,7 +29,7 @@ import nats
 from benchmarks._common import broker, memstream_process, percentile, wait_acked
 from benchmarks._workload import fill
 from consumers.log import configure_logging
-from consumers.service import HistoryStorage
+from consumers.storage import HistoryStorage
 from consumers.streams import ensure_streams
 from producers import MemoryClient
 from projections import reads

@@ -1,6 +1,6 @@
 """Stream -> committed DuckDB rows while catching up on a filled stream, vs a bare loop.
 
-Target (DESIGN.md): the history projection's live runner >= 0.7 x a bare nats-py loop
+Target (README, "Benchmarks"): the history projection's live runner >= 0.7 x a bare nats-py loop
 of fetch(batch) + msgspec decode + one ack per batch, on the same stream in the same run.
 
     python -m benchmarks.ingest_history [--events 200000] [--batch 2000] [--rounds 5]

@@ -5,7 +5,7 @@
   the same kind of collection.
 - search: latency of VectorProjection.search for one tenant (query embedding cached) at
   ``--tenants`` x ``--per-tenant`` memories, beside an in-process Qdrant query_points on
-  the same collection with the same vector. Target (DESIGN.md): p99 <= 20 ms, p50 within
+  the same collection with the same vector. Target (README, "Benchmarks"): p99 <= 20 ms, p50 within
   1.5 ms of the raw query.
 
     python -m benchmarks.ingest_vectors [--tenants 10] [--per-tenant 10000] [--queries 500]

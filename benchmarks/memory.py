@@ -5,7 +5,7 @@ fresh broker; its RSS is read from /proc when it is ready and idle, and again on
 projections have applied ``--events`` events of the benchmark mix (one in eight a memory,
 so Qdrant's local mode holds those in memory). Raw limit: the RSS of a bare Python
 process that imported memstream's dependencies, measured the same way. Targets
-(DESIGN.md): idle <= 300 MB, after 1,000,000 events <= 1.5 GB.
+(README, "Benchmarks"): idle <= 300 MB, after 1,000,000 events <= 1.5 GB.
 
     python -m benchmarks.memory [--events 1000000]
 """

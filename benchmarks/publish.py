@@ -1,6 +1,6 @@
 """SDK batch publish vs a bare nats-py publish_async loop, same payloads and headers.
 
-Target (DESIGN.md): MemoryClient.publish_many >= 0.85 x the raw loop. Both sides publish
+Target (README, "Benchmarks"): MemoryClient.publish_many >= 0.85 x the raw loop. Both sides publish
 to the same stream with the same window of in-flight messages and a Nats-Msg-Id header;
 the SDK side also builds, validates and encodes each event, as an agent's code would.
 

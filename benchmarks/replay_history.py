@@ -1,6 +1,6 @@
 """A full history rebuild vs a bare ordered-consumer decode loop over the same stream.
 
-Target (DESIGN.md): rebuilding the history projection from sequence 1 >= 0.5 x a bare
+Target (README, "Benchmarks"): rebuilding the history projection from sequence 1 >= 0.5 x a bare
 nats-py ordered push consumer that decodes every message, in the same run.
 
     python -m benchmarks.replay_history [--events 200000] [--rounds 5]
@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from benchmarks._common import compare_on_filled_stream
-from consumers.runner import replay
+from consumers.replay import replay
 from projections.history import HistoryProjection
 from schemas.events import EventDecoder
 

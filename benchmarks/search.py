@@ -8,7 +8,7 @@ timed: NATS request, the query worker, the embedding cache, Qdrant, the reply, d
 the typed hits. ``--rounds`` rounds run; the median round (by p99) is reported, each
 round on stderr, since a shared machine has slow moments. Raw limit: with ``up``
 stopped, the same query vectors against the same collection with ``query_points`` in
-this process. Target (DESIGN.md): p99 <= 20 ms and
+this process. Target (README, "Benchmarks"): p99 <= 20 ms and
 p50 within 1.5 ms of the raw query.
 
     python -m benchmarks.search [--tenants 10] [--per-tenant 10000] [--queries 500] [--rounds 5]

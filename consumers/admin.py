@@ -1,4 +1,5 @@
-"""Operator requests to a running memstream over ``memadm.<op>``.
+"""Operator requests to a running memstream over ``memadm.<op>`` (typed in
+:mod:`schemas.admin`).
 
 ``memadm.sql``: one read-only statement against the live history; the running process
 owns the DuckDB file, so this is how SQL reaches it while memstream is up.
@@ -6,14 +7,16 @@ owns the DuckDB file, so this is how SQL reaches it while memstream is up.
 ``memadm.replay``: rebuild a projection while it keeps serving. The reply only accepts
 the job; progress and the outcome go to the ``progress`` inbox the caller names, so a
 rebuild can take as long as it needs without holding a request open.
+
+``memadm.purge``: a tenant out of the stream and the projections this process runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -21,40 +24,33 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from consumers.log import get_logger
-from consumers.runner import ReplayProgress
-from consumers.service import ProjectionService, RebuildBusy
-from consumers.tenants import PurgeReport, purge_projection, purge_stream
+from consumers.service import ProjectionService
+from consumers.tenants import purge_projection, purge_stream
 from projections.analytics import SqlRejected, run_readonly
-from schemas.errors import MemstreamError
-from schemas.ids import validate_tenant
-from schemas.queries import ErrorBody, Reply
+from schemas.admin import (
+    ADMIN_OPS,
+    AdminRequest,
+    PingResult,
+    PurgeReport,
+    PurgeRequest,
+    PurgeResult,
+    ReplayAccepted,
+    ReplayProgress,
+    ReplayRequest,
+    ReplayUpdate,
+    SqlRequest,
+    SqlResult,
+    decode_admin_request,
+)
+from schemas.errors import MemstreamError, QueryError
+from schemas.replies import ErrorBody, error_reply, ok_reply
 from schemas.subjects import admin_subject
 
-__all__ = ["ADMIN_QUEUE", "AdminResponder", "PurgeRequest", "ReplayRequest", "SqlRequest"]
+__all__ = ["ADMIN_QUEUE", "AdminResponder"]
 
 log = get_logger("memstream.admin")
 ADMIN_QUEUE = "memstream-admin"
-
-
-class SqlRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
-    max_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
-
-
-class ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    projection: Literal["history", "vectors"]
-    progress: str | None = None
-
-
-class PurgeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    tenant: str
-
-
 _encoder = msgspec.json.Encoder()
-
-
-def _error(code: str, message: str) -> bytes:
-    return _encoder.encode(Reply(ok=False, error=ErrorBody(code=code, message=message)))  # type: ignore[arg-type]
 
 
 class AdminResponder:
@@ -77,15 +73,17 @@ class AdminResponder:
         self._jobs: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        handlers = (
-            ("sql", self._sql),
-            ("replay", self._replay),
-            ("ping", self._ping),
-            ("purge", self._purge),
-        )
-        for op, handler in handlers:
+        handlers: dict[str, Callable[[Msg, Any], Awaitable[bytes | None]]] = {
+            "ping": self._ping,
+            "sql": self._sql,
+            "replay": self._replay,
+            "purge": self._purge,
+        }
+        for op in ADMIN_OPS:
             self._subs.append(
-                await self.nc.subscribe(admin_subject(op), queue=self.queue, cb=handler)
+                await self.nc.subscribe(
+                    admin_subject(op), queue=self.queue, cb=self._handler(op, handlers[op])
+                )
             )
         await self.nc.flush()
 
@@ -96,82 +94,71 @@ class AdminResponder:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
 
-    async def _ping(self, msg: Msg) -> None:
-        checkpoints = {
-            name: s.projection.checkpoint
-            for name, s in self.services.items()
-            if s.projection is not None
-        }
-        await msg.respond(_encoder.encode(Reply(ok=True, result={"projections": checkpoints})))
+    def _handler(
+        self, op: str, handle: Callable[[Msg, Any], Awaitable[bytes | None]]
+    ) -> Callable[[Msg], Awaitable[None]]:
+        """Decode the request, answer with what ``handle`` returns (None: stay silent,
+        another process answers), and turn errors into error replies."""
 
-    async def _sql(self, msg: Msg) -> None:
-        try:
-            req = msgspec.json.decode(msg.data, type=SqlRequest)
-        except msgspec.DecodeError as err:
-            await msg.respond(_error("bad_request", f"sql request: {err}"))
-            return
-        service = self.services.get("history")
-        if service is None or service.projection is None:
-            if not self.exclusive:
-                return
-            await msg.respond(_error("unavailable", "the history projection is not running here"))
-            return
+        async def on_msg(msg: Msg) -> None:
+            try:
+                req: AdminRequest = decode_admin_request(op, msg.data)
+                body = await handle(msg, req)
+            except QueryError as err:
+                body = error_reply(err.code, err.message)
+            except MemstreamError as err:
+                body = error_reply(err.code, str(err))
+            except Exception as err:
+                log.exception("admin_failed", op=op)
+                body = error_reply("internal", f"{op} failed: {err!r}")
+            if body is not None and msg.reply:
+                await msg.respond(body)
+
+        return on_msg
+
+    def _service(self, name: str) -> ProjectionService[Any] | None:
+        """The service of projection ``name``; None where another process has it."""
+        service = self.services.get(name)
+        if service is None and self.exclusive:
+            raise QueryError("unavailable", f"the {name} projection is not running here")
+        return service
+
+    async def _ping(self, msg: Msg, req: AdminRequest) -> bytes:
+        checkpoints = {name: s.checkpoint for name, s in self.services.items()}
+        return ok_reply(PingResult(projections=checkpoints))
+
+    async def _sql(self, msg: Msg, req: SqlRequest) -> bytes | None:
+        service = self._service("history")
+        if service is None:
+            return None
         try:
             async with service.reading() as history:
                 result = await asyncio.to_thread(
-                    run_readonly,
-                    history.cursor(),
-                    req.sql,
-                    req.max_rows,
+                    run_readonly, history.cursor(), req.sql, req.max_rows
                 )
         except SqlRejected as err:
-            await msg.respond(_error("bad_request", str(err)))
-            return
-        body = {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
-        await msg.respond(_encoder.encode(Reply(ok=True, result=body)))
+            return error_reply("bad_request", str(err))
+        rows = [list(row) for row in result.rows]
+        return ok_reply(SqlResult(columns=result.columns, rows=rows, truncated=result.truncated))
 
-    async def _replay(self, msg: Msg) -> None:
-        try:
-            req = msgspec.json.decode(msg.data, type=ReplayRequest)
-        except msgspec.DecodeError as err:
-            await msg.respond(_error("bad_request", f"replay request: {err}"))
-            return
-        service = self.services.get(req.projection)
+    async def _replay(self, msg: Msg, req: ReplayRequest) -> bytes | None:
+        service = self._service(req.projection)
         if service is None:
-            if not self.exclusive:
-                return
-            await msg.respond(_error("unavailable", f"{req.projection} is not running here"))
-            return
+            return None
         if service.rebuilding:
-            await msg.respond(_error("bad_request", f"a rebuild of {req.projection} is running"))
-            return
-        await msg.respond(_encoder.encode(Reply(ok=True, result={"accepted": req.projection})))
+            return error_reply("bad_request", f"a rebuild of {req.projection} is running")
         job = asyncio.create_task(self._rebuild(service, req.progress))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
+        return ok_reply(ReplayAccepted(accepted=req.projection))
 
-    async def _purge(self, msg: Msg) -> None:
+    async def _purge(self, msg: Msg, req: PurgeRequest) -> bytes:
         """Purge a tenant from the stream and from the projections this process runs."""
-        try:
-            req = msgspec.json.decode(msg.data, type=PurgeRequest)
-            validate_tenant(req.tenant)
-        except (msgspec.DecodeError, MemstreamError) as err:
-            await msg.respond(_error("bad_request", f"purge request: {err}"))
-            return
-        report = PurgeReport(req.tenant)
-        try:
-            upto = await purge_stream(self.nc, req.tenant, report)
-            for service in self.services.values():
-                await purge_projection(service, req.tenant, upto, report)
-        except MemstreamError as err:
-            await msg.respond(_error(err.code, str(err)))
-            return
-        except Exception as err:
-            log.exception("purge_failed", tenant=req.tenant)
-            await msg.respond(_error("internal", f"purge of {req.tenant} failed: {err!r}"))
-            return
-        body = {"report": dataclasses.asdict(report), "projections": sorted(self.services)}
-        await msg.respond(_encoder.encode(Reply(ok=True, result=body)))
+        report = PurgeReport(tenant=req.tenant)
+        upto = await purge_stream(self.nc, req.tenant, report)
+        for service in self.services.values():
+            await purge_projection(service, req.tenant, upto, report)
+        return ok_reply(PurgeResult(report=report, projections=sorted(self.services)))
 
     async def _rebuild(self, service: ProjectionService[Any], inbox: str | None) -> None:
         last_sent = 0.0
@@ -181,21 +168,21 @@ class AdminResponder:
             now = time.monotonic()
             if inbox and now - last_sent >= 0.25:
                 last_sent = now
-                body = _encoder.encode({"progress": dataclasses.asdict(p)})
+                body = _encoder.encode(ReplayUpdate(progress=p))
                 # Hold the task: the loop keeps only weak references to tasks.
                 send = asyncio.get_running_loop().create_task(self.nc.publish(inbox, body))
                 self._jobs.add(send)
                 send.add_done_callback(self._jobs.discard)
 
         try:
-            result = await service.rebuild(progress)
-        except (RebuildBusy, MemstreamError) as err:
-            final: dict[str, Any] = {"error": {"code": "bad_request", "message": str(err)}}
+            final = ReplayUpdate(done=await service.rebuild(progress))
+        except MemstreamError as err:
+            final = ReplayUpdate(error=ErrorBody(code="bad_request", message=str(err)))
         except Exception as err:
             log.exception("rebuild_failed", projection=service.name)
-            final = {"error": {"code": "internal", "message": f"rebuild failed: {err!r}"}}
-        else:
-            final = {"done": dataclasses.asdict(result)}
+            final = ReplayUpdate(
+                error=ErrorBody(code="internal", message=f"rebuild failed: {err!r}")
+            )
         if inbox:
             await self.nc.publish(inbox, _encoder.encode(final))
             await self.nc.flush()

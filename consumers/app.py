@@ -20,7 +20,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -29,22 +29,20 @@ from consumers.admin import AdminResponder
 from consumers.auth import TenantCredentials
 from consumers.log import get_logger
 from consumers.nats_server import NatsServer
-from consumers.query_worker import QUEUE, QueryWorker, ReaderSource, RemoteHistory
-from consumers.service import HistoryStorage, ProjectionService
+from consumers.query_worker import QUEUE, QueryWorker
+from consumers.roles import ALL_ROLES
+from consumers.service import ProjectionService
 from consumers.settings import Settings
+from consumers.sources import ReaderSource, RemoteHistory
+from consumers.storage import HistoryStorage, VectorStorage, vector_storage_from_settings
 from consumers.streams import HEADER_ROOM, ProvisionReport, ensure_streams
-from consumers.vector_storage import VectorStorage
-from producers._connect import connect_nats
-from projections.vectors import VectorReader
+from producers.connection import connect_nats
+from projections.vector_search import VectorReader
 from schemas.errors import ConfigError, MemstreamError
 
-__all__ = ["ALL_ROLES", "ROLES", "UpInfo", "run_up"]
+__all__ = ["UpInfo", "run_up"]
 
 log = get_logger("memstream.up")
-
-
-ROLES: Final = ("history", "vectors", "query")
-ALL_ROLES: Final = frozenset(ROLES)
 
 
 @dataclass(frozen=True)
@@ -139,11 +137,7 @@ async def run_up(
                             nats_pid=server.pid if server else None,
                             auth=auth,
                             provisioned=report,
-                            projections={
-                                n: s.projection.checkpoint
-                                for n, s in services.items()
-                                if s.projection is not None
-                            },
+                            projections={n: s.checkpoint for n, s in services.items()},
                         )
                     )
                 ),
@@ -176,7 +170,7 @@ class _Roles:
             )
         if "vectors" in roles:
             self.services["vectors"] = ProjectionService(
-                nc, VectorStorage(settings), batch_size=size, max_wait=wait
+                nc, vector_storage_from_settings(settings), batch_size=size, max_wait=wait
             )
         self._reader: VectorStorage | None = None
 
@@ -200,7 +194,7 @@ class _Roles:
                 search_inline=True,
             )
         if roles == {"query"}:
-            self._reader = VectorStorage(self.settings)
+            self._reader = vector_storage_from_settings(self.settings)
             reader = VectorReader(self._reader.client, self._reader.embedder)
             return QueryWorker(
                 nc,

@@ -1,4 +1,10 @@
-"""structlog setup: key-value events, console on a terminal, JSON otherwise."""
+"""structlog setup for memstream's own processes: key-value events, console on a
+terminal, JSON otherwise.
+
+The SDK logs through the standard library (logger ``memstream``), since an agent's
+program owns its logging; in memstream's processes those records are rendered the same
+way as the rest.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +33,12 @@ def configure_logging(fmt: Literal["console", "json"] | None = None, level: str 
         renderer = structlog.dev.ConsoleRenderer()
     else:
         renderer = structlog.processors.JSONRenderer()
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -39,6 +46,17 @@ def configure_logging(fmt: Literal["console", "json"] | None = None, level: str 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.processors.add_log_level, stamp],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    sdk = logging.getLogger("memstream")
+    sdk.handlers = [handler]
+    sdk.setLevel(_LEVELS[level])
+    sdk.propagate = False
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

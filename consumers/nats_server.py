@@ -149,7 +149,7 @@ class NatsServer:
         self._write_config(ports_dir)
         log = self.log_path.open("ab")
         try:
-            self.process = subprocess.Popen(
+            self.process = process = subprocess.Popen(
                 [str(binary), "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -162,27 +162,26 @@ class NatsServer:
         finally:
             log.close()
         try:
-            self._wait_ready(ports_dir)
+            self._wait_ready(process, ports_dir)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, ports_dir: Path) -> None:
-        assert self.process is not None
+    def _wait_ready(self, process: subprocess.Popen[bytes], ports_dir: Path) -> None:
         deadline = time.monotonic() + self.start_timeout
-        ports_file = ports_dir / f"{self._binary.name}_{self.process.pid}.ports"
+        ports_file = ports_dir / f"{self._binary.name}_{process.pid}.ports"
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise NatsServerError(
-                    f"nats-server exited with status {self.process.returncode} at start: "
+                    f"nats-server exited with status {process.returncode} at start: "
                     f"{self._log_tail()}"
                 )
             if self.port is None and ports_file.exists():
                 with contextlib.suppress(ValueError, KeyError, IndexError):
                     url = json.loads(ports_file.read_text())["nats"][0]
                     self.port = int(url.rsplit(":", 1)[1])
-            if self.port is not None and self._accepts_clients():
+            if self.port is not None and self._accepts_clients(self.port):
                 return
             time.sleep(0.02)
         raise NatsServerError(
@@ -190,11 +189,10 @@ class NatsServer:
             f"{self._log_tail()}"
         )
 
-    def _accepts_clients(self) -> bool:
+    def _accepts_clients(self, port: int) -> bool:
         # The server greets every client with INFO as soon as it is ready to serve it.
-        assert self.port is not None
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+            with socket.create_connection((self.host, port), timeout=0.5) as sock:
                 return sock.recv(5) == b"INFO "
         except OSError:
             return False

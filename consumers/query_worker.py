@@ -26,10 +26,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, cast
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
@@ -37,170 +36,76 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from consumers.log import get_logger
+from consumers.sources import HistoryReads, LocalHistory, Source, read_history
 from projections import reads
-from projections.history import HistoryProjection
 from projections.recall import Part, compose, memory_part, task_part, turn_part
-from projections.vectors import Hit, VectorReader
-from schemas.errors import MemstreamError
+from projections.vector_search import Hit
+from schemas.errors import MemstreamError, QueryError
 from schemas.ids import new_id
 from schemas.queries import (
     OPS,
+    PROJECTIONS,
+    SERVED_BY,
     AnalyticsRequest,
+    AnalyticsResult,
     ContextRequest,
+    ContextResult,
     ConversationRequest,
-    ErrorBody,
+    ConversationResult,
     HistoryRequest,
-    QueryError,
+    HistoryResult,
     RecallRequest,
-    Reply,
+    RecallResult,
+    RecallSource,
     Request,
+    SearchBatchResult,
+    SearchHit,
     SearchRequest,
+    SearchResult,
     StatsRequest,
+    StatsResult,
     TaskRequest,
+    TaskResult,
     decode_request,
-    encode_reply,
+    ops_served,
 )
+from schemas.replies import error_reply, ok_reply
 from schemas.subjects import (
     DLQ_PREFIX,
     DLQ_STREAM,
     EVENT_STREAM,
     QUERY_PREFIX,
     parse_query_subject,
-    query_subject,
 )
 
-__all__ = [
-    "QUEUE",
-    "QueryWorker",
-    "ReaderSource",
-    "RemoteHistory",
-]
+__all__ = ["QUEUE", "QueryWorker"]
 
 log = get_logger("memstream.query")
 
 QUEUE: Final = "memstream-query"
-# Turns and memories recall considers before the budget picks among them.
-_RECALL_TURNS = 50
+# Memories recall considers before the budget picks among them.
 _RECALL_MEMORIES = 12
 _MAX_IN_FLIGHT = 256
 # The most characters of a memory's text a search hit carries.
 HIT_TEXT_CHARS: Final = 65_536
 
 
-class Source(Protocol):
-    """A projection a query reads: its progress, and the projection held for a read."""
-
-    @property
-    def checkpoint(self) -> int: ...
-
-    async def wait_applied(self, seq: int, within: float) -> bool: ...
-
-    def reading(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
-
-
-class ReaderSource:
-    """Vectors written by another process, read through a Qdrant server's aliases."""
-
-    def __init__(self, reader: VectorReader, poll_s: float = 0.01) -> None:
-        self.reader = reader
-        self.poll_s = poll_s
-
-    @property
-    def checkpoint(self) -> int:
-        return self.reader.checkpoint
-
-    async def wait_applied(self, seq: int, within: float) -> bool:
-        deadline = time.monotonic() + within
-        while await asyncio.to_thread(lambda: self.reader.checkpoint) < seq:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(self.poll_s)
-        return True
-
-    @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[VectorReader]:
-        yield self.reader
-
-
-class HistoryReads(Protocol):
-    """What recall needs from the history, wherever the history runs."""
-
-    async def task(self, tenant: str, task_id: str, min_seq: int | None, wait_ms: int) -> Any: ...
-
-    async def turns(
-        self, tenant: str, session_id: str, min_seq: int | None, wait_ms: int
-    ) -> list[dict[str, Any]]: ...
-
-
-class RemoteHistory:
-    """The history of another process, asked over its own query ops."""
-
-    def __init__(self, nc: NatsClient, timeout: float = 5.0) -> None:
-        self.nc = nc
-        self.timeout = timeout
-        self._decoder = msgspec.json.Decoder(Reply)
-
-    async def _ask(self, tenant: str, op: str, body: dict[str, Any], wait_ms: int) -> Any:
-        try:
-            msg = await self.nc.request(
-                query_subject(tenant, op),
-                msgspec.json.encode(body),
-                timeout=self.timeout + wait_ms / 1000,
-            )
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            raise QueryError("unavailable", f"no history worker answered {op}") from None
-        reply = self._decoder.decode(msg.data)
-        if reply.error is not None:
-            if reply.error.code == "not_found":
-                return None
-            raise QueryError(reply.error.code, reply.error.message)
-        return reply.result
-
-    async def task(self, tenant: str, task_id: str, min_seq: int | None, wait_ms: int) -> Any:
-        body = {"task_id": task_id, "min_seq": min_seq, "wait_ms": wait_ms}
-        return await self._ask(tenant, "task", body, wait_ms)
-
-    async def turns(
-        self, tenant: str, session_id: str, min_seq: int | None, wait_ms: int
-    ) -> list[dict[str, Any]]:
-        body = {"session_id": session_id, "last_n": _RECALL_TURNS, "min_seq": min_seq}
-        result = await self._ask(tenant, "conversation", {**body, "wait_ms": wait_ms}, wait_ms)
-        turns: list[dict[str, Any]] = result["turns"] if result else []
-        return turns
-
-
-class _LocalHistory:
-    def __init__(self, worker: QueryWorker) -> None:
-        self.worker = worker
-
-    async def task(self, tenant: str, task_id: str, min_seq: int | None, wait_ms: int) -> Any:
-        return await self.worker._read(reads.task, tenant, task_id)
-
-    async def turns(
-        self, tenant: str, session_id: str, min_seq: int | None, wait_ms: int
-    ) -> list[dict[str, Any]]:
-        turns: list[dict[str, Any]] = await self.worker._read(
-            reads.conversation, tenant, session_id, _RECALL_TURNS
-        )
-        return turns
-
-
-def _hit(h: Hit) -> dict[str, Any]:
+def _hit(h: Hit) -> SearchHit:
     p = h.payload
-    return {
-        "kind": h.kind,
-        "memory_id": h.ref,
-        "score": h.score,
+    return SearchHit(
+        kind=cast(Any, h.kind),
+        memory_id=h.ref,
+        score=h.score,
         # A hit is a pointer with a preview: five near-1 MB memories would not fit in a
         # reply. The history holds the whole text.
-        "text": h.text[:HIT_TEXT_CHARS],
-        "text_truncated": len(h.text) > HIT_TEXT_CHARS,
-        "agent": p.get("agent"),
-        "ts": dt.datetime.fromisoformat(p["ts"]) if "ts" in p else None,
-        "tags": p.get("tags") or [],
-        "metadata": p.get("metadata") or {},
-        "seq": p.get("seq"),
-    }
+        text=h.text[:HIT_TEXT_CHARS],
+        text_truncated=len(h.text) > HIT_TEXT_CHARS,
+        agent=p.get("agent", ""),
+        ts=dt.datetime.fromisoformat(p["ts"]),
+        tags=tuple(p.get("tags") or ()),
+        metadata=p.get("metadata") or {},
+        seq=p.get("seq", 0),
+    )
 
 
 def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
@@ -219,7 +124,7 @@ def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
 
 
 class QueryWorker:
-    """Answers the query ops it has a source for; see the module docstring."""
+    """Answers the query ops it has sources for; see the module docstring."""
 
     def __init__(
         self,
@@ -230,36 +135,37 @@ class QueryWorker:
         remote_history: HistoryReads | None = None,
         answers_unknown: bool = True,
         queue: str = QUEUE,
-        projections: tuple[str, ...] = ("history", "vectors"),
         search_inline: bool = False,
     ) -> None:
-        """``search_inline``: search on the event loop's thread rather than a worker
+        """``remote_history``: the history another process serves, for recall.
+        ``search_inline``: search on the event loop's thread rather than a worker
         thread; right for Qdrant's local mode (see :meth:`_vector_search`)."""
         self.nc = nc
-        self.history = history
-        self.vectors = vectors
+        self.sources: dict[str, Source] = {
+            name: source
+            for name, source in (("history", history), ("vectors", vectors))
+            if source is not None
+        }
         self.queue = queue
         self.answers_unknown = answers_unknown
-        # The durable consumers whose progress ``stats`` reports.
-        self.projections = projections
         self.search_inline = search_inline
         self.history_reads: HistoryReads | None = (
-            _LocalHistory(self) if history is not None else remote_history
+            LocalHistory(history) if history is not None else remote_history
         )
-        self.ops: dict[str, Callable[[str, Any], Awaitable[Any]]] = {}
-        if history is not None:
-            self.ops |= {
-                "history": self._history,
-                "task": self._task,
-                "context": self._context,
-                "conversation": self._conversation,
-                "stats": self._stats,
-                "analytics": self._analytics,
-            }
-        if vectors is not None:
-            self.ops["search"] = self._search
-            if self.history_reads is not None:
-                self.ops["recall"] = self._recall
+        handlers: dict[str, Callable[[str, Any], Awaitable[Any]]] = {
+            "search": self._search,
+            "recall": self._recall,
+            "history": self._history,
+            "task": self._task,
+            "context": self._context,
+            "conversation": self._conversation,
+            "stats": self._stats,
+            "analytics": self._analytics,
+        }
+        served = ops_served(set(self.sources))
+        if vectors is not None and history is None and remote_history is not None:
+            served.append("recall")  # with the history another process answers from
+        self.ops = {op: handlers[op] for op in served}
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
@@ -308,23 +214,22 @@ class QueryWorker:
                 return
             tenant, op = parse_query_subject(msg.subject)
             req = decode_request(op, msg.data)
-            result = await self._serve(tenant, op, req)
-            body = encode_reply(Reply(ok=True, result=result))
+            body = ok_reply(await self._serve(tenant, op, req))
         except QueryError as err:
-            body = _error(err.code, err.message)
+            body = error_reply(err.code, err.message)
         except MemstreamError as err:
-            body = _error(err.code, str(err))
+            body = error_reply(err.code, str(err))
         except Exception:
             correlation_id = new_id()
             log.exception("query_failed", op=op, tenant=tenant, correlation_id=correlation_id)
-            body = _error(
+            body = error_reply(
                 "internal",
                 f"the query failed inside the worker; its log has the details under "
                 f"correlation id {correlation_id}",
                 correlation_id,
             )
         if len(body) > self.nc.max_payload:
-            body = _error(
+            body = error_reply(
                 "bad_request",
                 f"the reply would be {len(body)} bytes, more than the {self.nc.max_payload} "
                 "NATS allows in one message: ask for less (a smaller limit, last_n or top_k)",
@@ -339,16 +244,14 @@ class QueryWorker:
         )
 
     async def _serve(self, tenant: str, op: str, req: Request) -> Any:
-        if op == "search" or op == "recall":
-            await self._wait(self.vectors, "vectors", req)
-        if op != "search" and self.history is not None:
-            await self._wait(self.history, "history", req)
+        for name in SERVED_BY[op]:
+            source = self.sources.get(name)
+            if source is not None:
+                await self._wait(source, name, req)
         return await self.ops[op](tenant, req)
 
-    async def _wait(self, source: Source | None, name: str, req: Request) -> None:
-        if req.min_seq is None or source is None:
-            return
-        if source.checkpoint >= req.min_seq:
+    async def _wait(self, source: Source, name: str, req: Request) -> None:
+        if req.min_seq is None or source.checkpoint >= req.min_seq:
             return
         # A worker that is stopping answers its waiting requests at once.
         waiting = asyncio.ensure_future(source.wait_applied(req.min_seq, req.wait_ms / 1000))
@@ -366,10 +269,9 @@ class QueryWorker:
             )
 
     async def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(cursor, *args, **kwargs)`` on a worker thread against the history."""
-        assert self.history is not None
-        async with self.history.reading() as projection:
-            return await asyncio.to_thread(_with_cursor, projection, fn, *args, **kwargs)
+        """``fn(cursor, *args, **kwargs)`` against the history (an op that reads it is
+        only registered where the history is)."""
+        return await read_history(self.sources["history"], fn, *args, **kwargs)
 
     async def _vector_search(
         self, tenant: str, queries: list[str], filters: dict[str, Any]
@@ -378,24 +280,25 @@ class QueryWorker:
         GIL, so a worker thread buys no parallelism, only a GIL hand-off with the event
         loop: measured at 2 x 10,000 memories, p99 14-18 ms in a thread against 9-10 ms
         inline (p50 the same). A Qdrant server is asked over the network: a thread."""
-        assert self.vectors is not None
-        async with self.vectors.reading() as vectors:
+        async with self.sources["vectors"].reading() as vectors:
             if self.search_inline:
                 found: list[list[Hit]] = vectors.search_many(tenant, queries, **filters)
                 return found
             return await asyncio.to_thread(vectors.search_many, tenant, queries, **filters)
 
-    # --- ops -------------------------------------------------------------------------
+    # --- ops: each returns the contract's result Struct ------------------------------
 
-    async def _search(self, tenant: str, req: SearchRequest) -> Any:
+    async def _search(self, tenant: str, req: SearchRequest) -> SearchResult | SearchBatchResult:
         if (req.query is None) == (req.queries is None):
             raise QueryError("bad_request", "search takes either query or queries (a list)")
         queries = [req.query] if req.query is not None else list(req.queries or ())
         found = await self._vector_search(tenant, queries, _search_filters(req))
         lists = [[_hit(h) for h in hits] for hits in found]
-        return {"hits": lists[0] if req.query is not None else lists}
+        if req.query is not None:
+            return SearchResult(hits=lists[0])
+        return SearchBatchResult(hits=lists)
 
-    async def _history(self, tenant: str, req: HistoryRequest) -> Any:
+    async def _history(self, tenant: str, req: HistoryRequest) -> HistoryResult:
         page = await self._read(
             reads.history,
             tenant,
@@ -407,66 +310,70 @@ class QueryWorker:
             after_seq=req.after_seq,
             limit=req.limit,
         )
-        return {"events": page.events, "next_after_seq": page.next_after_seq}
+        # msgspec.Raw events: the producer's bytes, encoded into the reply as they are.
+        return HistoryResult(events=page.events, next_after_seq=page.next_after_seq)
 
-    async def _task(self, tenant: str, req: TaskRequest) -> Any:
-        found = await self._read(reads.task, tenant, req.task_id)
+    async def _task(self, tenant: str, req: TaskRequest) -> TaskResult:
+        found: TaskResult | None = await self._read(reads.task, tenant, req.task_id)
         if found is None:
             raise QueryError("not_found", f"tenant {tenant} has no task {req.task_id!r}")
         return found
 
-    async def _context(self, tenant: str, req: ContextRequest) -> Any:
-        found = await self._read(reads.context, tenant, req.key, dt.datetime.now(dt.UTC))
+    async def _context(self, tenant: str, req: ContextRequest) -> ContextResult:
+        found: ContextResult | None = await self._read(
+            reads.context, tenant, req.key, dt.datetime.now(dt.UTC)
+        )
         if found is None:
             raise QueryError(
                 "not_found", f"context key {req.key!r} is not set (never set, cleared or expired)"
             )
         return found
 
-    async def _conversation(self, tenant: str, req: ConversationRequest) -> Any:
+    async def _conversation(self, tenant: str, req: ConversationRequest) -> ConversationResult:
         turns = await self._read(reads.conversation, tenant, req.session_id, req.last_n)
-        return {"session_id": req.session_id, "turns": turns}
+        return ConversationResult(session_id=req.session_id, turns=turns)
 
-    async def _analytics(self, tenant: str, req: AnalyticsRequest) -> Any:
+    async def _analytics(self, tenant: str, req: AnalyticsRequest) -> AnalyticsResult:
         result = await self._read(reads.analytics, tenant, req.name, req.params)
-        return {"name": req.name, "columns": result.columns, "rows": result.rows}
+        rows = [list(row) for row in result.rows]
+        return AnalyticsResult(name=req.name, columns=result.columns, rows=rows)
 
-    async def _stats(self, tenant: str, req: StatsRequest) -> Any:
+    async def _stats(self, tenant: str, req: StatsRequest) -> StatsResult:
         by_type, by_agent = await self._read(reads.counts, tenant)
         js = self.nc.jetstream()
         last_seq = (await js.stream_info(EVENT_STREAM)).state.last_seq
         applied: dict[str, int] = {}
-        local = {"history": self.history, "vectors": self.vectors}
-        for name in self.projections:
-            source = local.get(name)
+        for name in PROJECTIONS:
+            source = self.sources.get(name)
             if source is not None:
                 applied[name] = source.checkpoint
             else:
+                # Served by another process: its durable consumer's ack floor says.
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     info = await js.consumer_info(EVENT_STREAM, name)
                     applied[name] = info.ack_floor.stream_seq if info.ack_floor else 0
         dlq = await js.stream_info(DLQ_STREAM, subjects_filter=f"{DLQ_PREFIX}.*.{tenant}")
-        return {
-            "events_by_type": by_type,
-            "events_by_agent": by_agent,
-            "last_applied_seq": applied,
-            "lag": {name: max(0, last_seq - seq) for name, seq in applied.items()},
-            "dlq_count": sum((dlq.state.subjects or {}).values()),
-        }
+        return StatsResult(
+            events_by_type=by_type,
+            events_by_agent=by_agent,
+            last_applied_seq=applied,
+            lag={name: max(0, last_seq - seq) for name, seq in applied.items()},
+            dlq_count=sum((dlq.state.subjects or {}).values()),
+        )
 
-    async def _recall(self, tenant: str, req: RecallRequest) -> Any:
+    async def _recall(self, tenant: str, req: RecallRequest) -> RecallResult:
         if req.query is None and req.session_id is None and req.task_id is None:
             raise QueryError(
                 "bad_request", "recall needs at least one of query, session_id and task_id"
             )
-        assert self.history_reads is not None and self.vectors is not None
+        history = self.history_reads
         parts: list[Part] = []
-        if req.task_id is not None:
-            found = await self.history_reads.task(tenant, req.task_id, req.min_seq, req.wait_ms)
+        if req.task_id is not None and history is not None:
+            found = await history.task(tenant, req.task_id, req.min_seq, req.wait_ms)
             if found is not None:
-                parts.append(task_part(found, found.get("output")))
-        if req.session_id is not None:
-            turns = await self.history_reads.turns(tenant, req.session_id, req.min_seq, req.wait_ms)
+                parts.append(task_part(found))
+        if req.session_id is not None and history is not None:
+            turns = await history.turns(tenant, req.session_id, req.min_seq, req.wait_ms)
             parts += [turn_part(t, req.session_id) for t in turns]
         if req.query is not None:
             (hits,) = await self._vector_search(tenant, [req.query], _search_filters(req))
@@ -483,26 +390,9 @@ class QueryWorker:
                     )
                 )
         text, used = compose(parts, req.budget_chars, req.strategy)
-        return {
-            "text": text,
-            "chars": len(text),
-            "strategy": req.strategy,
-            "sources": [
-                {"kind": p.kind, "ref": p.ref, "seq": p.seq, "score": p.score} for p in used
-            ],
-        }
-
-
-def _with_cursor(
-    projection: HistoryProjection, fn: Callable[..., Any], *args: Any, **kwargs: Any
-) -> Any:
-    cursor = projection.cursor()
-    try:
-        return fn(cursor, *args, **kwargs)
-    finally:
-        cursor.close()
-
-
-def _error(code: str, message: str, correlation_id: str | None = None) -> bytes:
-    error = ErrorBody(code=code, message=message, correlation_id=correlation_id)  # type: ignore[arg-type]
-    return encode_reply(Reply(ok=False, error=error))
+        return RecallResult(
+            text=text,
+            chars=len(text),
+            strategy=req.strategy,
+            sources=[RecallSource(kind=p.kind, ref=p.ref, seq=p.seq, score=p.score) for p in used],
+        )

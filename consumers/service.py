@@ -12,92 +12,32 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client as NatsClient
 
 from consumers.log import get_logger
-from consumers.runner import LiveRunner, ReplayProgress, RunnerStats, replay
+from consumers.replay import replay
+from consumers.runner import LiveRunner, RunnerStats
+from consumers.storage import Storage
 from projections.base import Projection
-from projections.files import ProjectionFiles
-from projections.history import HistoryProjection
+from schemas.admin import RebuildResult, ReplayProgress
+from schemas.errors import RebuildBusy
 
-__all__ = [
-    "HistoryStorage",
-    "ProjectionService",
-    "RebuildBusy",
-    "RebuildResult",
-    "Storage",
-    "rebuild_offline",
-]
+__all__ = ["ProjectionService", "rebuild_offline"]
 
 log = get_logger("memstream.service")
 
 P = TypeVar("P", bound=Projection)
 
 
-class Storage(Protocol[P]):
-    """Where a projection lives and how a rebuilt one replaces it."""
+class _Running(Generic[P]):
+    """What a started service holds: the projection in use, its runner and its task."""
 
-    def open_current(self) -> P: ...
-
-    def open_new(self) -> P: ...
-
-    def make_current(self, new: P) -> None:
-        """Make ``new`` the projection in use (atomically) and drop the one before it.
-
-        The caller has closed the one before it.
-        """
-        ...
-
-    def discard(self, projection: P) -> None: ...
-
-    def close(self) -> None:
-        """Release what the storage holds, after its projections are closed."""
-        ...
-
-
-class HistoryStorage:
-    """DuckDB files under ``<data dir>/history``, switched by the CURRENT pointer."""
-
-    def __init__(self, data_dir: str | Path) -> None:
-        self.files = ProjectionFiles(Path(data_dir) / "history", "history", ".duckdb")
-
-    def open_current(self) -> HistoryProjection:
-        for stale in self.files.leftovers():
-            # A rebuild that did not finish (the process died): nobody will use it.
-            log.info("removing_unfinished_rebuild", path=str(stale))
-            self.files.remove(stale)
-        return HistoryProjection(self.files.current_or_new())
-
-    def open_new(self) -> HistoryProjection:
-        return HistoryProjection(self.files.new_path())
-
-    def make_current(self, new: HistoryProjection) -> None:
-        old = self.files.make_current(new.path)
-        if old is not None and old != new.path:
-            self.files.remove(old)
-
-    def discard(self, projection: HistoryProjection) -> None:
-        projection.close()
-        self.files.remove(projection.path)
-
-    def close(self) -> None:
-        pass
-
-
-class RebuildBusy(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class RebuildResult:
-    events: int
-    dead_letters: int
-    last_seq: int
-    seconds: float
+    def __init__(self, projection: P, runner: LiveRunner, task: asyncio.Task[RunnerStats]):
+        self.projection = projection
+        self.runner = runner
+        self.task = task
 
 
 class ProjectionService(Generic[P]):
@@ -111,11 +51,10 @@ class ProjectionService(Generic[P]):
     ) -> None:
         self.nc = nc
         self.storage = storage
+        self.name = storage.name
         self.batch_size = batch_size
         self.max_wait = max_wait
-        self.projection: P | None = None
-        self.runner: LiveRunner | None = None
-        self._task: asyncio.Task[RunnerStats] | None = None
+        self._running: _Running[P] | None = None
         self._rebuilding = asyncio.Lock()
         self._readers = 0
         self._no_readers = asyncio.Event()
@@ -123,40 +62,47 @@ class ProjectionService(Generic[P]):
         self._applied = asyncio.Condition()
 
     @property
-    def name(self) -> str:
-        assert self.projection is not None
-        return self.projection.name
+    def running(self) -> _Running[P]:
+        if self._running is None:
+            raise RuntimeError(f"the {self.name} projection service has not started")
+        return self._running
+
+    @property
+    def projection(self) -> P:
+        return self.running.projection
 
     async def start(self) -> None:
-        self.projection = await asyncio.to_thread(self.storage.open_current)
-        self.runner = LiveRunner(
+        projection = await asyncio.to_thread(self.storage.open_current)
+        runner = LiveRunner(
             self.nc,
-            self.projection,
+            projection,
             batch_size=self.batch_size,
             max_wait=self.max_wait,
             on_applied=self._notify_applied,
         )
-        self._task = asyncio.create_task(self.runner.run(), name=f"live-{self.name}")
-        log.info("projection_started", projection=self.name, checkpoint=self.projection.checkpoint)
+        task = asyncio.create_task(runner.run(), name=f"live-{self.name}")
+        self._running = _Running(projection, runner, task)
+        log.info("projection_started", projection=self.name, checkpoint=projection.checkpoint)
 
     async def stop(self) -> None:
         """Finish the batch in flight, ack it, and close the projection."""
-        if self.runner is not None and self._task is not None:
-            self.runner.stop()
+        running = self._running
+        if running is not None:
+            running.runner.stop()
             with contextlib.suppress(Exception):
-                await self._task
-        if self.projection is not None:
+                await running.task
             await self._no_readers.wait()
-            self.projection.close()
+            running.projection.close()
             log.info(
-                "projection_stopped", projection=self.name, checkpoint=self.projection.checkpoint
+                "projection_stopped",
+                projection=self.name,
+                checkpoint=running.projection.checkpoint,
             )
         self.storage.close()
 
     def wait_failed(self) -> asyncio.Task[Any]:
         """A task that ends when the live runner ends (on its own, it only ends by error)."""
-        assert self._task is not None
-        return asyncio.ensure_future(asyncio.wait([self._task]))
+        return asyncio.ensure_future(asyncio.wait([self.running.task]))
 
     async def _notify_applied(self) -> None:
         async with self._applied:
@@ -164,7 +110,6 @@ class ProjectionService(Generic[P]):
 
     @property
     def checkpoint(self) -> int:
-        assert self.projection is not None
         return self.projection.checkpoint
 
     async def wait_applied(self, seq: int, within: float) -> bool:
@@ -184,10 +129,14 @@ class ProjectionService(Generic[P]):
     async def purge_tenant(self, tenant: str, upto: int) -> dict[str, int]:
         """Remove ``tenant`` from the projection, between two batches; its events up to
         stream sequence ``upto`` that were fetched already are not applied after."""
-        assert self.runner is not None and self.projection is not None
-        async with self.runner.lock:
-            self.runner.drop_tenant(tenant, upto)
-            return await asyncio.to_thread(self.projection.purge_tenant, tenant)
+        if self.rebuilding:
+            raise RebuildBusy(
+                f"a rebuild of {self.name} is running: purge {tenant} once it has finished"
+            )
+        running = self.running
+        async with running.runner.lock:
+            running.runner.drop_tenant(tenant, upto)
+            return await asyncio.to_thread(running.projection.purge_tenant, tenant)
 
     @property
     def rebuilding(self) -> bool:
@@ -196,18 +145,19 @@ class ProjectionService(Generic[P]):
     @property
     def failed(self) -> BaseException | None:
         """The error that ended the live runner, if it ended by one."""
-        if self._task is not None and self._task.done() and not self._task.cancelled():
-            return self._task.exception()
+        task = self._running.task if self._running is not None else None
+        if task is not None and task.done() and not task.cancelled():
+            return task.exception()
         return None
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[P]:
         """The current projection, held open for a read even across a swap."""
-        assert self.projection is not None
+        projection = self.projection
         self._readers += 1
         self._no_readers.clear()
         try:
-            yield self.projection
+            yield projection
         finally:
             self._readers -= 1
             if not self._readers:
@@ -219,8 +169,8 @@ class ProjectionService(Generic[P]):
         """Replay the stream into a new target and swap it in; raises RebuildBusy."""
         if self.rebuilding:
             raise RebuildBusy(f"a rebuild of {self.name} is already running")
-        assert self.runner is not None
-        runner = self.runner
+        running = self.running
+        runner = running.runner
         async with self._rebuilding:
             new = await asyncio.to_thread(self.storage.open_new)
             paused = False
@@ -243,11 +193,9 @@ class ProjectionService(Generic[P]):
                 )
                 # Readers finish on the old target before it is closed.
                 await self._no_readers.wait()
-                old = self.projection
-                assert old is not None
-                old.close()
+                running.projection.close()
                 await asyncio.to_thread(self.storage.make_current, new)
-                self.projection = new
+                running.projection = new
                 runner.projection = new
                 await self._notify_applied()
             except BaseException:

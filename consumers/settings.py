@@ -10,13 +10,18 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from producers._connect import NatsAuth
+from producers.connection import (
+    CREDS_VAR,
+    DEFAULT_URL,
+    PASSWORD_VAR,
+    URL_VAR,
+    USER_VAR,
+    NatsAuth,
+)
 from schemas.errors import ConfigError
 from schemas.events import DEFAULT_MAX_EVENT_BYTES
 
-__all__ = ["DEFAULT_NATS_URL", "ENV_VARS", "Settings", "load_settings"]
-
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+__all__ = ["ENV_VARS", "Settings", "load_settings"]
 
 Url = Annotated[str, msgspec.Meta(pattern=r"\A[a-z][a-z0-9+.-]*://\S+\Z")]
 
@@ -24,7 +29,7 @@ Url = Annotated[str, msgspec.Meta(pattern=r"\A[a-z][a-z0-9+.-]*://\S+\Z")]
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything configurable; each field's variable is in ``ENV_VARS``."""
 
-    nats_url: Url = DEFAULT_NATS_URL
+    nats_url: Url = DEFAULT_URL
     data_dir: str = "./.memstream"
     qdrant_url: str = ""
     qdrant_api_key: str | None = None
@@ -63,7 +68,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ENV_VARS: dict[str, str] = {
-    "nats_url": "MEMSTREAM_NATS_URL",
+    "nats_url": URL_VAR,
     "data_dir": "MEMSTREAM_DATA_DIR",
     "qdrant_url": "MEMSTREAM_QDRANT_URL",
     "qdrant_api_key": "MEMSTREAM_QDRANT_API_KEY",
@@ -74,9 +79,9 @@ ENV_VARS: dict[str, str] = {
     "openai_base_url": "OPENAI_BASE_URL",
     "log_format": "MEMSTREAM_LOG_FORMAT",
     "log_level": "MEMSTREAM_LOG_LEVEL",
-    "nats_creds": "MEMSTREAM_NATS_CREDS",
-    "nats_user": "MEMSTREAM_NATS_USER",
-    "nats_password": "MEMSTREAM_NATS_PASSWORD",
+    "nats_creds": CREDS_VAR,
+    "nats_user": USER_VAR,
+    "nats_password": PASSWORD_VAR,
     "max_event_bytes": "MEMSTREAM_MAX_EVENT_BYTES",
     "stream_replicas": "MEMSTREAM_STREAM_REPLICAS",
     "batch_size": "MEMSTREAM_BATCH_SIZE",
@@ -111,7 +116,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 # What a person should write instead, where msgspec's own words are too terse.
 _HINTS = {
-    "nats_url": "expected a URL such as nats://127.0.0.1:4222",
+    "nats_url": f"expected a URL such as {DEFAULT_URL}",
     "embedder": "use one of hash, openai, sentence-transformers",
     "log_format": "use console or json",
     "log_level": "use one of debug, info, warning, error",

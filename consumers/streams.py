@@ -22,12 +22,12 @@ from nats.js.api import (
 )
 
 from schemas.events import DEFAULT_MAX_EVENT_BYTES
+from schemas.queries import PROJECTIONS
 from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_PREFIX, EVENT_STREAM
 
 __all__ = [
     "DUPLICATE_WINDOW_S",
     "HEADER_ROOM",
-    "PROJECTIONS",
     "ProvisionReport",
     "consumer_config",
     "ensure_streams",
@@ -37,7 +37,6 @@ __all__ = [
 DUPLICATE_WINDOW_S: Final = 120.0
 # Room for headers (Nats-Msg-Id, DLQ reasons) on top of the largest event body.
 HEADER_ROOM: Final = 64 * 1024
-PROJECTIONS: Final = ("history", "vectors")
 
 Action = Literal["created", "updated", "unchanged"]
 
@@ -140,20 +139,20 @@ async def ensure_streams(
     """Create or update the streams and durable consumers; returns what changed."""
     report = ProvisionReport()
     for want in stream_configs(replicas=replicas, max_event_bytes=max_event_bytes):
-        assert want.name is not None
+        name = str(want.name)  # always set by stream_configs
         try:
-            info = await js.stream_info(want.name)
+            info = await js.stream_info(name)
         except nats.js.errors.NotFoundError:
             await js.add_stream(want)
-            report.streams[want.name] = "created"
+            report.streams[name] = "created"
             continue
         if _differs(want, info.config, _STREAM_FIELDS):
             # Update on top of the current config so fields we do not own survive.
             merged = info.config.evolve(**{f: getattr(want, f) for f in _STREAM_FIELDS})
             await js.update_stream(merged)
-            report.streams[want.name] = "updated"
+            report.streams[name] = "updated"
         else:
-            report.streams[want.name] = "unchanged"
+            report.streams[name] = "unchanged"
     for name in consumers:
         want_c = consumer_config(name)
         try:

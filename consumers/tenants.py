@@ -7,53 +7,22 @@ its batches, with the tenant's already-fetched events dropped rather than applie
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
 from consumers.log import get_logger
-from consumers.service import HistoryStorage, ProjectionService
+from consumers.service import ProjectionService
 from consumers.settings import Settings
-from consumers.vector_storage import VectorStorage
+from consumers.storage import history_path, vector_storage_from_settings
 from projections.history import HistoryProjection
-from schemas.errors import MemstreamError
+from schemas.admin import PurgeReport
 from schemas.ids import validate_tenant
-from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_PREFIX, EVENT_STREAM
+from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_STREAM, tenant_event_filter
 
-__all__ = ["PurgeRefused", "PurgeReport", "purge_offline", "purge_projection", "purge_stream"]
+__all__ = ["purge_offline", "purge_projection", "purge_stream"]
 
 log = get_logger("memstream.tenants")
-
-
-class PurgeRefused(MemstreamError):
-    code = "bad_request"
-
-
-@dataclass
-class PurgeReport:
-    tenant: str
-    stream_messages: int = 0
-    dlq_messages: int = 0
-    history_rows: dict[str, int] = field(default_factory=dict)
-    vector_points: int = 0
-    cached_embeddings: int = 0
-
-    def record(self, projection: str, removed: dict[str, int]) -> None:
-        """What a projection's ``purge_tenant`` says it removed."""
-        if projection == "history":
-            self.history_rows = removed
-        else:
-            self.vector_points = removed["points"]
-            self.cached_embeddings = removed["cached_embeddings"]
-
-    def merge(self, other: PurgeReport) -> None:
-        self.stream_messages = max(self.stream_messages, other.stream_messages)
-        self.dlq_messages = max(self.dlq_messages, other.dlq_messages)
-        for table, n in other.history_rows.items():
-            self.history_rows[table] = self.history_rows.get(table, 0) + n
-        self.vector_points += other.vector_points
-        self.cached_embeddings += other.cached_embeddings
 
 
 async def _count(js: Any, stream: str, subjects: str) -> int:
@@ -64,9 +33,8 @@ async def _count(js: Any, stream: str, subjects: str) -> int:
 async def purge_stream(nc: NatsClient, tenant: str, report: PurgeReport) -> int:
     """Purge the tenant's messages from both streams; returns the last stream sequence
     at the time (every event of the tenant up to it is gone)."""
-    validate_tenant(tenant)
     js = nc.jetstream()
-    events, dead = f"{EVENT_PREFIX}.{tenant}.>", f"{DLQ_PREFIX}.*.{tenant}"
+    events, dead = tenant_event_filter(tenant), f"{DLQ_PREFIX}.*.{validate_tenant(tenant)}"
     report.stream_messages = await _count(js, EVENT_STREAM, events)
     report.dlq_messages = await _count(js, DLQ_STREAM, dead)
     upto = int((await js.stream_info(EVENT_STREAM)).state.last_seq)
@@ -85,10 +53,6 @@ async def purge_projection(
     service: ProjectionService[Any], tenant: str, upto: int, report: PurgeReport
 ) -> None:
     """Remove the tenant from a running projection, recording what it removed."""
-    if service.rebuilding:
-        raise PurgeRefused(
-            f"a rebuild of {service.name} is running: purge {tenant} once it has finished"
-        )
     removed = await service.purge_tenant(tenant, upto)
     report.record(service.name, removed)
     log.info("tenant_purged", tenant=tenant, projection=service.name, removed=removed)
@@ -96,7 +60,7 @@ async def purge_projection(
 
 def purge_offline(settings: Settings, tenant: str, report: PurgeReport) -> None:
     """Remove the tenant from the projections' files when no memstream process runs."""
-    path = HistoryStorage(settings.data_path).files.current()
+    path = history_path(settings.data_path)
     if path is not None and path.exists():
         history = HistoryProjection(path)
         try:
@@ -104,7 +68,7 @@ def purge_offline(settings: Settings, tenant: str, report: PurgeReport) -> None:
         finally:
             history.close()
     if settings.qdrant_url or (settings.data_path / "qdrant").exists():
-        storage = VectorStorage(settings)
+        storage = vector_storage_from_settings(settings)
         try:
             vectors = storage.open_current()
             report.record(vectors.name, vectors.purge_tenant(tenant))

@@ -16,21 +16,21 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from producers._connect import PermissionDenied, or_denied
+from producers.connection import or_denied
+from schemas.errors import Forbidden, QueryError
 from schemas.queries import (
     AnalyticsResult,
     ContextResult,
     ConversationResult,
     HistoryResult,
-    QueryError,
     RecallResult,
     SearchBatchResult,
     SearchHit,
     SearchResult,
     StatsResult,
     TaskResult,
-    TypedReply,
 )
+from schemas.replies import TypedReply
 from schemas.subjects import query_subject
 
 __all__ = ["QueryMethods", "SearchFilters"]
@@ -79,7 +79,7 @@ class QueryMethods:
                 subject,
                 self.nc.request(subject, body, timeout=self.query_timeout + wait_ms / 1000),
             )
-        except PermissionDenied as err:
+        except Forbidden as err:
             raise QueryError(
                 "forbidden", f"these credentials may not query {subject} ({err})"
             ) from None

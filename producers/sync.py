@@ -11,14 +11,18 @@ import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from producers.client import MemoryClient, PublishAck
+from producers._events import PublishAck
+from producers._queries import R
+from producers.client import MemoryClient
 from schemas.events import Event
 
 __all__ = ["SyncMemoryClient"]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Event)
+P = ParamSpec("P")
 
 
 class _LoopThread:
@@ -39,12 +43,17 @@ class _LoopThread:
             self.loop.close()
 
 
-def _blocking(name: str) -> Callable[..., Any]:
-    async_method = getattr(MemoryClient, name)
+def _blocking(
+    async_method: Callable[Concatenate[MemoryClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[SyncMemoryClient, P], T]:
+    """The blocking twin of a MemoryClient method, with its parameters and result type
+    (``ParamSpec``): a type checker sees each twin's exact signature."""
+    name = async_method.__name__
 
     @functools.wraps(async_method)
-    def method(self: SyncMemoryClient, *args: Any, **kwargs: Any) -> Any:
-        return self._runner.run(getattr(self._client, name)(*args, **kwargs))
+    def method(self: SyncMemoryClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        bound: Callable[P, Coroutine[Any, Any, T]] = getattr(self._client, name)
+        return self._runner.run(bound(*args, **kwargs))
 
     return method
 
@@ -76,8 +85,17 @@ class SyncMemoryClient:
     def agent(self) -> str:
         return self._client.agent
 
-    def new_event(self, cls: type[Event], **fields: Any) -> Event:
+    def new_event(self, cls: type[E], **fields: Any) -> E:
+        """An event of ``cls`` from this client's tenant and agent, with a new id and ts."""
         return self._client.new_event(cls, **fields)
+
+    def encode(self, event: Event) -> tuple[str, bytes]:
+        """Subject and body for ``event``; raises InvalidEvent or EventTooLarge."""
+        return self._client.encode(event)
+
+    def query(self, op: str, result: type[R], **fields: Any) -> R:
+        """Send one query; fields left as None are not sent (the worker's default holds)."""
+        return self._runner.run(self._client.query(op, result, **fields))
 
     def close(self) -> None:
         try:
@@ -100,30 +118,29 @@ class SyncMemoryClient:
         # Materialise here: the iterable may not be safe to read from the loop's thread.
         return self._runner.run(self._client.publish_many(list(events)))
 
-    publish = _blocking("publish")
-    store_knowledge = _blocking("store_knowledge")
-    store_solution = _blocking("store_solution")
-    revise = _blocking("revise")
-    forget = _blocking("forget")
-    link = _blocking("link")
-    record_collaboration = _blocking("record_collaboration")
-    send_message = _blocking("send_message")
-    task_created = _blocking("task_created")
-    task_started = _blocking("task_started")
-    task_completed = _blocking("task_completed")
-    task_failed = _blocking("task_failed")
-    record_flow_run = _blocking("record_flow_run")
-    set_context = _blocking("set_context")
-    clear_context = _blocking("clear_context")
-    add_turn = _blocking("add_turn")
-    record_tool_use = _blocking("record_tool_use")
-    search = _blocking("search")
-    search_many = _blocking("search_many")
-    history = _blocking("history")
-    task = _blocking("task")
-    context = _blocking("context")
-    conversation = _blocking("conversation")
-    recall = _blocking("recall")
-    stats = _blocking("stats")
-    analytics = _blocking("analytics")
-    query = _blocking("query")
+    publish = _blocking(MemoryClient.publish)
+    store_knowledge = _blocking(MemoryClient.store_knowledge)
+    store_solution = _blocking(MemoryClient.store_solution)
+    revise = _blocking(MemoryClient.revise)
+    forget = _blocking(MemoryClient.forget)
+    link = _blocking(MemoryClient.link)
+    record_collaboration = _blocking(MemoryClient.record_collaboration)
+    send_message = _blocking(MemoryClient.send_message)
+    task_created = _blocking(MemoryClient.task_created)
+    task_started = _blocking(MemoryClient.task_started)
+    task_completed = _blocking(MemoryClient.task_completed)
+    task_failed = _blocking(MemoryClient.task_failed)
+    record_flow_run = _blocking(MemoryClient.record_flow_run)
+    set_context = _blocking(MemoryClient.set_context)
+    clear_context = _blocking(MemoryClient.clear_context)
+    add_turn = _blocking(MemoryClient.add_turn)
+    record_tool_use = _blocking(MemoryClient.record_tool_use)
+    search = _blocking(MemoryClient.search)
+    search_many = _blocking(MemoryClient.search_many)
+    history = _blocking(MemoryClient.history)
+    task = _blocking(MemoryClient.task)
+    context = _blocking(MemoryClient.context)
+    conversation = _blocking(MemoryClient.conversation)
+    recall = _blocking(MemoryClient.recall)
+    stats = _blocking(MemoryClient.stats)
+    analytics = _blocking(MemoryClient.analytics)

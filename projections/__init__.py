@@ -1,8 +1,9 @@
 """How events become state: the history (DuckDB) and vector (Qdrant) projections.
 
-A projection takes decoded events with their stream sequence; it never talks to NATS.
+A projection takes decoded events with their stream sequence and is handed its storage;
+it never talks to NATS and reads no settings.
 """
 
-from projections.base import Batch, Projection
+from projections.base import Applied, Batch, Projection
 
-__all__ = ["Batch", "Projection"]
+__all__ = ["Applied", "Batch", "Projection"]

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from schemas.events import AnyEvent, UnknownEvent
 
-__all__ = ["Batch", "Erasing", "Projection"]
+__all__ = ["Applied", "Batch", "Projection"]
 
 Batch: TypeAlias = Sequence[tuple[int, AnyEvent | UnknownEvent]]
 """(stream sequence, event) pairs in stream order."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one ``apply`` did, committed."""
+
+    # Events newly applied (not at or below the checkpoint, not a repeated id).
+    events: int = 0
+    # Events skipped because their (tenant, id) had been applied before.
+    duplicates: int = 0
+    # Stream sequences of earlier events an erase (``memory.forgotten`` with
+    # ``erase: true``) removed from the projection: the runner deletes them from the
+    # stream too, so no replay brings them back.
+    erased: tuple[int, ...] = ()
 
 
 @runtime_checkable
@@ -22,7 +37,7 @@ class Projection(Protocol):
     nothing. The new checkpoint is the batch's last sequence, or ``upto`` when that is
     higher (the runner passes the last sequence it consumed, so messages that went to the
     dead-letter stream are not delivered again). The live runner and the replay runner
-    feed the same ``apply``.
+    feed the same ``apply``, and act on what it returns.
     """
 
     name: str
@@ -32,7 +47,7 @@ class Projection(Protocol):
         """The last stream sequence applied (0 when nothing was)."""
         ...
 
-    def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> None:
+    def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> Applied:
         """``bodies``: the events' JSON as published, aligned with ``batch``, if known."""
         ...
 
@@ -41,16 +56,3 @@ class Projection(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-@runtime_checkable
-class Erasing(Protocol):
-    """A projection that finds, when it applies an erase (``memory.forgotten`` with
-    ``erase: true``), the earlier events that carried the memory's text."""
-
-    name: str
-
-    def take_erased(self) -> list[int]:
-        """Their stream sequences, committed and not yet taken; the runner deletes them
-        from the stream."""
-        ...

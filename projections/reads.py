@@ -18,6 +18,7 @@ import duckdb
 import msgspec
 
 from projections.analytics import QueryResult, run_analytics
+from schemas.queries import ContextResult, TaskResult, Turn
 
 __all__ = [
     "BUNDLE_LIMIT",
@@ -121,7 +122,7 @@ _TASK_COLUMNS: Final = (
 )
 
 
-def task(con: duckdb.DuckDBPyConnection, tenant: str, task_id: str) -> dict[str, Any] | None:
+def task(con: duckdb.DuckDBPyConnection, tenant: str, task_id: str) -> TaskResult | None:
     """The task's state, timeline, output and bundle; None when nothing names the task."""
     cur = con.execute(
         f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = ? AND task_id = ?", [tenant, task_id]
@@ -155,19 +156,20 @@ def task(con: duckdb.DuckDBPyConnection, tenant: str, task_id: str) -> dict[str,
             [tenant, task_id],
         ).fetchall()
     ]
-    truncated = len(bundle) > BUNDLE_LIMIT
-    return {
-        "task": state,
-        "timeline": timeline,
-        "output": output,
-        "bundle": [with_seq(seq, body) for seq, body in bundle[-BUNDLE_LIMIT:]],
-        "bundle_truncated": truncated,
-    }
+    events: list[Any] = [with_seq(seq, body) for seq, body in bundle[-BUNDLE_LIMIT:]]
+    return TaskResult(
+        task=state,
+        timeline=timeline,
+        output=output,
+        # msgspec.Raw: the producer's bytes, encoded into the reply as they are.
+        bundle=events,
+        bundle_truncated=len(bundle) > BUNDLE_LIMIT,
+    )
 
 
 def context(
     con: duckdb.DuckDBPyConnection, tenant: str, key: str, now: dt.datetime
-) -> dict[str, Any] | None:
+) -> ContextResult | None:
     """The value under ``key``; None once it expired or was cleared (or never set)."""
     row = con.execute(
         """SELECT data, set_at, expires_at, agent, seq FROM context
@@ -177,19 +179,19 @@ def context(
     if row is None:
         return None
     data, set_at, expires_at, agent, seq = row
-    return {
-        "key": key,
-        "data": _json.decode(data),
-        "set_at": utc(set_at),
-        "expires_at": utc(expires_at),
-        "agent": agent,
-        "seq": seq,
-    }
+    return ContextResult(
+        key=key,
+        data=_json.decode(data),
+        set_at=utc(set_at),  # type: ignore[arg-type]  # never null in the table
+        expires_at=utc(expires_at),
+        agent=agent,
+        seq=seq,
+    )
 
 
 def conversation(
     con: duckdb.DuckDBPyConnection, tenant: str, session_id: str, last_n: int
-) -> list[dict[str, Any]]:
+) -> list[Turn]:
     """The session's last ``last_n`` turns, oldest first."""
     rows = con.execute(
         """SELECT seq, role, content, agent, ts FROM conversations
@@ -197,7 +199,7 @@ def conversation(
         [tenant, session_id, last_n],
     ).fetchall()
     return [
-        {"seq": seq, "role": role, "content": content, "agent": agent, "ts": utc(ts)}
+        Turn(seq=seq, role=role, content=content, agent=agent, ts=ts.replace(tzinfo=dt.UTC))
         for seq, role, content, agent, ts in reversed(rows)
     ]
 

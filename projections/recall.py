@@ -19,9 +19,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from itertools import zip_longest
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import msgspec
+
+from schemas.queries import TaskResult, Turn
 
 __all__ = ["Part", "compose"]
 
@@ -43,8 +45,8 @@ class Part:
     ts: dt.datetime | None = None
 
 
-def task_part(task: dict[str, Any], output: Any) -> Part:
-    state = task.get("task", task)
+def task_part(task: TaskResult) -> Part:
+    state, output = task.task, task.output
     line = f"{state.get('title') or state['task_id']} [{state.get('status') or 'unknown'}]"
     if state.get("assignee"):
         line += f", assigned to {state['assignee']}"
@@ -62,14 +64,9 @@ def memory_part(
     return Part("memory", f"- ({label}) {text}", kind, ref, seq=seq, score=score, ts=ts)
 
 
-def turn_part(turn: dict[str, Any], session_id: str) -> Part:
+def turn_part(turn: Turn, session_id: str) -> Part:
     return Part(
-        "turn",
-        f"{turn['role']}: {turn['content']}",
-        "turn",
-        session_id,
-        seq=turn["seq"],
-        ts=turn["ts"],
+        "turn", f"{turn.role}: {turn.content}", "turn", session_id, seq=turn.seq, ts=turn.ts
     )
 
 

@@ -20,45 +20,30 @@ same memory id in two tenants is two points.
 
 from __future__ import annotations
 
-import datetime as dt
-import secrets
 import threading
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from projections._memory import revision
-from projections.base import Batch
+from projections.base import Applied, Batch
 from projections.embedding_cache import CachedEmbedder, text_key
+from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
+from projections.vector_layout import (
+    KINDS,
+    STATE_ALIAS,
+    STATE_POINT,
+    alias,
+    alias_of,
+    generation_of,
+    new_generation,
+    physical,
+    point_id,
+)
+from projections.vector_search import Hit, search_points
 from schemas import events as ev
-from schemas.events import UnknownEvent
 
-__all__ = [
-    "KINDS",
-    "Hit",
-    "VectorProjection",
-    "VectorReader",
-    "alias",
-    "new_generation",
-    "point_id",
-    "search_points",
-]
-
-KINDS: Final = ("knowledge", "solutions", "collaborations")
-_NAMESPACE = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13")
-_STATE_POINT = 1
-
-
-def alias(kind: str, tenant: str) -> str:
-    """The name a (kind, tenant) collection is reached by, whatever its generation."""
-    return f"ms_{kind}_{tenant}"
-
-
-def point_id(tenant: str, kind: str, ref: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x00{kind}\x00{ref}"))
+__all__ = ["VectorProjection"]
 
 
 def _text(kind: str, p: dict[str, Any]) -> str:
@@ -71,17 +56,43 @@ def _text(kind: str, p: dict[str, Any]) -> str:
     return f"{p['task_description']}\n{outcome}" if outcome else str(p["task_description"])
 
 
-@dataclass(frozen=True)
-class Hit:
-    kind: str
-    ref: str
-    score: float
-    text: str
-    payload: dict[str, Any]
-
-
+Payload = dict[str, Any]
 # (kind, tenant, ref) -> the payload to write, or None to delete the point.
-_Changes = dict[tuple[str, str, str], dict[str, Any] | None]
+_Changes = dict[tuple[str, str, str], Payload | None]
+
+
+def _base(seq: int, e: ev.Event) -> Payload:
+    return {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
+            "ts_epoch": e.ts.timestamp(), "seq": seq}  # fmt: skip
+
+
+class _PayloadFold(MemoryFold[Payload]):
+    """The memory fold over point payloads; also gathers the texts an erase removes."""
+
+    def __init__(self, stored: dict[str, dict[Key, Payload]]) -> None:
+        super().__init__(stored)
+        # tenant -> cache keys of every text an erased memory had.
+        self.erased: dict[str, set[bytes]] = {}
+
+    def created(self, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> Payload:
+        own: Payload = (
+            {"domain": e.domain, "content": e.content}
+            if isinstance(e, ev.KnowledgeStored)
+            else {"problem": e.problem, "solution": e.solution}
+        )
+        return {**_base(seq, e), "ref": e.memory_id, **own, "tags": list(e.tags),
+                "metadata": e.metadata}  # fmt: skip
+
+    def revised(self, record: Payload, kind: str, seq: int, e: ev.MemoryRevised) -> Payload:
+        base = _base(seq, e)
+        return {**record, **revision(e, kind),
+                "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"]}  # fmt: skip
+
+    def forgotten(self, record: Payload, kind: str, e: ev.MemoryForgotten) -> None:
+        if e.erase:
+            keys = self.erased.setdefault(e.tenant, set())
+            keys.update(bytes.fromhex(k) for k in record.get("text_keys", ()))
+            keys.add(text_key(_text(kind, record)))
 
 
 class VectorProjection:
@@ -102,7 +113,7 @@ class VectorProjection:
         current = self.current_generation(client)
         # Without a generation asked for: the one in use, or (first start) a new one.
         self.generation = generation or current or new_generation()
-        self._state = f"ms_state__{self.generation}"
+        self._state = physical(STATE_ALIAS, self.generation)
         self._known: set[str] = set()
         # Qdrant's local mode is not safe for a search in one thread while another
         # thread writes; the lock is held for the writes, not for the embedding.
@@ -121,13 +132,13 @@ class VectorProjection:
 
     @staticmethod
     def current_generation(client: QdrantClient) -> str | None:
-        for alias in client.get_aliases().aliases:
-            if alias.alias_name == "ms_state":
-                return alias.collection_name.split("__", 1)[1]
+        for found in client.get_aliases().aliases:
+            if found.alias_name == STATE_ALIAS:
+                return generation_of(found.collection_name)
         return None
 
     def _physical(self, kind: str, tenant: str) -> str:
-        return f"{alias(kind, tenant)}__{self.generation}"
+        return physical(alias(kind, tenant), self.generation)
 
     def _ensure(self, kind: str, tenant: str) -> str:
         name = self._physical(kind, tenant)
@@ -141,11 +152,9 @@ class VectorProjection:
                 )
                 if self._is_current:
                     # A new tenant's collection in the generation in use: alias it now.
-                    alias = models.CreateAlias(
-                        collection_name=name, alias_name=name.rsplit("__", 1)[0]
-                    )
+                    create = models.CreateAlias(collection_name=name, alias_name=alias_of(name))
                     self.client.update_collection_aliases(
-                        change_aliases_operations=[models.CreateAliasOperation(create_alias=alias)]
+                        change_aliases_operations=[models.CreateAliasOperation(create_alias=create)]
                     )
             self._known.add(name)
         return name
@@ -154,26 +163,28 @@ class VectorProjection:
         """Point every alias at this generation in one atomic change; returns the
         collections of the generation it replaces, for the caller to delete."""
         collections = [c.name for c in self.client.get_collections().collections]
-        ours = [name for name in collections if name.endswith(f"__{self.generation}")]
+        ours = [name for name in collections if generation_of(name) == self.generation]
         existing = {a.alias_name for a in self.client.get_aliases().aliases}
         old = self.current_generation(self.client)
         ops: list[Any] = []
         for name in ours:
-            alias = name.rsplit("__", 1)[0]
-            if alias in existing:
+            name_alias = alias_of(name)
+            if name_alias in existing:
                 ops.append(
-                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+                    models.DeleteAliasOperation(
+                        delete_alias=models.DeleteAlias(alias_name=name_alias)
+                    )
                 )
             ops.append(
                 models.CreateAliasOperation(
-                    create_alias=models.CreateAlias(collection_name=name, alias_name=alias)
+                    create_alias=models.CreateAlias(collection_name=name, alias_name=name_alias)
                 )
             )
         self.client.update_collection_aliases(change_aliases_operations=ops)
         self._is_current = True
         if old is None or old == self.generation:
             return []
-        return [name for name in collections if name.endswith(f"__{old}")]
+        return [name for name in collections if generation_of(name) == old]
 
     # --- checkpoint ------------------------------------------------------------------
 
@@ -182,7 +193,7 @@ class VectorProjection:
         return self._checkpoint
 
     def _load_checkpoint(self) -> int:
-        points = self.client.retrieve(self._state, ids=[_STATE_POINT], with_payload=True)
+        points = self.client.retrieve(self._state, ids=[STATE_POINT], with_payload=True)
         return int(points[0].payload["checkpoint"]) if points and points[0].payload else 0
 
     def _save_checkpoint(self, seq: int) -> None:
@@ -190,7 +201,7 @@ class VectorProjection:
             self.client.upsert(
                 self._state,
                 points=[
-                    models.PointStruct(id=_STATE_POINT, vector=[1.0], payload={"checkpoint": seq})
+                    models.PointStruct(id=STATE_POINT, vector=[1.0], payload={"checkpoint": seq})
                 ],
             )
         self._checkpoint = seq
@@ -200,7 +211,7 @@ class VectorProjection:
         return [
             c.name
             for c in self.client.get_collections().collections
-            if c.name.endswith(f"__{self.generation}")
+            if generation_of(c.name) == self.generation
         ]
 
     def close(self) -> None:
@@ -221,7 +232,7 @@ class VectorProjection:
                     ]
                 )
             for c in self.client.get_collections().collections:
-                if c.name.rsplit("__", 1)[0] in names:
+                if alias_of(c.name) in names:
                     points += self.client.count(c.name, exact=True).count
                     self.client.delete_collection(c.name)
                     self._known.discard(c.name)
@@ -230,37 +241,47 @@ class VectorProjection:
 
     # --- apply -----------------------------------------------------------------------
 
-    def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> None:
+    def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> Applied:
         """Fold the batch's memory events in order, embed what changed, write, then save
         the checkpoint. Points are idempotent, so a batch applied twice changes nothing."""
         fresh = [(s, e) for s, e in batch if s > self._checkpoint]
         last_seq = max(fresh[-1][0] if fresh else 0, upto)
         if last_seq <= self._checkpoint:
-            return
-        changes: _Changes = {}
+            return Applied()
         wanted = [
             (e.tenant, e.memory_id)
             for _, e in fresh
             if isinstance(e, ev.MemoryRevised) or (isinstance(e, ev.MemoryForgotten) and e.erase)
         ]
-        stored = self._retrieve(wanted) if wanted else {}
-        erased: dict[str, set[bytes]] = {}
+        fold = _PayloadFold(self._retrieve(wanted) if wanted else {})
+        changes: _Changes = {}
         for seq, e in fresh:
-            if not isinstance(e, UnknownEvent):
-                self._fold(seq, e, changes, stored, erased)
+            if e.type in MEMORY_TYPES:
+                fold.apply(seq, e)  # type: ignore[arg-type]
+            elif isinstance(e, ev.CollabRecorded):
+                changes[("collaborations", e.tenant, e.interaction_id)] = {
+                    **_base(seq, e), "ref": e.interaction_id, "initiator": e.initiator,
+                    "participants": list(e.participants),
+                    "task_description": e.task_description, "outcome": e.outcome,
+                    "metadata": e.metadata, "tags": [],
+                }  # fmt: skip
+        for kind, records in fold.state.items():
+            for (tenant, ref), payload in records.items():
+                changes[(kind, tenant, ref)] = payload
         self._write(changes)
-        for tenant, keys in erased.items():
+        for tenant, keys in fold.erased.items():
             # An erased memory's texts leave the embedding cache too, every revision's.
             self.embedder.cache.delete_keys(tenant, sorted(keys))
         self._save_checkpoint(last_seq)
+        return Applied(events=len(fresh))
 
-    def _retrieve(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
-        """The stored payloads of memories this batch revises."""
-        found: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for kind in ("knowledge", "solutions"):
-            by_tenant: dict[str, list[str]] = {}
-            for tenant, ref in keys:
-                by_tenant.setdefault(tenant, []).append(ref)
+    def _retrieve(self, keys: list[Key]) -> dict[str, dict[Key, Payload]]:
+        """The stored payloads of the memories this batch revises or erases, by kind."""
+        found: dict[str, dict[Key, Payload]] = {kind: {} for kind in MEMORY_KINDS}
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, ref in keys:
+            by_tenant.setdefault(tenant, []).append(ref)
+        for kind in MEMORY_KINDS:
             for tenant, refs in by_tenant.items():
                 name = self._physical(kind, tenant)
                 if not self.client.collection_exists(name):
@@ -268,60 +289,8 @@ class VectorProjection:
                 ids = [point_id(tenant, kind, r) for r in refs]
                 for p in self.client.retrieve(name, ids=ids, with_payload=True):
                     payload = dict(p.payload or {})
-                    found[(kind, tenant, payload["ref"])] = payload
+                    found[kind][(tenant, payload["ref"])] = payload
         return found
-
-    def _fold(
-        self,
-        seq: int,
-        e: ev.AnyEvent,
-        changes: _Changes,
-        stored: dict[tuple[str, str, str], dict[str, Any]],
-        erased: dict[str, set[bytes]],
-    ) -> None:
-        base = {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
-                "ts_epoch": e.ts.timestamp(), "seq": seq}  # fmt: skip
-        points = changes
-        match e:
-            case ev.KnowledgeStored():
-                points[("knowledge", e.tenant, e.memory_id)] = {
-                    **base, "ref": e.memory_id, "domain": e.domain, "content": e.content,
-                    "tags": list(e.tags), "metadata": e.metadata,
-                }  # fmt: skip
-                points[("solutions", e.tenant, e.memory_id)] = None
-            case ev.SolutionStored():
-                points[("solutions", e.tenant, e.memory_id)] = {
-                    **base, "ref": e.memory_id, "problem": e.problem, "solution": e.solution,
-                    "tags": list(e.tags), "metadata": e.metadata,
-                }  # fmt: skip
-                points[("knowledge", e.tenant, e.memory_id)] = None
-            case ev.MemoryRevised():
-                for kind in ("knowledge", "solutions"):
-                    key = (kind, e.tenant, e.memory_id)
-                    current = points[key] if key in points else stored.get(key)
-                    if current is not None:
-                        points[key] = {
-                            **current, **revision(e, kind),
-                            "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"],
-                        }  # fmt: skip
-            case ev.MemoryForgotten():
-                for kind in ("knowledge", "solutions"):
-                    key = (kind, e.tenant, e.memory_id)
-                    current = points[key] if key in points else stored.get(key)
-                    if e.erase and current is not None:
-                        keys = erased.setdefault(e.tenant, set())
-                        keys.update(bytes.fromhex(k) for k in current.get("text_keys", ()))
-                        keys.add(text_key(_text(kind, current)))
-                    points[key] = None
-            case ev.CollabRecorded():
-                points[("collaborations", e.tenant, e.interaction_id)] = {
-                    **base, "ref": e.interaction_id, "initiator": e.initiator,
-                    "participants": list(e.participants),
-                    "task_description": e.task_description, "outcome": e.outcome,
-                    "metadata": e.metadata, "tags": [],
-                }  # fmt: skip
-            case _:
-                pass
 
     def _write(self, changes: _Changes) -> None:
         upserts: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
@@ -378,90 +347,3 @@ class VectorProjection:
                 or self.client.collection_exists(name)
             }
             return [search_points(self.client, existing, v.tolist(), **filters) for v in vectors]
-
-
-class VectorReader:
-    """Searches the generation in use through its aliases, from a process that does not
-    write the vectors (``serve --role query`` against a Qdrant server)."""
-
-    name = "vectors"
-
-    def __init__(self, client: QdrantClient, embedder: CachedEmbedder) -> None:
-        self.client = client
-        self.embedder = embedder
-
-    @property
-    def checkpoint(self) -> int:
-        """The checkpoint of the generation in use, as its writer last saved it."""
-        if not self.client.collection_exists("ms_state"):
-            return 0
-        points = self.client.retrieve("ms_state", ids=[_STATE_POINT], with_payload=True)
-        return int(points[0].payload["checkpoint"]) if points and points[0].payload else 0
-
-    def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
-        vectors = self.embedder.embed(tenant, list(queries))
-        existing = {
-            kind: name
-            for kind in KINDS
-            if self.client.collection_exists(name := alias(kind, tenant))
-        }
-        return [search_points(self.client, existing, v.tolist(), **filters) for v in vectors]
-
-
-def search_points(
-    client: QdrantClient,
-    collections: dict[str, str],
-    vector: list[float],
-    *,
-    kinds: Sequence[str] = KINDS,
-    top_k: int = 5,
-    threshold: float | None = None,
-    agent: str | None = None,
-    domain: str | None = None,
-    tags: Sequence[str] = (),
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
-) -> list[Hit]:
-    """The best ``top_k`` points of ``kinds`` (kind -> collection, those that exist)."""
-    must: list[Any] = []
-    if agent:
-        must.append(models.FieldCondition(key="agent", match=models.MatchValue(value=agent)))
-    if domain:
-        must.append(models.FieldCondition(key="domain", match=models.MatchValue(value=domain)))
-    for tag in tags:
-        must.append(models.FieldCondition(key="tags", match=models.MatchValue(value=tag)))
-    if since or until:
-        must.append(
-            models.FieldCondition(
-                key="ts_epoch",
-                range=models.Range(
-                    gte=since.timestamp() if since else None,
-                    lt=until.timestamp() if until else None,
-                ),
-            )
-        )
-    query_filter = models.Filter(must=must) if must else None
-    hits: list[Hit] = []
-    for kind in kinds:
-        name = collections.get(kind)
-        if name is None:
-            continue
-        result = client.query_points(
-            name,
-            query=vector,
-            limit=top_k,
-            query_filter=query_filter,
-            score_threshold=threshold,
-            with_payload=True,
-        )
-        for p in result.points:
-            payload = dict(p.payload or {})
-            hits.append(
-                Hit(kind, payload.get("ref", ""), float(p.score), payload.get("text", ""), payload)
-            )
-    hits.sort(key=lambda h: h.score, reverse=True)
-    return hits[:top_k]
-
-
-def new_generation() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)

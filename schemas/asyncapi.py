@@ -17,6 +17,7 @@ import msgspec
 from schemas import queries as q
 from schemas.events import EVENT_TYPES
 from schemas.ids import TENANT_PATTERN
+from schemas.replies import ErrorBody
 
 __all__ = ["asyncapi_document"]
 
@@ -54,7 +55,7 @@ def asyncapi_document(version: str = "0") -> dict[str, Any]:
     events = list(EVENT_TYPES.items())
     ops = list(q.OPS.items())
     types: list[Any] = [cls for _, cls in events] + [cls for _, cls in ops]
-    types += [*_RESULTS.values(), q.ErrorBody]
+    types += [*_RESULTS.values(), ErrorBody]
     _, schemas = msgspec.json.schema_components(types, ref_template=_REF)
     tenant = {"description": f"The tenant id, one subject token: {TENANT_PATTERN}"}
     channels: dict[str, Any] = {}

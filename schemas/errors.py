@@ -1,15 +1,19 @@
 """One exception hierarchy for everything memstream reports to a user or a client.
 
 Each message says what was wrong and, where there is one, what to do about it. The
-``code`` is the wire error code a query reply carries (see DESIGN.md, Queries).
+``code`` is the wire error code a reply carries (README, "Queries"). Every exception
+memstream raises on purpose derives from :class:`MemstreamError`; those that cross the
+wire or reach a user are defined here.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AdminError",
     "ConfigError",
     "ConnectError",
     "EventTooLarge",
+    "Forbidden",
     "InvalidEvent",
     "InvalidId",
     "InvalidSubject",
@@ -18,7 +22,10 @@ __all__ = [
     "NatsServerError",
     "NotCaughtUp",
     "PublishError",
+    "QueryError",
+    "RebuildBusy",
     "SubjectMismatch",
+    "UsageError",
 ]
 
 
@@ -111,3 +118,41 @@ class PublishError(MemstreamError):
         self.failures = failures
         self.acks = acks
         super().__init__(message)
+
+
+class Forbidden(MemstreamError):
+    """The server refused a publish or request with a permissions violation."""
+
+    code = "forbidden"
+
+
+class QueryError(MemstreamError):
+    """The error a query reply carried, raised on the client's side (or raised by the
+    query worker to answer with it)."""
+
+    def __init__(self, code: str, message: str, correlation_id: str | None = None) -> None:
+        self.code = code
+        self.message = message
+        self.correlation_id = correlation_id
+        super().__init__(f"{code}: {message}")
+
+
+class AdminError(MemstreamError):
+    """An operator request (``memadm.*``) that was refused, or whose reply is not what
+    the contract says it should be."""
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class RebuildBusy(MemstreamError):
+    """A rebuild of the projection is running, and the request must wait for it."""
+
+    code = "bad_request"
+
+
+class UsageError(MemstreamError):
+    """A command was given something it cannot act on (the CLI's user mistakes)."""
+
+    code = "bad_request"

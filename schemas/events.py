@@ -21,12 +21,14 @@ from schemas.subjects import parse_event_subject
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "EVENT_TYPES",
+    "MAX_DEPTH",
     "AnyEvent",
     "CollabMessage",
     "CollabRecorded",
     "ContextCleared",
     "ContextSet",
     "ConversationTurn",
+    "Envelope",
     "Event",
     "EventDecoder",
     "FlowRunRecorded",
@@ -42,6 +44,7 @@ __all__ = [
     "ToolUsed",
     "UnknownEvent",
     "Upcaster",
+    "check_depth",
     "check_subject",
     "decode_event",
     "encode_event",
@@ -70,12 +73,8 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
-    """The envelope every event shares. Subclasses add the event's own fields, flat.
-
-    ``gc=False``: events are never part of a reference cycle, and a batch of tens of
-    thousands of tracked objects makes every garbage-collector pass walk them all.
-    """
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields every event shares, whatever its type."""
 
     id: EventId
     tenant: Tenant
@@ -86,6 +85,15 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fals
     causation_id: RefId | None = None
     # Groups any event into a task's bundle.
     task_id: RefId | None = None
+
+
+class Event(Envelope, frozen=True, kw_only=True, tag_field="type", gc=False):
+    """An event of a type this version knows. Subclasses add the event's own fields, flat.
+
+    ``gc=False``: events are never part of a reference cycle, and a batch of tens of
+    thousands of tracked objects makes every garbage-collector pass walk them all.
+    """
+
     # The tag, as a plain class attribute: read for every event on the hot paths.
     type: ClassVar[str] = ""
 
@@ -240,21 +248,13 @@ for _tag, _cls in EVENT_TYPES.items():
     _cls.type = _tag
 
 
-class _Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """The common fields alone, to read an event whose type this version does not know."""
+class _Typed(Envelope, frozen=True, kw_only=True):
+    """The envelope with its type, to read an event whose type this version does not know."""
 
     type: Annotated[str, msgspec.Meta(pattern=r"\A[^.\s*>]+\.[^.\s*>]+\Z")]
-    id: EventId
-    tenant: Tenant
-    agent: AgentId
-    ts: Timestamp
-    v: Version = 1
-    correlation_id: RefId | None = None
-    causation_id: RefId | None = None
-    task_id: RefId | None = None
 
 
-class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):
+class UnknownEvent(Envelope, frozen=True, kw_only=True):
     """A valid envelope of a type this version does not know (from a newer producer).
 
     It is kept in the history ``events`` table and skipped by the typed tables.
@@ -262,14 +262,6 @@ class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     type: str
-    id: str
-    tenant: str
-    agent: str
-    ts: dt.datetime
-    v: int
-    correlation_id: str | None
-    causation_id: str | None
-    task_id: str | None
     raw: bytes
 
 
@@ -352,7 +344,7 @@ class EventDecoder:
     ) -> None:
         self.max_bytes = max_bytes
         self._typed = msgspec.json.Decoder(AnyEvent)
-        self._envelope = msgspec.json.Decoder(_Envelope)
+        self._envelope = msgspec.json.Decoder(_Typed)
         self._raw = msgspec.json.Decoder(dict[str, Any])
         self._upcasters = dict(upcasters or {})
         self._current = dict(current_versions or {})

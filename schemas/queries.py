@@ -8,31 +8,29 @@ subject's tenant token and nothing else.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Final, Generic, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from schemas.errors import MemstreamError
+from schemas.errors import QueryError
 from schemas.ids import AgentId, RefId
 
 __all__ = [
     "ANALYTICS_NAMES",
-    "ERROR_CODES",
     "OPS",
+    "PROJECTIONS",
+    "SERVED_BY",
     "AnalyticsRequest",
     "AnalyticsResult",
     "ContextRequest",
     "ContextResult",
     "ConversationRequest",
     "ConversationResult",
-    "ErrorBody",
     "HistoryRequest",
     "HistoryResult",
-    "QueryError",
     "RecallRequest",
     "RecallResult",
     "RecallSource",
-    "Reply",
     "Request",
     "SearchBatchResult",
     "SearchHit",
@@ -43,15 +41,9 @@ __all__ = [
     "TaskRequest",
     "TaskResult",
     "Turn",
-    "TypedReply",
     "decode_request",
-    "encode_reply",
+    "ops_served",
 ]
-
-ErrorCode: TypeAlias = Literal[
-    "bad_request", "not_found", "not_caught_up", "forbidden", "unavailable", "internal"
-]
-ERROR_CODES: Final = frozenset(ErrorCode.__args__)  # type: ignore[attr-defined]
 
 Kind: TypeAlias = Literal["knowledge", "solutions", "collaborations"]
 Strategy: TypeAlias = Literal["relevance", "recency", "balanced"]
@@ -59,7 +51,6 @@ AnalyticsName: TypeAlias = Literal[
     "agent_activity", "task_outcomes", "tool_usage", "collaboration_graph", "memory_growth"
 ]
 ANALYTICS_NAMES: Final = frozenset(AnalyticsName.__args__)  # type: ignore[attr-defined]
-R = TypeVar("R")
 Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 QueryText = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
@@ -138,6 +129,27 @@ OPS: Final[dict[str, type[Request]]] = {
     "stats": StatsRequest,
     "analytics": AnalyticsRequest,
 }
+
+ProjectionName: TypeAlias = Literal["history", "vectors"]
+PROJECTIONS: Final[tuple[ProjectionName, ...]] = ("history", "vectors")
+
+# Which projections each op reads: a request's min_seq waits on each of them, and a
+# worker answers an op only where it can read them all. The one place this is decided.
+SERVED_BY: Final[dict[str, tuple[ProjectionName, ...]]] = {
+    "search": ("vectors",),
+    "recall": ("vectors", "history"),
+    "history": ("history",),
+    "task": ("history",),
+    "context": ("history",),
+    "conversation": ("history",),
+    "stats": ("history",),
+    "analytics": ("history",),
+}
+
+
+def ops_served(projections: frozenset[str] | set[str]) -> list[str]:
+    """The ops that can be answered from ``projections``, in the contract's order."""
+    return [op for op, needs in SERVED_BY.items() if set(needs) <= projections]
 
 
 # --- results ------------------------------------------------------------------------
@@ -233,43 +245,7 @@ class AnalyticsResult(msgspec.Struct, frozen=True, kw_only=True):
     rows: list[list[Any]]
 
 
-# --- the reply envelope -------------------------------------------------------------
-
-
-class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
-    code: ErrorCode
-    message: str
-    correlation_id: str | None = None
-
-
-class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {...}}``."""
-
-    ok: bool
-    result: Any = None
-    error: ErrorBody | None = None
-
-
-class TypedReply(msgspec.Struct, Generic[R], frozen=True, kw_only=True):
-    """A reply decoded with its result's type (``TypedReply[SearchResult]``)."""
-
-    ok: bool
-    result: R | None = None
-    error: ErrorBody | None = None
-
-
-class QueryError(MemstreamError):
-    """The error a query reply carried, raised on the client's side."""
-
-    def __init__(self, code: str, message: str, correlation_id: str | None = None) -> None:
-        self.code = code
-        self.message = message
-        self.correlation_id = correlation_id
-        super().__init__(f"{code}: {message}")
-
-
 _request_decoders = {op: msgspec.json.Decoder(cls) for op, cls in OPS.items()}
-_reply_encoder = msgspec.json.Encoder()
 
 
 def decode_request(op: str, body: bytes) -> Request:
@@ -285,7 +261,3 @@ def decode_request(op: str, body: bytes) -> Request:
         raise QueryError("bad_request", f"{op} request: {err}") from None
     except msgspec.DecodeError as err:
         raise QueryError("bad_request", f"{op} request is not valid JSON: {err}") from None
-
-
-def encode_reply(reply: Reply) -> bytes:
-    return _reply_encoder.encode(reply)

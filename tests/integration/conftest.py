@@ -9,7 +9,7 @@ from nats.aio.client import Client as NatsClient
 
 from consumers.nats_server import NatsServer
 from consumers.streams import ensure_streams
-from producers._connect import connect_nats
+from producers.connection import connect_nats
 from schemas.subjects import DLQ_STREAM, EVENT_STREAM
 
 

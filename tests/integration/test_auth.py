@@ -15,9 +15,8 @@ from consumers.nats_server import NatsServer
 from consumers.query_worker import QueryWorker
 from consumers.streams import ensure_streams
 from producers import MemoryClient
-from producers._connect import connect_nats, denied
-from schemas.errors import ConnectError, PublishError
-from schemas.queries import QueryError
+from producers.connection import connect_nats, denied
+from schemas.errors import ConnectError, PublishError, QueryError
 from schemas.subjects import reply_inbox_prefix
 from tests.conftest import pid_alive
 from tests.waiting import wait_for

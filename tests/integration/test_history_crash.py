@@ -10,10 +10,9 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
 from consumers.nats_server import NatsServer
-from consumers.runner import replay
-from consumers.service import HistoryStorage
+from consumers.replay import replay
 from consumers.settings import load_settings
-from consumers.vector_storage import VectorStorage
+from consumers.storage import HistoryStorage, vector_storage_from_settings
 from producers import MemoryClient
 from projections.history import HistoryProjection
 from tests.e2e.conftest import start_up
@@ -71,7 +70,7 @@ async def test_sigkill_mid_ingest_then_restart_applies_each_event_once(
         for kind, table in (("knowledge", "knowledge"), ("solutions", "solutions"))
         for tenant, ref in history.con.execute(f"SELECT tenant, memory_id FROM {table}").fetchall()
     }
-    vectors = VectorStorage(load_settings({}, data_dir=str(data_dir)))
+    vectors = vector_storage_from_settings(load_settings({}, data_dir=str(data_dir)))
     projection = vectors.open_current()
     assert end == projection.checkpoint
     points = {

@@ -9,9 +9,11 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from consumers import _ops
-from consumers.runner import LiveRunner, replay
-from consumers.service import HistoryStorage, ProjectionService, rebuild_offline
+from consumers import dead_letters
+from consumers.replay import replay
+from consumers.runner import LiveRunner
+from consumers.service import ProjectionService, rebuild_offline
+from consumers.storage import HistoryStorage
 from producers import MemoryClient
 from projections._tables import TABLES
 from projections.history import HistoryProjection
@@ -93,7 +95,7 @@ async def test_poison_messages_go_to_the_dlq(nc: NatsClient, tmp_path: Path) -> 
     ids = {r[0] for r in projection.con.execute("SELECT id FROM events").fetchall()}
     assert {e.id for e in good} | {"x4"} == ids
     assert len(bad) == runner.stats.dead_letters
-    letters = await _ops.list_dead_letters(nc)
+    letters = await dead_letters.list_dead_letters(nc)
     assert [s for s, _, _ in bad] == [d.source_subject for d in letters]
     for letter, (_, _, reason) in zip(letters, bad, strict=True):
         assert reason in letter.error
@@ -176,9 +178,9 @@ async def test_dead_letters_retried_once_the_cause_is_fixed(nc: NatsClient, tmp_
     strict = await run_live(nc, projection, decoder=EventDecoder(max_bytes=4096))
     assert 1 == strict.stats.dead_letters
     assert [] == projection.con.execute("SELECT * FROM knowledge").fetchall()
-    retried = await _ops.retry_dead_letters(nc)
+    retried = await dead_letters.retry_dead_letters(nc)
     assert [big.seq] == [letter.source_seq for letter, _ in retried]
-    assert [] == await _ops.list_dead_letters(nc)
+    assert [] == await dead_letters.list_dead_letters(nc)
     await run_live(nc, projection)
     assert [("big", 10_000)] == projection.con.execute(
         "SELECT memory_id, length(content) FROM knowledge"

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NatsClient
 
 from consumers.nats_server import NatsServer
 from producers import MemoryClient
+from projections.base import Applied
 from projections.history import HistoryProjection
 from schemas import events as ev
 from schemas.queries import OPS
@@ -208,10 +209,10 @@ async def test_hostile_queries_get_an_answer_and_never_internal(
 class _Choking(HistoryProjection):
     """The real history, unable to store one particular event (as a bug would be)."""
 
-    def apply(self, batch: Any, upto: int = 0, bodies: Any = None) -> None:
+    def apply(self, batch: Any, upto: int = 0, bodies: Any = None) -> Applied:
         if any(e.id == "poison" for _, e in batch):
             raise RuntimeError("this event breaks the projection")
-        super().apply(batch, upto, bodies)
+        return super().apply(batch, upto, bodies)
 
 
 async def test_an_event_the_projection_cannot_apply_is_isolated_not_a_stall(

@@ -15,7 +15,7 @@ import pytest
 
 from consumers.nats_server import NatsServer
 from consumers.settings import load_settings
-from consumers.vector_storage import VectorStorage
+from consumers.storage import vector_storage_from_settings
 from projections.embedders import HashEmbedder
 from schemas import events as ev
 from tests.e2e.conftest import run_cli, spawn_ready
@@ -52,7 +52,7 @@ def _event(cls: type[ev.Event], n: int, tenant: str = "acme", **fields: object) 
 def test_server_mode_projects_searches_and_swaps(qdrant_url: str, tmp_path: Path) -> None:
     """Upsert, tenant isolation, forget and a generation swap work on a real server."""
     settings = load_settings({}, data_dir=str(tmp_path), qdrant_url=qdrant_url)
-    storage = VectorStorage(settings, HashEmbedder(64))
+    storage = vector_storage_from_settings(settings, HashEmbedder(64))
     events = [
         (1, _event(ev.KnowledgeStored, 1, memory_id="m", domain="d", content="vault key")),
         (2, _event(ev.KnowledgeStored, 2, tenant="beta", memory_id="m", domain="d",

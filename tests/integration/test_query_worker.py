@@ -20,7 +20,7 @@ from consumers.query_worker import QueryWorker
 from consumers.settings import load_settings
 from producers import MemoryClient, PublishAck
 from schemas import events as ev
-from schemas.queries import QueryError
+from schemas.errors import QueryError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

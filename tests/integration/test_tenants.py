@@ -10,11 +10,11 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from consumers import _ops
+from consumers import ops
 from consumers.nats_server import NatsServer
-from consumers.service import HistoryStorage, rebuild_offline
+from consumers.service import rebuild_offline
 from consumers.settings import load_settings
-from consumers.vector_storage import VectorStorage
+from consumers.storage import HistoryStorage, vector_storage_from_settings
 from producers import MemoryClient
 from projections._tables import TABLES
 from projections.embedding_cache import text_key
@@ -68,7 +68,9 @@ def history_text(data_dir: Path) -> str:
 
 
 def vector_payloads(data_dir: Path) -> list[dict[str, Any]]:
-    storage = VectorStorage(load_settings({"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data_dir)))
+    storage = vector_storage_from_settings(
+        load_settings({"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data_dir))
+    )
     try:
         return [
             dict(p.payload or {})
@@ -81,7 +83,9 @@ def vector_payloads(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def cached(data_dir: Path, tenant: str) -> int:
-    storage = VectorStorage(load_settings({"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data_dir)))
+    storage = vector_storage_from_settings(
+        load_settings({"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data_dir))
+    )
     try:
         return storage.cache.count(tenant)
     finally:
@@ -105,7 +109,7 @@ async def test_a_purged_tenant_is_nowhere_and_the_others_untouched(
         await MemoryClient(nc, tenant="acme", agent="x").search("x", min_seq=last)
         before = await stream_contents(nc, "MEMORY")
 
-        report = await _ops._purge_remote(nc, "acme")
+        report = await ops._purge_remote(nc, "acme")
 
         assert (len(beta) + 1, 2) == (report.stream_messages, report.dlq_messages)
         assert len(beta) == report.history_rows["events"]
@@ -121,7 +125,7 @@ async def test_a_purged_tenant_is_nowhere_and_the_others_untouched(
         )
         hits = await MemoryClient(nc, tenant="acme", agent="x").search("new start", min_seq=ack.seq)
         assert ["a new start"] == [h.text for h in hits]
-        await _ops._purge_remote(nc, "acme")
+        await ops._purge_remote(nc, "acme")
 
     assert {t: 0 for t in TABLES} == history_rows(data, "acme")
     assert 0 < history_rows(data, "beta")["events"]
@@ -158,12 +162,12 @@ async def test_an_erased_memory_is_gone_even_after_a_full_replay(
 
     settings = load_settings({"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data))
     await rebuild_offline(nc, HistoryStorage(data))
-    await rebuild_offline(nc, VectorStorage(settings))
+    await rebuild_offline(nc, vector_storage_from_settings(settings))
     text = history_text(data)
     assert "4711" not in text and "4712" not in text and "wiki" in text
     payloads = vector_payloads(data)
     assert ["k-keep"] == [p["ref"] for p in payloads]
-    storage = VectorStorage(settings)
+    storage = vector_storage_from_settings(settings)
     try:
         found = storage.cache.get_many(
             "acme", storage.embedder.model, 384, [text_key(secret), text_key(revised)]
@@ -177,7 +181,7 @@ async def test_purging_needs_a_valid_tenant(tmp_path: Path) -> None:
     """A bad tenant id is refused before anything is touched (here: before connecting)."""
     settings = load_settings({}, data_dir=str(tmp_path), nats_url="nats://127.0.0.1:1")
     with pytest.raises(InvalidTenant, match="not a valid tenant id"):
-        await _ops.purge_tenant(settings, "Acme Corp", url_given=True)
+        await ops.purge_tenant(settings, "Acme Corp", url_given=True)
 
 
 async def test_a_purge_with_nothing_running_works_on_the_files(
@@ -194,7 +198,7 @@ async def test_a_purge_with_nothing_running_works_on_the_files(
     settings = load_settings(
         {"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data), nats_url=nats_server.url
     )
-    report = await _ops.purge_tenant(settings, "acme", url_given=True)
+    report = await ops.purge_tenant(settings, "acme", url_given=True)
     assert (13, 13, 3) == (
         report.stream_messages,
         report.history_rows["events"],

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NatsClient
 
 from consumers.service import rebuild_offline
 from consumers.settings import load_settings
-from consumers.vector_storage import VectorStorage
+from consumers.storage import VectorStorage, vector_storage_from_settings
 from producers import MemoryClient
 from projections.embedders import HashEmbedder
 from tests.integration.test_history_runner import publish_mixed, run_live
@@ -19,7 +19,7 @@ from tests.samples import sample_events
 
 def storage(tmp_path: Path) -> VectorStorage:
     settings = load_settings({}, data_dir=str(tmp_path))
-    return VectorStorage(settings, HashEmbedder(64))
+    return vector_storage_from_settings(settings, HashEmbedder(64))
 
 
 async def test_live_vectors_skip_bad_events_and_rebuild_without_embedding(

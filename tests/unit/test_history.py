@@ -100,14 +100,14 @@ def test_redelivery_at_or_below_checkpoint_is_skipped(history: HistoryProjection
 
 
 def test_same_id_past_the_duplicate_window_is_applied_once(history: HistoryProjection) -> None:
-    """An id seen before, arriving again under a new seq, is skipped (and counted)."""
+    """An id seen before, arriving again under a new seq, is skipped (and apply says so)."""
     turn = make(ev.ConversationTurn, session_id="s", role="user", content="hi")
-    history.apply([(1, turn)])
-    history.apply([(2, turn), (3, make(ev.TaskStarted, task_id="t"))])
-    history.apply([(4, turn), (5, turn)])
+    first = history.apply([(1, turn)])
+    second = history.apply([(2, turn), (3, make(ev.TaskStarted, task_id="t"))])
+    third = history.apply([(4, turn), (5, turn)])
     assert [(2,)] == rows(history, "SELECT count(*) FROM events")
     assert [(1,)] == rows(history, "SELECT count(*) FROM conversations")
-    assert 3 == history.duplicates_skipped
+    assert [(1, 0), (1, 1), (0, 2)] == [(a.events, a.duplicates) for a in (first, second, third)]
     assert 5 == history.checkpoint
 
 
@@ -284,17 +284,17 @@ def test_an_id_is_a_tenants_own(history: HistoryProjection) -> None:
 def test_erase_removes_the_memorys_earlier_events_and_reports_them(
     history: HistoryProjection,
 ) -> None:
-    """forget(erase) deletes the events that carried the memory's text and hands their
-    seqs to the runner once; a plain forget keeps the history."""
-    history.apply([
+    """forget(erase) deletes the events that carried the memory's text and says which
+    seqs it deleted, for the runner; a plain forget keeps the history."""
+    plain = history.apply([
         (1, make(ev.KnowledgeStored, memory_id="m", domain="d", content="secret 1")),
         (2, make(ev.MemoryRevised, memory_id="m", content="secret 2")),
         (3, make(ev.KnowledgeStored, memory_id="other", domain="d", content="keep")),
         (4, make(ev.MemoryForgotten, memory_id="other")),
     ])  # fmt: skip
-    assert [] == history.take_erased()
-    history.apply([(5, make(ev.MemoryForgotten, memory_id="m", erase=True))])
-    assert [1, 2] == history.take_erased()
-    assert [] == history.take_erased()
+    assert () == plain.erased
+    erase = history.apply([(5, make(ev.MemoryForgotten, memory_id="m", erase=True))])
+    assert (1, 2) == erase.erased
+    assert () == history.apply([(5, make(ev.MemoryForgotten, memory_id="m", erase=True))]).erased
     assert [(3,), (4,), (5,)] == rows(history, "SELECT seq FROM events ORDER BY seq")
     assert "secret" not in repr(rows(history, "SELECT * FROM events"))

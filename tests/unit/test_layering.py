@@ -1,40 +1,89 @@
-"""The layout is the architecture: schemas and projections never touch NATS."""
+"""The layout is the architecture: who may import whom, checked over the whole tree."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("memstream", "schemas", "producers", "projections", "consumers")
 FORBIDDEN = ("nats", "faststream")
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 
-def _imports(package: str) -> set[tuple[str, str]]:
-    found = set()
-    for path in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                found |= {(str(path.relative_to(ROOT)), a.name) for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add((str(path.relative_to(ROOT)), node.module))
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _files(*packages: str) -> Iterator[Path]:
+    for package in packages:
+        yield from sorted((ROOT / package).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth of the file (absolute names)."""
+    found: set[str] = set()
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            # `from pkg import sub` imports the submodule when there is one.
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                if _path_of(candidate) is not None:
+                    found.add(candidate)
     return found
+
+
+def _path_of(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _bad_imports(package: str, allowed: set[str]) -> set[tuple[str, str]]:
+    return {
+        (str(path.relative_to(ROOT)), name)
+        for path in _files(package)
+        for name in _imports(path)
+        if name.split(".")[0] not in allowed
+    }
 
 
 @pytest.mark.parametrize("package", ["schemas", "projections"])
 def test_no_nats_imports_in_source(package: str) -> None:
     """No module of the package imports nats or faststream, at any depth of the file."""
-    bad = {(path, mod) for path, mod in _imports(package) if mod.split(".")[0] in FORBIDDEN}
+    bad = {
+        (str(p.relative_to(ROOT)), m)
+        for p in _files(package)
+        for m in _imports(p)
+        if m.split(".")[0] in FORBIDDEN
+    }
     assert set() == bad
 
 
 def test_no_nats_loaded_at_runtime() -> None:
     """Importing schemas and projections loads neither nats nor faststream transitively."""
     code = (
-        "import sys, schemas, projections, schemas.queries, schemas.events;"
+        "import sys, schemas, projections, schemas.queries, schemas.events, schemas.admin;"
+        "import projections.history, projections.vectors;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'nats', 'faststream'}))"
     )
     result = subprocess.run(
@@ -45,6 +94,103 @@ def test_no_nats_loaded_at_runtime() -> None:
 
 def test_schemas_depend_only_on_stdlib_and_msgspec() -> None:
     """schemas/ is pure: its imports are the stdlib, msgspec and itself."""
-    allowed = set(sys.stdlib_module_names) | {"msgspec", "schemas", "__future__"}
-    bad = {(p, m) for p, m in _imports("schemas") if m.split(".")[0] not in allowed}
-    assert set() == bad
+    assert set() == _bad_imports("schemas", STDLIB | {"msgspec", "schemas"})
+
+
+def test_projections_read_no_settings_and_no_runtime() -> None:
+    """projections/ is handed its storage: it imports schemas, itself and its engines,
+    never consumers (the settings, the runners) or producers."""
+    engines = {"msgspec", "duckdb", "pyarrow", "numpy", "qdrant_client", "openai"}
+    engines |= {"sentence_transformers"}
+    allowed = STDLIB | engines | {"schemas", "projections"}
+    assert set() == _bad_imports("projections", allowed)
+
+
+def test_producers_import_neither_consumers_nor_projections() -> None:
+    """The SDK stands on schemas and nats-py alone: what `pip install memstream` gives."""
+    allowed = STDLIB | {"msgspec", "nats", "schemas", "producers"}
+    assert set() == _bad_imports("producers", allowed)
+
+
+def test_the_facade_only_re_exports() -> None:
+    """memstream/__init__.py holds imports from the four packages and __all__, nothing
+    else (a docstring aside), and every name it imports is in __all__."""
+    tree = ast.parse((ROOT / "memstream" / "__init__.py").read_text())
+    imported: set[str] = set()
+    exported: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        if isinstance(node, ast.ImportFrom):
+            assert (node.module or "").split(".")[0] in PACKAGES[1:], node.module
+            imported |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__all__"]:  # type: ignore[attr-defined]
+            exported = set(ast.literal_eval(node.value))
+        else:
+            raise AssertionError(f"memstream/__init__.py line {node.lineno} is not a re-export")
+    assert imported == exported
+
+
+def test_the_facade_needs_no_server_dependency() -> None:
+    """`import memstream` loads none of the server extra's packages."""
+    server = {"duckdb", "pyarrow", "qdrant_client", "openai", "structlog", "click", "rich"}
+    code = "import sys, memstream; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    loaded = set(ast.literal_eval(result.stdout.strip()))
+    assert set() == loaded & server
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in _files(*PACKAGES)}
+    return {
+        name: {m for m in _imports(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_anywhere() -> None:
+    """No module imports (directly or through others) one that imports it back, counting
+    imports inside functions too."""
+    assert [] == _cycles(_graph())
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    """The check itself sees a cycle when there is one."""
+    assert [["a", "b", "c"]] == _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})

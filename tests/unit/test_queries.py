@@ -5,15 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas.queries import (
-    OPS,
-    ErrorBody,
-    QueryError,
-    Reply,
-    SearchRequest,
-    decode_request,
-    encode_reply,
-)
+from schemas.errors import QueryError
+from schemas.queries import OPS, SERVED_BY, SearchRequest, decode_request, ops_served
+from schemas.replies import ErrorBody, Reply, encode_reply, error_reply
 
 
 def test_every_op_has_a_request_type() -> None:
@@ -73,3 +67,22 @@ def test_reply_envelope_shapes() -> None:
         "ok": False,
         "error": {"code": "not_found", "message": "no such task", "correlation_id": None},
     } == msgspec.json.decode(encode_reply(err))
+
+
+def test_every_op_is_served_by_some_projection() -> None:
+    """The op -> projection table covers every op, and only the projections there are."""
+    assert set(OPS) == set(SERVED_BY)
+    assert {"history", "vectors"} == {p for needs in SERVED_BY.values() for p in needs}
+
+
+def test_ops_served_needs_every_projection_an_op_reads() -> None:
+    """recall reads both projections, so neither alone serves it."""
+    assert ["search"] == ops_served({"vectors"})
+    assert "recall" not in ops_served({"history"})
+    assert list(OPS) == sorted(ops_served({"history", "vectors"}), key=list(OPS).index)
+
+
+def test_an_error_code_outside_the_contract_is_sent_as_internal() -> None:
+    """A reply never carries a code clients do not know."""
+    error = msgspec.json.decode(error_reply("odd", "x"))["error"]
+    assert ("internal", "x") == (error["code"], error["message"])

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from projections.recall import Part, compose, memory_part, task_part
+from schemas.queries import TaskResult
 
 TASK = task_part(
-    {"task": {"task_id": "t1", "title": "ship it", "status": "started", "assignee": "coder"}},
-    None,
+    TaskResult(
+        task={"task_id": "t1", "title": "ship it", "status": "started", "assignee": "coder"},
+        timeline=[],
+    )
 )
 MEMORIES = [
     memory_part("knowledge", f"k{i}", f"fact {i} " * 5, 0.9 - i / 10, i, None) for i in range(4)

@@ -14,7 +14,9 @@ from qdrant_client import QdrantClient
 
 from projections.embedders import HashEmbedder
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.vectors import VectorProjection, VectorReader, point_id
+from projections.vector_layout import point_id
+from projections.vector_search import VectorReader
+from projections.vectors import VectorProjection
 from schemas import events as ev
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)

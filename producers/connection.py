@@ -1,24 +1,32 @@
-"""Connecting to NATS with clear failures and lasting reconnects."""
+"""Connecting to NATS with clear failures and lasting reconnects.
+
+The one NATS connection module: the SDK and every memstream process connect through it.
+It logs through the standard library's ``logging`` (logger ``memstream.nats``) and never
+configures logging itself, so an agent's program decides what it shows.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import weakref
 from collections.abc import Awaitable
-from typing import Any, TypedDict, TypeVar
+from typing import Any, Final, TypedDict, TypeVar
 
 import nats
 import nats.errors
-import structlog
 from nats.aio.client import Client as NatsClient
 
-from schemas.errors import ConnectError
+from schemas.errors import ConnectError, Forbidden
 
 __all__ = [
+    "CREDS_VAR",
     "DEFAULT_URL",
+    "PASSWORD_VAR",
+    "URL_VAR",
+    "USER_VAR",
     "NatsAuth",
-    "PermissionDenied",
     "connect_nats",
     "default_url",
     "denied",
@@ -27,8 +35,13 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
-log = structlog.get_logger("memstream.nats")
+DEFAULT_URL: Final = "nats://127.0.0.1:4222"
+# The environment variables a connection reads when not told otherwise.
+URL_VAR: Final = "MEMSTREAM_NATS_URL"
+USER_VAR: Final = "MEMSTREAM_NATS_USER"
+PASSWORD_VAR: Final = "MEMSTREAM_NATS_PASSWORD"
+CREDS_VAR: Final = "MEMSTREAM_NATS_CREDS"
+log = logging.getLogger("memstream.nats")
 
 
 class NatsAuth(TypedDict):
@@ -65,7 +78,7 @@ async def when_denied(nc: NatsClient, subject: str, seen: int, poll: float = 0.0
 
 
 async def or_denied(nc: NatsClient, subject: str, call: Awaitable[T]) -> T:
-    """Await ``call``, unless the server refuses ``subject`` first: then PermissionDenied."""
+    """Await ``call``, unless the server refuses ``subject`` first: then Forbidden."""
     if not (nc.options.get("user") or nc.options.get("user_credentials")):
         return await call  # no credentials, no permissions to violate: no watcher
     seen = len(_violations.get(nc, ()))  # before the call can send anything
@@ -77,16 +90,12 @@ async def or_denied(nc: NatsClient, subject: str, call: Awaitable[T]) -> T:
         watch.cancel()
     if not task.done():
         task.cancel()
-        raise PermissionDenied(watch.result())
+        raise Forbidden(watch.result())
     return task.result()
 
 
-class PermissionDenied(Exception):
-    """The server refused a publish or request with a permissions violation."""
-
-
 def default_url() -> str:
-    return os.environ.get("MEMSTREAM_NATS_URL") or DEFAULT_URL
+    return os.environ.get(URL_VAR) or DEFAULT_URL
 
 
 async def connect_nats(
@@ -105,10 +114,10 @@ async def connect_nats(
     away later is waited for, so a worker rides out a broker restart.
     """
     url = url or default_url()
-    user = user if user is not None else os.environ.get("MEMSTREAM_NATS_USER") or None
+    user = user if user is not None else os.environ.get(USER_VAR) or None
     if password is None:
-        password = os.environ.get("MEMSTREAM_NATS_PASSWORD") or None
-    creds = creds if creds is not None else os.environ.get("MEMSTREAM_NATS_CREDS") or None
+        password = os.environ.get(PASSWORD_VAR) or None
+    creds = creds if creds is not None else os.environ.get(CREDS_VAR) or None
     if creds and not os.path.isfile(creds):  # noqa: ASYNC240 - one stat, at connect
         raise ConnectError(f"NATS credentials file {creds!r} does not exist")
     errors: list[BaseException] = []
@@ -121,17 +130,17 @@ async def connect_nats(
             seen.append(str(err))
             if len(seen) > 256:
                 del seen[:128]
-            log.warning("nats_permission_denied", url=url, error=str(err))
+            log.warning("nats_permission_denied url=%s error=%s", url, err)
             return
-        log.debug("nats_error", url=url, error=repr(err))
+        log.debug("nats_error url=%s error=%r", url, err)
 
     async def on_disconnect() -> None:
         # A disconnect we asked for (close, drain) is no news.
         if client and not (client[0].is_closed or client[0].is_draining):
-            log.warning("nats_disconnected", url=url)
+            log.warning("nats_disconnected url=%s", url)
 
     async def on_reconnect() -> None:
-        log.info("nats_reconnected", url=url)
+        log.info("nats_reconnected url=%s", url)
 
     kwargs: dict[str, Any] = dict(
         servers=[url],
@@ -160,8 +169,8 @@ async def connect_nats(
             for e in [*errors, err]
         ):
             raise ConnectError(
-                f"NATS at {url} refused the credentials: check MEMSTREAM_NATS_USER/"
-                "MEMSTREAM_NATS_PASSWORD or MEMSTREAM_NATS_CREDS"
+                f"NATS at {url} refused the credentials: check {USER_VAR}/{PASSWORD_VAR} "
+                f"or {CREDS_VAR}"
             ) from None
         detail = (
             cause.strerror.lower()
@@ -170,7 +179,7 @@ async def connect_nats(
         )
         raise ConnectError(
             f"cannot reach NATS at {url} ({detail}): is 'memstream up' running? "
-            "Set --nats-url or MEMSTREAM_NATS_URL to point elsewhere"
+            f"Set --nats-url or {URL_VAR} to point elsewhere"
         ) from None
     client.append(nc)
     # From here on, outages are ridden out rather than fatal.

@@ -14,14 +14,26 @@ import datetime as dt
 import secrets
 from typing import Any
 
+import click
 import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from producers._connect import NatsAuth, connect_nats
-from producers.client import MemoryClient, PublishAck
+from consumers.cli._common import load, nats_url_option, out, run
+from producers._events import PublishAck
+from producers.client import MemoryClient
+from producers.connection import NatsAuth, connect_nats
 
-__all__ = ["run_demo"]
+__all__ = ["demo", "run_demo"]
+
+
+@click.command()
+@nats_url_option
+def demo(nats_url: str | None) -> None:
+    """Run a scripted multi-agent session against a running memstream, then show search,
+    recall, a task's bundle and analytics over it (tenants acme and globex)."""
+    settings = load(nats_url=nats_url)
+    run(run_demo(settings.nats_url, settings.nats_auth, out))
 
 
 async def _acme(mem: dict[str, MemoryClient], run: str) -> tuple[list[PublishAck], dict[str, str]]:

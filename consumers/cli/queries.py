@@ -17,20 +17,29 @@ import click
 import msgspec
 from rich.table import Table
 
-from consumers.cli import (
-    _print_json,
-    _print_rows,
-    _run,
-    _settings,
-    cli,
+from consumers.cli._common import (
     json_option,
+    load,
     nats_url_option,
     out,
+    print_json,
+    print_rows,
+    run,
 )
 from producers.client import MemoryClient
 from schemas.queries import ANALYTICS_NAMES
 
-__all__ = ["summary"]
+__all__ = [
+    "analytics",
+    "context",
+    "conversation",
+    "history",
+    "recall",
+    "search",
+    "stats",
+    "summary",
+    "task",
+]
 
 R = TypeVar("R")
 CLI_AGENT = "memstream-cli"
@@ -71,7 +80,7 @@ class Ask:
         }
 
     def __call__(self, call: Callable[[MemoryClient], Awaitable[R]]) -> R:
-        settings = _settings(nats_url=self.nats_url)
+        settings = load(nats_url=self.nats_url)
 
         async def go() -> R:
             async with await MemoryClient.connect(
@@ -79,7 +88,7 @@ class Ask:
             ) as client:
                 return await call(client)
 
-        return _run(go())
+        return run(go())
 
 
 def query_options(body: Callable[..., None]) -> Callable[..., None]:
@@ -140,7 +149,7 @@ def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-@cli.command()
+@click.command()
 @click.argument("text", nargs=-1, required=True)
 @click.option(
     "--kind",
@@ -183,7 +192,7 @@ def search(
         lambda c: c.search(query, top_k=top_k, **filters, **ask.rw),
     )
     if ask.as_json:
-        _print_json(hits)
+        print_json(hits)
         return
     if not hits:
         out.print("no matches")
@@ -194,7 +203,7 @@ def search(
     out.print(table)
 
 
-@cli.command()
+@click.command()
 @click.option("--type", "types", multiple=True, help="Only this event type (repeatable).")
 @click.option("--agent", default=None, help="Only this agent's events.")
 @click.option("--task-id", default=None, help="Only events carrying this task id.")
@@ -223,7 +232,7 @@ def history(
         ),
     )  # fmt: skip
     if ask.as_json:
-        _print_json(page)
+        print_json(page)
         return
     table = Table("seq", "time", "type", "agent", "fields")
     for e in page.events:
@@ -233,7 +242,7 @@ def history(
         out.print(f"more: --after-seq {page.next_after_seq}")
 
 
-@cli.command()
+@click.command()
 @click.argument("task_id")
 @query_options
 def task(
@@ -243,7 +252,7 @@ def task(
     """A task: its state, timeline, output, and every event carrying its id."""
     found = ask(lambda c: c.task(task_id, **ask.rw))
     if ask.as_json:
-        _print_json(found)
+        print_json(found)
         return
     state = found.task
     out.print(f"[bold]{state.get('title') or task_id}[/bold]  ({task_id})")
@@ -267,7 +276,7 @@ def task(
         out.print("(the newest events only: the task has more)")
 
 
-@cli.command()
+@click.command()
 @click.argument("key")
 @query_options
 def context(
@@ -277,14 +286,14 @@ def context(
     """The shared context value under KEY (not found once expired or cleared)."""
     found = ask(lambda c: c.context(key, **ask.rw))
     if ask.as_json:
-        _print_json(found)
+        print_json(found)
         return
     out.print(_json(found.data))
     expires = f", expires {_when(found.expires_at)}" if found.expires_at else ""
     out.print(f"set {_when(found.set_at)} by {found.agent}{expires}")
 
 
-@cli.command()
+@click.command()
 @click.argument("session_id")
 @click.option("--last-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @query_options
@@ -298,7 +307,7 @@ def conversation(
         lambda c: c.conversation(session_id, last_n=last_n, **ask.rw),
     )
     if ask.as_json:
-        _print_json(found)
+        print_json(found)
         return
     if not found.turns:
         out.print(f"no turns in session {session_id}")
@@ -306,7 +315,7 @@ def conversation(
         out.print(f"[dim]{_when(t.ts)} {t.agent}[/dim]  [bold]{t.role}[/bold]: {t.content}")
 
 
-@cli.command()
+@click.command()
 @click.argument("text", nargs=-1)
 @click.option("--session-id", default=None, help="Include this session's recent turns.")
 @click.option("--task-id", default=None, help="Include this task's state.")
@@ -336,7 +345,7 @@ def recall(
         ),
     )  # fmt: skip
     if ask.as_json:
-        _print_json(found)
+        print_json(found)
         return
     out.print(found.text or "(nothing to recall)", markup=False)
     out.print(f"\n[dim]{found.chars} of {budget_chars} characters, {strategy}; sources:[/dim]")
@@ -346,17 +355,17 @@ def recall(
         out.print(f"[dim]  {s.kind} {s.ref}{seq}{score}[/dim]")
 
 
-@cli.command()
+@click.command()
 @query_options
 def stats(ask: Ask) -> None:
     """The tenant's events by type and agent, each projection's progress, dead letters."""
     found = ask(lambda c: c.stats(**ask.rw))
     if ask.as_json:
-        _print_json(found)
+        print_json(found)
         return
-    _print_rows(["type", "events"], list(found.events_by_type.items()), "table")
-    _print_rows(["agent", "events"], list(found.events_by_agent.items()), "table")
-    _print_rows(
+    print_rows(["type", "events"], list(found.events_by_type.items()), "table")
+    print_rows(["agent", "events"], list(found.events_by_agent.items()), "table")
+    print_rows(
         ["projection", "applied up to seq", "behind by"],
         [(n, s, found.lag.get(n, 0)) for n, s in found.last_applied_seq.items()],
         "table",
@@ -364,7 +373,7 @@ def stats(ask: Ask) -> None:
     out.print(f"dead letters: {found.dlq_count}")
 
 
-@cli.command()
+@click.command()
 @click.argument("name", type=click.Choice(sorted(ANALYTICS_NAMES)))
 @click.option("--since", type=TIME, default=None)
 @click.option("--until", type=TIME, default=None)
@@ -392,9 +401,9 @@ def analytics(
     }
     found = ask(lambda c: c.analytics(name, params, **ask.rw))
     if ask.as_json:
-        _print_json([dict(zip(found.columns, row, strict=True)) for row in found.rows])
+        print_json([dict(zip(found.columns, row, strict=True)) for row in found.rows])
         return
     if not found.rows:
         out.print(f"{name}: no rows")
         return
-    _print_rows(found.columns, found.rows, "table")
+    print_rows(found.columns, found.rows, "table")

@@ -1,0 +1,154 @@
+"""What every command group of the CLI shares: options, settings, output, publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from consumers._runtime import tune_for_throughput
+from consumers.auth import TenantCredentials
+from consumers.log import configure_logging
+from consumers.settings import Settings, load_settings
+from producers._events import PublishAck
+from producers.client import MemoryClient
+from producers.connection import DEFAULT_URL, URL_VAR
+from schemas.events import Event
+
+__all__ = [
+    "data_dir_option",
+    "json_option",
+    "load",
+    "nats_url_option",
+    "out",
+    "print_ack",
+    "print_json",
+    "print_rows",
+    "publish_one",
+    "run",
+    "tenant_agent_options",
+    "url_given",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console(highlight=False, soft_wrap=True)
+_json = msgspec.json.Encoder()
+
+
+def nats_url_option(f: F) -> F:
+    return click.option(
+        "--nats-url",
+        default=None,
+        help=f"NATS URL [default: ${URL_VAR}, else {DEFAULT_URL}].",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(f)
+
+
+def tenant_agent_options(f: F) -> F:
+    f = click.option("--agent", "-a", required=True, help="Agent id.")(f)
+    return click.option("--tenant", "-t", required=True, help="Tenant id.")(f)
+
+
+def data_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir",
+        default=None,
+        help="memstream's data dir [default: $MEMSTREAM_DATA_DIR, else ./.memstream].",
+    )(f)
+
+
+def load(*, service: bool = False, **overrides: Any) -> Settings:
+    """Settings and logging. A one-shot command logs only warnings and worse and leaves
+    the interpreter's tuning alone; a service (``up``, ``serve``) tunes it for
+    throughput."""
+    settings = load_settings(**overrides)
+    if not (settings.nats_user or settings.nats_creds):
+        # On the machine memstream runs on, its commands act as memstream's service user
+        # (memstream up --auth keeps it under the data dir).
+        identity = TenantCredentials(settings.data_path).service_if_any()
+        if identity is not None:
+            settings = msgspec.structs.replace(
+                settings, nats_user=identity.user, nats_password=identity.password
+            )
+    level = settings.log_level
+    if service:
+        tune_for_throughput()
+    elif level in ("debug", "info") and "MEMSTREAM_LOG_LEVEL" not in os.environ:
+        level = "warning"
+    configure_logging(settings.log_format, level)
+    return settings
+
+
+def url_given(nats_url: str | None) -> bool:
+    """Whether the user named a NATS (a flag or the variable), rather than the default."""
+    return nats_url is not None or bool(os.environ.get(URL_VAR))
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(_json.encode(data).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+def print_rows(columns: list[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    if fmt == "json":
+        print_json([dict(zip(columns, map(_cell, row), strict=True)) for row in rows])
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows([[_cell(v) for v in row] for row in rows])
+    else:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*("" if v is None else str(_cell(v)) for v in row))
+        out.print(table)
+
+
+def publish_one(
+    settings: Settings, tenant: str, agent: str, build: Callable[[MemoryClient], Event]
+) -> PublishAck:
+    """Connect as (tenant, agent), publish the event ``build`` makes, return its ack."""
+
+    async def go() -> PublishAck:
+        async with await MemoryClient.connect(
+            settings.nats_url,
+            tenant=tenant,
+            agent=agent,
+            max_event_bytes=settings.max_event_bytes,
+            **settings.nats_auth,
+        ) as client:
+            return await client.publish(build(client))
+
+    return run(go())
+
+
+def print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None:
+    if as_json:
+        print_json({**msgspec.structs.asdict(ack), "type": type_, **extra})
+        return
+    dup = " (duplicate: already stored)" if ack.duplicate else ""
+    ids = "".join(f"  {k} {v}" for k, v in extra.items())
+    out.print(f"stored {type_} at seq {ack.seq}{dup}  id {ack.id}{ids}")

@@ -1,0 +1,274 @@
+"""Operating memstream: ``status``, ``replay``, ``sql``, ``dlq`` and ``asyncapi``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import msgspec
+import nats.js.errors
+from rich.console import Console
+from rich.table import Table
+
+from consumers.cli._common import (
+    data_dir_option,
+    json_option,
+    load,
+    nats_url_option,
+    out,
+    print_json,
+    print_rows,
+    run,
+    url_given,
+)
+from consumers.settings import Settings
+from producers.connection import connect_nats
+from schemas.admin import ReplayProgress
+from schemas.dead_letters import DeadLetterInfo
+from schemas.subjects import DLQ_STREAM, EVENT_STREAM
+
+__all__ = ["asyncapi", "dlq", "replay", "sql_command", "status"]
+
+_json = msgspec.json.Encoder()
+
+
+def _version(nc: Any) -> str:
+    v = nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+async def _status(url: str, settings: Settings) -> dict[str, Any]:
+    nc = await connect_nats(url, name="memstream:status", **settings.nats_auth)
+    try:
+        js = nc.jetstream()
+        streams: list[dict[str, Any]] = []
+        for name in (EVENT_STREAM, DLQ_STREAM):
+            try:
+                info = await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                streams.append({"name": name, "exists": False})
+                continue
+            state = info.state
+            entry: dict[str, Any] = {
+                "name": name,
+                "exists": True,
+                "messages": state.messages,
+                "bytes": state.bytes,
+                "first_seq": state.first_seq,
+                "last_seq": state.last_seq,
+                "subjects": info.config.subjects,
+                "consumers": [],
+            }
+            for c in await js.consumers_info(name):
+                if not c.config.durable_name:
+                    continue  # a replay's ephemeral consumer, gone when it finishes
+                entry["consumers"].append(
+                    {
+                        "name": c.name,
+                        "pending": c.num_pending,
+                        "ack_pending": c.num_ack_pending,
+                        "delivered_seq": c.delivered.stream_seq if c.delivered else 0,
+                        "acked_seq": c.ack_floor.stream_seq if c.ack_floor else 0,
+                    }
+                )
+            streams.append(entry)
+        return {"nats_url": url, "server_version": _version(nc), "streams": streams}
+    finally:
+        await nc.close()
+
+
+@click.command()
+@nats_url_option
+@json_option
+def status(nats_url: str | None, as_json: bool) -> None:
+    """Streams with their message counts, and consumers with what they have pending."""
+    settings = load(nats_url=nats_url)
+    report = run(_status(settings.nats_url, settings))
+    if as_json:
+        print_json(report)
+        return
+    out.print(f"NATS {report['nats_url']} (server {report['server_version']})")
+    table = Table("stream", "messages", "bytes", "first seq", "last seq")
+    consumers = Table("stream", "consumer", "pending", "ack pending", "acked up to seq")
+    for s in report["streams"]:
+        if not s["exists"]:
+            table.add_row(s["name"], "missing: run 'memstream up'", "", "", "")
+            continue
+        table.add_row(
+            s["name"], str(s["messages"]), str(s["bytes"]), str(s["first_seq"]), str(s["last_seq"])
+        )
+        for c in s["consumers"]:
+            consumers.add_row(
+                s["name"], c["name"], str(c["pending"]), str(c["ack_pending"]), str(c["acked_seq"])
+            )
+    out.print(table)
+    if consumers.row_count:
+        out.print(consumers)
+
+
+@click.command()
+@click.argument("projection", type=click.Choice(["history", "vectors"]))
+@data_dir_option
+@nats_url_option
+@json_option
+def replay(projection: str, data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
+    """Rebuild PROJECTION from the whole stream, then swap it in atomically.
+
+    With memstream up running, the running process rebuilds and keeps answering from the
+    old database until the swap; otherwise this command works on the files itself.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from consumers import ops
+
+    settings = load(data_dir=data_dir, nats_url=nats_url)
+    progress = Progress(
+        TextColumn(f"rebuilding {projection}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>10,.0f} events/s"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=as_json,
+        transient=False,
+    )
+    task = progress.add_task(projection, total=None, rate=0.0)
+
+    def on_progress(p: ReplayProgress) -> None:
+        progress.update(task, completed=p.done, total=p.total, rate=p.rate)
+
+    with progress:
+        result = run(ops.rebuild(settings, projection, url_given(nats_url), on_progress))
+        progress.update(
+            task,
+            completed=result.events + result.dead_letters,
+            total=result.events + result.dead_letters,
+        )
+    if as_json:
+        print_json(msgspec.structs.asdict(result))
+        return
+    out.print(
+        f"rebuilt {projection}: {result.events} events up to seq {result.last_seq} "
+        f"in {result.seconds:.1f}s ({result.dead_letters} dead letters skipped); swapped in"
+    )
+
+
+@click.command(name="sql")
+@click.argument("query")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--max-rows", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
+@data_dir_option
+@nats_url_option
+def sql_command(
+    query: str, fmt: str, max_rows: int, data_dir: str | None, nats_url: str | None
+) -> None:
+    """Run one read-only SQL QUERY over the history (tables: events, knowledge, tasks, ...)."""
+    from consumers import ops
+
+    settings = load(data_dir=data_dir, nats_url=nats_url)
+    result = run(ops.sql(settings, query, url_given(nats_url), max_rows))
+    print_rows(result.columns, result.rows, fmt)
+    if result.truncated:
+        sys.stderr.write(f"memstream: showing the first {max_rows} rows (--max-rows)\n")
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters: events a projection could not apply, with the reason."""
+
+
+@dlq.command(name="list")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@nats_url_option
+@json_option
+def dlq_list(limit: int, nats_url: str | None, as_json: bool) -> None:
+    """Show each dead letter: its reason, source subject and source sequence."""
+    settings = load(nats_url=nats_url)
+
+    async def go() -> list[DeadLetterInfo]:
+        nc = await connect_nats(settings.nats_url, name="memstream:dlq", **settings.nats_auth)
+        try:
+            from consumers.dead_letters import list_dead_letters
+
+            return await list_dead_letters(nc, limit)
+        finally:
+            await nc.close()
+
+    letters = run(go())
+    if as_json:
+        print_json([msgspec.structs.asdict(d) for d in letters])
+        return
+    if not letters:
+        out.print("no dead letters")
+        return
+    print_rows(
+        ["dlq seq", "projection", "source subject", "source seq", "reason"],
+        [
+            (d.seq, d.subject.split(".")[1], d.source_subject, d.source_seq, d.error)
+            for d in letters
+        ],
+        "table",
+    )
+
+
+@dlq.command(name="retry")
+@click.option(
+    "--seq",
+    "seqs",
+    type=int,
+    multiple=True,
+    help="Retry only this DLQ sequence (repeatable) [default: all].",
+)
+@nats_url_option
+@json_option
+def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> None:
+    """Publish dead letters again to their source subject (once the cause is fixed)."""
+    settings = load(nats_url=nats_url)
+
+    async def go() -> list[tuple[DeadLetterInfo, int]]:
+        nc = await connect_nats(settings.nats_url, name="memstream:dlq", **settings.nats_auth)
+        try:
+            from consumers.dead_letters import retry_dead_letters
+
+            return await retry_dead_letters(nc, set(seqs) if seqs else None)
+        finally:
+            await nc.close()
+
+    done = run(go())
+    if as_json:
+        print_json(
+            [
+                {"dlq_seq": d.seq, "source_subject": d.source_subject, "new_seq": seq}
+                for d, seq in done
+            ]
+        )
+        return
+    out.print(f"retried {len(done)} dead letter{'s' if len(done) != 1 else ''}")
+    for d, seq in done:
+        out.print(f"  dlq seq {d.seq}: {d.source_subject} published again as seq {seq}")
+
+
+@click.command()
+def asyncapi() -> None:
+    """Print the wire contract (events, queries, replies) as an AsyncAPI 3.0 document."""
+    from importlib.metadata import version
+
+    from schemas.asyncapi import asyncapi_document
+
+    sys.stdout.write(
+        msgspec.json.format(_json.encode(asyncapi_document(version("memstream")))).decode() + "\n"
+    )

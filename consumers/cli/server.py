@@ -1,0 +1,128 @@
+"""``memstream up`` and ``memstream serve``: run memstream."""
+
+from __future__ import annotations
+
+import click
+
+from consumers.cli._common import (
+    data_dir_option,
+    json_option,
+    load,
+    nats_url_option,
+    out,
+    print_json,
+    run,
+)
+from consumers.roles import ROLES, role_help
+
+__all__ = ["serve", "up"]
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    default=None,
+    help="Where NATS and the projections keep their data "
+    "[default: $MEMSTREAM_DATA_DIR, else ./.memstream].",
+)
+@click.option(
+    "--nats-port",
+    type=click.IntRange(0, 65535),
+    default=4222,
+    show_default=True,
+    help="Port of the embedded NATS (0: any free port).",
+)
+@click.option("--nats-url", default=None, help="Use this NATS instead of starting one.")
+@click.option(
+    "--auth",
+    is_flag=True,
+    help="Admit only memstream's service user and the tenants' users "
+    "(memstream tenant add), each confined to its own subjects.",
+)
+@json_option
+def up(
+    data_dir: str | None, nats_port: int, nats_url: str | None, auth: bool, as_json: bool
+) -> None:
+    """Run memstream on this machine: embedded NATS with JetStream, both projections
+    (history in DuckDB, vectors in Qdrant) and the query worker, in one process."""
+    from consumers.app import UpInfo, run_up
+
+    settings = load(service=True, data_dir=data_dir, nats_url=nats_url)
+
+    def ready(info: UpInfo) -> None:
+        if as_json:
+            print_json(
+                {
+                    "nats_url": info.nats_url,
+                    "data_dir": str(info.data_dir),
+                    "embedded": info.embedded,
+                    "nats_pid": info.nats_pid,
+                    "auth": info.auth,
+                    "streams": info.provisioned.streams,
+                    "consumers": info.provisioned.consumers,
+                    "projections": info.projections,
+                }
+            )
+            return
+        out.print("memstream is up")
+        out.print(f"  NATS      {info.nats_url}" + ("" if info.embedded else " (external)"))
+        out.print(f"  data dir  {info.data_dir}")
+        for name, checkpoint in info.projections.items():
+            out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
+        streams = ", ".join(f"{k} ({v})" for k, v in info.provisioned.streams.items())
+        out.print(f"  streams   {streams}")
+        if info.auth:
+            out.print("  auth      on: only memstream and the tenants' users may connect")
+            out.print(
+                "Give each tenant its credentials with 'memstream tenant add TENANT'; agents "
+                f"connect with MEMSTREAM_NATS_URL={info.nats_url} MEMSTREAM_NATS_USER=TENANT "
+                "MEMSTREAM_NATS_PASSWORD=... Ctrl-C stops."
+            )
+        else:
+            out.print(f"Connect agents with MEMSTREAM_NATS_URL={info.nats_url}. Ctrl-C stops.")
+
+    run(
+        run_up(
+            settings,
+            nats_port=nats_port,
+            external_nats=nats_url is not None,
+            on_ready=ready,
+            auth=auth,
+        )
+    )
+
+
+@click.command()
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    required=True,
+    help=f"What this process runs. {role_help()}",
+)
+@data_dir_option
+@nats_url_option
+@json_option
+def serve(role: str, data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
+    """Run one role against an external NATS, for scale-out. Each role can run in several
+    processes; a role's processes share its queries in a queue group."""
+    from consumers.app import UpInfo, run_up
+
+    settings = load(service=True, data_dir=data_dir, nats_url=nats_url)
+
+    def ready(info: UpInfo) -> None:
+        if as_json:
+            print_json(
+                {
+                    "role": role,
+                    "nats_url": info.nats_url,
+                    "data_dir": str(info.data_dir),
+                    "projections": info.projections,
+                }
+            )
+            return
+        out.print(f"memstream serve: {role} role up on {info.nats_url}")
+        for name, checkpoint in info.projections.items():
+            out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
+        out.print("Ctrl-C stops.")
+
+    run(run_up(settings, external_nats=True, roles=frozenset({role}), on_ready=ready))

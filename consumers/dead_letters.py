@@ -1,0 +1,84 @@
+"""Dead letters: filing an event a projection cannot apply in ``MEMORY_DLQ``, and reading
+and retrying them (``memstream dlq``). The header names are the contract's
+(:mod:`schemas.dead_letters`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+
+from consumers.decoding import DeadLetter
+from consumers.log import get_logger
+from schemas.dead_letters import DeadLetterInfo, dead_letter_headers, read_dead_letter
+from schemas.subjects import DLQ_STREAM, dlq_subject
+
+__all__ = ["list_dead_letters", "publish_dead_letters", "retry_dead_letters"]
+
+log = get_logger("memstream.dlq")
+
+
+async def publish_dead_letters(js: Any, projection: str, dead: Sequence[DeadLetter]) -> None:
+    """Store each dead letter in MEMORY_DLQ with its reason; redeliveries dedupe by seq."""
+    futures = []
+    for d in dead:
+        log.warning(
+            "dead_letter", projection=projection, seq=d.seq, subject=d.subject, reason=d.reason
+        )
+        headers = dead_letter_headers(projection, d.reason, d.subject, d.seq)
+        futures.append(
+            await js.publish_async(
+                dlq_subject(projection, d.tenant), d.data, headers=headers, stream=DLQ_STREAM
+            )
+        )
+    await asyncio.gather(*futures)
+
+
+async def _dead_letters(nc: NatsClient, limit: int) -> AsyncIterator[tuple[DeadLetterInfo, Any]]:
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(DLQ_STREAM)
+    except nats.js.errors.NotFoundError:
+        return
+    seq, found = info.state.first_seq, 0
+    while seq and seq <= info.state.last_seq and found < limit:
+        try:
+            msg = await js.get_msg(DLQ_STREAM, seq)
+        except nats.js.errors.NotFoundError:
+            seq += 1
+            continue
+        yield read_dead_letter(seq, msg.subject or "", msg.headers, len(msg.data or b"")), msg
+        found += 1
+        seq += 1
+
+
+async def list_dead_letters(nc: NatsClient, limit: int = 1000) -> list[DeadLetterInfo]:
+    return [info async for info, _ in _dead_letters(nc, limit)]
+
+
+async def retry_dead_letters(
+    nc: NatsClient, seqs: set[int] | None = None, limit: int = 100_000
+) -> list[tuple[DeadLetterInfo, int]]:
+    """Publish dead letters again to their source subject, then drop them from the DLQ.
+
+    The same source message dead-lettered by both projections is published once (the
+    ``Nats-Msg-Id`` is derived from its source sequence). Returns (letter, new seq).
+    """
+    js = nc.jetstream()
+    done: list[tuple[DeadLetterInfo, int]] = []
+    async for info, msg in _dead_letters(nc, limit):
+        if seqs is not None and info.seq not in seqs:
+            continue
+        if not info.source_subject:
+            continue
+        ack = await js.publish(
+            info.source_subject,
+            msg.data or b"",
+            headers={"Nats-Msg-Id": f"dlq-retry:{info.source_seq}"},
+        )
+        await js.delete_msg(DLQ_STREAM, info.seq)
+        done.append((info, ack.seq))
+    return done

@@ -1,0 +1,119 @@
+"""The replay runner: the whole stream, in order, into a projection (a rebuild).
+
+It feeds the same ``apply`` as the live runner, from an ephemeral ordered consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from consumers._pull import BatchPuller
+from consumers.decoding import MessageDecoder, stream_seq
+from consumers.runner import RunnerStats, erase_from_stream
+from projections.base import Applied, Projection
+from schemas.admin import ReplayProgress
+from schemas.events import EventDecoder
+from schemas.subjects import EVENT_PREFIX, EVENT_STREAM
+
+__all__ = ["replay"]
+
+
+async def replay(
+    nc: NatsClient,
+    projection: Projection,
+    *,
+    batch_size: int = 20_000,
+    until: Callable[[int], Awaitable[bool]] | None = None,
+    on_progress: Callable[[ReplayProgress], None] | None = None,
+    decoder: EventDecoder | None = None,
+) -> RunnerStats:
+    """Apply the whole stream to ``projection`` from an ordered consumer.
+
+    Stops at the first batch boundary where nothing is pending and ``until(checkpoint)``
+    holds (by default, as soon as it has caught up); ``until`` may pause whatever it waits
+    for, so the target stops moving. Dead letters are counted, not
+    published again: the live runner already filed them.
+    """
+    js = nc.jetstream()
+    info = await js.stream_info(EVENT_STREAM)
+    total = info.state.messages
+    stats = RunnerStats()
+    decoder_ = MessageDecoder(decoder)
+    if total == 0 and (until is None or await until(projection.checkpoint)):
+        return stats
+    # An ephemeral pull consumer with no acks: in order, nothing redelivered, and gone
+    # by itself if this process dies (inactive_threshold).
+    name = f"replay-{secrets.token_hex(6)}"
+    await js.add_consumer(
+        EVENT_STREAM,
+        ConsumerConfig(
+            name=name,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            filter_subject=f"{EVENT_PREFIX}.>",
+            inactive_threshold=30.0,
+            mem_storage=True,
+            max_waiting=4,
+        ),
+    )
+    puller = BatchPuller(nc, EVENT_STREAM, name, linger=0.02)
+    await puller.start()
+    loop = asyncio.get_running_loop()
+    in_flight: asyncio.Future[Applied] | None = None
+    erased: list[int] = []
+    done = 0
+    try:
+        while True:
+            msgs = await puller.fetch(batch_size, timeout=1.0)
+            if not msgs:
+                continue
+            seqs = []
+            pending = 0
+            for msg in msgs:
+                seq, pending = stream_seq(msg.reply)
+                seqs.append(seq)
+            decoded = decoder_.decode(msgs, seqs)
+            stats.dead_letters += len(decoded.dead)
+            if in_flight is not None:
+                erased += (await in_flight).erased
+            last_seq = seqs[-1]
+            # Submitted to the thread now, not when this coroutine next yields: the next
+            # batch may already be buffered, and decoding it does not yield.
+            in_flight = loop.run_in_executor(
+                None, projection.apply, decoded.batch, last_seq, decoded.bodies
+            )
+            done += len(msgs)
+            stats.applied += len(decoded.batch)
+            stats.batches += 1
+            if on_progress:
+                elapsed = time.monotonic() - stats.started
+                on_progress(
+                    ReplayProgress(
+                        done=done,
+                        total=max(total, done + pending),
+                        last_seq=last_seq,
+                        rate=done / elapsed if elapsed else 0.0,
+                    )
+                )
+            if pending == 0:
+                erased += (await in_flight).erased
+                in_flight = None
+                if until is None or await until(last_seq):
+                    break
+    finally:
+        if in_flight is not None:
+            with contextlib.suppress(Exception):
+                await in_flight
+        await puller.stop()
+        with contextlib.suppress(nats.errors.Error):
+            await js.delete_consumer(EVENT_STREAM, name)
+    await erase_from_stream(js, projection.name, erased)
+    return stats

@@ -1,0 +1,24 @@
+"""The roles a memstream process can run (``serve --role``), from the contract's table of
+which projection serves which op. Light on purpose: the CLI reads it at every start."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from schemas.queries import PROJECTIONS, ops_served
+
+__all__ = ["ALL_ROLES", "ROLES", "role_help"]
+
+ROLES: Final = (*PROJECTIONS, "query")
+ALL_ROLES: Final = frozenset(ROLES)
+
+
+def role_help() -> str:
+    """What each role runs and answers."""
+    history, vectors = ops_served({"history"}), ops_served({"vectors"})
+    return (
+        f"history: the DuckDB history, answering {', '.join(history)}. "
+        f"vectors: the vector projection (with Qdrant's local mode it also answers "
+        f"{', '.join(vectors)} and recall). query: {', '.join(vectors)} and recall from a "
+        "Qdrant server (MEMSTREAM_QDRANT_URL)."
+    )

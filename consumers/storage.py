@@ -1,0 +1,186 @@
+"""Where each projection lives, and how a rebuilt one replaces it.
+
+The projections are handed their storage: a DuckDB file for the history; a Qdrant client,
+an embedder and an embedding cache for the vectors. This module builds them; only the
+``from_settings`` functions read the settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from qdrant_client import QdrantClient
+
+from consumers.log import get_logger
+from consumers.settings import Settings
+from projections.base import Projection
+from projections.embedders import (
+    Embedder,
+    EmbedderError,
+    HashEmbedder,
+    OpenAIEmbedder,
+    SentenceTransformerEmbedder,
+)
+from projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from projections.files import ProjectionFiles
+from projections.history import HistoryProjection
+from projections.vector_layout import PREFIX, generation_of, new_generation
+from projections.vectors import VectorProjection
+
+__all__ = [
+    "HistoryStorage",
+    "Storage",
+    "VectorStorage",
+    "embedder_from_settings",
+    "history_path",
+    "vector_storage_from_settings",
+]
+
+log = get_logger("memstream.storage")
+
+P = TypeVar("P", bound=Projection)
+
+
+class Storage(Protocol[P]):
+    """Where a projection lives and how a rebuilt one replaces it."""
+
+    name: str
+
+    def open_current(self) -> P: ...
+
+    def open_new(self) -> P: ...
+
+    def make_current(self, new: P) -> None:
+        """Make ``new`` the projection in use (atomically) and drop the one before it.
+
+        The caller has closed the one before it.
+        """
+        ...
+
+    def discard(self, projection: P) -> None: ...
+
+    def close(self) -> None:
+        """Release what the storage holds, after its projections are closed."""
+        ...
+
+
+class HistoryStorage:
+    """DuckDB files under ``<data dir>/history``, switched by the CURRENT pointer."""
+
+    name = "history"
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.files = ProjectionFiles(Path(data_dir) / "history", "history", ".duckdb")
+
+    def open_current(self) -> HistoryProjection:
+        for stale in self.files.leftovers():
+            # A rebuild that did not finish (the process died): nobody will use it.
+            log.info("removing_unfinished_rebuild", path=str(stale))
+            self.files.remove(stale)
+        return HistoryProjection(self.files.current_or_new())
+
+    def open_new(self) -> HistoryProjection:
+        return HistoryProjection(self.files.new_path())
+
+    def make_current(self, new: HistoryProjection) -> None:
+        old = self.files.make_current(new.path)
+        if old is not None and old != new.path:
+            self.files.remove(old)
+
+    def discard(self, projection: HistoryProjection) -> None:
+        projection.close()
+        self.files.remove(projection.path)
+
+    def close(self) -> None:
+        pass
+
+
+def history_path(data_dir: str | Path) -> Path | None:
+    """The history database in use under ``data_dir``, if there is one yet."""
+    return HistoryStorage(data_dir).files.current()
+
+
+class VectorStorage:
+    """Generations of the vector collections in one Qdrant, through one client.
+
+    Qdrant's local mode lets one client open its directory, so the live projection and a
+    rebuild share this one. The storage owns (and closes) the client and the cache.
+    """
+
+    name = "vectors"
+
+    def __init__(self, client: QdrantClient, embedder: Embedder, cache: EmbeddingCache) -> None:
+        self.client = client
+        self.cache = cache
+        self.embedder = CachedEmbedder(embedder, cache)
+
+    def open_current(self) -> VectorProjection:
+        projection = VectorProjection(self.client, self.embedder)
+        self._drop_other_generations(keep=projection.generation)
+        return projection
+
+    def open_new(self) -> VectorProjection:
+        return VectorProjection(self.client, self.embedder, generation=new_generation())
+
+    def make_current(self, new: VectorProjection) -> None:
+        for name in new.make_current():
+            self.client.delete_collection(name)
+
+    def discard(self, projection: VectorProjection) -> None:
+        for name in projection.collections():
+            self.client.delete_collection(name)
+
+    def _drop_other_generations(self, keep: str) -> None:
+        # Collections of a rebuild that did not finish (the process died).
+        for c in self.client.get_collections().collections:
+            if c.name.startswith(PREFIX) and generation_of(c.name) != keep:
+                log.info("removing_unfinished_rebuild", collection=c.name)
+                self.client.delete_collection(c.name)
+
+    def close(self) -> None:
+        self.cache.close()
+        self.client.close()
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    """The embedder the settings ask for (MEMSTREAM_EMBEDDER and friends)."""
+    kind = settings.effective_embedder
+    if kind == "hash":
+        return HashEmbedder(settings.embedding_dim or 384)
+    if kind == "openai":
+        if not settings.openai_api_key:
+            raise EmbedderError("MEMSTREAM_EMBEDDER=openai needs OPENAI_API_KEY")
+        return OpenAIEmbedder(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            model=settings.embedding_model or "text-embedding-3-small",
+            dimensions=settings.embedding_dim,
+        )
+    if not settings.embedding_model:
+        raise EmbedderError(
+            "MEMSTREAM_EMBEDDER=sentence-transformers needs MEMSTREAM_EMBEDDING_MODEL: the "
+            "path of a model on disk"
+        )
+    return SentenceTransformerEmbedder(settings.embedding_model)
+
+
+def _qdrant(settings: Settings) -> QdrantClient:
+    if settings.qdrant_url:
+        return QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+    path = settings.data_path / "qdrant"
+    path.mkdir(parents=True, exist_ok=True)
+    return QdrantClient(path=str(path))
+
+
+def _cache(settings: Settings) -> EmbeddingCache:
+    return EmbeddingCache(settings.data_path / "embeddings.sqlite3")
+
+
+def vector_storage_from_settings(
+    settings: Settings, embedder: Embedder | None = None
+) -> VectorStorage:
+    """The vectors of the settings' Qdrant (a server, or local mode under the data dir)."""
+    return VectorStorage(
+        _qdrant(settings), embedder or embedder_from_settings(settings), _cache(settings)
+    )

@@ -1,0 +1,342 @@
+"""The typed event methods of the SDK: one per event type, each building a
+contract-conforming event (a UUIDv7 id, the time now) and publishing it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
+
+import msgspec
+
+from schemas import events as ev
+from schemas.events import Event
+from schemas.ids import new_id
+
+__all__ = ["GENERATED_IDS", "Causality", "EventMethods", "PublishAck", "Trace"]
+
+E = TypeVar("E", bound=Event)
+
+
+class PublishAck(msgspec.Struct, frozen=True):
+    """JetStream's receipt for one event."""
+
+    seq: int
+    id: str
+    # True when JetStream already had this id within its duplicate window: nothing new
+    # was stored and ``seq`` is the sequence of the first copy.
+    duplicate: bool
+    stream: str
+
+
+class Causality(TypedDict, total=False):
+    correlation_id: str
+    causation_id: str
+
+
+class Trace(Causality, total=False):
+    # Groups the event into this task's bundle.
+    task_id: str
+
+
+# The id field each creating event gets a fresh UUIDv7 for when the caller gives none.
+GENERATED_IDS: dict[str, str] = {
+    "knowledge.stored": "memory_id",
+    "solution.stored": "memory_id",
+    "collab.recorded": "interaction_id",
+    "task.created": "task_id",
+    "flow.run_recorded": "run_id",
+}
+
+
+class EventMethods:
+    """Mixed into MemoryClient, which provides ``publish``."""
+
+    tenant: str
+    agent: str
+
+    if TYPE_CHECKING:
+
+        async def publish(self, event: Event) -> PublishAck: ...
+
+    def new_event(self, cls: type[E], **fields: Any) -> E:
+        """An event of ``cls`` from this client's tenant and agent, with a new id and ts."""
+        fields.setdefault("id", new_id())
+        fields.setdefault("tenant", self.tenant)
+        fields.setdefault("agent", self.agent)
+        fields.setdefault("ts", ev.utc_now())
+        return cls(**fields)
+
+    # --- memory -------------------------------------------------------------------
+
+    async def store_knowledge(
+        self,
+        content: str,
+        *,
+        domain: str,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        memory_id: str | None = None,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Store a piece of knowledge; ``memory_id`` is generated when omitted."""
+        return await self.publish(
+            self.new_event(
+                ev.KnowledgeStored,
+                memory_id=memory_id or new_id(),
+                domain=domain,
+                content=content,
+                tags=tuple(tags),
+                metadata=metadata or {},
+                **trace,
+            )
+        )
+
+    async def store_solution(
+        self,
+        problem: str,
+        solution: str,
+        *,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        memory_id: str | None = None,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Store how a problem was solved."""
+        return await self.publish(
+            self.new_event(
+                ev.SolutionStored,
+                memory_id=memory_id or new_id(),
+                problem=problem,
+                solution=solution,
+                tags=tuple(tags),
+                metadata=metadata or {},
+                **trace,
+            )
+        )
+
+    async def revise(
+        self,
+        memory_id: str,
+        *,
+        content: str | None = None,
+        problem: str | None = None,
+        solution: str | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Change a stored memory; fields left as None stay as they were."""
+        return await self.publish(
+            self.new_event(
+                ev.MemoryRevised,
+                memory_id=memory_id,
+                content=content,
+                problem=problem,
+                solution=solution,
+                tags=None if tags is None else tuple(tags),
+                metadata=metadata,
+                **trace,
+            )
+        )
+
+    async def forget(
+        self,
+        memory_id: str,
+        *,
+        reason: str | None = None,
+        erase: bool = False,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Forget a memory; ``erase=True`` also removes its earlier events from the stream."""
+        return await self.publish(
+            self.new_event(
+                ev.MemoryForgotten, memory_id=memory_id, reason=reason, erase=erase, **trace
+            )
+        )
+
+    async def link(
+        self, from_id: str, to_id: str, relation: str, **trace: Unpack[Trace]
+    ) -> PublishAck:
+        """Record a relation between two memories (e.g. ``refines``, ``contradicts``)."""
+        return await self.publish(
+            self.new_event(
+                ev.MemoryLinked, from_id=from_id, to_id=to_id, relation=relation, **trace
+            )
+        )
+
+    # --- collaboration ------------------------------------------------------------
+
+    async def record_collaboration(
+        self,
+        task_description: str,
+        *,
+        participants: Sequence[str],
+        initiator: str | None = None,
+        outcome: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        interaction_id: str | None = None,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Record who worked with whom on what; the initiator defaults to this agent."""
+        return await self.publish(
+            self.new_event(
+                ev.CollabRecorded,
+                interaction_id=interaction_id or new_id(),
+                initiator=initiator or self.agent,
+                participants=tuple(participants),
+                task_description=task_description,
+                outcome=outcome,
+                metadata=metadata or {},
+                **trace,
+            )
+        )
+
+    async def send_message(
+        self,
+        interaction_id: str,
+        content: str,
+        *,
+        recipients: Sequence[str],
+        sender: str | None = None,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Record a message within an interaction; the sender defaults to this agent."""
+        return await self.publish(
+            self.new_event(
+                ev.CollabMessage,
+                interaction_id=interaction_id,
+                sender=sender or self.agent,
+                recipients=tuple(recipients),
+                content=content,
+                **trace,
+            )
+        )
+
+    # --- tasks and flows ----------------------------------------------------------
+
+    async def task_created(
+        self,
+        title: str,
+        *,
+        task_id: str | None = None,
+        assignee: str | None = None,
+        parent_id: str | None = None,
+        flow_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        **causality: Unpack[Causality],
+    ) -> PublishAck:
+        """Create a task; ``task_id`` is generated when omitted (read it from the event)."""
+        return await self.publish(
+            self.new_event(
+                ev.TaskCreated,
+                task_id=task_id or new_id(),
+                title=title,
+                assignee=assignee,
+                parent_id=parent_id,
+                flow_id=flow_id,
+                metadata=metadata or {},
+                **causality,
+            )
+        )
+
+    async def task_started(self, task_id: str, **causality: Unpack[Causality]) -> PublishAck:
+        return await self.publish(self.new_event(ev.TaskStarted, task_id=task_id, **causality))
+
+    async def task_completed(
+        self,
+        task_id: str,
+        *,
+        output: Any = None,
+        metadata: dict[str, Any] | None = None,
+        **causality: Unpack[Causality],
+    ) -> PublishAck:
+        """Complete a task; ``output`` is any JSON value."""
+        return await self.publish(
+            self.new_event(
+                ev.TaskCompleted,
+                task_id=task_id,
+                output=output,
+                metadata=metadata or {},
+                **causality,
+            )
+        )
+
+    async def task_failed(
+        self, task_id: str, error: str, **causality: Unpack[Causality]
+    ) -> PublishAck:
+        return await self.publish(
+            self.new_event(ev.TaskFailed, task_id=task_id, error=error, **causality)
+        )
+
+    async def record_flow_run(
+        self,
+        flow_id: str,
+        status: str,
+        *,
+        run_id: str | None = None,
+        duration_ms: int | None = None,
+        data: Any = None,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Record one run of a flow (a pipeline of tasks) with its status."""
+        return await self.publish(
+            self.new_event(
+                ev.FlowRunRecorded,
+                flow_id=flow_id,
+                run_id=run_id or new_id(),
+                status=status,
+                duration_ms=duration_ms,
+                data=data,
+                **trace,
+            )
+        )
+
+    # --- context, conversation, tools ---------------------------------------------
+
+    async def set_context(
+        self,
+        key: str,
+        data: dict[str, Any],
+        *,
+        ttl_s: float | None = None,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Set shared context under ``key``; it expires ``ttl_s`` seconds after ``ts``."""
+        return await self.publish(
+            self.new_event(ev.ContextSet, key=key, data=data, ttl_s=ttl_s, **trace)
+        )
+
+    async def clear_context(self, key: str, **trace: Unpack[Trace]) -> PublishAck:
+        return await self.publish(self.new_event(ev.ContextCleared, key=key, **trace))
+
+    async def add_turn(
+        self, session_id: str, role: str, content: str, **trace: Unpack[Trace]
+    ) -> PublishAck:
+        """Append a conversation turn (``role``: user, assistant, system, tool, ...)."""
+        return await self.publish(
+            self.new_event(
+                ev.ConversationTurn, session_id=session_id, role=role, content=content, **trace
+            )
+        )
+
+    async def record_tool_use(
+        self,
+        tool: str,
+        *,
+        args: Any = None,
+        result: Any = None,
+        duration_ms: int | None = None,
+        ok: bool | None = None,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        return await self.publish(
+            self.new_event(
+                ev.ToolUsed,
+                tool=tool,
+                args=args,
+                result=result,
+                duration_ms=duration_ms,
+                ok=ok,
+                **trace,
+            )
+        )

@@ -1,0 +1,97 @@
+"""The memory fold: how a memory's events make its current state, in both projections.
+
+A memory lives in one kind at a time (``knowledge`` or ``solutions``): storing its id as
+the other kind moves it. A revision changes only the fields it carries, where the memory
+lives now; revising a memory that does not exist changes nothing. Forgetting removes it
+from both kinds. Each projection says what a record is (a history row, a vector payload)
+by implementing :meth:`MemoryFold.created` and :meth:`MemoryFold.revised`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Generic, TypeAlias, TypeVar
+
+from schemas import events as ev
+
+__all__ = ["MEMORY_KINDS", "MEMORY_TYPES", "REVISABLE_TEXT", "Key", "MemoryFold", "revision"]
+
+MEMORY_KINDS: Final = ("knowledge", "solutions")
+# The event types the fold takes.
+MEMORY_TYPES: Final = frozenset(
+    {"knowledge.stored", "solution.stored", "memory.revised", "memory.forgotten"}
+)
+# The text fields a revision may change, by the kind of memory it revises.
+REVISABLE_TEXT: Final = {"knowledge": ("content",), "solutions": ("problem", "solution")}
+
+Key: TypeAlias = tuple[str, str]
+"""(tenant, memory_id)."""
+R = TypeVar("R")
+MemoryEvent: TypeAlias = (
+    ev.KnowledgeStored | ev.SolutionStored | ev.MemoryRevised | ev.MemoryForgotten
+)
+
+
+def revision(e: ev.MemoryRevised, kind: str) -> dict[str, Any]:
+    """The fields ``e`` changes in a memory of ``kind``: only those it carries (not None).
+
+    Metadata comes as the event holds it (a dict); tags as a list.
+    """
+    changes: dict[str, Any] = {
+        name: getattr(e, name) for name in REVISABLE_TEXT[kind] if getattr(e, name) is not None
+    }
+    if e.tags is not None:
+        changes["tags"] = list(e.tags)
+    if e.metadata is not None:
+        changes["metadata"] = e.metadata
+    return changes
+
+
+class MemoryFold(Generic[R]):
+    """Folds memory events in stream order into the final record of each memory.
+
+    ``state[kind][key]`` is the record after the events folded so far, or None where the
+    memory is to be deleted from that kind; a key absent from it has not been touched.
+    ``stored`` holds the records as they were before the batch, for the keys it may
+    touch (loaded by the projection beforehand).
+    """
+
+    def __init__(self, stored: dict[str, dict[Key, R]] | None = None) -> None:
+        self.stored: dict[str, dict[Key, R]] = stored or {k: {} for k in MEMORY_KINDS}
+        self.state: dict[str, dict[Key, R | None]] = {k: {} for k in MEMORY_KINDS}
+
+    def created(self, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> R:
+        """The record a stored event makes."""
+        raise NotImplementedError
+
+    def revised(self, record: R, kind: str, seq: int, e: ev.MemoryRevised) -> R:
+        """``record`` (of ``kind``) with the revision applied."""
+        raise NotImplementedError
+
+    def forgotten(self, record: R, kind: str, e: ev.MemoryForgotten) -> None:
+        """Told of each record a forget removes (before it goes)."""
+
+    def current(self, kind: str, key: Key) -> R | None:
+        state = self.state[kind]
+        return state[key] if key in state else self.stored[kind].get(key)
+
+    def apply(self, seq: int, e: MemoryEvent) -> None:
+        key = (e.tenant, e.memory_id)
+        match e:
+            case ev.KnowledgeStored():
+                self.state["knowledge"][key] = self.created(seq, e)
+                self.state["solutions"][key] = None
+            case ev.SolutionStored():
+                self.state["solutions"][key] = self.created(seq, e)
+                self.state["knowledge"][key] = None
+            case ev.MemoryRevised():
+                for kind in MEMORY_KINDS:
+                    record = self.current(kind, key)
+                    if record is not None:
+                        self.state[kind][key] = self.revised(record, kind, seq, e)
+                        return
+            case ev.MemoryForgotten():
+                for kind in MEMORY_KINDS:
+                    record = self.current(kind, key)
+                    if record is not None:
+                        self.forgotten(record, kind, e)
+                    self.state[kind][key] = None

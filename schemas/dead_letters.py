@@ -1,0 +1,66 @@
+"""Dead letters: what a message in ``MEMORY_DLQ`` carries besides the event itself.
+
+A dead letter is the original body, published on ``memdlq.<projection>.<tenant>`` with
+three headers saying why and where it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import msgspec
+
+__all__ = [
+    "DLQ_ERROR",
+    "DLQ_SOURCE_SEQ",
+    "DLQ_SOURCE_SUBJECT",
+    "DeadLetterInfo",
+    "dead_letter_headers",
+    "read_dead_letter",
+]
+
+DLQ_ERROR: Final = "Memstream-Error"
+DLQ_SOURCE_SUBJECT: Final = "Memstream-Source-Subject"
+DLQ_SOURCE_SEQ: Final = "Memstream-Source-Seq"
+# A reason is cut to this many characters: headers travel in every message.
+_REASON_CHARS: Final = 4000
+
+
+class DeadLetterInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One dead letter as ``memstream dlq list`` shows it."""
+
+    seq: int
+    subject: str
+    source_subject: str
+    source_seq: int
+    error: str
+    size: int
+
+
+def dead_letter_headers(
+    projection: str, reason: str, source_subject: str, source_seq: int
+) -> dict[str, str]:
+    """The headers of a dead letter; a redelivered one dedupes on (projection, seq)."""
+    return {
+        DLQ_ERROR: reason[:_REASON_CHARS],
+        DLQ_SOURCE_SUBJECT: source_subject,
+        DLQ_SOURCE_SEQ: str(source_seq),
+        "Nats-Msg-Id": f"{projection}:{source_seq}",
+    }
+
+
+def read_dead_letter(
+    seq: int, subject: str, headers: Mapping[str, str] | None, size: int
+) -> DeadLetterInfo:
+    """A DLQ message's headers as a DeadLetterInfo (missing headers read as empty)."""
+    headers = headers or {}
+    source_seq = headers.get(DLQ_SOURCE_SEQ, "")
+    return DeadLetterInfo(
+        seq=seq,
+        subject=subject,
+        source_subject=headers.get(DLQ_SOURCE_SUBJECT, ""),
+        source_seq=int(source_seq) if source_seq.isdigit() else 0,
+        error=headers.get(DLQ_ERROR, ""),
+        size=size,
+    )
