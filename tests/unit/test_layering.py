@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,3 +197,48 @@ def test_no_import_cycle_anywhere() -> None:
 def test_the_cycle_check_finds_a_cycle() -> None:
     """The check itself sees a cycle when there is one."""
     assert [["a", "b", "c"]] == _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})
+
+
+def _declared() -> dict[str, set[str]]:
+    """The distributions pyproject.toml declares: the base, and each extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {_normal(re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0]) for r in requirements}
+
+    declared = {"": names(project["dependencies"])}
+    for extra, requirements in project["optional-dependencies"].items():
+        declared[extra] = names(requirements)
+    return declared
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize(
+    ("packages", "extras"),
+    [
+        (("memstream", "schemas", "producers"), ("",)),
+        (("projections", "consumers"), ("", "server", "local")),
+    ],
+)
+def test_every_third_party_import_is_declared(
+    packages: tuple[str, ...], extras: tuple[str, ...]
+) -> None:
+    """What the code imports is installed by what the package declares: the SDK's
+    packages by `pip install memstream` alone, the workers' by the server extra."""
+    declared = _declared()
+    allowed = set().union(*(declared[e] for e in extras))
+    dists = importlib.metadata.packages_distributions()
+    ours = set(PACKAGES)
+    missing = set()
+    for path in _files(*packages):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top in STDLIB or top in ours:
+                continue
+            found = {_normal(d) for d in dists.get(top, [_normal(top.replace("_", "-"))])}
+            if not found & allowed:
+                missing.add((str(path.relative_to(ROOT)), top))
+    assert set() == missing
