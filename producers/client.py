@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 
@@ -101,9 +102,18 @@ class MemoryClient(EventMethods, QueryMethods):
         )
 
     async def close(self) -> None:
-        """Wait for in-flight publishes, then close the connection if this client opened it."""
-        if self._owns_connection and not self.nc.is_closed:
+        """Wait for in-flight publishes, then close the connection if this client opened it.
+
+        Never raises: with the broker gone (the connection reconnecting), there is nothing
+        to drain, and the connection is closed as it is.
+        """
+        if not self._owns_connection or self.nc.is_closed:
+            return
+        try:
             await self.nc.drain()
+        except (nats.errors.Error, TimeoutError, OSError):
+            with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+                await self.nc.close()
 
     async def __aenter__(self) -> MemoryClient:
         return self
