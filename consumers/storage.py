@@ -14,6 +14,7 @@ from qdrant_client import QdrantClient
 
 from consumers.log import get_logger
 from consumers.settings import Settings
+from projections.applied_ids import AppliedIds
 from projections.base import Projection
 from projections.embedders import (
     Embedder,
@@ -110,26 +111,38 @@ class VectorStorage:
 
     name = "vectors"
 
-    def __init__(self, client: QdrantClient, embedder: Embedder, cache: EmbeddingCache) -> None:
+    def __init__(
+        self,
+        client: QdrantClient,
+        embedder: Embedder,
+        cache: EmbeddingCache,
+        applied: AppliedIds | None = None,
+    ) -> None:
         self.client = client
         self.cache = cache
         self.embedder = CachedEmbedder(embedder, cache)
+        self.applied = applied or AppliedIds()
 
     def open_current(self) -> VectorProjection:
-        projection = VectorProjection(self.client, self.embedder)
+        projection = VectorProjection(self.client, self.embedder, applied=self.applied)
         self._drop_other_generations(keep=projection.generation)
+        self.applied.keep_only(projection.generation)
         return projection
 
     def open_new(self) -> VectorProjection:
-        return VectorProjection(self.client, self.embedder, generation=new_generation())
+        return VectorProjection(
+            self.client, self.embedder, generation=new_generation(), applied=self.applied
+        )
 
     def make_current(self, new: VectorProjection) -> None:
         for name in new.make_current():
             self.client.delete_collection(name)
+        self.applied.keep_only(new.generation)
 
     def discard(self, projection: VectorProjection) -> None:
         for name in projection.collections():
             self.client.delete_collection(name)
+        self.applied.drop(projection.generation)
 
     def _drop_other_generations(self, keep: str) -> None:
         # Collections of a rebuild that did not finish (the process died).
@@ -140,6 +153,7 @@ class VectorStorage:
 
     def close(self) -> None:
         self.cache.close()
+        self.applied.close()
         self.client.close()
 
 
@@ -182,5 +196,8 @@ def vector_storage_from_settings(
 ) -> VectorStorage:
     """The vectors of the settings' Qdrant (a server, or local mode under the data dir)."""
     return VectorStorage(
-        _qdrant(settings), embedder or embedder_from_settings(settings), _cache(settings)
+        _qdrant(settings),
+        embedder or embedder_from_settings(settings),
+        _cache(settings),
+        AppliedIds(settings.data_path / "vectors-applied.sqlite3"),
     )

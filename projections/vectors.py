@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from qdrant_client import QdrantClient, models
 
+from projections.applied_ids import AppliedIds
 from projections.base import Applied, Batch
 from projections.embedding_cache import CachedEmbedder, text_key
 from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
@@ -57,6 +58,8 @@ def _text(kind: str, p: dict[str, Any]) -> str:
 
 
 Payload = dict[str, Any]
+# The event types that change points.
+_APPLIES: Final = MEMORY_TYPES | {"collab.recorded"}
 # (kind, tenant, ref) -> the payload to write, or None to delete the point.
 _Changes = dict[tuple[str, str, str], Payload | None]
 
@@ -106,9 +109,13 @@ class VectorProjection:
         embedder: CachedEmbedder,
         *,
         generation: str | None = None,
+        applied: AppliedIds | None = None,
     ) -> None:
+        """``applied``: where the generation's applied event ids are kept (in memory when
+        not given: then a republished id is caught only while this object lives)."""
         self.client = client
         self.embedder = embedder
+        self.applied = applied or AppliedIds()
         self.dimensions = embedder.embedder.dimensions
         current = self.current_generation(client)
         # Without a generation asked for: the one in use, or (first start) a new one.
@@ -237,6 +244,7 @@ class VectorProjection:
                     self.client.delete_collection(c.name)
                     self._known.discard(c.name)
         cached = self.embedder.cache.delete_tenant(tenant)
+        self.applied.purge_tenant(tenant)
         return {"points": points, "cached_embeddings": cached}
 
     # --- apply -----------------------------------------------------------------------
@@ -248,6 +256,8 @@ class VectorProjection:
         last_seq = max(fresh[-1][0] if fresh else 0, upto)
         if last_seq <= self._checkpoint:
             return Applied()
+        acting = [(s, e) for s, e in fresh if e.type in _APPLIES]
+        fresh, new_ids = self._first_applications(acting)
         wanted = [
             (e.tenant, e.memory_id)
             for _, e in fresh
@@ -272,8 +282,30 @@ class VectorProjection:
         for tenant, keys in fold.erased.items():
             # An erased memory's texts leave the embedding cache too, every revision's.
             self.embedder.cache.delete_keys(tenant, sorted(keys))
+        # After the points (a crash between re-applies the batch to the same state),
+        # before the checkpoint.
+        self.applied.add(self.generation, new_ids)
         self._save_checkpoint(last_seq)
-        return Applied(events=len(fresh))
+        return Applied(events=len(fresh), duplicates=len(acting) - len(fresh))
+
+    def _first_applications(
+        self, acting: list[tuple[int, Any]]
+    ) -> tuple[list[tuple[int, Any]], list[tuple[str, str]]]:
+        """Of the events this projection acts on, those whose (tenant, id) it has not
+        applied before (past JetStream's duplicate window, or twice in the batch), and
+        their ids."""
+        if not acting:
+            return [], []
+        known = self.applied.known(self.generation, [(e.tenant, e.id) for _, e in acting])
+        first: list[tuple[int, Any]] = []
+        ids: list[tuple[str, str]] = []
+        for seq, e in acting:
+            key = (e.tenant, e.id)
+            if key not in known:
+                known.add(key)
+                first.append((seq, e))
+                ids.append(key)
+        return first, ids
 
     def _retrieve(self, keys: list[Key]) -> dict[str, dict[Key, Payload]]:
         """The stored payloads of the memories this batch revises or erases, by kind."""

@@ -1,0 +1,80 @@
+"""The event ids a vector generation has applied, so a republished event (the same id
+past JetStream's duplicate window) never applies twice.
+
+The history keeps its ids in DuckDB, in the same transaction as its rows. The vectors'
+writes are not transactional, so the order makes them safe: points first, then the ids,
+then the checkpoint. A crash after the points re-applies the batch to the same final
+state; a crash after the ids skips events whose effect is already written.
+
+SQLite (the standard library's), keyed by (generation, tenant, id): a rebuild's new
+generation starts with none, and the generation it replaces is dropped with it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = ["AppliedIds"]
+
+Key = tuple[str, str]
+"""(tenant, event id)."""
+# Pairs per statement: two parameters each, under SQLite's smallest variable limit.
+_CHUNK = 400
+
+
+class AppliedIds:
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self._con = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            if str(path) != ":memory:":
+                self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS applied ("
+                " generation TEXT NOT NULL, tenant TEXT NOT NULL, id TEXT NOT NULL,"
+                " PRIMARY KEY (generation, tenant, id)) WITHOUT ROWID"
+            )
+
+    def known(self, generation: str, keys: Sequence[Key]) -> set[Key]:
+        """Those of ``keys`` the generation has applied."""
+        found: set[Key] = set()
+        with self._lock:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
+                pairs = ",".join("(?, ?)" for _ in chunk)
+                rows = self._con.execute(
+                    f"SELECT tenant, id FROM applied WHERE generation = ? "
+                    f"AND (tenant, id) IN (VALUES {pairs})",
+                    [generation, *(v for key in chunk for v in key)],
+                ).fetchall()
+                found.update((t, i) for t, i in rows)
+        return found
+
+    def add(self, generation: str, keys: Iterable[Key]) -> None:
+        with self._lock:
+            self._con.execute("BEGIN")
+            self._con.executemany(
+                "INSERT OR IGNORE INTO applied VALUES (?, ?, ?)",
+                ((generation, tenant, id_) for tenant, id_ in keys),
+            )
+            self._con.execute("COMMIT")
+
+    def keep_only(self, generation: str) -> None:
+        """Forget every other generation's ids (they were replaced, or never finished)."""
+        with self._lock:
+            self._con.execute("DELETE FROM applied WHERE generation <> ?", [generation])
+
+    def drop(self, generation: str) -> None:
+        with self._lock:
+            self._con.execute("DELETE FROM applied WHERE generation = ?", [generation])
+
+    def purge_tenant(self, tenant: str) -> int:
+        with self._lock:
+            return self._con.execute("DELETE FROM applied WHERE tenant = ?", [tenant]).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
