@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -60,13 +61,18 @@ class AdminResponder:
         services: dict[str, ProjectionService[Any]],
         *,
         exclusive: bool = True,
+        deployment: str = "",
+        data_dir: Path | None = None,
     ) -> None:
         """``exclusive``: this process runs every projection there is, so it answers
         for one it does not have. Otherwise (one role of several) it stays silent on
         those, and the process that has the projection answers; each role listens in a
-        queue group of its own."""
+        queue group of its own. ``deployment``: this data dir's id; a request naming
+        another deployment is refused."""
         self.nc = nc
         self.services = services
+        self.deployment = deployment
+        self.data_dir = str(data_dir or "")
         self.exclusive = exclusive
         self.queue = ADMIN_QUEUE if exclusive else f"{ADMIN_QUEUE}-{'+'.join(sorted(services))}"
         self._subs: list[Subscription] = []
@@ -103,6 +109,13 @@ class AdminResponder:
         async def on_msg(msg: Msg) -> None:
             try:
                 req: AdminRequest = decode_admin_request(op, msg.data)
+                if req.deployment and req.deployment != self.deployment:
+                    raise QueryError(
+                        "bad_request",
+                        f"this memstream serves deployment {self.deployment} (data dir "
+                        f"{self.data_dir}), not {req.deployment}: the command was meant for "
+                        "another deployment; pass the --nats-url that one printed",
+                    )
                 body = await handle(msg, req)
             except QueryError as err:
                 body = error_reply(err.code, err.message)
@@ -125,7 +138,9 @@ class AdminResponder:
 
     async def _ping(self, msg: Msg, req: AdminRequest) -> bytes:
         checkpoints = {name: s.checkpoint for name, s in self.services.items()}
-        return ok_reply(PingResult(projections=checkpoints))
+        return ok_reply(
+            PingResult(projections=checkpoints, deployment=self.deployment, data_dir=self.data_dir)
+        )
 
     async def _sql(self, msg: Msg, req: SqlRequest) -> bytes | None:
         service = self._service("history")
@@ -154,7 +169,7 @@ class AdminResponder:
 
     async def _purge(self, msg: Msg, req: PurgeRequest) -> bytes:
         """Purge a tenant from the stream and from the projections this process runs."""
-        report = PurgeReport(tenant=req.tenant)
+        report = PurgeReport(tenant=req.tenant, data_dirs=[self.data_dir])
         upto = await purge_stream(self.nc, req.tenant, report)
         for service in self.services.values():
             await purge_projection(service, req.tenant, upto, report)
@@ -175,7 +190,8 @@ class AdminResponder:
                 send.add_done_callback(self._jobs.discard)
 
         try:
-            final = ReplayUpdate(done=await service.rebuild(progress))
+            result = await service.rebuild(progress)
+            final = ReplayUpdate(done=msgspec.structs.replace(result, data_dir=self.data_dir))
         except MemstreamError as err:
             final = ReplayUpdate(error=ErrorBody(code="bad_request", message=str(err)))
         except Exception as err:

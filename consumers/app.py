@@ -27,6 +27,7 @@ import nats.errors
 
 from consumers.admin import AdminResponder
 from consumers.auth import TenantCredentials
+from consumers.deployment import Hold, hold
 from consumers.log import get_logger
 from consumers.nats_server import NatsServer
 from consumers.query_worker import QUEUE, QueryWorker
@@ -39,6 +40,7 @@ from consumers.streams import HEADER_ROOM, ProvisionReport, ensure_streams
 from producers.connection import connect_nats
 from projections.vector_search import VectorReader
 from schemas.errors import ConfigError, MemstreamError
+from schemas.events import EventDecoder
 
 __all__ = ["UpInfo", "run_up"]
 
@@ -86,8 +88,24 @@ async def run_up(
             "(with Qdrant's local mode, the vectors role answers search and recall itself)"
         )
     data_dir = settings.data_path.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    stop = stop or asyncio.Event()
+    # Before anything under the data dir is touched: a second process on it is refused.
+    with hold(data_dir, sorted(roles)) as held:
+        await _run_held(
+            settings, held, nats_port, external_nats, on_ready, stop or asyncio.Event(), roles, auth
+        )
+
+
+async def _run_held(
+    settings: Settings,
+    held: Hold,
+    nats_port: int,
+    external_nats: bool,
+    on_ready: Callable[[UpInfo], None] | None,
+    stop: asyncio.Event,
+    roles: frozenset[str],
+    auth: bool,
+) -> None:
+    data_dir = held.data_dir
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -115,6 +133,7 @@ async def run_up(
             log.info("nats_started", url=url, pid=server.pid, store=str(data_dir / "nats"))
         name = "memstream:up" if roles == ALL_ROLES else f"memstream:{'+'.join(sorted(roles))}"
         nc = await connect_nats(url, name=name, **settings.nats_auth)
+        held.announce(url)
         try:
             report = await ensure_streams(
                 nc.jetstream(),
@@ -125,7 +144,7 @@ async def run_up(
             await _serve(
                 nc,
                 settings,
-                data_dir,
+                held,
                 stop,
                 lambda services: (
                     on_ready
@@ -162,15 +181,18 @@ class _Roles:
 
     def __init__(self, nc: Any, settings: Settings, data_dir: Path, roles: frozenset[str]):
         self.nc, self.settings, self.roles = nc, settings, roles
-        size, wait = settings.batch_size, settings.batch_wait_ms / 1000
+        tuning: dict[str, Any] = {
+            "batch_size": settings.batch_size,
+            "max_wait": settings.batch_wait_ms / 1000,
+            # One event size limit everywhere: the SDK, the broker, the stream, the workers.
+            "decoder": EventDecoder(max_bytes=settings.max_event_bytes),
+        }
         self.services: dict[str, ProjectionService[Any]] = {}
         if "history" in roles:
-            self.services["history"] = ProjectionService(
-                nc, HistoryStorage(data_dir), batch_size=size, max_wait=wait
-            )
+            self.services["history"] = ProjectionService(nc, HistoryStorage(data_dir), **tuning)
         if "vectors" in roles:
             self.services["vectors"] = ProjectionService(
-                nc, vector_storage_from_settings(settings), batch_size=size, max_wait=wait
+                nc, vector_storage_from_settings(settings), **tuning
             )
         self._reader: VectorStorage | None = None
 
@@ -213,14 +235,20 @@ class _Roles:
 async def _serve(
     nc: Any,
     settings: Settings,
-    data_dir: Path,
+    held: Hold,
     stop: asyncio.Event,
     ready: Callable[[dict[str, ProjectionService[Any]]], Any],
     roles: frozenset[str] = ALL_ROLES,
 ) -> None:
-    parts = _Roles(nc, settings, data_dir, roles)
+    parts = _Roles(nc, settings, held.data_dir, roles)
     services = parts.services
-    admin = AdminResponder(nc, services, exclusive=roles == ALL_ROLES)
+    admin = AdminResponder(
+        nc,
+        services,
+        exclusive=roles == ALL_ROLES,
+        deployment=held.deployment,
+        data_dir=held.data_dir,
+    )
     started: list[ProjectionService[Any]] = []
     worker: QueryWorker | None = None
     failed: list[ProjectionService[Any]] = []

@@ -13,7 +13,13 @@ from nats.aio.client import Client as NatsClient
 
 from consumers.decoding import DeadLetter
 from consumers.log import get_logger
-from schemas.dead_letters import DeadLetterInfo, dead_letter_headers, read_dead_letter
+from schemas.dead_letters import (
+    DeadLetterInfo,
+    dead_letter_headers,
+    read_dead_letter,
+    retry_headers,
+)
+from schemas.errors import UsageError
 from schemas.subjects import DLQ_STREAM, dlq_subject
 
 __all__ = ["list_dead_letters", "publish_dead_letters", "retry_dead_letters"]
@@ -62,23 +68,24 @@ async def list_dead_letters(nc: NatsClient, limit: int = 1000) -> list[DeadLette
 async def retry_dead_letters(
     nc: NatsClient, seqs: set[int] | None = None, limit: int = 100_000
 ) -> list[tuple[DeadLetterInfo, int]]:
-    """Publish dead letters again to their source subject, then drop them from the DLQ.
-
-    The same source message dead-lettered by both projections is published once (the
-    ``Nats-Msg-Id`` is derived from its source sequence). Returns (letter, new seq).
-    """
+    """Publish dead letters again to their source subject, for the projection that
+    dead-lettered each (the others pass the copy by), then drop them from the DLQ.
+    Returns (letter, new seq). ``seqs`` naming a letter that does not exist is a
+    UsageError, and nothing is retried."""
     js = nc.jetstream()
-    done: list[tuple[DeadLetterInfo, int]] = []
-    async for info, msg in _dead_letters(nc, limit):
-        if seqs is not None and info.seq not in seqs:
-            continue
-        if not info.source_subject:
-            continue
-        ack = await js.publish(
-            info.source_subject,
-            msg.data or b"",
-            headers={"Nats-Msg-Id": f"dlq-retry:{info.source_seq}"},
+    letters = [
+        (info, msg)
+        async for info, msg in _dead_letters(nc, limit)
+        if (seqs is None or info.seq in seqs) and info.source_subject and info.projection
+    ]
+    missing = sorted((seqs or set()) - {info.seq for info, _ in letters})
+    if missing:
+        raise UsageError(
+            f"no dead letter at DLQ seq {', '.join(map(str, missing))}: see 'memstream dlq list'"
         )
+    done: list[tuple[DeadLetterInfo, int]] = []
+    for info, msg in letters:
+        ack = await js.publish(info.source_subject, msg.data or b"", headers=retry_headers(info))
         await js.delete_msg(DLQ_STREAM, info.seq)
         done.append((info, ack.seq))
     return done

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
+from schemas.dead_letters import DLQ_RETRY_FOR
 from schemas.errors import InvalidEvent, InvalidSubject, InvalidTenant
 from schemas.events import AnyEvent, EventDecoder, UnknownEvent, check_subject
 from schemas.subjects import parse_event_subject
@@ -47,7 +48,10 @@ class Decoded:
 class MessageDecoder:
     """Messages to a batch of (seq, event) plus the dead letters among them."""
 
-    def __init__(self, decoder: EventDecoder | None = None) -> None:
+    def __init__(self, projection: str, decoder: EventDecoder | None = None) -> None:
+        """``projection``: whose batches these are; a dead letter retried for another
+        projection (``Memstream-Retry-For``) is passed by."""
+        self.projection = projection
         self.decoder = decoder or EventDecoder()
         # subject -> (tenant, type): parsing validates the tenant token, which is not free
         # per message, and a stream has few distinct subjects.
@@ -70,9 +74,13 @@ class MessageDecoder:
         dead: list[DeadLetter] = []
         decode = self.decoder.decode
         check = self._check
+        projection = self.projection
         if seqs is None:
             seqs = [stream_seq(msg.reply)[0] for msg in msgs]
         for msg, seq in zip(msgs, seqs, strict=True):
+            headers = msg.headers
+            if headers and headers.get(DLQ_RETRY_FOR, projection) != projection:
+                continue  # another projection's retried dead letter
             data = msg.data
             try:
                 event = decode(data)

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import duckdb
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from consumers.deployment import deployment_id, hold, running
 from consumers.nats_server import NatsServer
 from consumers.service import rebuild_offline
 from consumers.settings import Settings
@@ -32,6 +33,8 @@ from producers.connection import connect_nats
 from projections.analytics import QueryResult, run_readonly
 from projections.history import HistoryProjection
 from schemas.admin import (
+    PingRequest,
+    PingResult,
     PurgeReport,
     PurgeRequest,
     PurgeResult,
@@ -44,7 +47,8 @@ from schemas.admin import (
     SqlResult,
     decode_admin_reply,
 )
-from schemas.errors import AdminError, ConnectError
+from schemas.errors import AdminError
+from schemas.events import EventDecoder
 from schemas.ids import validate_tenant
 from schemas.subjects import admin_subject
 
@@ -55,74 +59,94 @@ _encoder = msgspec.json.Encoder()
 
 @dataclass(frozen=True)
 class Reach:
-    """A connection to memstream's NATS, and whether a memstream process answers admin
-    requests on it (then only it may act on the projections)."""
+    """Where an operator command acts: through the memstream that runs for the
+    deployment (``running``), or on the deployment's files with nothing running."""
 
     nc: NatsClient
     running: bool
+    # The deployment admin requests name (None: whichever answers on this NATS).
+    deployment: str | None
+    data_dir: Path
+    nats_url: str
+
+
+async def _ping(nc: NatsClient, deployment: str | None) -> PingResult | None:
+    """The memstream answering admin requests on this NATS for ``deployment``; None when
+    none answers. A memstream of another deployment refuses: AdminError, in its words."""
+    body = _encoder.encode(PingRequest(deployment=deployment))
+    try:
+        msg = await nc.request(admin_subject("ping"), body, timeout=2)
+    except nats.errors.NoRespondersError:
+        return None
+    return decode_admin_reply("ping", msg.data, PingResult)
 
 
 @contextlib.asynccontextmanager
-async def _nats(settings: Settings, may_start: bool) -> AsyncIterator[NatsClient]:
-    """A connection to memstream's NATS; with nothing running and ``may_start``, a broker
-    of our own over the stream under the data dir, for as long as the command needs it."""
-    try:
-        nc = await connect_nats(settings.nats_url, name="memstream:ops", **settings.nats_auth)
-        server = None
-    except ConnectError:
-        if not may_start:
-            raise
-        store = settings.data_path / "nats" / "jetstream"
-        if not store.exists():
+async def reach(
+    settings: Settings, url_given: bool, data_dir_given: bool = False
+) -> AsyncIterator[Reach]:
+    """Find the deployment an operator command means, once, for every command.
+
+    - A memstream runs on the data dir (it says so in ``running.json``): act through it,
+      at the URL it announced.
+    - A NATS URL was given: act through the memstream answering there, refused by it
+      when it serves another deployment than the data dir given; with none answering,
+      on the files with that NATS's stream.
+    - Otherwise nothing runs here: act on the files, with a broker of our own over the
+      data dir's stream, holding the data dir so that no memstream starts meanwhile.
+
+    The default URL is never tried: ``--data-dir`` means that deployment and no other.
+    """
+    data_dir = settings.data_path.resolve()
+    local = deployment_id(data_dir)
+    here = running(data_dir)
+    if here is not None and not url_given:
+        if not here.nats_url:
             raise AdminError(
-                f"nothing is running at {settings.nats_url} and there is no stream under "
-                f"{settings.data_path}: start memstream with 'memstream up'"
-            ) from None
-        server = NatsServer(
-            settings.data_path, port=0, max_payload=settings.max_event_bytes + HEADER_ROOM
+                f"memstream on {data_dir} (pid {here.pid}) is still starting: try again",
+                "unavailable",
+            )
+        async with _connected(settings, here.nats_url) as nc:
+            yield Reach(nc, True, here.deployment or local, data_dir, here.nats_url)
+        return
+    if url_given:
+        named = local if data_dir_given else None
+        async with _connected(settings, settings.nats_url) as nc:
+            found = await _ping(nc, named)
+            if found is None and here is not None:
+                raise AdminError(
+                    f"memstream runs on {data_dir} with NATS {here.nats_url}, and nothing "
+                    f"answers at {settings.nats_url}: pass --nats-url {here.nats_url}"
+                )
+            deployment = named or (found.deployment if found else None) or None
+            yield Reach(nc, found is not None, deployment, data_dir, settings.nats_url)
+        return
+    store = data_dir / "nats" / "jetstream"
+    if not store.exists():
+        raise AdminError(
+            f"nothing runs on {data_dir} and there is no stream under it: start memstream "
+            "there with 'memstream up', or point --data-dir at a deployment"
         )
+    with hold(data_dir, ["operator"]):
+        server = NatsServer(data_dir, port=0, max_payload=settings.max_event_bytes + HEADER_ROOM)
         await asyncio.to_thread(server.start)
-        nc = await connect_nats(server.url, name="memstream:ops")
-    try:
-        yield nc
-    finally:
-        await nc.drain()
-        if server is not None:
+        try:
+            async with _connected(settings, server.url, own=True) as nc:
+                yield Reach(nc, False, local, data_dir, server.url)
+        finally:
             await asyncio.to_thread(server.stop)
 
 
-def _history_in_use(settings: Settings) -> bool:
-    """Whether another process holds the history database (memstream up runs here)."""
-    path = history_path(settings.data_path)
-    if path is None or not path.exists():
-        return False
-    try:
-        duckdb.connect(str(path), read_only=True).close()
-    except duckdb.IOException:
-        return True
-    return False
-
-
-async def _answers_admin(nc: NatsClient) -> bool:
-    try:
-        await nc.request(admin_subject("ping"), b"{}", timeout=2)
-    except nats.errors.NoRespondersError:
-        return False
-    return True
-
-
 @contextlib.asynccontextmanager
-async def reach(settings: Settings, url_given: bool) -> AsyncIterator[Reach]:
-    """Where an operator command acts: the running memstream, or the files.
-
-    A history database locked by another process means memstream runs on this data dir
-    (it always runs the history projection): then only it may act. A broker of our own is
-    started over the data dir only when no URL was configured, since only then is the
-    stream the embedded one.
-    """
-    in_use = _history_in_use(settings)
-    async with _nats(settings, may_start=not (url_given or in_use)) as nc:
-        yield Reach(nc, in_use or await _answers_admin(nc))
+async def _connected(settings: Settings, url: str, own: bool = False) -> AsyncIterator[NatsClient]:
+    """``own``: our own broker over the data dir, which has no users configured."""
+    auth: dict[str, Any] = {} if own else dict(settings.nats_auth)
+    nc = await connect_nats(url, name="memstream:ops", **auth)
+    try:
+        yield nc
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await nc.drain()
 
 
 async def rebuild(
@@ -130,32 +154,42 @@ async def rebuild(
     projection: str,
     url_given: bool,
     on_progress: Callable[[ReplayProgress], None],
+    data_dir_given: bool = False,
 ) -> RebuildResult:
     """Rebuild through the running memstream, or on the files when none runs."""
-    async with reach(settings, url_given) as where:
+    async with reach(settings, url_given, data_dir_given) as where:
         if where.running:
-            return await _rebuild_remote(where.nc, projection, on_progress)
-        storage: Storage[Any] = (
-            HistoryStorage(settings.data_path)
-            if projection == "history"
-            else vector_storage_from_settings(settings)
-        )
-        return await rebuild_offline(where.nc, storage, on_progress)
+            result = await _rebuild_remote(where, projection, on_progress)
+        else:
+            storage: Storage[Any] = (
+                HistoryStorage(where.data_dir)
+                if projection == "history"
+                else vector_storage_from_settings(settings)
+            )
+            decoder = EventDecoder(max_bytes=settings.max_event_bytes)
+            result = await rebuild_offline(where.nc, storage, on_progress, decoder=decoder)
+            result = msgspec.structs.replace(result, data_dir=str(where.data_dir))
+        return msgspec.structs.replace(result, nats_url=where.nats_url)
 
 
 async def _rebuild_remote(
-    nc: NatsClient, projection: str, on_progress: Callable[[ReplayProgress], None]
+    where: Reach, projection: str, on_progress: Callable[[ReplayProgress], None]
 ) -> RebuildResult:
+    nc = where.nc
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:
-        body = _encoder.encode(ReplayRequest(projection=projection, progress=inbox))  # type: ignore[arg-type]
+        request = ReplayRequest(
+            projection=projection,  # type: ignore[arg-type]
+            progress=inbox,
+            deployment=where.deployment,
+        )
         try:
-            msg = await nc.request(admin_subject("replay"), body, timeout=10)
+            msg = await nc.request(admin_subject("replay"), _encoder.encode(request), timeout=10)
         except nats.errors.NoRespondersError:
             raise AdminError(
-                "the history database is in use, but no memstream answers on this NATS: "
-                "pass the --nats-url that 'memstream up' printed"
+                f"no memstream answers at {where.nats_url} any more: is it still running?",
+                "unavailable",
             ) from None
         decode_admin_reply("replay", msg.data, ReplayAccepted)
         while True:
@@ -181,61 +215,64 @@ def _update(body: bytes) -> ReplayUpdate:
         ) from None
 
 
-async def sql(settings: Settings, query: str, url_given: bool, max_rows: int) -> QueryResult:
-    """Read-only SQL on the history: on the file when free, else through memstream up."""
-    path = history_path(settings.data_path)
-    if path is not None and path.exists() and not _history_in_use(settings):
+async def sql(
+    settings: Settings,
+    query: str,
+    url_given: bool,
+    max_rows: int,
+    data_dir_given: bool = False,
+) -> QueryResult:
+    """Read-only SQL on the history: on the file when nothing runs on the data dir, else
+    through the memstream that runs it."""
+    data_dir = settings.data_path.resolve()
+    path = history_path(data_dir)
+    if not url_given and running(data_dir) is None:
+        if path is None or not path.exists():
+            raise AdminError(
+                f"no history under {data_dir} yet: start memstream there with 'memstream up', "
+                "or point --data-dir at a deployment"
+            )
         history = HistoryProjection(path, read_only=True)
         try:
             return await asyncio.to_thread(run_readonly, history.con, query, max_rows)
         finally:
             history.close()
-    try:
-        nc = await connect_nats(settings.nats_url, name="memstream:sql", **settings.nats_auth)
-    except ConnectError:
-        if path is None:
-            raise AdminError(
-                f"no history under {settings.data_path} yet, and no memstream running at "
-                f"{settings.nats_url}: start it with 'memstream up'"
-            ) from None
-        raise
-    try:
-        body = _encoder.encode(SqlRequest(sql=query, max_rows=max_rows))
+    async with reach(settings, url_given, data_dir_given) as where:
+        request = SqlRequest(sql=query, max_rows=max_rows, deployment=where.deployment)
         try:
-            msg = await nc.request(admin_subject("sql"), body, timeout=60)
+            msg = await where.nc.request(admin_subject("sql"), _encoder.encode(request), timeout=60)
         except nats.errors.NoRespondersError:
-            raise AdminError(
-                f"no memstream answers at {settings.nats_url}, and no history database "
-                f"under {settings.data_path}"
-            ) from None
-    finally:
-        await nc.close()
+            raise AdminError(f"no memstream answers at {where.nats_url}", "unavailable") from None
     result = decode_admin_reply("sql", msg.data, SqlResult)
     return QueryResult(result.columns, [tuple(r) for r in result.rows], result.truncated)
 
 
-async def purge_tenant(settings: Settings, tenant: str, url_given: bool) -> PurgeReport:
+async def purge_tenant(
+    settings: Settings, tenant: str, url_given: bool, data_dir_given: bool = False
+) -> PurgeReport:
     """Purge through the running memstream process(es), or on the files when none runs."""
     validate_tenant(tenant)
-    async with reach(settings, url_given) as where:
+    async with reach(settings, url_given, data_dir_given) as where:
         if where.running:
-            return await _purge_remote(where.nc, tenant)
-        report = PurgeReport(tenant=tenant)
-        await purge_stream(where.nc, tenant, report)
-        await asyncio.to_thread(purge_offline, settings, tenant, report)
+            report = await _purge_remote(where, tenant)
+        else:
+            report = PurgeReport(tenant=tenant, data_dirs=[str(where.data_dir)])
+            await purge_stream(where.nc, tenant, report)
+            await asyncio.to_thread(purge_offline, settings, tenant, report)
+        report.nats_url = where.nats_url
         return report
 
 
-async def _purge_remote(nc: NatsClient, tenant: str) -> PurgeReport:
-    """Ask every memstream process: each purges the projections it runs (with roles in
-    separate processes, each answers), and the reports add up."""
+async def _purge_remote(where: Reach, tenant: str) -> PurgeReport:
+    """Ask every memstream process of the deployment: each purges the projections it
+    runs (with roles in separate processes, each answers), and the reports add up."""
+    nc = where.nc
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     report = PurgeReport(tenant=tenant)
     try:
-        await nc.publish(
-            admin_subject("purge"), _encoder.encode(PurgeRequest(tenant=tenant)), inbox
-        )
+        request = PurgeRequest(tenant=tenant, deployment=where.deployment)
+        await nc.publish(admin_subject("purge"), _encoder.encode(request), inbox)
         timeout, answers = 120.0, 0
         while True:
             try:

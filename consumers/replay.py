@@ -46,7 +46,7 @@ async def replay(
     info = await js.stream_info(EVENT_STREAM)
     total = info.state.messages
     stats = RunnerStats()
-    decoder_ = MessageDecoder(decoder)
+    decoder_ = MessageDecoder(projection.name, decoder)
     if total == 0 and (until is None or await until(projection.checkpoint)):
         return stats
     # An ephemeral pull consumer with no acks: in order, nothing redelivered, and gone

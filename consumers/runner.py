@@ -75,7 +75,7 @@ class LiveRunner:
         self.stats = RunnerStats()
         # Held around each apply; whoever swaps the projection (a replay) takes it too.
         self.lock = asyncio.Lock()
-        self._decoder = MessageDecoder(decoder)
+        self._decoder = MessageDecoder(projection.name, decoder)
         self._stopping = asyncio.Event()
         # tenant -> stream sequence: a purged tenant's events up to there, fetched before
         # the purge, are dropped rather than applied again.

@@ -23,6 +23,7 @@ from consumers.storage import Storage
 from projections.base import Projection
 from schemas.admin import RebuildResult, ReplayProgress
 from schemas.errors import RebuildBusy
+from schemas.events import EventDecoder
 
 __all__ = ["ProjectionService", "rebuild_offline"]
 
@@ -48,12 +49,16 @@ class ProjectionService(Generic[P]):
         *,
         batch_size: int = 2000,
         max_wait: float = 0.2,
+        decoder: EventDecoder | None = None,
     ) -> None:
+        """``decoder``: how events are decoded, with the deployment's event size limit
+        (MEMSTREAM_MAX_EVENT_BYTES), live and in a rebuild alike."""
         self.nc = nc
         self.storage = storage
         self.name = storage.name
         self.batch_size = batch_size
         self.max_wait = max_wait
+        self.decoder = decoder or EventDecoder()
         self._running: _Running[P] | None = None
         self._rebuilding = asyncio.Lock()
         self._readers = 0
@@ -78,6 +83,7 @@ class ProjectionService(Generic[P]):
             projection,
             batch_size=self.batch_size,
             max_wait=self.max_wait,
+            decoder=self.decoder,
             on_applied=self._notify_applied,
         )
         task = asyncio.create_task(runner.run(), name=f"live-{self.name}")
@@ -190,6 +196,7 @@ class ProjectionService(Generic[P]):
                     batch_size=max(self.batch_size, 5000),
                     until=caught_up,
                     on_progress=on_progress,
+                    decoder=self.decoder,
                 )
                 # Readers finish on the old target before it is closed.
                 await self._no_readers.wait()
@@ -212,11 +219,14 @@ async def rebuild_offline(
     storage: Storage[P],
     on_progress: Callable[[ReplayProgress], None] | None = None,
     batch_size: int = 5000,
+    decoder: EventDecoder | None = None,
 ) -> RebuildResult:
     """Rebuild when no service runs: replay into a new target, then make it current."""
     new = await asyncio.to_thread(storage.open_new)
     try:
-        stats = await replay(nc, new, batch_size=batch_size, on_progress=on_progress)
+        stats = await replay(
+            nc, new, batch_size=batch_size, on_progress=on_progress, decoder=decoder
+        )
         new.close()
         await asyncio.to_thread(storage.make_current, new)
     except BaseException:

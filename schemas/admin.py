@@ -40,6 +40,10 @@ R = TypeVar("R")
 class AdminRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Fields every admin request accepts."""
 
+    # The deployment (the id in its data dir's deployment.json) the request is meant
+    # for: a responder of another deployment refuses it. None: any on this NATS.
+    deployment: str | None = None
+
 
 class PingRequest(AdminRequest, frozen=True):
     pass
@@ -48,6 +52,9 @@ class PingRequest(AdminRequest, frozen=True):
 class PingResult(msgspec.Struct, frozen=True, kw_only=True):
     # Projection name -> the stream sequence it has applied, in the answering process.
     projections: dict[str, int]
+    # Where the answering process runs: its deployment id and data dir.
+    deployment: str = ""
+    data_dir: str = ""
 
 
 class SqlRequest(AdminRequest, frozen=True):
@@ -83,6 +90,9 @@ class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: int
     last_seq: int
     seconds: float
+    # Where: the data dir whose projection was rebuilt, and the NATS it read.
+    data_dir: str = ""
+    nats_url: str = ""
 
 
 class ReplayUpdate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -106,6 +116,9 @@ class PurgeReport(msgspec.Struct, kw_only=True):
     history_rows: dict[str, int] = {}
     vector_points: int = 0
     cached_embeddings: int = 0
+    # Where: the data dirs whose projections were purged, and the NATS of the stream.
+    data_dirs: list[str] = []
+    nats_url: str = ""
 
     def record(self, projection: str, removed: dict[str, int]) -> None:
         """What a projection's ``purge_tenant`` says it removed."""
@@ -125,6 +138,7 @@ class PurgeReport(msgspec.Struct, kw_only=True):
         self.history_rows = rows
         self.vector_points += other.vector_points
         self.cached_embeddings += other.cached_embeddings
+        self.data_dirs = sorted({*self.data_dirs, *other.data_dirs})
 
 
 class PurgeResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +38,67 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     finally:
         server.stop()
         assert not pid_alive(pid), f"nats-server pid {pid} outlived its test module"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PORT = 4222
+
+
+class _Tripwire:
+    """Listens on the default NATS port while the suite runs and counts who knocks: a
+    test that reaches for a user's `make up` is a failure, not a hidden side effect."""
+
+    def __init__(self) -> None:
+        self.knocks = 0
+        self.sock: socket.socket | None = None
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", DEFAULT_PORT))
+        except OSError:
+            sock.close()
+            return  # a memstream of the user's holds the port; it is not ours to watch
+        sock.listen(64)
+        sock.settimeout(0.2)
+        self.sock = sock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        assert self.sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.knocks += 1
+            conn.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self._stop.set()
+            self._thread.join()
+            self.sock.close()
+
+
+def _default_data_dir_state() -> list[tuple[str, float]] | None:
+    path = ROOT / ".memstream"
+    if not path.exists():
+        return None
+    return sorted((str(p), p.stat().st_mtime) for p in path.rglob("*"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _users_deployment_untouched() -> Iterator[None]:
+    """No test connects to the default port or touches ./.memstream: `make test` beside
+    a running `make up` leaves it alone. Fails the suite when one does."""
+    before = _default_data_dir_state()
+    tripwire = _Tripwire()
+    try:
+        yield
+    finally:
+        tripwire.close()
+    assert 0 == tripwire.knocks, (
+        f"a test connected to 127.0.0.1:{DEFAULT_PORT}, the port a user's memstream runs on"
+    )
+    assert before == _default_data_dir_state(), "a test touched ./.memstream"

@@ -25,6 +25,7 @@ from producers.connection import DEFAULT_URL, URL_VAR
 from schemas.events import Event
 
 __all__ = [
+    "data_dir_given",
     "data_dir_option",
     "json_option",
     "load",
@@ -96,6 +97,11 @@ def load(*, service: bool = False, **overrides: Any) -> Settings:
 def url_given(nats_url: str | None) -> bool:
     """Whether the user named a NATS (a flag or the variable), rather than the default."""
     return nats_url is not None or bool(os.environ.get(URL_VAR))
+
+
+def data_dir_given(data_dir: str | None) -> bool:
+    """Whether the user named a data dir (a flag or the variable), rather than the default."""
+    return data_dir is not None or bool(os.environ.get("MEMSTREAM_DATA_DIR"))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

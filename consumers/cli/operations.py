@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consumers.cli._common import (
+    data_dir_given,
     data_dir_option,
     json_option,
     load,
@@ -145,7 +146,11 @@ def replay(projection: str, data_dir: str | None, nats_url: str | None, as_json:
         progress.update(task, completed=p.done, total=p.total, rate=p.rate)
 
     with progress:
-        result = run(ops.rebuild(settings, projection, url_given(nats_url), on_progress))
+        result = run(
+            ops.rebuild(
+                settings, projection, url_given(nats_url), on_progress, data_dir_given(data_dir)
+            )
+        )
         progress.update(
             task,
             completed=result.events + result.dead_letters,
@@ -155,7 +160,8 @@ def replay(projection: str, data_dir: str | None, nats_url: str | None, as_json:
         print_json(msgspec.structs.asdict(result))
         return
     out.print(
-        f"rebuilt {projection}: {result.events} events up to seq {result.last_seq} "
+        f"rebuilt {projection} of {result.data_dir} (NATS {result.nats_url}): "
+        f"{result.events} events up to seq {result.last_seq} "
         f"in {result.seconds:.1f}s ({result.dead_letters} dead letters skipped); swapped in"
     )
 
@@ -180,7 +186,7 @@ def sql_command(
     from consumers import ops
 
     settings = load(data_dir=data_dir, nats_url=nats_url)
-    result = run(ops.sql(settings, query, url_given(nats_url), max_rows))
+    result = run(ops.sql(settings, query, url_given(nats_url), max_rows, data_dir_given(data_dir)))
     print_rows(result.columns, result.rows, fmt)
     if result.truncated:
         sys.stderr.write(f"memstream: showing the first {max_rows} rows (--max-rows)\n")
@@ -217,10 +223,7 @@ def dlq_list(limit: int, nats_url: str | None, as_json: bool) -> None:
         return
     print_rows(
         ["dlq seq", "projection", "source subject", "source seq", "reason"],
-        [
-            (d.seq, d.subject.split(".")[1], d.source_subject, d.source_seq, d.error)
-            for d in letters
-        ],
+        [(d.seq, d.projection, d.source_subject, d.source_seq, d.error) for d in letters],
         "table",
     )
 
@@ -236,7 +239,8 @@ def dlq_list(limit: int, nats_url: str | None, as_json: bool) -> None:
 @nats_url_option
 @json_option
 def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> None:
-    """Publish dead letters again to their source subject (once the cause is fixed)."""
+    """Publish dead letters again to their source subject (once the cause is fixed), each
+    for the projection that dead-lettered it alone."""
     settings = load(nats_url=nats_url)
 
     async def go() -> list[tuple[DeadLetterInfo, int]]:
@@ -252,14 +256,22 @@ def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> Non
     if as_json:
         print_json(
             [
-                {"dlq_seq": d.seq, "source_subject": d.source_subject, "new_seq": seq}
+                {
+                    "dlq_seq": d.seq,
+                    "projection": d.projection,
+                    "source_subject": d.source_subject,
+                    "new_seq": seq,
+                }
                 for d, seq in done
             ]
         )
         return
     out.print(f"retried {len(done)} dead letter{'s' if len(done) != 1 else ''}")
     for d, seq in done:
-        out.print(f"  dlq seq {d.seq}: {d.source_subject} published again as seq {seq}")
+        out.print(
+            f"  dlq seq {d.seq}: {d.source_subject} published again as seq {seq}, "
+            f"for the {d.projection} projection"
+        )
 
 
 @click.command()

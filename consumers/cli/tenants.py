@@ -7,6 +7,7 @@ import msgspec
 
 from consumers.auth import TenantCredentials
 from consumers.cli._common import (
+    data_dir_given,
     data_dir_option,
     json_option,
     load,
@@ -103,11 +104,14 @@ def tenant_purge(
     settings = load(data_dir=data_dir, nats_url=nats_url)
     from consumers import ops
 
-    report = run(ops.purge_tenant(settings, name, url_given(nats_url)))
+    report = run(ops.purge_tenant(settings, name, url_given(nats_url), data_dir_given(data_dir)))
     if as_json:
         print_json(msgspec.structs.asdict(report))
         return
-    out.print(f"purged tenant {report.tenant}:")
+    out.print(
+        f"purged tenant {report.tenant} from {', '.join(report.data_dirs)} "
+        f"(NATS {report.nats_url}):"
+    )
     out.print(f"  stream MEMORY       {report.stream_messages} messages")
     out.print(f"  stream MEMORY_DLQ   {report.dlq_messages} dead letters")
     rows = sum(report.history_rows.values())

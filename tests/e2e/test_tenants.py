@@ -48,7 +48,7 @@ def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> 
         assert 2 == unsure.returncode and "--yes" in unsure.stderr
         purged = run_cli("tenant", "purge", "acme", "--yes", *q, env=operator)
         assert 0 == purged.returncode, purged.stderr
-        assert "purged tenant acme:" in purged.stdout
+        assert f"purged tenant acme from {data.resolve()} (NATS {up.url}):" in purged.stdout
         assert "stream MEMORY       1 messages" in purged.stdout
 
         assert 0 == run_cli("tenant", "remove", "acme", "--data-dir", str(data)).returncode

@@ -109,7 +109,9 @@ async def test_a_purged_tenant_is_nowhere_and_the_others_untouched(
         await MemoryClient(nc, tenant="acme", agent="x").search("x", min_seq=last)
         before = await stream_contents(nc, "MEMORY")
 
-        report = await ops._purge_remote(nc, "acme")
+        settings = load_settings({}, data_dir=str(data), nats_url=nats_server.url)
+        report = await ops.purge_tenant(settings, "acme", url_given=True, data_dir_given=True)
+        assert ([str(data.resolve())], nats_server.url) == (report.data_dirs, report.nats_url)
 
         assert (len(beta) + 1, 2) == (report.stream_messages, report.dlq_messages)
         assert len(beta) == report.history_rows["events"]
@@ -125,7 +127,7 @@ async def test_a_purged_tenant_is_nowhere_and_the_others_untouched(
         )
         hits = await MemoryClient(nc, tenant="acme", agent="x").search("new start", min_seq=ack.seq)
         assert ["a new start"] == [h.text for h in hits]
-        await ops._purge_remote(nc, "acme")
+        await ops.purge_tenant(settings, "acme", url_given=True, data_dir_given=True)
 
     assert {t: 0 for t in TABLES} == history_rows(data, "acme")
     assert 0 < history_rows(data, "beta")["events"]

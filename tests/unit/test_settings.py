@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from consumers.settings import load_settings
@@ -73,3 +78,20 @@ def test_bad_flag_is_named_as_a_flag() -> None:
     """A bad override is reported under its flag's name."""
     with pytest.raises(ConfigError, match="^--nats-url='nowhere' is not valid"):
         load_settings({}, nats_url="nowhere")
+
+
+def test_only_services_tune_the_interpreter(tmp_path: Path) -> None:
+    """A one-shot command leaves the GC and the GIL switch interval as they were; up and
+    serve (service=True) tune them for throughput."""
+    script = (
+        "import gc, sys; from consumers.cli._common import load;"
+        "before = (gc.get_threshold(), sys.getswitchinterval()); load();"
+        "after_command = (gc.get_threshold(), sys.getswitchinterval()); load(service=True);"
+        "print(before == after_command, before != (gc.get_threshold(), sys.getswitchinterval()))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
+    env["MEMSTREAM_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
+    assert "True True" == result.stdout.strip()
