@@ -68,13 +68,15 @@ class AdminResponder:
         for one it does not have. Otherwise (one role of several) it stays silent on
         those, and the process that has the projection answers; each role listens in a
         queue group of its own. ``deployment``: this data dir's id; a request naming
-        another deployment is refused."""
+        another deployment is left to that one (``ping`` answers every caller, saying
+        which deployment and data dir it is, so the caller can tell)."""
         self.nc = nc
         self.services = services
         self.deployment = deployment
         self.data_dir = str(data_dir or "")
         self.exclusive = exclusive
-        self.queue = ADMIN_QUEUE if exclusive else f"{ADMIN_QUEUE}-{'+'.join(sorted(services))}"
+        # One queue group per deployment: each deployment on the NATS hears each request.
+        self.queue = f"{ADMIN_QUEUE}-{deployment}" if deployment else ADMIN_QUEUE
         self._subs: list[Subscription] = []
         self._jobs: set[asyncio.Task[Any]] = set()
 
@@ -109,13 +111,8 @@ class AdminResponder:
         async def on_msg(msg: Msg) -> None:
             try:
                 req: AdminRequest = decode_admin_request(op, msg.data)
-                if req.deployment and req.deployment != self.deployment:
-                    raise QueryError(
-                        "bad_request",
-                        f"this memstream serves deployment {self.deployment} (data dir "
-                        f"{self.data_dir}), not {req.deployment}: the command was meant for "
-                        "another deployment; pass the --nats-url that one printed",
-                    )
+                if op != "ping" and req.deployment and req.deployment != self.deployment:
+                    return  # meant for another deployment on this NATS: its process answers
                 body = await handle(msg, req)
             except QueryError as err:
                 body = error_reply(err.code, err.message)

@@ -41,6 +41,8 @@ from producers.connection import connect_nats
 from projections.vector_search import VectorReader
 from schemas.errors import ConfigError, MemstreamError
 from schemas.events import EventDecoder
+from schemas.queries import PROJECTIONS
+from schemas.subjects import durable_name
 
 __all__ = ["UpInfo", "run_up"]
 
@@ -139,6 +141,9 @@ async def _run_held(
                 nc.jetstream(),
                 replicas=settings.stream_replicas,
                 max_event_bytes=settings.max_event_bytes,
+                consumers=tuple(
+                    durable_name(p, held.deployment) for p in PROJECTIONS if p in roles
+                ),
             )
             log.info("streams_ready", streams=report.streams, consumers=report.consumers)
             await _serve(
@@ -179,8 +184,9 @@ async def _run_held(
 class _Roles:
     """The projection services of some roles, and the query worker that reads them."""
 
-    def __init__(self, nc: Any, settings: Settings, data_dir: Path, roles: frozenset[str]):
+    def __init__(self, nc: Any, settings: Settings, held: Hold, roles: frozenset[str]):
         self.nc, self.settings, self.roles = nc, settings, roles
+        data_dir = held.data_dir
         tuning: dict[str, Any] = {
             "batch_size": settings.batch_size,
             "max_wait": settings.batch_wait_ms / 1000,
@@ -188,11 +194,15 @@ class _Roles:
             "decoder": EventDecoder(max_bytes=settings.max_event_bytes),
         }
         self.services: dict[str, ProjectionService[Any]] = {}
+        # Each instance consumes a durable of its own: a second one is a full replica.
+        own = {p: durable_name(p, held.deployment) for p in PROJECTIONS}
         if "history" in roles:
-            self.services["history"] = ProjectionService(nc, HistoryStorage(data_dir), **tuning)
+            self.services["history"] = ProjectionService(
+                nc, HistoryStorage(data_dir), consumer=own["history"], **tuning
+            )
         if "vectors" in roles:
             self.services["vectors"] = ProjectionService(
-                nc, vector_storage_from_settings(settings), **tuning
+                nc, vector_storage_from_settings(settings), consumer=own["vectors"], **tuning
             )
         self._reader: VectorStorage | None = None
 
@@ -240,7 +250,7 @@ async def _serve(
     ready: Callable[[dict[str, ProjectionService[Any]]], Any],
     roles: frozenset[str] = ALL_ROLES,
 ) -> None:
-    parts = _Roles(nc, settings, held.data_dir, roles)
+    parts = _Roles(nc, settings, held, roles)
     services = parts.services
     admin = AdminResponder(
         nc,

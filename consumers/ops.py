@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from consumers.deployment import deployment_id, hold, running
 from consumers.nats_server import NatsServer
@@ -68,17 +69,51 @@ class Reach:
     deployment: str | None
     data_dir: Path
     nats_url: str
+    # The deployments that answered a ping at nats_url, when it was given.
+    answering: tuple[PingResult, ...] = ()
 
 
-async def _ping(nc: NatsClient, deployment: str | None) -> PingResult | None:
-    """The memstream answering admin requests on this NATS for ``deployment``; None when
-    none answers. A memstream of another deployment refuses: AdminError, in its words."""
-    body = _encoder.encode(PingRequest(deployment=deployment))
+async def _ping(nc: NatsClient, wait: float = 2.0, linger: float = 0.3) -> list[PingResult]:
+    """Every memstream deployment answering admin requests on this NATS: each answers a
+    ping with its deployment id and data dir. Waits ``wait`` for the first answer and
+    ``linger`` more for the others."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    found: list[PingResult] = []
     try:
-        msg = await nc.request(admin_subject("ping"), body, timeout=2)
-    except nats.errors.NoRespondersError:
-        return None
-    return decode_admin_reply("ping", msg.data, PingResult)
+        await nc.publish(admin_subject("ping"), _encoder.encode(PingRequest()), inbox)
+        timeout = wait
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                return found
+            if _no_responders(msg):
+                return found
+            found.append(decode_admin_reply("ping", msg.data, PingResult))
+            timeout = linger
+    finally:
+        await sub.unsubscribe()
+
+
+def _no_responders(msg: Msg) -> bool:
+    """The server's own answer to a publish nobody subscribes to (status 503)."""
+    return not msg.data and (msg.headers or {}).get("Status") == "503"
+
+
+def _pick(answering: list[PingResult], named: str | None, url: str, data_dir: Path) -> str | None:
+    """The deployment to act on among those answering at ``url``; AdminError when the one
+    named (by --data-dir) is not among them."""
+    if named is None:
+        return answering[0].deployment if len(answering) == 1 else None
+    if any(p.deployment == named for p in answering):
+        return named
+    others = ", ".join(f"{p.data_dir} (deployment {p.deployment})" for p in answering)
+    raise AdminError(
+        f"the memstream at {url} serves {others}, not the deployment under {data_dir}: "
+        "the command was meant for another deployment; leave out --nats-url to act on "
+        f"{data_dir}, or pass the --nats-url of the memstream running there"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -112,14 +147,16 @@ async def reach(
     if url_given:
         named = local if data_dir_given else None
         async with _connected(settings, settings.nats_url) as nc:
-            found = await _ping(nc, named)
-            if found is None and here is not None:
+            answering = await _ping(nc)
+            if not answering and here is not None:
                 raise AdminError(
                     f"memstream runs on {data_dir} with NATS {here.nats_url}, and nothing "
                     f"answers at {settings.nats_url}: pass --nats-url {here.nats_url}"
                 )
-            deployment = named or (found.deployment if found else None) or None
-            yield Reach(nc, found is not None, deployment, data_dir, settings.nats_url)
+            deployment = _pick(answering, named, settings.nats_url, data_dir) if answering else None
+            yield Reach(
+                nc, bool(answering), deployment, data_dir, settings.nats_url, tuple(answering)
+            )
         return
     store = data_dir / "nats" / "jetstream"
     if not store.exists():
@@ -158,6 +195,12 @@ async def rebuild(
 ) -> RebuildResult:
     """Rebuild through the running memstream, or on the files when none runs."""
     async with reach(settings, url_given, data_dir_given) as where:
+        if where.running and where.deployment is None:
+            several = ", ".join(p.data_dir for p in where.answering)
+            raise AdminError(
+                f"several memstream deployments answer at {where.nats_url} ({several}): "
+                "run the replay with the --data-dir of the one meant, on its machine"
+            )
         if where.running:
             result = await _rebuild_remote(where, projection, on_progress)
         else:
@@ -278,6 +321,8 @@ async def _purge_remote(where: Reach, tenant: str) -> PurgeReport:
             try:
                 msg = await sub.next_msg(timeout=timeout)
             except nats.errors.TimeoutError:
+                break
+            if _no_responders(msg):
                 break
             report.merge(decode_admin_reply("purge", msg.data, PurgeResult).report)
             answers += 1

@@ -342,16 +342,16 @@ class QueryWorker:
         by_type, by_agent = await self._read(reads.counts, tenant)
         js = self.nc.jetstream()
         last_seq = (await js.stream_info(EVENT_STREAM)).state.last_seq
-        applied: dict[str, int] = {}
-        for name in PROJECTIONS:
-            source = self.sources.get(name)
-            if source is not None:
-                applied[name] = source.checkpoint
-            else:
-                # Served by another process: its durable consumer's ack floor says.
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    info = await js.consumer_info(EVENT_STREAM, name)
-                    applied[name] = info.ack_floor.stream_seq if info.ack_floor else 0
+        applied: dict[str, int] = {name: source.checkpoint for name, source in self.sources.items()}
+        remote = [name for name in PROJECTIONS if name not in self.sources]
+        if remote:
+            # Served by other processes: their durable consumers' ack floors say, the
+            # furthest behind of a projection's instances counting.
+            for info in await js.consumers_info(EVENT_STREAM):
+                for name in remote:
+                    if info.name.startswith(f"{name}-"):
+                        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                        applied[name] = min(applied.get(name, floor), floor)
         dlq = await js.stream_info(DLQ_STREAM, subjects_filter=f"{DLQ_PREFIX}.*.{tenant}")
         return StatsResult(
             events_by_type=by_type,
@@ -359,6 +359,10 @@ class QueryWorker:
             last_applied_seq=applied,
             lag={name: max(0, last_seq - seq) for name, seq in applied.items()},
             dlq_count=sum((dlq.state.subjects or {}).values()),
+            health={
+                name: getattr(source, "unhealthy", None) or "ok"
+                for name, source in self.sources.items()
+            },
         )
 
     async def _recall(self, tenant: str, req: RecallRequest) -> RecallResult:

@@ -26,7 +26,7 @@ from consumers.dead_letters import publish_dead_letters
 from consumers.decoding import DeadLetter, Decoded, MessageDecoder, stream_seq
 from consumers.log import get_logger
 from consumers.streams import consumer_config
-from projections.base import Projection
+from projections.base import Projection, StorageFailure
 from schemas.events import EventDecoder
 from schemas.subjects import EVENT_PREFIX, EVENT_STREAM
 
@@ -63,16 +63,22 @@ class LiveRunner:
         max_wait: float = 0.2,
         decoder: EventDecoder | None = None,
         on_applied: Callable[[], Awaitable[None]] | None = None,
+        consumer: str | None = None,
     ) -> None:
+        """``consumer``: the durable consumer this instance owns (see
+        ``schemas.subjects.durable_name``); the projection's name when not given."""
         self.nc = nc
         self.js = nc.jetstream()
         # Told after each commit, so readers waiting for a sequence (min_seq) wake up.
         self.on_applied = on_applied
         self.projection = projection
         self.name = projection.name
+        self.consumer = consumer or projection.name
         self.batch_size = batch_size
         self.max_wait = max_wait
         self.stats = RunnerStats()
+        # Why the projection is not advancing (its storage failing), or None.
+        self.unhealthy: str | None = None
         # Held around each apply; whoever swaps the projection (a replay) takes it too.
         self.lock = asyncio.Lock()
         self._decoder = MessageDecoder(projection.name, decoder)
@@ -110,7 +116,7 @@ class LiveRunner:
         would be skipped. Such a consumer is recreated to start at checkpoint + 1.
         """
         try:
-            info = await self.js.consumer_info(EVENT_STREAM, self.name)
+            info = await self.js.consumer_info(EVENT_STREAM, self.consumer)
         except nats.js.errors.NotFoundError:
             info = None
         delivered = info.delivered.stream_seq if info and info.delivered else 0
@@ -118,8 +124,8 @@ class LiveRunner:
         if info is not None and delivered <= checkpoint:
             return
         if info is not None:
-            await self.js.delete_consumer(EVENT_STREAM, self.name)
-        config = consumer_config(self.name)
+            await self.js.delete_consumer(EVENT_STREAM, self.consumer)
+        config = consumer_config(self.consumer)
         if checkpoint:
             config = config.evolve(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=checkpoint + 1
@@ -128,6 +134,7 @@ class LiveRunner:
         log.info(
             "consumer_repositioned",
             projection=self.name,
+            consumer=self.consumer,
             delivered=delivered,
             start=checkpoint + 1,
         )
@@ -145,7 +152,7 @@ class LiveRunner:
 
     async def run(self) -> RunnerStats:
         await self.sync_position()
-        puller = BatchPuller(self.nc, EVENT_STREAM, self.name)
+        puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer)
         await puller.start()
         in_flight: asyncio.Task[None] | None = None
         try:
@@ -181,6 +188,8 @@ class LiveRunner:
         while True:
             # A failure here (the disk full, the DLQ unreachable) must not drop the batch
             # or stop the projection: retry the same batch, in order, until it commits.
+            # Only what fails on its own after repeated tries is isolated, and only an
+            # event that fails without the storage failing becomes a dead letter.
             try:
                 if dead:
                     await publish_dead_letters(self.js, self.name, dead)
@@ -197,6 +206,16 @@ class LiveRunner:
                         dead = [*dead, *isolated]
                     await erase_from_stream(self.js, self.name, erased)
                 break
+            except StorageFailure as err:
+                if self._stopping.is_set():
+                    raise
+                # Not the events' fault: the projection stops advancing until it is back.
+                if self.unhealthy is None:
+                    log.error("projection_unhealthy", projection=self.name, reason=str(err))
+                self.unhealthy = str(err)
+                log.warning(
+                    "storage_failed", projection=self.name, last_seq=last_seq, retry_in_s=delay
+                )
             except Exception as err:
                 if self._stopping.is_set():
                     raise
@@ -208,8 +227,11 @@ class LiveRunner:
                     error=repr(err),
                     retry_in_s=delay,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        if self.unhealthy is not None:
+            log.info("projection_healthy", projection=self.name, last_seq=last_seq)
+            self.unhealthy = None
         if self.on_applied is not None:
             await self.on_applied()
         self.stats.dead_letters += len(dead)
@@ -243,6 +265,8 @@ class LiveRunner:
                     self.projection.apply, [(seq, event)], seq, [body]
                 )
                 erased += applied.erased
+            except StorageFailure:
+                raise  # the storage, not this event: the batch is retried whole
             except Exception as err:
                 letter = DeadLetter(
                     seq,

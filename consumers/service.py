@@ -50,9 +50,12 @@ class ProjectionService(Generic[P]):
         batch_size: int = 2000,
         max_wait: float = 0.2,
         decoder: EventDecoder | None = None,
+        consumer: str | None = None,
     ) -> None:
         """``decoder``: how events are decoded, with the deployment's event size limit
-        (MEMSTREAM_MAX_EVENT_BYTES), live and in a rebuild alike."""
+        (MEMSTREAM_MAX_EVENT_BYTES), live and in a rebuild alike. ``consumer``: the
+        durable consumer this instance owns."""
+        self.consumer = consumer
         self.nc = nc
         self.storage = storage
         self.name = storage.name
@@ -85,6 +88,7 @@ class ProjectionService(Generic[P]):
             max_wait=self.max_wait,
             decoder=self.decoder,
             on_applied=self._notify_applied,
+            consumer=self.consumer,
         )
         task = asyncio.create_task(runner.run(), name=f"live-{self.name}")
         self._running = _Running(projection, runner, task)
@@ -143,6 +147,11 @@ class ProjectionService(Generic[P]):
         async with running.runner.lock:
             running.runner.drop_tenant(tenant, upto)
             return await asyncio.to_thread(running.projection.purge_tenant, tenant)
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why the projection is not advancing (its storage failing), or None."""
+        return self._running.runner.unhealthy if self._running is not None else None
 
     @property
     def rebuilding(self) -> bool:

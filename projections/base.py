@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from schemas.errors import MemstreamError
 from schemas.events import AnyEvent, UnknownEvent
 
-__all__ = ["Applied", "Batch", "Projection"]
+__all__ = ["Applied", "Batch", "Projection", "StorageFailure"]
 
 Batch: TypeAlias = Sequence[tuple[int, AnyEvent | UnknownEvent]]
 """(stream sequence, event) pairs in stream order."""
@@ -26,6 +27,14 @@ class Applied:
     # ``erase: true``) removed from the projection: the runner deletes them from the
     # stream too, so no replay brings them back.
     erased: tuple[int, ...] = ()
+
+
+class StorageFailure(MemstreamError):
+    """The projection's storage failed, not the events: the disk full or read-only, an
+    I/O error, a corrupt file, the embedder or the vector server unreachable. The runner
+    retries the batch until the storage is back, and never dead-letters for this."""
+
+    code = "unavailable"
 
 
 @runtime_checkable

@@ -29,7 +29,7 @@ import pyarrow as pa
 from projections._history_sql import EVENTS_SQL, LOG_SQL, PARSE_SQL, STAGING, STATE_SQL
 from projections._idindex import Hashes, IdIndex
 from projections._tables import ARROW_SCHEMAS, DDL, KEYS, TABLES
-from projections.base import Applied, Batch
+from projections.base import Applied, Batch, StorageFailure
 from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
 from schemas import events as ev
 from schemas.events import UnknownEvent
@@ -44,6 +44,18 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _US = dt.timedelta(microseconds=1)
 
 Row = dict[str, Any]
+# What DuckDB raises when the file, not an event, is the problem: I/O (a full or read-only
+# disk, a corrupt file), a commit that could not be written, an invalidated database.
+_STORAGE_ERRORS: Final = (
+    OSError,
+    duckdb.IOException,
+    duckdb.TransactionException,
+    duckdb.FatalException,
+    duckdb.InternalException,
+    duckdb.OutOfMemoryException,
+    duckdb.PermissionException,
+    duckdb.ConnectionException,
+)
 _Item = tuple[int, "ev.AnyEvent | UnknownEvent", bytes]
 """(seq, event, JSON body as published) of one event a batch applies."""
 
@@ -131,8 +143,15 @@ class HistoryProjection:
         """Apply a batch in stream order; effect and checkpoint commit together.
 
         ``bodies`` are the events as published, aligned with ``batch``; without them
-        each event is encoded again (same fields, unknown ones lost).
+        each event is encoded again (same fields, unknown ones lost). A failure of the
+        database file itself is a StorageFailure; nothing of the batch is committed.
         """
+        try:
+            return self._apply(batch, upto, bodies)
+        except _STORAGE_ERRORS as err:
+            raise StorageFailure(f"the history database {self.path} failed: {err}") from err
+
+    def _apply(self, batch: Batch, upto: int, bodies: Sequence[bytes] | None) -> Applied:
         if bodies is None:
             bodies = [_body(e) for _, e in batch]
         if batch and batch[0][0] > self._checkpoint:

@@ -20,14 +20,17 @@ same memory id in two tenants is two points.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from projections.applied_ids import AppliedIds
 from projections.base import Applied, Batch
+from projections.embedders import EmbedderError
 from projections.embedding_cache import CachedEmbedder, text_key
 from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
 from projections.vector_layout import (
@@ -57,6 +60,15 @@ def _text(kind: str, p: dict[str, Any]) -> str:
     return f"{p['task_description']}\n{outcome}" if outcome else str(p["task_description"])
 
 
+# The embedder down, the Qdrant server unreachable or failing, the disk full or
+# read-only under local mode, the embedding cache or the applied ids (SQLite) failing.
+_STORAGE_ERRORS: Final = (
+    OSError,
+    sqlite3.Error,
+    EmbedderError,
+    ResponseHandlingException,
+    UnexpectedResponse,
+)
 Payload = dict[str, Any]
 # The event types that change points.
 _APPLIES: Final = MEMORY_TYPES | {"collab.recorded"}

@@ -237,6 +237,9 @@ class StatsResult(msgspec.Struct, frozen=True, kw_only=True):
     last_applied_seq: dict[str, int]
     lag: dict[str, int]
     dlq_count: int
+    # Per projection answering here: "ok", or why it is not advancing (its storage
+    # failing: the disk full, the embedder down...), until that passes.
+    health: dict[str, str] = {}
 
 
 class AnalyticsResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,6 +18,7 @@ __all__ = [
     "QuerySubject",
     "admin_subject",
     "dlq_subject",
+    "durable_name",
     "event_subject",
     "parse_event_subject",
     "parse_query_subject",
@@ -110,3 +111,11 @@ def dlq_subject(projection: str, tenant: str) -> str:
     except InvalidTenant:
         tenant = "_invalid"
     return f"{DLQ_PREFIX}.{projection}.{tenant}"
+
+
+def durable_name(projection: str, instance: str) -> str:
+    """``<projection>-<instance>``: each projection instance (a data dir's deployment id)
+    consumes its own durable consumer, so a second instance is a replica with every
+    event, never a second reader splitting one consumer's messages."""
+    _check_token("projection", projection)
+    return f"{projection}-{_check_token('instance', instance.replace('-', '')[:16])}"

@@ -3,14 +3,19 @@ on the wrong data, and what is refused is refused before anything is touched."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from producers import MemoryClient
+from schemas import events as ev
 from tests.conftest import pid_alive
-from tests.e2e.conftest import Up, run_cli, start_up
+from tests.e2e.conftest import Up, run_cli, spawn_ready, start_up
+from tests.waiting import wait_for_sync
 
 
 def _acme_events(url: str, tenant: str, n: int = 3) -> int:
@@ -91,5 +96,48 @@ def test_a_request_for_another_deployment_is_refused(up: Up, stopped: Path) -> N
     purge = run_cli("tenant", "purge", "globex", "--yes", "--data-dir", str(stopped), env=env)
     assert 2 == purge.returncode
     (line,) = purge.stderr.splitlines()
-    assert f"data dir {up.info['data_dir']}" in line
+    assert f"serves {up.info['data_dir']} (deployment " in line
     assert 3 == _count(up, "globex", seq)
+
+
+async def _publish_turns(url: str, n: int) -> int:
+    async with await MemoryClient.connect(url, tenant="acme", agent="a1") as mem:
+        events = [
+            mem.new_event(ev.ConversationTurn, session_id="s", role="user", content=f"turn {i}")
+            for i in range(n)
+        ]
+        acks = await mem.publish_many(events)
+        return acks[-1].seq
+
+
+def _events_in(data_dir: Path, seq: int) -> tuple[int, int]:
+    """(events, distinct ids) in a running deployment's history, once it applied seq."""
+    query = f"SELECT count(*) AS n, count(DISTINCT id) AS d FROM events WHERE seq <= {seq}"
+
+    def applied() -> bool:
+        result = run_cli("sql", "--data-dir", str(data_dir), "--format", "json",
+                         "SELECT max(seq) AS m FROM events")  # fmt: skip
+        assert 0 == result.returncode, result.stderr
+        return (json.loads(result.stdout)[0]["m"] or 0) >= seq
+
+    wait_for_sync(applied, timeout=60, what=f"{data_dir} applied seq {seq}")
+    result = run_cli("sql", "--data-dir", str(data_dir), "--format", "json", query)
+    assert 0 == result.returncode, result.stderr
+    row = json.loads(result.stdout)[0]
+    return int(row["n"]), int(row["d"])
+
+
+def test_a_second_instance_with_its_own_data_dir_is_a_full_replica(up: Up, tmp_path: Path) -> None:
+    """serve --role history beside up, on another data dir: each owns its durable
+    consumer, so both end with every event, once (they used to split one consumer)."""
+    replica, _ = spawn_ready(
+        ["serve", "--role", "history", "--data-dir", str(tmp_path / "replica")],
+        {"MEMSTREAM_NATS_URL": up.url},
+    )
+    try:
+        last = asyncio.run(_publish_turns(up.url, 3000))
+        assert (3000, 3000) == _events_in(Path(up.info["data_dir"]), last)
+        assert (3000, 3000) == _events_in(tmp_path / "replica", last)
+    finally:
+        replica.send_signal(signal.SIGTERM)
+        assert 0 == replica.wait(60)

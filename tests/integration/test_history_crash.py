@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
 from consumers.nats_server import NatsServer
@@ -20,12 +19,13 @@ from tests.integration.test_history_runner import dump, last_seq, publish_mixed
 from tests.waiting import wait_for
 
 
-async def _acked(nc: NatsClient, consumer: str = "history") -> int:
-    try:
-        info = await nc.jetstream().consumer_info("MEMORY", consumer)
-    except nats.js.errors.NotFoundError:
-        return 0  # being recreated at the projection's checkpoint (see sync_position)
-    return info.ack_floor.stream_seq if info.ack_floor else 0
+async def _acked(nc: NatsClient, projection: str = "history") -> int:
+    """The ack floor of the projection's durable (each instance owns one: history-<id>);
+    0 while it is being recreated at the projection's checkpoint (see sync_position)."""
+    for info in await nc.jetstream().consumers_info("MEMORY"):
+        if info.name.startswith(f"{projection}-"):
+            return info.ack_floor.stream_seq if info.ack_floor else 0
+    return 0
 
 
 async def test_sigkill_mid_ingest_then_restart_applies_each_event_once(
