@@ -14,12 +14,14 @@ rebuild can take as long as it needs without holding a request open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -97,7 +99,9 @@ class AdminResponder:
 
     async def stop(self) -> None:
         for sub in self._subs:
-            await sub.unsubscribe()
+            # With the broker gone there is nothing to unsubscribe from.
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await sub.unsubscribe()
         for job in list(self._jobs):
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)

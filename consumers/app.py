@@ -16,6 +16,7 @@ since no other process can open the collections), and ``query`` (``search`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from consumers.storage import HistoryStorage, VectorStorage, vector_storage_from
 from consumers.streams import HEADER_ROOM, ProvisionReport, ensure_streams
 from producers.connection import connect_nats
 from projections.vector_search import VectorReader
-from schemas.errors import ConfigError, MemstreamError
+from schemas.errors import ConfigError, MemstreamError, NatsServerError
 from schemas.events import EventDecoder
 from schemas.queries import PROJECTIONS
 from schemas.subjects import durable_name
@@ -112,6 +113,8 @@ async def _run_held(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server: NatsServer | None = None
+    supervisor: asyncio.Task[str | None] | None = None
+    failure: str | None = None
     try:
         if external_nats:
             url = settings.nats_url
@@ -133,6 +136,11 @@ async def _run_held(
             server = await asyncio.to_thread(embedded.start)
             url = server.url
             log.info("nats_started", url=url, pid=server.pid, store=str(data_dir / "nats"))
+        supervisor = (
+            asyncio.create_task(_supervise(server, stop), name="supervise-nats")
+            if server is not None
+            else None
+        )
         name = "memstream:up" if roles == ALL_ROLES else f"memstream:{'+'.join(sorted(roles))}"
         nc = await connect_nats(url, name=name, **settings.nats_auth)
         held.announce(url)
@@ -170,15 +178,60 @@ async def _run_held(
         finally:
             try:
                 await nc.drain()
-            except nats.errors.Error:
-                # The broker went away first (someone else stopped it): nothing to flush.
-                await nc.close()
+            except (nats.errors.Error, OSError):
+                # The broker went away first (it died, or someone stopped it): nothing to
+                # flush, and closing may find the socket gone.
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await nc.close()
     finally:
+        if supervisor is not None:
+            if supervisor.done() and not supervisor.cancelled():
+                failure = supervisor.result()
+            else:
+                supervisor.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if server is not None:
             code = await asyncio.to_thread(server.stop)
             log.info("nats_stopped", exit_code=code)
+    if failure is not None:
+        raise NatsServerError(failure)
+
+
+# The embedded broker is restarted when it dies, at most this often within the window;
+# past that something is wrong that a restart does not mend, and memstream stops.
+_RESTARTS, _RESTART_WINDOW_S = 3, 60.0
+
+
+async def _supervise(server: NatsServer, stop: asyncio.Event) -> str | None:
+    """Restart the embedded nats-server when it dies (bounded); when it keeps dying,
+    stop memstream and return the one line that says why."""
+    deaths: list[float] = []
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        await asyncio.sleep(0.25)
+        status = server.exited()
+        if status is None or stop.is_set():
+            continue
+        while True:
+            now = loop.time()
+            deaths = [t for t in deaths if now - t < _RESTART_WINDOW_S] + [now]
+            if len(deaths) > _RESTARTS:
+                stop.set()
+                return (
+                    f"the embedded nats-server died {len(deaths)} times within "
+                    f"{_RESTART_WINDOW_S:.0f} s; memstream stopped. Its log: {server.log_path}"
+                )
+            log.error("nats_died", status=status, deaths=len(deaths))
+            try:
+                await asyncio.to_thread(server.restart)
+            except NatsServerError as err:
+                # It died again while starting: another death, within the same bound.
+                log.error("nats_restart_failed", error=str(err))
+                continue
+            log.info("nats_restarted", pid=server.pid, url=server.url)
+            break
+    return None
 
 
 class _Roles:

@@ -115,6 +115,15 @@ class TenantCredentials:
 
     # --- the running server -------------------------------------------------------
 
+    def enforced(self) -> bool:
+        """Whether the embedded nats-server's configuration admits users only (it was
+        started with ``memstream up --auth``)."""
+        conf = self.dir.parent / "nats" / "nats.conf"
+        try:
+            return "auth/auth.conf" in conf.read_text()
+        except OSError:
+            return False
+
     def reload_server(self) -> int | None:
         """Tell the embedded nats-server running on this data dir to reload its config;
         returns its pid, or None when none runs."""

@@ -168,6 +168,19 @@ class NatsServer:
             raise
         return self
 
+    def exited(self) -> int | None:
+        """The exit status of a server that died on its own (None while it runs)."""
+        return self.process.poll() if self.process is not None else None
+
+    def restart(self) -> NatsServer:
+        """Start again after the server died, on the port it had, so that clients
+        reconnect to the same URL."""
+        port = self.port
+        self.stop()
+        if port:
+            self.requested_port = port
+        return self.start()
+
     def _wait_ready(self, process: subprocess.Popen[bytes], ports_dir: Path) -> None:
         deadline = time.monotonic() + self.start_timeout
         ports_file = ports_dir / f"{self._binary.name}_{process.pid}.ports"

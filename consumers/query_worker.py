@@ -41,6 +41,7 @@ from projections import reads
 from projections.recall import Part, compose, memory_part, task_part, turn_part
 from projections.vector_search import Hit
 from schemas.errors import MemstreamError, QueryError
+from schemas.events import EVENT_TYPES
 from schemas.ids import new_id
 from schemas.queries import (
     OPS,
@@ -182,7 +183,7 @@ class QueryWorker:
         are answered ``unavailable`` at once)."""
         self._stopping.set()
         if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
+            with contextlib.suppress(nats.errors.Error, OSError):
                 await self._sub.unsubscribe()
             self._sub = None
         if self._tasks:
@@ -299,6 +300,13 @@ class QueryWorker:
         return SearchBatchResult(hits=lists)
 
     async def _history(self, tenant: str, req: HistoryRequest) -> HistoryResult:
+        unknown = sorted(set(req.types) - set(EVENT_TYPES))
+        if unknown:
+            raise QueryError(
+                "bad_request",
+                f"unknown event type {', '.join(map(repr, unknown))} in types: use "
+                f"{', '.join(sorted(EVENT_TYPES))}",
+            )
         page = await self._read(
             reads.history,
             tenant,
@@ -381,7 +389,8 @@ class QueryWorker:
             parts += [turn_part(t, req.session_id) for t in turns]
         if req.query is not None:
             (hits,) = await self._vector_search(tenant, [req.query], _search_filters(req))
-            for h in hits:
+            # Nothing unrelated enters a prompt: a memory must score above min_score.
+            for h in (h for h in hits if h.score > req.min_score):
                 ts = h.payload.get("ts")
                 parts.append(
                     memory_part(

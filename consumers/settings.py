@@ -23,12 +23,14 @@ from schemas.events import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["ENV_VARS", "Settings", "load_settings"]
 
-Url = Annotated[str, msgspec.Meta(pattern=r"\A[a-z][a-z0-9+.-]*://\S+\Z")]
+_ONE_URL = r"[a-z][a-z0-9+.-]*://[^\s,]+"
+Url = Annotated[str, msgspec.Meta(pattern=rf"\A{_ONE_URL}(\s*,\s*{_ONE_URL})*\Z")]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything configurable; each field's variable is in ``ENV_VARS``."""
 
+    # One URL, or a comma-separated list of seeds (the servers of a cluster).
     nats_url: Url = DEFAULT_URL
     data_dir: str = "./.memstream"
     qdrant_url: str = ""
@@ -100,7 +102,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     for field, var in ENV_VARS.items():
         value = env.get(var, "")
         if value != "":
-            raw[field] = value
+            # Names of choices are taken in any case (MEMSTREAM_LOG_LEVEL=INFO).
+            raw[field] = value.lower() if field in _CHOICES else value
             source[field] = var
     for field, value in overrides.items():
         if field not in ENV_VARS:
@@ -114,9 +117,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(_explain(err, raw, source)) from None
 
 
+_CHOICES = frozenset({"embedder", "log_format", "log_level"})
+
 # What a person should write instead, where msgspec's own words are too terse.
 _HINTS = {
-    "nats_url": f"expected a URL such as {DEFAULT_URL}",
+    "nats_url": f"expected a URL such as {DEFAULT_URL}, or a comma-separated list of them",
     "embedder": "use one of hash, openai, sentence-transformers",
     "log_format": "use console or json",
     "log_level": "use one of debug, info, warning, error",

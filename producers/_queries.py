@@ -174,13 +174,16 @@ class QueryMethods:
         task_id: str | None = None,
         budget_chars: int | None = None,
         strategy: str | None = None,
+        min_score: float | None = None,
         min_seq: int | None = None,
         wait_ms: int | None = None,
     ) -> RecallResult:
-        """One context bundle for a prompt, within ``budget_chars``, with its sources."""
+        """One context bundle for a prompt, within ``budget_chars``, with its sources;
+        a memory enters only when it scores above ``min_score`` (default 0.15)."""
         return await self.query(
             "recall", RecallResult, query=query, session_id=session_id, task_id=task_id,
-            budget_chars=budget_chars, strategy=strategy, min_seq=min_seq, wait_ms=wait_ms,
+            budget_chars=budget_chars, strategy=strategy, min_score=min_score,
+            min_seq=min_seq, wait_ms=wait_ms,
         )  # fmt: skip
 
     async def stats(self, *, min_seq: int | None = None, wait_ms: int | None = None) -> StatsResult:

@@ -110,8 +110,10 @@ async def connect_nats(
 ) -> NatsClient:
     """Connect, trying ``connect_attempts`` times, then reconnect forever once connected.
 
-    A server that is down at start is a ConnectError naming the URL; a server that goes
-    away later is waited for, so a worker rides out a broker restart.
+    ``url`` may be a comma-separated list of seeds: a cluster is reached through any of
+    them, and a connection moves to another when its server goes away. A server that is
+    down at start is a ConnectError naming the URL; a server that goes away later is
+    waited for, so a worker rides out a broker restart.
     """
     url = url or default_url()
     user = user if user is not None else os.environ.get(USER_VAR) or None
@@ -142,8 +144,10 @@ async def connect_nats(
     async def on_reconnect() -> None:
         log.info("nats_reconnected url=%s", url)
 
+    # A comma-separated list is the seeds of a cluster: any one of them will do.
+    servers = [u.strip() for u in url.split(",") if u.strip()]
     kwargs: dict[str, Any] = dict(
-        servers=[url],
+        servers=servers,
         name=name,
         connect_timeout=2,
         reconnect_time_wait=0.5,

@@ -113,7 +113,7 @@ _TASK_SQL = [
                         'metadata': coalesce(j.metadata, '{{}}'),
                         'agent': agent, 'ts': ts}}, seq)
                    FILTER (WHERE type = 'task.created') AS c,
-               arg_min(j.metadata, seq) FILTER (
+               arg_max(j.metadata, seq) FILTER (
                    WHERE type = 'task.completed'
                    AND coalesce(j.metadata::VARCHAR, '{{}}') <> '{{}}'
                ) AS completed_metadata,
@@ -130,8 +130,13 @@ _TASK_SQL = [
            CASE WHEN a.created > 0 THEN a.c.assignee ELSE e.assignee END,
            CASE WHEN a.created > 0 THEN a.c.parent_id ELSE e.parent_id END,
            CASE WHEN a.created > 0 THEN a.c.flow_id ELSE e.flow_id END,
-           CASE WHEN a.created > 0 THEN a.c.metadata
-                ELSE coalesce(e.metadata, a.completed_metadata) END,
+           -- task.completed's metadata merges into the task's (it wins on a key).
+           CASE WHEN a.completed_metadata IS NULL
+                THEN CASE WHEN a.created > 0 THEN a.c.metadata ELSE e.metadata END
+                ELSE json_merge_patch(
+                    coalesce(CASE WHEN a.created > 0 THEN a.c.metadata ELSE e.metadata END,
+                             '{{}}'),
+                    a.completed_metadata) END,
            CASE WHEN e.status IS NULL OR a.top_rank >= {_RANK_SQL.format(s="e.status")}
                 THEN a.top_status ELSE e.status END,
            CASE WHEN a.created > 0 THEN a.c.agent ELSE e.agent END,

@@ -107,6 +107,10 @@ class RecallRequest(Request, frozen=True):
     task_id: RefId | None = None
     budget_chars: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 4000
     strategy: Strategy = "balanced"
+    # A memory enters the bundle only when it scores above this. Unrelated texts score
+    # a little above 0 with every embedder (measured here: up to 0.08 with the hash
+    # embedder), so the default keeps them out of a prompt.
+    min_score: Annotated[float, msgspec.Meta(ge=-1, le=1)] = 0.15
 
 
 class StatsRequest(Request, frozen=True):

@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="memstream", standalone_mode=False)
     except click.exceptions.Exit as done:
         raise SystemExit(done.exit_code) from None
+    except click.exceptions.NoArgsIsHelpError as err:
+        # `memstream`, `memstream dlq`: a group without its command shows its help.
+        if err.ctx is not None:
+            sys.stdout.write(err.ctx.get_help() + "\n")
+        raise SystemExit(2) from None
     except click.exceptions.Abort:
         _fail("aborted", 130)
     except click.UsageError as err:

@@ -153,8 +153,15 @@ def publish_one(
 
 def print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None:
     if as_json:
-        print_json({**msgspec.structs.asdict(ack), "type": type_, **extra})
+        print_json(
+            {**msgspec.structs.asdict(ack), "type": type_, **({} if ack.duplicate else extra)}
+        )
         return
-    dup = " (duplicate: already stored)" if ack.duplicate else ""
+    if ack.duplicate:
+        # The first copy stands: ids made up for this copy were never stored.
+        out.print(
+            f"not stored again: event {ack.id} is a duplicate of the {type_} at seq {ack.seq}"
+        )
+        return
     ids = "".join(f"  {k} {v}" for k, v in extra.items())
-    out.print(f"stored {type_} at seq {ack.seq}{dup}  id {ack.id}{ids}")
+    out.print(f"stored {type_} at seq {ack.seq}  id {ack.id}{ids}")

@@ -34,11 +34,14 @@ def _creds(data_dir: str | None) -> TenantCredentials:
 
 def _reloaded(creds: TenantCredentials) -> str:
     pid = creds.reload_server()
-    return (
-        f"the running NATS (pid {pid}) reloaded its users"
-        if pid
-        else "no embedded NATS runs on this data dir: it takes effect at 'memstream up --auth'"
-    )
+    if pid is None:
+        return "no embedded NATS runs on this data dir: it takes effect at 'memstream up --auth'"
+    if not creds.enforced():
+        return (
+            f"the running NATS (pid {pid}) was started without --auth, so nothing is "
+            "enforced: restart it with 'memstream up --auth'"
+        )
+    return f"the running NATS (pid {pid}) reloaded its users"
 
 
 @tenant.command(name="add")

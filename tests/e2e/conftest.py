@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -60,20 +61,36 @@ def spawn_ready(
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Run ``memstream ARGS --json``; returns once it printed its ready line (JSON)."""
     env = {**os.environ, "MEMSTREAM_LOG_FORMAT": "json", **(env or {})}
+    # The log goes to a file, not a pipe nobody reads: a full pipe would block the
+    # process at its next log line.
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed with the test session
     process = subprocess.Popen(
         [*MEMSTREAM, *args, "--json"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
         env=env,
         stdin=subprocess.DEVNULL,
     )
+    _logs[process.pid] = log
     assert process.stdout is not None
     line = process.stdout.readline()  # blocks until ready, or EOF if it died
     if not line:
-        _, err = process.communicate(timeout=10)
-        raise AssertionError(f"memstream {args[0]} exited with {process.returncode}: {err}")
+        process.wait(10)
+        raise AssertionError(
+            f"memstream {args[0]} exited with {process.returncode}: {logs(process)}"
+        )
     return process, json.loads(line)
+
+
+_logs: dict[int, IO[str]] = {}
+
+
+def logs(process: subprocess.Popen[str]) -> str:
+    """What a process started by spawn_ready has written on stderr so far."""
+    log = _logs[process.pid]
+    log.seek(0)
+    return log.read()
 
 
 def start_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Up:

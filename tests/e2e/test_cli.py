@@ -231,3 +231,15 @@ def test_ctrl_c_to_the_whole_group_still_stops_in_order(tmp_path: Path) -> None:
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert events.index("projection_stopped") < events.index("nats_stopped")
     assert not pid_alive(info["nats_pid"])
+
+
+def test_a_group_without_its_command_shows_its_help() -> None:
+    """`memstream` and `memstream dlq` print their help as help, not on one error line."""
+    for args in ((), ("dlq",), ("tenant",)):
+        result = run_cli(*args)
+        assert 2 == result.returncode
+        assert "" == result.stderr
+        assert result.stdout.startswith(
+            f"Usage: memstream {' '.join(args)}".rstrip() + " [OPTIONS]"
+        )
+        assert "Commands:" in result.stdout.splitlines()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.conftest import run_cli, start_up
+from tests.e2e.conftest import Up, run_cli, start_up
 
 
 def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> None:
@@ -56,3 +56,10 @@ def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> 
         assert 1 == gone.returncode and "refused the credentials" in gone.stderr
     finally:
         assert 0 == up.stop()
+
+
+def test_tenant_add_without_auth_says_nothing_is_enforced(up: Up) -> None:
+    """On an up without --auth, adding a tenant does not pretend to protect anything."""
+    added = run_cli("tenant", "add", "acme", "--data-dir", up.info["data_dir"])
+    assert 0 == added.returncode, added.stderr
+    assert "was started without --auth, so nothing is enforced" in added.stdout

@@ -213,3 +213,11 @@ async def test_concurrent_publishers_share_a_connection(
         acks = await asyncio.gather(*[mem.task_started(f"t{i}") for i in range(50)])
     assert 50 == len({a.seq for a in acks})
     assert 50 == await _count(nc)
+
+
+async def test_any_live_seed_of_a_list_will_do(nats_server: NatsServer, nc: NatsClient) -> None:
+    """With the first seed down, the client connects through the next one."""
+    seeds = f"nats://127.0.0.1:1,{nats_server.url}"
+    async with await MemoryClient.connect(seeds, tenant="acme", agent="a1") as mem:
+        ack = await mem.store_knowledge("seeds are a list", domain="nats")
+    assert 1 == ack.seq

@@ -3,9 +3,11 @@ then started again."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
 from consumers.nats_server import NatsServer
@@ -14,18 +16,21 @@ from consumers.settings import load_settings
 from consumers.storage import HistoryStorage, vector_storage_from_settings
 from producers import MemoryClient
 from projections.history import HistoryProjection
+from schemas.subjects import durable_name
 from tests.e2e.conftest import start_up
 from tests.integration.test_history_runner import dump, last_seq, publish_mixed
 from tests.waiting import wait_for
 
 
-async def _acked(nc: NatsClient, projection: str = "history") -> int:
-    """The ack floor of the projection's durable (each instance owns one: history-<id>);
-    0 while it is being recreated at the projection's checkpoint (see sync_position)."""
-    for info in await nc.jetstream().consumers_info("MEMORY"):
-        if info.name.startswith(f"{projection}-"):
-            return info.ack_floor.stream_seq if info.ack_floor else 0
-    return 0
+async def _acked(nc: NatsClient, data_dir: Path, projection: str = "history") -> int:
+    """The ack floor of the durable the data dir's instance owns (history-<id>); 0 while
+    it is being recreated at the projection's checkpoint (see sync_position)."""
+    instance = json.loads((data_dir / "deployment.json").read_text())["id"]
+    try:
+        info = await nc.jetstream().consumer_info("MEMORY", durable_name(projection, instance))
+    except nats.js.errors.NotFoundError:
+        return 0
+    return info.ack_floor.stream_seq if info.ack_floor else 0
 
 
 async def test_sigkill_mid_ingest_then_restart_applies_each_event_once(
@@ -40,17 +45,21 @@ async def test_sigkill_mid_ingest_then_restart_applies_each_event_once(
     env = {"MEMSTREAM_BATCH_SIZE": "250"}
     running = start_up(data_dir, "--nats-url", nats_server.url, env=env)
     try:
-        await wait_for(lambda: _mid(nc, first_seq, end), timeout=60, what="ingest under way")
+        await wait_for(
+            lambda: _mid(nc, data_dir, first_seq, end), timeout=60, what="ingest under way"
+        )
     finally:
         killed_with = running.stop(signal.SIGKILL)
     assert -signal.SIGKILL == killed_with
-    acked_at_kill = await _acked(nc)
+    acked_at_kill = await _acked(nc, data_dir)
     assert acked_at_kill < end, "the kill came after ingest had finished"
 
     restarted = start_up(data_dir, "--nats-url", nats_server.url, env=env)
     try:
         # The vector projection in Qdrant's local mode is the slow one (~600 points/s).
-        await wait_for(lambda: _caught_up(nc, end), timeout=240, what="caught up after restart")
+        await wait_for(
+            lambda: _caught_up(nc, data_dir, end), timeout=240, what="caught up after restart"
+        )
     finally:
         assert 0 == restarted.stop(signal.SIGTERM, timeout=120)
 
@@ -83,12 +92,12 @@ async def test_sigkill_mid_ingest_then_restart_applies_each_event_once(
     assert memories == points
 
 
-async def _mid(nc: NatsClient, first: int, end: int) -> bool:
-    return first < await _acked(nc) < end - 2000
+async def _mid(nc: NatsClient, data_dir: Path, first: int, end: int) -> bool:
+    return first < await _acked(nc, data_dir) < end - 2000
 
 
-async def _caught_up(nc: NatsClient, end: int) -> bool:
-    return await _acked(nc) >= end and await _acked(nc, "vectors") >= end
+async def _caught_up(nc: NatsClient, data_dir: Path, end: int) -> bool:
+    return await _acked(nc, data_dir) >= end and await _acked(nc, data_dir, "vectors") >= end
 
 
 async def test_sigterm_mid_ingest_finishes_and_acks_the_batch_in_flight(
@@ -103,10 +112,12 @@ async def test_sigterm_mid_ingest_finishes_and_acks_the_batch_in_flight(
     data_dir = tmp_path / "data"
     running = start_up(data_dir, "--nats-url", nats_server.url, env={"MEMSTREAM_BATCH_SIZE": "250"})
     try:
-        await wait_for(lambda: _mid(nc, first_seq, end), timeout=60, what="ingest under way")
+        await wait_for(
+            lambda: _mid(nc, data_dir, first_seq, end), timeout=60, what="ingest under way"
+        )
     finally:
         assert 0 == running.stop(signal.SIGTERM, timeout=120)
-    acked = await _acked(nc)
+    acked = await _acked(nc, data_dir)
     path = HistoryStorage(data_dir).files.current()
     assert path is not None
     history = HistoryProjection(path, read_only=True)
@@ -120,7 +131,9 @@ async def test_sigterm_mid_ingest_finishes_and_acks_the_batch_in_flight(
 
     restarted = start_up(data_dir, "--nats-url", nats_server.url)
     try:
-        await wait_for(lambda: _caught_up(nc, end), timeout=240, what="caught up after restart")
+        await wait_for(
+            lambda: _caught_up(nc, data_dir, end), timeout=240, what="caught up after restart"
+        )
         mem = MemoryClient(nc, tenant="acme", agent="reader")
         stats = await mem.stats(min_seq=end)
         assert total == sum(stats.events_by_type.values())

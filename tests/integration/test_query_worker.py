@@ -234,6 +234,7 @@ async def test_a_waiting_query_holds_up_no_other(stack: Stack) -> None:
         ("memq.acme.analytics", b'{"name": "tool_usage", "params": {"x": 1}}', "not x"),
         ("memq.acme.analytics", b'{"name": "agent_activity", "sql": "DROP"}', "field `sql`"),
         ("memq.acme.recall", b"{}", "recall needs at least one of"),
+        ("memq.acme.history", b'{"types": ["nope.type"]}', "unknown event type 'nope.type'"),
     ],
 )
 async def test_bad_requests_get_bad_request(
@@ -312,3 +313,14 @@ async def test_a_hit_carries_a_preview_of_a_long_memory(stack: Stack) -> None:
     assert text.startswith(hit.text)
     (event,) = (await mem.history(min_seq=ack.seq)).events
     assert text == event["content"]
+
+
+async def test_nothing_unrelated_enters_a_recall(stack: Stack) -> None:
+    """A query that matches no memory recalls none of them (min_score defaults to 0.15);
+    a lower min_score lets the weakest matches in."""
+    mem = MemoryClient(stack.nc, tenant="acme", agent="coder")
+    last = max(a.seq for a in (await write_session(mem)).values())
+    unrelated = await mem.recall("zebra xylophone quasar", min_seq=last)
+    assert [] == [s for s in unrelated.sources if s.kind in ("knowledge", "solutions")]
+    everything = await mem.recall("zebra xylophone quasar", min_score=-1.0, min_seq=last)
+    assert {"knowledge", "solutions"} <= {s.kind for s in everything.sources}

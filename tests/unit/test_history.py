@@ -6,6 +6,7 @@ import datetime as dt
 import itertools
 from typing import Any
 
+import msgspec
 import pytest
 
 from projections.history import HistoryProjection
@@ -298,3 +299,18 @@ def test_erase_removes_the_memorys_earlier_events_and_reports_them(
     assert () == history.apply([(5, make(ev.MemoryForgotten, memory_id="m", erase=True))]).erased
     assert [(3,), (4,), (5,)] == rows(history, "SELECT seq FROM events ORDER BY seq")
     assert "secret" not in repr(rows(history, "SELECT * FROM events"))
+
+
+def test_completed_metadata_merges_into_the_task(history: HistoryProjection) -> None:
+    """task.completed's metadata joins the task's own, winning on a shared key, whether
+    it comes in the batch of the task.created or a later one."""
+    history.apply([
+        (1, make(ev.TaskCreated, task_id="t", title="x", metadata={"a": 1, "c": 1})),
+        (2, make(ev.TaskCompleted, task_id="t", metadata={"b": 2, "c": 3})),
+        (3, make(ev.TaskCreated, task_id="u", title="y", metadata={"a": 1})),
+    ])  # fmt: skip
+    history.apply([(4, make(ev.TaskCompleted, task_id="u", metadata={"b": 2}))])
+    found = rows(history, "SELECT task_id, metadata FROM tasks ORDER BY task_id")
+    assert [("t", {"a": 1, "b": 2, "c": 3}), ("u", {"a": 1, "b": 2})] == [
+        (t, msgspec.json.decode(m)) for t, m in found
+    ]

@@ -59,7 +59,7 @@ def test_openai_is_default_with_a_key() -> None:
         (
             {"MEMSTREAM_NATS_URL": "localhost:4222"},
             "MEMSTREAM_NATS_URL='localhost:4222' is not valid: expected a URL such as "
-            "nats://127.0.0.1:4222",
+            "nats://127.0.0.1:4222, or a comma-separated list of them",
         ),
         (
             {"MEMSTREAM_LOG_FORMAT": "xml"},
@@ -95,3 +95,17 @@ def test_only_services_tune_the_interpreter(tmp_path: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
     )
     assert "True True" == result.stdout.strip()
+
+
+def test_choices_are_taken_in_any_case() -> None:
+    """MEMSTREAM_LOG_LEVEL=INFO is info, not an error."""
+    s = load_settings({"MEMSTREAM_LOG_LEVEL": "INFO", "MEMSTREAM_LOG_FORMAT": "Json"})
+    assert ("info", "json") == (s.log_level, s.log_format)
+
+
+def test_a_list_of_seeds_is_a_nats_url() -> None:
+    """A cluster's seeds, comma-separated; a malformed member names the rule."""
+    seeds = "nats://10.0.0.1:4222, nats://10.0.0.2:4222,nats://10.0.0.3:4222"
+    assert seeds == load_settings({"MEMSTREAM_NATS_URL": seeds}).nats_url
+    with pytest.raises(ConfigError, match="comma-separated list"):
+        load_settings({"MEMSTREAM_NATS_URL": "nats://10.0.0.1:4222,,oops"})
