@@ -165,6 +165,14 @@ class MemoryClient(EventMethods, QueryMethods):
                 [None],
             ) from None
         except (nats.errors.Error, TimeoutError) as err:
+            if _outcome_unknown(err):
+                raise PublishError(
+                    f"event {event.id} may or may not have been stored ({_reason(err)}): "
+                    "publishing the same event again is safe, its id is stored once",
+                    {0: err},
+                    [None],
+                    frozenset({0}),
+                ) from err
             raise PublishError(
                 f"event {event.id} was not stored: {_reason(err)}", {0: err}, [None]
             ) from err
@@ -221,11 +229,17 @@ class MemoryClient(EventMethods, QueryMethods):
         if failures:
             first = min(failures)
             reason = _forbidden(self.nc, encoded[first][0]) or _reason(failures[first])
+            unknown = frozenset(
+                i for i, err in failures.items() if i < len(futures) and _outcome_unknown(err)
+            )
+            maybe = f", {len(unknown)} of them may have been stored" if unknown else ""
             raise PublishError(
-                f"{len(failures)} of {len(batch)} events were not stored "
-                f"(first: {reason}); publishing the batch again is safe",
+                f"{len(failures)} of {len(batch)} events were not acknowledged{maybe} "
+                f"(first: {reason}); publishing the batch again is safe: each id is stored "
+                "once",
                 failures,
                 list(acks),
+                unknown,
             )
         return acks  # type: ignore[return-value]
 
@@ -237,6 +251,24 @@ def _to_ack(ack: PubAck, event_id: str) -> PublishAck:
 def _forbidden(nc: NatsClient, subject: str) -> str | None:
     message = denied(nc, subject)
     return f"these credentials may not publish to {subject} ({message})" if message else None
+
+
+def _outcome_unknown(err: BaseException) -> bool:
+    """Whether an event that failed so may have been stored all the same: its publish
+    went out (or sits in the buffer nats-py sends after a reconnect), and only the
+    acknowledgement is missing. A refusal, no stream, or a closed connection is
+    certain: not stored."""
+    if isinstance(err, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
+        return False
+    if isinstance(
+        err,
+        nats.js.errors.APIError
+        | Forbidden
+        | nats.errors.ConnectionClosedError
+        | nats.errors.OutboundBufferLimitError,
+    ):
+        return False
+    return isinstance(err, TimeoutError | nats.errors.Error | OSError)
 
 
 def _reason(err: BaseException) -> str:

@@ -106,18 +106,34 @@ class ConnectError(MemstreamError):
 
 
 class PublishError(MemstreamError):
-    """JetStream did not store one or more events.
+    """JetStream did not acknowledge one or more events.
 
-    ``failures`` maps the index of each failed event in the batch to its error; ``acks``
-    holds the acknowledgement of every event that was stored (None where it failed).
+    ``failures`` maps the index of each event without an acknowledgement to its error;
+    ``acks`` holds the acknowledgement of every event that was stored (None where it
+    failed). ``unknown`` holds the indices whose outcome cannot be known (the request
+    went out, but no acknowledgement came back: the connection dropped, or JetStream
+    answered too late): such an event may have been stored. The other failures were not
+    stored. Publishing any of them again is safe: the same id is stored once.
     """
 
     code = "unavailable"
 
-    def __init__(self, message: str, failures: dict[int, BaseException], acks: list[object]):
+    def __init__(
+        self,
+        message: str,
+        failures: dict[int, BaseException],
+        acks: list[object],
+        unknown: frozenset[int] = frozenset(),
+    ):
         self.failures = failures
         self.acks = acks
+        self.unknown = unknown
         super().__init__(message)
+
+    @property
+    def not_stored(self) -> list[int]:
+        """Indices of the events that were certainly not stored."""
+        return sorted(set(self.failures) - self.unknown)
 
 
 class Forbidden(MemstreamError):
