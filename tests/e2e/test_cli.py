@@ -104,7 +104,7 @@ def test_publish_any_type_with_json_output(up: Up) -> None:
     )
     again, dup = (run_cli(*args) for _ in range(2))
     assert "at seq 2 " in again.stdout
-    assert "at seq 2 (duplicate: already stored)" in dup.stdout
+    assert "is a duplicate of the task.started at seq 2" in dup.stdout
 
 
 def _one_line_error(result: object, status: int, *needles: str) -> None:
@@ -243,3 +243,16 @@ def test_a_group_without_its_command_shows_its_help() -> None:
             f"Usage: memstream {' '.join(args)}".rstrip() + " [OPTIONS]"
         )
         assert "Commands:" in result.stdout.splitlines()
+
+
+def test_a_duplicate_publish_claims_no_new_ids(up: Up) -> None:
+    """Publishing an event id twice: the second says nothing new was stored, and names
+    no memory id made up for it (it was never stored)."""
+    args = ("publish", "knowledge.stored", "--nats-url", up.url, "-t", "acme", "-a", "a1",
+            "--data", '{"id": "e-twice", "domain": "d", "content": "once"}')  # fmt: skip
+    first = run_cli(*args)
+    second = run_cli(*args)
+    assert 0 == first.returncode == second.returncode, second.stderr
+    assert "memory_id" in first.stdout
+    assert second.stdout.startswith("not stored again: event e-twice is a duplicate")
+    assert "memory_id" not in second.stdout

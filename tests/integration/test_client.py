@@ -220,4 +220,5 @@ async def test_any_live_seed_of_a_list_will_do(nats_server: NatsServer, nc: Nats
     seeds = f"nats://127.0.0.1:1,{nats_server.url}"
     async with await MemoryClient.connect(seeds, tenant="acme", agent="a1") as mem:
         ack = await mem.store_knowledge("seeds are a list", domain="nats")
-    assert 1 == ack.seq
+    subject, _, body = await _stored(nc, ack.seq)
+    assert ("mem.acme.knowledge.stored", ack.id) == (subject, decode_event(body).id)
