@@ -46,8 +46,9 @@ from projections.vector_layout import (
 )
 from projections.vector_search import Hit, search_points
 from schemas import events as ev
+from schemas.errors import MemstreamError
 
-__all__ = ["VectorProjection"]
+__all__ = ["EmbeddingMismatch", "VectorProjection"]
 
 
 def _text(kind: str, p: dict[str, Any]) -> str:
@@ -110,6 +111,18 @@ class _PayloadFold(MemoryFold[Payload]):
             keys.add(text_key(_text(kind, record)))
 
 
+class EmbeddingMismatch(MemstreamError):
+    """The vectors in store were made by another embedding model or size."""
+
+    code = "bad_request"
+
+
+def _describe(embedding: dict[str, Any]) -> str:
+    model = embedding.get("model")
+    dims = f"{embedding['dimensions']} dimensions"
+    return f"{model} ({dims})" if model else dims
+
+
 class VectorProjection:
     """Writes and searches the vector collections of one generation."""
 
@@ -146,6 +159,34 @@ class VectorProjection:
         if current is None and generation is None:
             self.make_current()
         self._checkpoint = self._load_checkpoint()
+        self._check_embedding()
+
+    def _embedding(self) -> dict[str, Any]:
+        return {"model": self.embedder.model, "dimensions": self.dimensions}
+
+    def _check_embedding(self) -> None:
+        """Vectors of another model or size cannot be searched with this embedder (every
+        new memory would be refused, every search would fail): say so, and the way out."""
+        points = self.client.retrieve(self._state, ids=[STATE_POINT], with_payload=True)
+        stored = dict(points[0].payload or {}) if points else {}
+        made_with: dict[str, Any] = {k: stored[k] for k in ("model", "dimensions") if k in stored}
+        if not made_with:
+            # Written before the state recorded its embedder: the collections' size says.
+            for c in self.client.get_collections().collections:
+                if generation_of(c.name) == self.generation and c.name != self._state:
+                    info = self.client.get_collection(c.name).config.params.vectors
+                    size = getattr(info, "size", None)
+                    if size is not None:
+                        made_with = {"dimensions": size}
+                    break
+        wanted = self._embedding()
+        if made_with and any(made_with[k] != wanted[k] for k in made_with):
+            raise EmbeddingMismatch(
+                f"the vectors were made with {_describe(made_with)}, and memstream is now "
+                f"set up for {_describe(wanted)}: run 'memstream replay vectors' to embed "
+                "every memory again with it, or set MEMSTREAM_EMBEDDER, "
+                "MEMSTREAM_EMBEDDING_MODEL and MEMSTREAM_EMBEDDING_DIM back"
+            )
 
     # --- generations and collections -----------------------------------------------
 
@@ -220,7 +261,11 @@ class VectorProjection:
             self.client.upsert(
                 self._state,
                 points=[
-                    models.PointStruct(id=STATE_POINT, vector=[1.0], payload={"checkpoint": seq})
+                    models.PointStruct(
+                        id=STATE_POINT,
+                        vector=[1.0],
+                        payload={"checkpoint": seq, **self._embedding()},
+                    )
                 ],
             )
         self._checkpoint = seq
