@@ -24,7 +24,6 @@ from consumers.service import rebuild_offline
 from consumers.settings import Settings
 from consumers.storage import (
     HistoryStorage,
-    Storage,
     history_path,
     vector_storage_from_settings,
 )
@@ -204,13 +203,14 @@ async def rebuild(
         if where.running:
             result = await _rebuild_remote(where, projection, on_progress)
         else:
-            storage: Storage[Any] = (
-                HistoryStorage(where.data_dir)
-                if projection == "history"
-                else vector_storage_from_settings(settings)
-            )
             decoder = EventDecoder(max_bytes=settings.max_event_bytes)
-            result = await rebuild_offline(where.nc, storage, on_progress, decoder=decoder)
+            if projection == "history":
+                history = HistoryStorage(where.data_dir)
+                history.set_aside_if_damaged()  # the rebuild is the way out of damage
+                result = await rebuild_offline(where.nc, history, on_progress, decoder=decoder)
+            else:
+                vectors = vector_storage_from_settings(settings, set_aside_damaged=True)
+                result = await rebuild_offline(where.nc, vectors, on_progress, decoder=decoder)
             result = msgspec.structs.replace(result, data_dir=str(where.data_dir))
         return msgspec.structs.replace(result, nats_url=where.nats_url)
 

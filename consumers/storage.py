@@ -7,9 +7,12 @@ an embedder and an embedding cache for the vectors. This module builds them; onl
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import duckdb
 from qdrant_client import QdrantClient
 
 from consumers.log import get_logger
@@ -28,8 +31,10 @@ from projections.files import ProjectionFiles
 from projections.history import HistoryProjection
 from projections.vector_layout import PREFIX, generation_of, new_generation
 from projections.vectors import VectorProjection
+from schemas.errors import MemstreamError
 
 __all__ = [
+    "DamagedStore",
     "HistoryStorage",
     "Storage",
     "VectorStorage",
@@ -41,6 +46,36 @@ __all__ = [
 log = get_logger("memstream.storage")
 
 P = TypeVar("P", bound=Projection)
+
+
+class DamagedStore(MemstreamError):
+    """A projection's files cannot be opened: damaged, or not writable."""
+
+    code = "unavailable"
+
+
+def _damaged(
+    what: str, path: Path, err: BaseException, projection: str, data_dir: Path
+) -> DamagedStore:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if not os.access(path if path.is_dir() else path.parent, os.W_OK):
+        return DamagedStore(
+            f"the {what} {path} is not writable ({reason}): give memstream write access to it"
+        )
+    return DamagedStore(
+        f"the {what} {path} cannot be opened ({reason}): rebuild it from the stream with "
+        f"'memstream replay {projection} --data-dir {data_dir}' (the damaged one is moved "
+        "aside, not deleted)"
+    )
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged store out of the way (kept for a post-mortem); its new name."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.rename(aside)
+    log.warning("damaged_store_set_aside", path=str(path), aside=str(aside))
+    return aside
 
 
 class Storage(Protocol[P]):
@@ -72,14 +107,31 @@ class HistoryStorage:
     name = "history"
 
     def __init__(self, data_dir: str | Path) -> None:
-        self.files = ProjectionFiles(Path(data_dir) / "history", "history", ".duckdb")
+        self.data_dir = Path(data_dir)
+        self.files = ProjectionFiles(self.data_dir / "history", "history", ".duckdb")
 
     def open_current(self) -> HistoryProjection:
         for stale in self.files.leftovers():
             # A rebuild that did not finish (the process died): nobody will use it.
             log.info("removing_unfinished_rebuild", path=str(stale))
             self.files.remove(stale)
-        return HistoryProjection(self.files.current_or_new())
+        path = self.files.current_or_new()
+        try:
+            return HistoryProjection(path)
+        except (duckdb.Error, OSError) as err:
+            raise _damaged("history database", path, err, "history", self.data_dir) from None
+
+    def set_aside_if_damaged(self) -> Path | None:
+        """Before a rebuild with nothing running: a current file that cannot be opened
+        is moved aside (the rebuild replaces it); its new name."""
+        path = self.files.current()
+        if path is None or not path.exists():
+            return None
+        try:
+            HistoryProjection(path, read_only=True).close()
+        except (duckdb.Error, OSError):
+            return set_aside(path)
+        return None
 
     def open_new(self) -> HistoryProjection:
         return HistoryProjection(self.files.new_path())
@@ -179,12 +231,19 @@ def embedder_from_settings(settings: Settings) -> Embedder:
     return SentenceTransformerEmbedder(settings.embedding_model)
 
 
-def _qdrant(settings: Settings) -> QdrantClient:
+def _qdrant(settings: Settings, set_aside_damaged: bool = False) -> QdrantClient:
     if settings.qdrant_url:
         return QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
     path = settings.data_path / "qdrant"
     path.mkdir(parents=True, exist_ok=True)
-    return QdrantClient(path=str(path))
+    try:
+        return QdrantClient(path=str(path))
+    except Exception as err:  # local mode raises whatever its files make it raise
+        if not set_aside_damaged:
+            raise _damaged("vector store", path, err, "vectors", settings.data_path) from None
+        set_aside(path)
+        path.mkdir()
+        return QdrantClient(path=str(path))
 
 
 def _cache(settings: Settings) -> EmbeddingCache:
@@ -192,11 +251,13 @@ def _cache(settings: Settings) -> EmbeddingCache:
 
 
 def vector_storage_from_settings(
-    settings: Settings, embedder: Embedder | None = None
+    settings: Settings, embedder: Embedder | None = None, *, set_aside_damaged: bool = False
 ) -> VectorStorage:
-    """The vectors of the settings' Qdrant (a server, or local mode under the data dir)."""
+    """The vectors of the settings' Qdrant (a server, or local mode under the data dir).
+    ``set_aside_damaged``: a local store that cannot be opened is moved aside and a new
+    one made (for a rebuild); otherwise it is a DamagedStore naming the way out."""
     return VectorStorage(
-        _qdrant(settings),
+        _qdrant(settings, set_aside_damaged),
         embedder or embedder_from_settings(settings),
         _cache(settings),
         AppliedIds(settings.data_path / "vectors-applied.sqlite3"),
