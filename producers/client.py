@@ -146,17 +146,37 @@ class MemoryClient(EventMethods, QueryMethods):
             subject = self._subjects[key] = event_subject(*key)
         return subject, body
 
+    async def _publish_one(self, subject: str, body: bytes, event_id: str) -> PubAck:
+        """One publish; while no stream answers (JetStream electing a stream leader, the
+        stream being created) it is tried again with backoff for up to ``ack_timeout``,
+        rather than failing at once: the same id is stored once, however often sent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        delay = 0.05
+        while True:
+            try:
+                ack: PubAck = await or_denied(
+                    self.nc,
+                    subject,
+                    self._js.publish(
+                        subject,
+                        body,
+                        timeout=max(0.1, deadline - loop.time()),
+                        headers={"Nats-Msg-Id": event_id},
+                    ),
+                )
+                return ack
+            except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+                if loop.time() + delay >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def publish(self, event: Event) -> PublishAck:
         """Publish one event and wait for JetStream to store it."""
         subject, body = self.encode(event)
         try:
-            ack = await or_denied(
-                self.nc,
-                subject,
-                self._js.publish(
-                    subject, body, timeout=self.ack_timeout, headers={"Nats-Msg-Id": event.id}
-                ),
-            )
+            ack = await self._publish_one(subject, body, event.id)
         except Forbidden as err:
             raise PublishError(
                 f"event {event.id} was not stored: these credentials may not publish to "
@@ -273,7 +293,11 @@ def _outcome_unknown(err: BaseException) -> bool:
 
 def _reason(err: BaseException) -> str:
     if isinstance(err, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
-        return "no stream takes this subject: run 'memstream up' (it creates the streams)"
+        return (
+            "no stream answered, tried again for the whole acknowledgement timeout: JetStream "
+            "may be electing a stream leader (try again), or no stream takes this subject "
+            "(run 'memstream up', which creates the streams)"
+        )
     if isinstance(err, TimeoutError | nats.errors.TimeoutError):
         return "no acknowledgement from JetStream in time"
     if isinstance(err, nats.js.errors.APIError):

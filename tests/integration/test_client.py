@@ -222,3 +222,22 @@ async def test_any_live_seed_of_a_list_will_do(nats_server: NatsServer, nc: Nats
         ack = await mem.store_knowledge("seeds are a list", domain="nats")
     subject, _, body = await _stored(nc, ack.seq)
     assert ("mem.acme.knowledge.stored", ack.id) == (subject, decode_event(body).id)
+
+
+async def test_a_publish_rides_out_a_moment_without_a_stream(
+    nc: NatsClient, nats_server: NatsServer
+) -> None:
+    """No stream answers for a moment (as in a stream-leader election): the publish is
+    tried again with backoff, not failed at once, and the event is stored once."""
+    js = nc.jetstream()
+    await js.delete_stream("MEMORY")
+    async with await MemoryClient.connect(
+        nats_server.url, tenant="acme", agent="a1", ack_timeout=5
+    ) as mem:
+        publishing = asyncio.ensure_future(mem.task_started("t1"))
+        await asyncio.sleep(0.3)  # the outage: nothing to wait for but time
+        assert not publishing.done()
+        await ensure_streams(js)
+        ack = await publishing
+    assert (1, False) == (ack.seq, ack.duplicate)
+    assert 1 == await _count(nc)
