@@ -92,7 +92,6 @@ async def replay(
             )
             done += len(msgs)
             stats.applied += len(decoded.batch)
-            stats.batches += 1
             if on_progress:
                 elapsed = time.monotonic() - stats.started
                 on_progress(

@@ -41,7 +41,6 @@ log = get_logger("memstream.runner")
 @dataclass
 class RunnerStats:
     applied: int = 0
-    batches: int = 0
     dead_letters: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -238,7 +237,6 @@ class LiveRunner:
         # The consumer acks all up to the last message (AckPolicy.ALL): one ack a batch.
         await msgs[-1].ack()
         self.stats.applied += len(decoded.batch)
-        self.stats.batches += 1
         log.debug(
             "batch_applied",
             projection=self.name,
