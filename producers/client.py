@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from types import TracebackType
 
 import msgspec
@@ -166,7 +166,7 @@ class MemoryClient(EventMethods, QueryMethods):
                     ),
                 )
                 return ack
-            except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+            except _NO_STREAM:
                 if loop.time() + delay >= deadline:
                     raise
                 await asyncio.sleep(delay)
@@ -202,46 +202,27 @@ class MemoryClient(EventMethods, QueryMethods):
         """Publish a batch with up to ``window`` publishes in flight; acks in input order.
 
         Every event is validated before the first is sent, so an invalid event sends
-        nothing. If JetStream does not store some of them, PublishError carries the acks
-        of the rest; publishing the whole batch again is safe (ids deduplicate).
+        nothing. While no stream answers (a stream-leader election), the events it did
+        not take are sent again with backoff for up to ``ack_timeout``. If JetStream does
+        not store some of them, PublishError carries the acks of the rest and says which
+        may have been stored; publishing the whole batch again is safe (ids deduplicate).
         """
         batch = list(events)
         encoded = [self.encode(e) for e in batch]
-        futures: list[asyncio.Future[PubAck]] = []
-        failures: dict[int, BaseException] = {}
-        publish_async = self._js.publish_async
+        results = await self._send_window(batch, encoded, range(len(batch)))
         loop = asyncio.get_running_loop()
-        try:
-            # Sending blocks only while the window is full; if no ack frees a slot for
-            # ack_timeout, JetStream has stalled. The deadline moves every 64 sends
-            # rather than every send: a timer per message would cost more than encoding.
-            async with asyncio.timeout(self.ack_timeout) as deadline:
-                for i, (subject, body) in enumerate(encoded):
-                    if not i & 63:
-                        deadline.reschedule(loop.time() + self.ack_timeout)
-                    futures.append(
-                        await publish_async(subject, body, headers={"Nats-Msg-Id": batch[i].id})
-                    )
-        except (nats.errors.Error, TimeoutError) as err:
-            if isinstance(err, TimeoutError):
-                err = TimeoutError("JetStream stopped acknowledging while the window was full")
-            failures.update(dict.fromkeys(range(len(futures), len(batch)), err))
-        results: Sequence[PubAck | BaseException]
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), self.ack_timeout
-            )
-        except TimeoutError:
-            for fut in futures:
-                fut.cancel()
-            results = [
-                f.result()
-                if f.done() and not f.cancelled() and f.exception() is None
-                else TimeoutError("no acknowledgement from JetStream in time")
-                for f in futures
-            ]
+        deadline = loop.time() + self.ack_timeout
+        delay = 0.05
+        while True:
+            waiting = [i for i, r in results.items() if _no_stream(r)]
+            if not waiting or loop.time() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            results.update(await self._send_window(batch, encoded, waiting))
         acks: list[PublishAck | None] = [None] * len(batch)
-        for i, result in enumerate(results):
+        failures: dict[int, BaseException] = {}
+        for i, result in results.items():
             if isinstance(result, BaseException):
                 failures[i] = result
             else:
@@ -249,9 +230,7 @@ class MemoryClient(EventMethods, QueryMethods):
         if failures:
             first = min(failures)
             reason = _forbidden(self.nc, encoded[first][0]) or _reason(failures[first])
-            unknown = frozenset(
-                i for i, err in failures.items() if i < len(futures) and _outcome_unknown(err)
-            )
+            unknown = frozenset(i for i, err in failures.items() if _outcome_unknown(err))
             maybe = f", {len(unknown)} of them may have been stored" if unknown else ""
             raise PublishError(
                 f"{len(failures)} of {len(batch)} events were not acknowledged{maybe} "
@@ -263,6 +242,56 @@ class MemoryClient(EventMethods, QueryMethods):
             )
         return acks  # type: ignore[return-value]
 
+    async def _send_window(
+        self, batch: list[Event], encoded: list[tuple[str, bytes]], indices: Iterable[int]
+    ) -> dict[int, PubAck | BaseException]:
+        """Send the events at ``indices`` with up to ``window`` in flight; each one's ack,
+        or the error it met (``NotSent`` for those never sent)."""
+        order = list(indices)
+        futures: list[asyncio.Future[PubAck]] = []
+        results: dict[int, PubAck | BaseException] = {}
+        publish_async = self._js.publish_async
+        loop = asyncio.get_running_loop()
+        try:
+            # Sending blocks only while the window is full; if no ack frees a slot for
+            # ack_timeout, JetStream has stalled. The deadline moves every 64 sends
+            # rather than every send: a timer per message would cost more than encoding.
+            async with asyncio.timeout(self.ack_timeout) as deadline:
+                for n, i in enumerate(order):
+                    if not n & 63:
+                        deadline.reschedule(loop.time() + self.ack_timeout)
+                    subject, body = encoded[i]
+                    futures.append(
+                        await publish_async(subject, body, headers={"Nats-Msg-Id": batch[i].id})
+                    )
+        except (nats.errors.Error, TimeoutError) as err:
+            if isinstance(err, TimeoutError):
+                err = TimeoutError("JetStream stopped acknowledging while the window was full")
+            results.update(dict.fromkeys(order[len(futures) :], NotSent(err)))
+        try:
+            done = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), self.ack_timeout
+            )
+        except TimeoutError:
+            for fut in futures:
+                fut.cancel()
+            done = [
+                f.result()
+                if f.done() and not f.cancelled() and f.exception() is None
+                else TimeoutError("no acknowledgement from JetStream in time")
+                for f in futures
+            ]
+        results.update(zip(order, done, strict=False))
+        return results
+
+
+class NotSent(Exception):
+    """An event of a batch that was never sent: ``cause`` stopped the sending."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
 
 def _to_ack(ack: PubAck, event_id: str) -> PublishAck:
     return PublishAck(seq=ack.seq, id=event_id, duplicate=bool(ack.duplicate), stream=ack.stream)
@@ -273,12 +302,20 @@ def _forbidden(nc: NatsClient, subject: str) -> str | None:
     return f"these credentials may not publish to {subject} ({message})" if message else None
 
 
+# What a publish meets while no stream takes its subject (yet).
+_NO_STREAM = (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+
+
+def _no_stream(result: PubAck | BaseException) -> bool:
+    return isinstance(result, _NO_STREAM)
+
+
 def _outcome_unknown(err: BaseException) -> bool:
     """Whether an event that failed so may have been stored all the same: its publish
     went out (or sits in the buffer nats-py sends after a reconnect), and only the
-    acknowledgement is missing. A refusal, no stream, or a closed connection is
-    certain: not stored."""
-    if isinstance(err, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
+    acknowledgement is missing. A refusal, no stream, a closed connection, or never
+    sent is certain: not stored."""
+    if _no_stream(err) or isinstance(err, NotSent):
         return False
     if isinstance(
         err,
@@ -292,7 +329,9 @@ def _outcome_unknown(err: BaseException) -> bool:
 
 
 def _reason(err: BaseException) -> str:
-    if isinstance(err, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
+    if isinstance(err, NotSent):
+        return f"not sent: {_reason(err.cause)}"
+    if _no_stream(err):
         return (
             "no stream answered, tried again for the whole acknowledgement timeout: JetStream "
             "may be electing a stream leader (try again), or no stream takes this subject "

@@ -241,3 +241,24 @@ async def test_a_publish_rides_out_a_moment_without_a_stream(
         ack = await publishing
     assert (1, False) == (ack.seq, ack.duplicate)
     assert 1 == await _count(nc)
+
+
+async def test_publish_many_rides_out_a_moment_without_a_stream(
+    nc: NatsClient, nats_server: NatsServer
+) -> None:
+    """The batch twin: the events no stream took are sent again with backoff, and each
+    is stored once, in the batch's order of acks."""
+    js = nc.jetstream()
+    await js.delete_stream("MEMORY")
+    async with await MemoryClient.connect(
+        nats_server.url, tenant="acme", agent="a1", ack_timeout=5
+    ) as mem:
+        events = [mem.new_event(ev.TaskStarted, task_id=f"t{i}") for i in range(50)]
+        publishing = asyncio.ensure_future(mem.publish_many(events))
+        await asyncio.sleep(0.3)  # the outage: nothing to wait for but time
+        assert not publishing.done()
+        await ensure_streams(js)
+        acks = await publishing
+    assert [e.id for e in events] == [a.id for a in acks]
+    assert not any(a.duplicate for a in acks)
+    assert 50 == await _count(nc)
