@@ -75,21 +75,39 @@ ANALYTICS: Final[dict[str, str]] = {
                count(*) AS weight
         FROM edges GROUP BY source, target
         ORDER BY weight DESC, source, target LIMIT $limit""",
-    # Memories added and forgotten per period, with the running total.
-    "memory_growth": f"""
-        WITH per AS (
-            SELECT date_trunc($bucket, ts) AS period,
-                   count(*) FILTER (WHERE type IN ('knowledge.stored', 'solution.stored'))
-                       AS added,
-                   count(*) FILTER (WHERE type = 'memory.forgotten') AS forgotten
+    # Memories added and forgotten per period, with the running total of live ones. A
+    # memory counts once when first stored and once when first forgotten after that; a
+    # forget of an id never stored (or erased, whose events are gone) counts nothing.
+    # The total runs over the whole history, so a window starts at the true count.
+    "memory_growth": """
+        WITH mem AS (
+            SELECT seq, ts, type, json_extract_string(body, '$.memory_id') AS memory_id
             FROM events
-            WHERE {_WINDOW}
+            WHERE tenant = $tenant
               AND type IN ('knowledge.stored', 'solution.stored', 'memory.forgotten')
-            GROUP BY period
+        ),
+        added AS (
+            SELECT memory_id, min(seq) AS seq, min(ts) AS ts FROM mem
+            WHERE type <> 'memory.forgotten' GROUP BY memory_id
+        ),
+        gone AS (
+            SELECT m.memory_id, min(m.ts) AS ts
+            FROM mem AS m JOIN added AS a ON m.memory_id = a.memory_id AND m.seq > a.seq
+            WHERE m.type = 'memory.forgotten' GROUP BY m.memory_id
+        ),
+        per AS (
+            SELECT date_trunc($bucket, ts) AS period, 1 AS added, 0 AS forgotten FROM added
+            UNION ALL
+            SELECT date_trunc($bucket, ts), 0, 1 FROM gone
+        ),
+        totals AS (
+            SELECT period, sum(added)::BIGINT AS added, sum(forgotten)::BIGINT AS forgotten,
+                   (sum(sum(added) - sum(forgotten)) OVER (ORDER BY period))::BIGINT AS total
+            FROM per GROUP BY period
         )
-        SELECT period, added, forgotten,
-               sum(added - forgotten) OVER (ORDER BY period) AS total
-        FROM per ORDER BY period LIMIT $limit""",
+        SELECT period, added, forgotten, total FROM totals
+        WHERE period >= date_trunc($bucket, $since) AND period < $until
+        ORDER BY period LIMIT $limit""",
 }
 
 _BUCKETS = ("hour", "day", "week", "month")

@@ -84,6 +84,28 @@ def test_memory_growth_by_day(history: HistoryProjection) -> None:
     assert [(1, 0, 1), (2, 1, 2)] == [(r["added"], r["forgotten"], r["total"]) for r in got]
 
 
+def test_memory_growth_never_goes_negative() -> None:
+    """A forget of an id never stored, or a second forget, counts nothing; a window
+    that starts later starts from the live count before it, not from zero."""
+    p = HistoryProjection(":memory:")
+    events: list[ev.Event] = [
+        make(ev.KnowledgeStored, at(0), memory_id="k1", domain="d", content="a"),
+        make(ev.KnowledgeStored, at(10), memory_id="k2", domain="d", content="b"),
+        make(ev.MemoryForgotten, at(86_400), memory_id="nope"),
+        make(ev.MemoryForgotten, at(86_401), memory_id="k1"),
+        make(ev.MemoryForgotten, at(86_402), memory_id="k1"),
+        make(ev.MemoryForgotten, at(2 * 86_400), memory_id="k2"),
+    ]
+    p.apply(list(enumerate(events, 1)))
+    got = _dicts(run_analytics(p.con, "memory_growth", "acme", {"bucket": "day"}))
+    assert [(2, 0, 2), (0, 1, 1), (0, 1, 0)] == [
+        (r["added"], r["forgotten"], r["total"]) for r in got
+    ]
+    later = {"bucket": "day", "since": at(2 * 86_400).isoformat()}
+    (row,) = _dicts(run_analytics(p.con, "memory_growth", "acme", later))
+    assert (0, 1, 0) == (row["added"], row["forgotten"], row["total"])
+
+
 def test_time_window_params(history: HistoryProjection) -> None:
     """since/until are bound timestamps that narrow every query."""
     since = (at(86_000)).isoformat()
