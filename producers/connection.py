@@ -27,6 +27,7 @@ __all__ = [
     "URL_VAR",
     "USER_VAR",
     "NatsAuth",
+    "NoCredentials",
     "connect_nats",
     "default_url",
     "denied",
@@ -96,6 +97,10 @@ async def or_denied(nc: NatsClient, subject: str, call: Awaitable[T]) -> T:
 
 def default_url() -> str:
     return os.environ.get(URL_VAR) or DEFAULT_URL
+
+
+class NoCredentials(ConnectError):
+    """The server admits only users with credentials, and none were given."""
 
 
 async def connect_nats(
@@ -172,6 +177,11 @@ async def connect_nats(
             isinstance(e, nats.errors.AuthorizationError) or "authorization" in str(e).lower()
             for e in [*errors, err]
         ):
+            if user is None and not creds:
+                raise NoCredentials(
+                    f"NATS at {url} admits only users with credentials, and none were "
+                    f"given: set {USER_VAR}/{PASSWORD_VAR} or {CREDS_VAR}"
+                ) from None
             raise ConnectError(
                 f"NATS at {url} refused the credentials: check {USER_VAR}/{PASSWORD_VAR} "
                 f"or {CREDS_VAR}"

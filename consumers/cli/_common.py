@@ -12,19 +12,23 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
+from nats.aio.client import Client as NatsClient
 from rich.console import Console
 from rich.table import Table
 
 from consumers._runtime import tune_for_throughput
 from consumers.auth import TenantCredentials
+from consumers.deployment import running
 from consumers.log import configure_logging
 from consumers.settings import Settings, load_settings
 from producers._events import PublishAck
 from producers.client import MemoryClient
-from producers.connection import DEFAULT_URL, URL_VAR
+from producers.connection import DEFAULT_URL, URL_VAR, NoCredentials, connect_nats
+from schemas.errors import ConfigError, ConnectError
 from schemas.events import Event
 
 __all__ = [
+    "connect_operator",
     "data_dir_given",
     "data_dir_option",
     "json_option",
@@ -92,6 +96,30 @@ def load(*, service: bool = False, **overrides: Any) -> Settings:
         level = "warning"
     configure_logging(settings.log_format, level)
     return settings
+
+
+async def connect_operator(settings: Settings, nats_url_given: bool, name: str) -> NatsClient:
+    """The NATS an operator command means: ``--nats-url`` when given, else the one the
+    memstream running on the data dir announced, else the default; as that deployment's
+    service user when it has one (``load`` found it under the data dir)."""
+    data_dir = settings.data_path.resolve()
+    here = None if nats_url_given else running(data_dir)
+    url = here.nats_url if here is not None and here.nats_url else settings.nats_url
+    try:
+        return await connect_nats(url, name=name, **settings.nats_auth)
+    except NoCredentials as err:
+        raise ConfigError(
+            f"{err}. memstream's commands act as the service user of the deployment in "
+            f"--data-dir, and {data_dir / 'auth'} holds none: pass the --data-dir that "
+            "'memstream up --auth' runs on"
+        ) from None
+    except ConnectError as err:
+        if here is not None or nats_url_given:
+            raise
+        raise ConnectError(
+            f"{err}. No memstream runs on {data_dir}: pass the --data-dir of the one "
+            "running, or its --nats-url"
+        ) from None
 
 
 def url_given(nats_url: str | None) -> bool:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consumers.cli._common import (
+    connect_operator,
     data_dir_given,
     data_dir_option,
     json_option,
@@ -24,7 +25,6 @@ from consumers.cli._common import (
     url_given,
 )
 from consumers.settings import Settings
-from producers.connection import connect_nats
 from schemas.admin import ReplayProgress
 from schemas.dead_letters import DeadLetterInfo
 from schemas.subjects import DLQ_STREAM, EVENT_STREAM
@@ -39,8 +39,9 @@ def _version(nc: Any) -> str:
     return f"{v.major}.{v.minor}.{v.patch}"
 
 
-async def _status(url: str, settings: Settings) -> dict[str, Any]:
-    nc = await connect_nats(url, name="memstream:status", **settings.nats_auth)
+async def _status(settings: Settings, nats_url_given: bool) -> dict[str, Any]:
+    nc = await connect_operator(settings, nats_url_given, "memstream:status")
+    url = nc.connected_url.geturl() if nc.connected_url else settings.nats_url
     try:
         js = nc.jetstream()
         streams: list[dict[str, Any]] = []
@@ -80,12 +81,13 @@ async def _status(url: str, settings: Settings) -> dict[str, Any]:
 
 
 @click.command()
+@data_dir_option
 @nats_url_option
 @json_option
-def status(nats_url: str | None, as_json: bool) -> None:
+def status(data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
     """Streams with their message counts, and consumers with what they have pending."""
-    settings = load(nats_url=nats_url)
-    report = run(_status(settings.nats_url, settings))
+    settings = load(data_dir=data_dir, nats_url=nats_url)
+    report = run(_status(settings, url_given(nats_url)))
     if as_json:
         print_json(report)
         return
@@ -199,14 +201,15 @@ def dlq() -> None:
 
 @dlq.command(name="list")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@data_dir_option
 @nats_url_option
 @json_option
-def dlq_list(limit: int, nats_url: str | None, as_json: bool) -> None:
+def dlq_list(limit: int, data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
     """Show each dead letter: its reason, source subject and source sequence."""
-    settings = load(nats_url=nats_url)
+    settings = load(data_dir=data_dir, nats_url=nats_url)
 
     async def go() -> list[DeadLetterInfo]:
-        nc = await connect_nats(settings.nats_url, name="memstream:dlq", **settings.nats_auth)
+        nc = await connect_operator(settings, url_given(nats_url), "memstream:dlq")
         try:
             from consumers.dead_letters import list_dead_letters
 
@@ -236,15 +239,18 @@ def dlq_list(limit: int, nats_url: str | None, as_json: bool) -> None:
     multiple=True,
     help="Retry only this DLQ sequence (repeatable) [default: all].",
 )
+@data_dir_option
 @nats_url_option
 @json_option
-def dlq_retry(seqs: tuple[int, ...], nats_url: str | None, as_json: bool) -> None:
+def dlq_retry(
+    seqs: tuple[int, ...], data_dir: str | None, nats_url: str | None, as_json: bool
+) -> None:
     """Publish dead letters again to their source subject (once the cause is fixed), each
     for the projection that dead-lettered it alone."""
-    settings = load(nats_url=nats_url)
+    settings = load(data_dir=data_dir, nats_url=nats_url)
 
     async def go() -> list[tuple[DeadLetterInfo, int]]:
-        nc = await connect_nats(settings.nats_url, name="memstream:dlq", **settings.nats_auth)
+        nc = await connect_operator(settings, url_given(nats_url), "memstream:dlq")
         try:
             from consumers.dead_letters import retry_dead_letters
 

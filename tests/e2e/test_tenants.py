@@ -35,9 +35,20 @@ def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> 
         assert "may not publish to mem.beta.knowledge.stored" in theirs.stderr.splitlines()[-1]
         asked = run_cli("stats", *q, "-t", "beta", env=acme)
         assert "forbidden: these credentials may not query memq.beta.stats" in asked.stderr
-        nobody = run_cli("status", *q, env=elsewhere)
-        assert (1, 1) == (nobody.returncode, len(nobody.stderr.splitlines()))
-        assert "refused the credentials" in nobody.stderr
+        # From another directory, without the data dir: no credentials, and the line
+        # says where they are kept and what to pass.
+        for command in (["status"], ["dlq", "list"], ["dlq", "retry"]):
+            nobody = run_cli(*command, *q, env=elsewhere)
+            assert (2, 1) == (nobody.returncode, len(nobody.stderr.splitlines())), command
+            assert "admits only users with credentials, and none were given" in nobody.stderr
+            assert f"{tmp_path / 'none' / 'auth'} holds none" in nobody.stderr
+            assert "pass the --data-dir that 'memstream up --auth' runs on" in nobody.stderr
+        # With --data-dir alone: the running memstream's URL and its service user.
+        for command in (["status"], ["dlq", "list"], ["sql", "SELECT 1 AS one"]):
+            done = run_cli(*command, "--data-dir", str(data), env=elsewhere)
+            assert 0 == done.returncode, (command, done.stderr)
+        reported = run_cli("status", "--data-dir", str(data), "--json", env=elsewhere)
+        assert up.url == json.loads(reported.stdout)["nats_url"]
 
         operator = {"MEMSTREAM_DATA_DIR": str(data)}
         assert 0 == run_cli("status", *q, env=operator).returncode
