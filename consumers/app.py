@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +42,27 @@ from consumers.sources import ReaderSource, RemoteHistory
 from consumers.storage import HistoryStorage, VectorStorage, vector_storage_from_settings
 from consumers.streams import HEADER_ROOM, ProvisionReport, ensure_streams
 from producers.connection import connect_nats
+from projections.embedders import EmbedderError
+from projections.embedding_cache import CachedEmbedder
 from projections.vector_search import VectorReader
 from schemas.errors import ConfigError, MemstreamError, NatsServerError
 from schemas.events import EventDecoder
 from schemas.queries import PROJECTIONS
 from schemas.subjects import durable_name
 
-__all__ = ["UpInfo", "run_up"]
+__all__ = ["EmbedderStatus", "UpInfo", "run_up"]
 
 log = get_logger("memstream.up")
+
+
+@dataclass(frozen=True)
+class EmbedderStatus:
+    """The embedder, as checked at start: ``problem`` says why it did not answer."""
+
+    kind: str
+    model: str
+    dimensions: int
+    problem: str | None
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,7 @@ class UpInfo:
     provisioned: ProvisionReport
     auth: bool
     projections: dict[str, int]
+    embedder: EmbedderStatus | None
 
 
 class ProjectionFailed(MemstreamError):
@@ -74,11 +90,14 @@ async def run_up(
     stop: asyncio.Event | None = None,
     roles: frozenset[str] = ALL_ROLES,
     auth: bool = False,
+    stop_within: float | None = None,
 ) -> None:
     """Run until ``stop`` is set or SIGINT/SIGTERM arrives; cleans up what it started.
 
     ``auth``: the embedded server admits only the service user and the tenants'
     users (``consumers.auth``), and memstream connects as the service.
+    ``stop_within``: for a process of its own (the CLI): seconds after a signal by which
+    the process has ended, forced if need be; a second signal forces at once.
     """
     if auth and external_nats:
         raise ConfigError(
@@ -94,7 +113,15 @@ async def run_up(
     # Before anything under the data dir is touched: a second process on it is refused.
     with hold(data_dir, sorted(roles)) as held:
         await _run_held(
-            settings, held, nats_port, external_nats, on_ready, stop or asyncio.Event(), roles, auth
+            settings,
+            held,
+            nats_port,
+            external_nats,
+            on_ready,
+            stop or asyncio.Event(),
+            roles,
+            auth,
+            stop_within,
         )
 
 
@@ -107,12 +134,27 @@ async def _run_held(
     stop: asyncio.Event,
     roles: frozenset[str],
     auth: bool,
+    stop_within: float | None,
 ) -> None:
     data_dir = held.data_dir
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     server: NatsServer | None = None
+
+    def on_signal() -> None:
+        if stop.is_set():
+            _force_stop(server)
+        log.info("stop_requested", hint="a second Ctrl-C stops at once")
+        stop.set()
+        if stop_within is not None:
+            # What cannot finish in time (a batch waiting on an embedder that does not
+            # answer) is left as a crash would leave it. A thread, since what holds up
+            # the exit may be the interpreter joining a worker thread after the loop.
+            timer = threading.Timer(stop_within, lambda: _force_stop(server))
+            timer.daemon = True
+            timer.start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     supervisor: asyncio.Task[str | None] | None = None
     failure: str | None = None
     try:
@@ -159,7 +201,7 @@ async def _run_held(
                 settings,
                 held,
                 stop,
-                lambda services: (
+                lambda services, embedder: (
                     on_ready
                     and on_ready(
                         UpInfo(
@@ -170,6 +212,7 @@ async def _run_held(
                             auth=auth,
                             provisioned=report,
                             projections={n: s.checkpoint for n, s in services.items()},
+                            embedder=embedder,
                         )
                     )
                 ),
@@ -196,6 +239,34 @@ async def _run_held(
             log.info("nats_stopped", exit_code=code)
     if failure is not None:
         raise NatsServerError(failure)
+
+
+def _force_stop(server: NatsServer | None) -> None:
+    """A second Ctrl-C, or a stop that overran: end now, as a crash would. Nothing is
+    lost: what was not committed and acknowledged is delivered again at the next start."""
+    log.warning("forced_stop", hint="what was not acknowledged is delivered again at start")
+    if server is not None and server.process is not None:
+        server.process.kill()
+        server.process.wait()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+# How long the embedder may take to answer the check at start.
+_EMBEDDER_CHECK_S = 5.0
+
+
+async def _check_embedder(embedder: CachedEmbedder, kind: str) -> EmbedderStatus:
+    """Ask the embedder for one vector, so that one that is down is said at start (the
+    vectors then wait for it; the history and its queries are unaffected)."""
+    inner = embedder.embedder
+    problem = None
+    try:
+        await asyncio.to_thread(inner.embed, ["memstream start check"], _EMBEDDER_CHECK_S)
+    except (EmbedderError, OSError) as err:
+        problem = str(err)
+        log.error("embedder_unavailable", embedder=kind, model=inner.model, reason=problem)
+    return EmbedderStatus(kind, inner.model, inner.dimensions, problem)
 
 
 # The embedded broker is restarted when it dies, at most this often within the window;
@@ -257,7 +328,16 @@ class _Roles:
             self.services["vectors"] = ProjectionService(
                 nc, vector_storage_from_settings(settings), consumer=own["vectors"], **tuning
             )
-        self._reader: VectorStorage | None = None
+        # The query role searches the vectors a Qdrant server holds.
+        self._reader = vector_storage_from_settings(settings) if roles == {"query"} else None
+
+    @property
+    def embedder(self) -> CachedEmbedder | None:
+        """The embedder this process uses, if it embeds at all."""
+        if "vectors" in self.services:
+            storage: VectorStorage = self.services["vectors"].storage  # type: ignore[assignment]
+            return storage.embedder
+        return self._reader.embedder if self._reader is not None else None
 
     def query_worker(self) -> QueryWorker | None:
         """Built once the services have started, since it reads their projections."""
@@ -278,8 +358,7 @@ class _Roles:
                 queue=f"{QUEUE}-vectors",
                 search_inline=True,
             )
-        if roles == {"query"}:
-            self._reader = vector_storage_from_settings(self.settings)
+        if self._reader is not None:
             reader = VectorReader(self._reader.client, self._reader.embedder)
             return QueryWorker(
                 nc,
@@ -300,7 +379,7 @@ async def _serve(
     settings: Settings,
     held: Hold,
     stop: asyncio.Event,
-    ready: Callable[[dict[str, ProjectionService[Any]]], Any],
+    ready: Callable[[dict[str, ProjectionService[Any]], EmbedderStatus | None], Any],
     roles: frozenset[str] = ALL_ROLES,
 ) -> None:
     parts = _Roles(nc, settings, held, roles)
@@ -316,6 +395,12 @@ async def _serve(
     worker: QueryWorker | None = None
     failed: list[ProjectionService[Any]] = []
     try:
+        embedder = parts.embedder
+        status = (
+            await _check_embedder(embedder, settings.effective_embedder)
+            if embedder is not None
+            else None
+        )
         for service in services.values():
             await service.start()
             started.append(service)
@@ -324,7 +409,7 @@ async def _serve(
             await worker.start()
         if services:
             await admin.start()
-        ready(services)
+        ready(services, status)
         watchers = [asyncio.create_task(stop.wait())]
         watchers += [s.wait_failed() for s in started]
         _, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)

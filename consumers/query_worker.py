@@ -87,6 +87,11 @@ QUEUE: Final = "memstream-query"
 # Memories recall considers before the budget picks among them.
 _RECALL_MEMORIES = 12
 _MAX_IN_FLIGHT = 256
+# How long a query's embedding may take, retries included: well inside the 10 s an SDK
+# request waits, so that an embedder that is down comes back as `unavailable` with its
+# cause, not as a timeout.
+QUERY_EMBEDDING_WITHIN_S = 5.0
+
 # The most characters of a memory's text a search hit carries.
 HIT_TEXT_CHARS: Final = 65_536
 
@@ -282,10 +287,20 @@ class QueryWorker:
         loop: measured at 2 x 10,000 memories, p99 14-18 ms in a thread against 9-10 ms
         inline (p50 the same). A Qdrant server is asked over the network: a thread."""
         async with self.sources["vectors"].reading() as vectors:
+            embedder = vectors.embedder
+            # An embedder that answers over the network (or runs a model) is waited for
+            # off the loop, and only as long as the asker waits for its answer: past
+            # that, the cause goes back as `unavailable` rather than a timeout.
+            if embedder.remote:
+                matrix = await asyncio.to_thread(
+                    embedder.embed, tenant, queries, QUERY_EMBEDDING_WITHIN_S
+                )
+            else:
+                matrix = embedder.embed(tenant, queries)
             if self.search_inline:
-                found: list[list[Hit]] = vectors.search_many(tenant, queries, **filters)
+                found: list[list[Hit]] = vectors.search_vectors(tenant, matrix, **filters)
                 return found
-            return await asyncio.to_thread(vectors.search_many, tenant, queries, **filters)
+            return await asyncio.to_thread(vectors.search_vectors, tenant, matrix, **filters)
 
     # --- ops: each returns the contract's result Struct ------------------------------
 

@@ -226,7 +226,12 @@ class LiveRunner:
                     error=repr(err),
                     retry_in_s=delay,
                 )
-            await asyncio.sleep(delay)
+            # A stop ends the wait: the batch is not acked, and is delivered again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                log.warning("stopped_while_retrying", projection=self.name, last_seq=last_seq)
+                return
             delay = min(delay * 2, 30.0)
         if self.unhealthy is not None:
             log.info("projection_healthy", projection=self.name, last_seq=last_seq)

@@ -23,7 +23,7 @@ from consumers.storage import Storage
 from projections.base import Projection
 from schemas.admin import RebuildResult, ReplayProgress
 from schemas.errors import RebuildBusy
-from schemas.events import EventDecoder
+from schemas.events import EventDecoder, utc_now
 
 __all__ = ["ProjectionService", "rebuild_offline"]
 
@@ -51,11 +51,15 @@ class ProjectionService(Generic[P]):
         max_wait: float = 0.2,
         decoder: EventDecoder | None = None,
         consumer: str | None = None,
+        sweep_every: float = 60.0,
     ) -> None:
         """``decoder``: how events are decoded, with the deployment's event size limit
         (MEMSTREAM_MAX_EVENT_BYTES), live and in a rebuild alike. ``consumer``: the
-        durable consumer this instance owns."""
+        durable consumer this instance owns. ``sweep_every``: seconds between sweeps of
+        what has expired."""
         self.consumer = consumer
+        self.sweep_every = sweep_every
+        self._sweeper: asyncio.Task[None] | None = None
         self.nc = nc
         self.storage = storage
         self.name = storage.name
@@ -92,13 +96,19 @@ class ProjectionService(Generic[P]):
         )
         task = asyncio.create_task(runner.run(), name=f"live-{self.name}")
         self._running = _Running(projection, runner, task)
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name=f"sweep-{self.name}")
         log.info("projection_started", projection=self.name, checkpoint=projection.checkpoint)
 
     async def stop(self) -> None:
         """Finish the batch in flight, ack it, and close the projection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         running = self._running
         if running is not None:
             running.runner.stop()
+            self.storage.interrupt()
             with contextlib.suppress(Exception):
                 await running.task
             await self._no_readers.wait()
@@ -109,6 +119,23 @@ class ProjectionService(Generic[P]):
                 checkpoint=running.projection.checkpoint,
             )
         self.storage.close()
+
+    async def sweep(self) -> int:
+        """Delete what has expired from the projection, between two batches."""
+        running = self.running
+        async with running.runner.lock:
+            swept = await asyncio.to_thread(running.projection.sweep, utc_now())
+        if swept:
+            log.info("expired_swept", projection=self.name, removed=swept)
+        return swept
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every)
+            try:
+                await self.sweep()
+            except Exception as err:  # the storage failing: the next sweep tries again
+                log.warning("sweep_failed", projection=self.name, error=repr(err))
 
     def wait_failed(self) -> asyncio.Task[Any]:
         """A task that ends when the live runner ends (on its own, it only ends by error)."""
@@ -151,7 +178,9 @@ class ProjectionService(Generic[P]):
     @property
     def unhealthy(self) -> str | None:
         """Why the projection is not advancing (its storage failing), or None."""
-        return self._running.runner.unhealthy if self._running is not None else None
+        if self._running is None:
+            return None
+        return self._running.runner.unhealthy or self.storage.failing
 
     @property
     def rebuilding(self) -> bool:

@@ -96,6 +96,17 @@ class Storage(Protocol[P]):
 
     def discard(self, projection: P) -> None: ...
 
+    @property
+    def failing(self) -> str | None:
+        """An outside service the projection needs failing right now (an embedder whose
+        retries are under way), before the apply itself gives up; None when all is well."""
+        ...
+
+    def interrupt(self) -> None:
+        """The process is stopping: end waits on outside services (an embedder's
+        retries) so that the batch in flight fails now instead of at its timeout."""
+        ...
+
     def close(self) -> None:
         """Release what the storage holds, after its projections are closed."""
         ...
@@ -144,6 +155,11 @@ class HistoryStorage:
     def discard(self, projection: HistoryProjection) -> None:
         projection.close()
         self.files.remove(projection.path)
+
+    failing = None  # DuckDB is in this process: its failures come from the apply
+
+    def interrupt(self) -> None:
+        pass  # DuckDB is in this process: nothing outside to wait for
 
     def close(self) -> None:
         pass
@@ -202,6 +218,13 @@ class VectorStorage:
             if c.name.startswith(PREFIX) and generation_of(c.name) != keep:
                 log.info("removing_unfinished_rebuild", collection=c.name)
                 self.client.delete_collection(c.name)
+
+    @property
+    def failing(self) -> str | None:
+        return self.embedder.failing
+
+    def interrupt(self) -> None:
+        self.embedder.interrupt()
 
     def close(self) -> None:
         self.cache.close()

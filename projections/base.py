@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
@@ -62,6 +63,11 @@ class Projection(Protocol):
 
     def purge_tenant(self, tenant: str) -> dict[str, int]:
         """Remove everything of ``tenant``; what was removed, by name."""
+        ...
+
+    def sweep(self, now: dt.datetime) -> int:
+        """Delete what has expired by ``now`` (reads hide it already); how much went.
+        Not erasure: the events stay in the stream, and a replay sweeps them again."""
         ...
 
     def close(self) -> None: ...

@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import random
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -43,12 +44,16 @@ class EmbedderError(MemstreamError):
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns texts into vectors; ``model`` and ``dimensions`` identify what it makes."""
+    """Turns texts into vectors; ``model`` and ``dimensions`` identify what it makes.
+
+    ``within``: seconds the call may take, retries included (a query waits for its
+    answer); None means as long as the embedder's own retries take (ingest).
+    """
 
     model: str
     dimensions: int
 
-    def embed(self, texts: Sequence[str]) -> Vectors: ...
+    def embed(self, texts: Sequence[str], within: float | None = None) -> Vectors: ...
 
 
 def _normalise(matrix: Vectors) -> Vectors:
@@ -84,7 +89,10 @@ class HashEmbedder:
             features.extend((b"c:" + padded[i : i + 3], 0.5) for i in range(len(padded) - 2))
         return features
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    # Computed in this process, in microseconds: nothing to wait for.
+    remote = False
+
+    def embed(self, texts: Sequence[str], within: float | None = None) -> Vectors:
         out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         dims = self.dimensions
         for row, text in enumerate(texts):
@@ -140,8 +148,20 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
+# A server that does not take the connection within this is down, whatever the request's
+# own timeout allows for a large batch.
+_CONNECT_TIMEOUT_S = 5.0
+
+
 class OpenAIEmbedder:
-    """Embeddings from an OpenAI-compatible server, retried with backoff and jitter."""
+    """Embeddings from an OpenAI-compatible server, retried with backoff and jitter.
+
+    :meth:`interrupt` (from another thread) ends the retries at once: a stopping worker
+    does not wait out a backoff.
+    """
+
+    # Each call goes over the network: callers keep it off their event loop.
+    remote = True
 
     def __init__(
         self,
@@ -154,15 +174,19 @@ class OpenAIEmbedder:
         max_attempts: int = 8,
         base_delay: float = 0.5,
         max_delay: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         import openai
 
         self._openai = openai
         # Retries are ours, so that they also honour Retry-After and can be observed.
         self._client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+            api_key=api_key,
+            base_url=base_url,
+            timeout=openai.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT_S)),
+            max_retries=0,
         )
+        self.timeout = timeout
         self.model = model
         self.base_url = str(self._client.base_url)
         # v3 models shorten their vectors to `dimensions` on request; others have one size.
@@ -171,9 +195,19 @@ class OpenAIEmbedder:
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self._sleep = sleep
+        self._interrupted = threading.Event()
+        self._sleep = sleep or self._wait
         self.requests = 0
         self.retries = 0
+        # Why the last request failed, while retries go on; None once one succeeds.
+        self.failing: str | None = None
+
+    def interrupt(self) -> None:
+        """Make calls in progress and to come fail at their next retry (on stop)."""
+        self._interrupted.set()
+
+    def _wait(self, seconds: float) -> None:
+        self._interrupted.wait(seconds)
 
     def _batches(self, texts: Sequence[str]) -> list[list[str]]:
         batches: list[list[str]] = []
@@ -190,23 +224,29 @@ class OpenAIEmbedder:
             batches.append(current)
         return batches
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    def embed(self, texts: Sequence[str], within: float | None = None) -> Vectors:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
+        deadline = None if within is None else time.monotonic() + within
         rows: list[Vectors] = []
         for batch in self._batches([_truncate(t) or " " for t in texts]):
-            rows.append(self._request(batch))
+            rows.append(self._request(batch, deadline))
         matrix = np.concatenate(rows)
         if not self.dimensions:
             self.dimensions = matrix.shape[1]
         return _normalise(matrix)
 
-    def _request(self, batch: list[str]) -> Vectors:
+    def _request(self, batch: list[str], deadline: float | None) -> Vectors:
         openai = self._openai
         kwargs: dict[str, Any] = {"model": self.model, "input": batch, "encoding_format": "float"}
         if self._send_dimensions:
             kwargs["dimensions"] = self.dimensions
         for attempt in range(1, self.max_attempts + 1):
+            if self._interrupted.is_set():
+                raise EmbedderError("embedding stopped: memstream is stopping")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                kwargs["timeout"] = max(0.05, min(self.timeout, left))
             self.requests += 1
             try:
                 response = self._client.embeddings.create(**kwargs)
@@ -238,9 +278,17 @@ class OpenAIEmbedder:
                     # Full jitter: spread retries from many workers over the window.
                     cap = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
                     wait = random.uniform(0, cap)
+                wait = min(wait, self.max_delay)
+                self.failing = f"the embeddings server at {self.base_url} is failing: {err}"
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    raise EmbedderError(
+                        f"the embeddings server at {self.base_url} gave no embedding in time "
+                        f"({attempt} attempts): {err}"
+                    ) from err
                 self.retries += 1
-                self._sleep(min(wait, self.max_delay))
+                self._sleep(wait)
                 continue
+            self.failing = None
             data = sorted(response.data, key=lambda d: d.index)
             return np.asarray([d.embedding for d in data], dtype=np.float32)
         raise AssertionError("unreachable")
@@ -276,6 +324,9 @@ class SentenceTransformerEmbedder:
         )
         self.dimensions = int(get_dimension() or 0)
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    # Computed in this process, but slowly enough (a model) to keep off an event loop.
+    remote = True
+
+    def embed(self, texts: Sequence[str], within: float | None = None) -> Vectors:
         matrix = self._model.encode(list(texts), convert_to_numpy=True, batch_size=64)
         return _normalise(np.asarray(matrix, dtype=np.float32))

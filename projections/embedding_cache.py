@@ -130,7 +130,25 @@ class CachedEmbedder:
     def model(self) -> str:
         return self.embedder.model
 
-    def embed(self, tenant: str, texts: Sequence[str]) -> Vectors:
+    @property
+    def remote(self) -> bool:
+        """Whether an embedding may take long enough to keep it off an event loop."""
+        return bool(getattr(self.embedder, "remote", True))
+
+    @property
+    def failing(self) -> str | None:
+        """Why the embedder is failing right now (its retries under way), or None."""
+        failing = getattr(self.embedder, "failing", None)
+        return str(failing) if failing else None
+
+    def interrupt(self) -> None:
+        """End the embedder's retries at once (when the process stops)."""
+        interrupt = getattr(self.embedder, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
+    def embed(self, tenant: str, texts: Sequence[str], within: float | None = None) -> Vectors:
+        """``within``: seconds an embedding call may take (see ``Embedder.embed``)."""
         model, dims = self.embedder.model, self.embedder.dimensions
         keys = [text_key(t) for t in texts]
         found = self.cache.get_many(tenant, model, dims, keys)
@@ -142,7 +160,7 @@ class CachedEmbedder:
         self.stats.hits += len(keys) - len(missing)
         self.stats.misses += len(missing)
         if missing:
-            vectors = self.embedder.embed(list(missing.values()))
+            vectors = self.embedder.embed(list(missing.values()), within)
             self.stats.embedding_calls += 1
             self.stats.texts_embedded += len(missing)
             new = list(zip(missing, vectors, strict=True))

@@ -198,6 +198,15 @@ class HistoryProjection:
                 erased += sorted(r[0] for r in rows)
         return erased
 
+    def sweep(self, now: dt.datetime) -> int:
+        """Delete context values whose time ran out by ``now``."""
+        with self._transaction():
+            row = self.con.execute(
+                "DELETE FROM context WHERE expires_at <= ?",
+                [now.astimezone(dt.UTC).replace(tzinfo=None)],
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def purge_tenant(self, tenant: str) -> dict[str, int]:
         """Delete every row of ``tenant`` from every table, in one transaction; returns
         the rows removed per table."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
+from projections.embedders import Vectors
 from projections.embedding_cache import CachedEmbedder
 from projections.vector_layout import KINDS, STATE_ALIAS, STATE_POINT, alias
 
@@ -44,7 +45,9 @@ class VectorReader:
         return int(points[0].payload["checkpoint"]) if points and points[0].payload else 0
 
     def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
-        vectors = self.embedder.embed(tenant, list(queries))
+        return self.search_vectors(tenant, self.embedder.embed(tenant, list(queries)), **filters)
+
+    def search_vectors(self, tenant: str, vectors: Vectors, **filters: Any) -> list[list[Hit]]:
         existing = {
             kind: name
             for kind in KINDS

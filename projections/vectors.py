@@ -20,6 +20,7 @@ same memory id in two tenants is two points.
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from projections.applied_ids import AppliedIds
 from projections.base import Applied, Batch
-from projections.embedders import EmbedderError
+from projections.embedders import EmbedderError, Vectors
 from projections.embedding_cache import CachedEmbedder, text_key
 from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
 from projections.vector_layout import (
@@ -281,6 +282,9 @@ class VectorProjection:
     def close(self) -> None:
         """Nothing to release: the Qdrant client is shared, and closed by its owner."""
 
+    def sweep(self, now: dt.datetime) -> int:
+        return 0  # no point expires: what expires (context) lives in the history only
+
     def purge_tenant(self, tenant: str) -> dict[str, int]:
         """Delete the tenant's collections of every generation and its cached vectors;
         returns how many points and cached vectors went."""
@@ -427,7 +431,10 @@ class VectorProjection:
 
     def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
         """One list of best matches per query; the queries are embedded together."""
-        vectors = self.embedder.embed(tenant, list(queries))
+        return self.search_vectors(tenant, self.embedder.embed(tenant, list(queries)), **filters)
+
+    def search_vectors(self, tenant: str, vectors: Vectors, **filters: Any) -> list[list[Hit]]:
+        """One list of best matches per embedded query (a row of ``vectors``)."""
         with self._lock:
             existing = {
                 kind: name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from consumers.cli._common import (
@@ -15,7 +17,37 @@ from consumers.cli._common import (
 )
 from consumers.roles import ROLES, role_help
 
+if TYPE_CHECKING:
+    from consumers.app import EmbedderStatus
+
 __all__ = ["serve", "up"]
+
+# Seconds from Ctrl-C (or SIGTERM) to the end of the process, forced if need be.
+STOP_WITHIN_S = 10.0
+
+
+def _embedder_json(status: EmbedderStatus | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    return {
+        "kind": status.kind,
+        "model": status.model,
+        "dimensions": status.dimensions,
+        "answering": status.problem is None,
+        "problem": status.problem,
+    }
+
+
+def _print_embedder(status: EmbedderStatus | None) -> None:
+    if status is None:
+        return
+    dims = f"{status.dimensions} dimensions" if status.dimensions else "size not known yet"
+    out.print(f"  embedder  {status.kind}, {status.model} ({dims})")
+    if status.problem is not None:
+        out.print(
+            f"            NOT ANSWERING: {status.problem}. The vectors wait for it and "
+            "search answers 'unavailable'; the history is unaffected.",
+        )
 
 
 @click.command()
@@ -61,6 +93,7 @@ def up(
                     "streams": info.provisioned.streams,
                     "consumers": info.provisioned.consumers,
                     "projections": info.projections,
+                    "embedder": _embedder_json(info.embedder),
                 }
             )
             return
@@ -69,6 +102,7 @@ def up(
         out.print(f"  data dir  {info.data_dir}")
         for name, checkpoint in info.projections.items():
             out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
+        _print_embedder(info.embedder)
         streams = ", ".join(f"{k} ({v})" for k, v in info.provisioned.streams.items())
         out.print(f"  streams   {streams}")
         if info.auth:
@@ -76,10 +110,13 @@ def up(
             out.print(
                 "Give each tenant its credentials with 'memstream tenant add TENANT'; agents "
                 f"connect with MEMSTREAM_NATS_URL={info.nats_url} MEMSTREAM_NATS_USER=TENANT "
-                "MEMSTREAM_NATS_PASSWORD=... Ctrl-C stops."
+                "MEMSTREAM_NATS_PASSWORD=... Ctrl-C stops (twice: at once)."
             )
         else:
-            out.print(f"Connect agents with MEMSTREAM_NATS_URL={info.nats_url}. Ctrl-C stops.")
+            out.print(
+                f"Connect agents with MEMSTREAM_NATS_URL={info.nats_url}. "
+                "Ctrl-C stops (twice: at once)."
+            )
 
     run(
         run_up(
@@ -88,6 +125,7 @@ def up(
             external_nats=nats_url is not None,
             on_ready=ready,
             auth=auth,
+            stop_within=STOP_WITHIN_S,
         )
     )
 
@@ -117,12 +155,22 @@ def serve(role: str, data_dir: str | None, nats_url: str | None, as_json: bool) 
                     "nats_url": info.nats_url,
                     "data_dir": str(info.data_dir),
                     "projections": info.projections,
+                    "embedder": _embedder_json(info.embedder),
                 }
             )
             return
         out.print(f"memstream serve: {role} role up on {info.nats_url}")
         for name, checkpoint in info.projections.items():
             out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
+        _print_embedder(info.embedder)
         out.print("Ctrl-C stops.")
 
-    run(run_up(settings, external_nats=True, roles=frozenset({role}), on_ready=ready))
+    run(
+        run_up(
+            settings,
+            external_nats=True,
+            roles=frozenset({role}),
+            on_ready=ready,
+            stop_within=STOP_WITHIN_S,
+        )
+    )

@@ -215,3 +215,27 @@ async def test_runner_recovers_when_its_consumer_is_deleted(nc: NatsClient, tmp_
         runner.stop()
         await task
     assert (600,) == projection.con.execute("SELECT count(DISTINCT id) FROM events").fetchone()
+
+
+async def test_expired_context_is_swept_from_the_table(nc: NatsClient, tmp_path: Path) -> None:
+    """A context value past its ttl is hidden by reads at once, and its row leaves the
+    table at the next sweep; values without a ttl, or not yet expired, stay."""
+    url = nc.connected_url.geturl()  # type: ignore[union-attr]
+    async with await MemoryClient.connect(url, tenant="acme", agent="a1") as mem:
+        await mem.set_context("short", {"v": 1}, ttl_s=0.5)
+        await mem.set_context("long", {"v": 2}, ttl_s=3600)
+        await mem.set_context("forever", {"v": 3})
+    service = ProjectionService(nc, HistoryStorage(tmp_path), max_wait=0.05, sweep_every=0.1)
+    await service.start()
+    try:
+        target = await last_seq(nc)
+        await wait_for(lambda: service.checkpoint >= target, what="caught up")
+
+        def keys() -> list[str]:
+            rows = service.projection.con.cursor().execute("SELECT key FROM context ORDER BY key")
+            return [k for (k,) in rows.fetchall()]
+
+        await wait_for(lambda: "short" not in keys(), what="the expired row swept")
+        assert ["forever", "long"] == keys()
+    finally:
+        await service.stop()

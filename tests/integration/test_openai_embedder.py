@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from projections.embedders import EmbedderError, OpenAIEmbedder
+from tests.waiting import wait_for_sync
 
 
 def fake_vector(text: str, dims: int = 8) -> list[float]:
@@ -179,3 +182,56 @@ def test_dimensions_are_sent_for_v3_models_only(server: tuple[str, Script]) -> N
     assert 256 == script.requests[-1]["dimensions"]
     make(url, model="compat-model", dimensions=8).embed(["a"])
     assert "dimensions" not in script.requests[-1]
+
+
+def test_within_bounds_the_retries_of_a_query(server: tuple[str, Script]) -> None:
+    """A query's embedding gives up when the next retry would end past its time, and
+    says so, rather than waiting out every attempt (the asker has stopped waiting)."""
+    url, script = server
+    script.failures = [(503, {"retry-after": "2"})] * 10
+    waits: list[float] = []
+    started = time.monotonic()
+    with pytest.raises(EmbedderError, match="gave no embedding in time"):
+        make(url, waits, max_attempts=8).embed(["a"], within=1.0)
+    assert time.monotonic() - started < 1.0
+    assert [] == waits  # the server's 2 s wait does not fit in 1 s: no retry at all
+    assert 1 == len(script.requests)
+
+
+def test_within_bounds_a_server_that_does_not_answer() -> None:
+    """A server that takes the connection and never answers: the request's own
+    timeout is cut to what is left of ``within``."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        embedder = OpenAIEmbedder(api_key="k", base_url=url, model="m", timeout=60)
+        started = time.monotonic()
+        with pytest.raises(EmbedderError, match="in time|attempts"):
+            embedder.embed(["a"], within=1.0)
+        assert time.monotonic() - started < 3.0
+
+
+def test_interrupt_ends_a_backoff_at_once(server: tuple[str, Script]) -> None:
+    """A stopping worker interrupts the embedder from another thread: the retry wait
+    in progress ends, and the call fails saying why."""
+    url, script = server
+    script.failures = [(503, {"retry-after": "30"})] * 10
+    embedder = OpenAIEmbedder(api_key="sk-good", base_url=url, model="compat-model")
+    failure: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            embedder.embed(["a"])
+        except EmbedderError as err:
+            failure.append(err)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_for_sync(lambda: len(script.requests) >= 1, timeout=5)
+    started = time.monotonic()
+    embedder.interrupt()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 2.0
+    assert "stopping" in str(failure[0])

@@ -99,7 +99,7 @@ class CountingEmbedder:
         self.dimensions = 16
         self.calls: list[list[str]] = []
 
-    def embed(self, texts: list[str]) -> np.ndarray:  # type: ignore[type-arg]
+    def embed(self, texts: list[str], within: float | None = None) -> np.ndarray:  # type: ignore[type-arg]
         self.calls.append(list(texts))
         return self.inner.embed(texts)
 

@@ -1,0 +1,176 @@
+"""The embedder down: said at start, a search answers `unavailable` with the cause in
+time, the history goes on, and Ctrl-C stops within 10 s (twice: at once).
+
+Two real embedders that fail: a loopback port where nothing listens (the API
+unreachable), and a loopback server that takes connections and never answers.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pid_alive
+from tests.e2e.conftest import Up, logs, run_cli, start_up
+from tests.waiting import wait_for_sync
+
+
+def _openai_env(url: str) -> dict[str, str]:
+    return {
+        "MEMSTREAM_EMBEDDER": "openai",
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": url,
+        "MEMSTREAM_EMBEDDING_DIM": "64",
+    }
+
+
+@pytest.fixture
+def nothing_listens() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+class Silent:
+    """Accepts connections, reads nothing, answers nothing."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.accepted:
+            conn.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def silent() -> Iterator[Silent]:
+    server = Silent()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _remember(url: str, text: str) -> int:
+    done = run_cli("remember", "--nats-url", url, "-t", "acme", "-a", "a1", "-d", "ops", text,
+                   "--json")  # fmt: skip
+    assert 0 == done.returncode, done.stderr
+    return int(json.loads(done.stdout)["seq"])
+
+
+def _stopped_within(running: Up, seconds: float) -> int:
+    started = time.monotonic()
+    code = running.process.wait(seconds + 5)
+    assert time.monotonic() - started < seconds, logs(running.process)
+    return code
+
+
+def test_an_unreachable_embedder_is_named_and_search_says_why(
+    tmp_path: Path, nothing_listens: str
+) -> None:
+    running = start_up(tmp_path / "data", env=_openai_env(nothing_listens))
+    nats_pid = running.info["nats_pid"]
+    try:
+        embedder = running.info["embedder"]
+        assert {"kind": "openai", "model": "text-embedding-3-small", "dimensions": 64,
+                "answering": False} == {k: embedder[k] for k in
+                                        ("kind", "model", "dimensions", "answering")}  # fmt: skip
+        assert nothing_listens.removesuffix("/v1") in embedder["problem"]
+
+        seq = _remember(running.url, "the staging database is reset nightly")
+        # The history is unaffected by the embedder.
+        history = run_cli("history", "--nats-url", running.url, "-t", "acme", "--min-seq",
+                          str(seq), "--json")  # fmt: skip
+        assert 0 == history.returncode, history.stderr
+        assert 1 == len(json.loads(history.stdout)["events"])
+        # A search answers in time, as an outage (exit 1) with the embedder's cause.
+        started = time.monotonic()
+        search = run_cli("search", "--nats-url", running.url, "-t", "acme", "staging")
+        assert time.monotonic() - started < 10
+        assert 1 == search.returncode
+        (line,) = search.stderr.strip().splitlines()
+        assert "embeddings server" in line and nothing_listens in line, line
+        # The vectors say they are not advancing, and why.
+        stats = run_cli("stats", "--nats-url", running.url, "-t", "acme", "--json")
+        wait_for_sync(
+            lambda: (
+                "embed"
+                in json.loads(
+                    run_cli("stats", "--nats-url", running.url, "-t", "acme", "--json").stdout
+                )["health"]["vectors"]
+            ),
+            timeout=30,
+            what="the vectors to report the embedder",
+        )
+        assert "ok" == json.loads(stats.stdout)["health"]["history"]
+        # Ctrl-C: the vectors are retrying their batch; the stop does not wait it out.
+        running.process.send_signal(signal.SIGINT)
+        assert 0 == _stopped_within(running, 10)
+        assert not pid_alive(nats_pid)
+    finally:
+        running.stop()
+
+
+def test_a_stop_that_cannot_finish_is_forced_within_10_s_or_at_a_second_ctrl_c(
+    tmp_path: Path, silent: Silent
+) -> None:
+    """The embedder takes the request and never answers: the vectors' batch cannot
+    finish. One Ctrl-C ends the process within 10 s anyway; a second ends it at once.
+    What was in flight is not lost: the history has it after a restart."""
+    data = tmp_path / "data"
+    for second_signal in (False, True):
+        running = start_up(data, env=_openai_env(silent.url))
+        nats_pid = running.info["nats_pid"]
+        try:
+            assert running.info["embedder"]["answering"] is False
+            before = len(silent.accepted)
+            seq = _remember(running.url, f"a memory that cannot be embedded ({second_signal})")
+            # The vectors' embedding request is in flight on the silent server.
+            wait_for_sync(
+                lambda before=before: len(silent.accepted) > before,
+                timeout=10,
+                what="a request",
+            )
+            running.process.send_signal(signal.SIGINT)
+            if second_signal:
+                with pytest.raises(subprocess.TimeoutExpired):
+                    running.process.wait(1)  # still finishing: the batch is in flight
+                running.process.send_signal(signal.SIGINT)
+                assert 130 == _stopped_within(running, 3)
+            else:
+                assert 130 == _stopped_within(running, 11)
+            assert "forced_stop" in logs(running.process)
+            assert not pid_alive(nats_pid), "the forced stop left nats-server running"
+        finally:
+            running.stop()
+    # Nothing acknowledged was lost by the forced stops.
+    again = start_up(data)
+    try:
+        history = run_cli("history", "--nats-url", again.url, "-t", "acme", "--min-seq",
+                          str(seq), "--json")  # fmt: skip
+        assert 2 == len(json.loads(history.stdout)["events"]), history.stderr
+    finally:
+        again.stop()
