@@ -24,14 +24,13 @@ from consumers.service import rebuild_offline
 from consumers.settings import Settings
 from consumers.storage import (
     HistoryStorage,
-    history_path,
+    open_history,
     vector_storage_from_settings,
 )
 from consumers.streams import HEADER_ROOM
 from consumers.tenants import purge_offline, purge_stream
 from producers.connection import connect_nats
 from projections.analytics import QueryResult, run_readonly
-from projections.history import HistoryProjection
 from schemas.admin import (
     PingRequest,
     PingResult,
@@ -268,14 +267,13 @@ async def sql(
     """Read-only SQL on the history: on the file when nothing runs on the data dir, else
     through the memstream that runs it."""
     data_dir = settings.data_path.resolve()
-    path = history_path(data_dir)
     if not url_given and running(data_dir) is None:
-        if path is None or not path.exists():
+        history = open_history(data_dir, read_only=True)
+        if history is None:
             raise AdminError(
                 f"no history under {data_dir} yet: start memstream there with 'memstream up', "
                 "or point --data-dir at a deployment"
             )
-        history = HistoryProjection(path, read_only=True)
         try:
             return await asyncio.to_thread(run_readonly, history.con, query, max_rows)
         finally:

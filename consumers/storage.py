@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -37,9 +38,10 @@ __all__ = [
     "DamagedStore",
     "HistoryStorage",
     "Storage",
+    "StoreInUse",
     "VectorStorage",
     "embedder_from_settings",
-    "history_path",
+    "open_history",
     "vector_storage_from_settings",
 ]
 
@@ -54,9 +56,43 @@ class DamagedStore(MemstreamError):
     code = "unavailable"
 
 
+class StoreInUse(MemstreamError):
+    """Another process (not memstream: a second memstream is refused before it opens
+    anything) holds a projection's files."""
+
+    code = "unavailable"
+
+
+_DUCKDB_LOCK = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def _in_use(what: str, path: Path, err: BaseException) -> StoreInUse | None:
+    """The store is locked by another process, if that is what ``err`` says: never to
+    be taken for damage (moving a file aside under its holder would lose nothing of
+    ours, but would say so wrongly)."""
+    text = str(err)
+    found = _DUCKDB_LOCK.search(text)
+    if found:
+        return StoreInUse(
+            f"the {what} {path} is in use by another process (PID {found['pid']}, "
+            f"{found['program']}): stop it, then start memstream again; DuckDB lets one "
+            "process write a file (read it meanwhile with 'memstream sql')"
+        )
+    if "already accessed by another instance" in text:
+        return StoreInUse(
+            f"the {what} {path} is in use by another process: stop it, then start memstream "
+            "again; Qdrant's local mode lets one process open it (several need a Qdrant "
+            "server: MEMSTREAM_QDRANT_URL)"
+        )
+    return None
+
+
 def _damaged(
     what: str, path: Path, err: BaseException, projection: str, data_dir: Path
-) -> DamagedStore:
+) -> DamagedStore | StoreInUse:
+    in_use = _in_use(what, path, err)
+    if in_use is not None:
+        return in_use
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
     if not os.access(path if path.is_dir() else path.parent, os.W_OK):
         return DamagedStore(
@@ -140,7 +176,10 @@ class HistoryStorage:
             return None
         try:
             HistoryProjection(path, read_only=True).close()
-        except (duckdb.Error, OSError):
+        except (duckdb.Error, OSError) as err:
+            in_use = _in_use("history database", path, err)
+            if in_use is not None:
+                raise in_use from None
             return set_aside(path)
         return None
 
@@ -165,9 +204,17 @@ class HistoryStorage:
         pass
 
 
-def history_path(data_dir: str | Path) -> Path | None:
-    """The history database in use under ``data_dir``, if there is one yet."""
-    return HistoryStorage(data_dir).files.current()
+def open_history(data_dir: str | Path, *, read_only: bool = False) -> HistoryProjection | None:
+    """The history database in use under ``data_dir``, opened (for a command that runs
+    while no memstream does), or None when there is none yet. One that cannot be opened
+    is a DamagedStore or a StoreInUse naming the way out, never a DuckDB traceback."""
+    path = HistoryStorage(data_dir).files.current()
+    if path is None or not path.exists():
+        return None
+    try:
+        return HistoryProjection(path, read_only=read_only)
+    except (duckdb.Error, OSError) as err:
+        raise _damaged("history database", path, err, "history", Path(data_dir)) from None
 
 
 class VectorStorage:
@@ -262,8 +309,9 @@ def _qdrant(settings: Settings, set_aside_damaged: bool = False) -> QdrantClient
     try:
         return QdrantClient(path=str(path))
     except Exception as err:  # local mode raises whatever its files make it raise
-        if not set_aside_damaged:
-            raise _damaged("vector store", path, err, "vectors", settings.data_path) from None
+        damage = _damaged("vector store", path, err, "vectors", settings.data_path)
+        if not set_aside_damaged or isinstance(damage, StoreInUse):
+            raise damage from None
         set_aside(path)
         path.mkdir()
         return QdrantClient(path=str(path))

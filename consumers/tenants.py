@@ -14,8 +14,7 @@ from nats.aio.client import Client as NatsClient
 from consumers.log import get_logger
 from consumers.service import ProjectionService
 from consumers.settings import Settings
-from consumers.storage import history_path, vector_storage_from_settings
-from projections.history import HistoryProjection
+from consumers.storage import open_history, vector_storage_from_settings
 from schemas.admin import PurgeReport
 from schemas.ids import validate_tenant
 from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_STREAM, tenant_event_filter
@@ -60,9 +59,8 @@ async def purge_projection(
 
 def purge_offline(settings: Settings, tenant: str, report: PurgeReport) -> None:
     """Remove the tenant from the projections' files when no memstream process runs."""
-    path = history_path(settings.data_path)
-    if path is not None and path.exists():
-        history = HistoryProjection(path)
+    history = open_history(settings.data_path)
+    if history is not None:
         try:
             report.record(history.name, history.purge_tenant(tenant))
         finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.e2e.conftest import run_cli, start_up
@@ -21,17 +23,23 @@ def _error_line(result: object) -> str:
     return lines[0]
 
 
-def test_damaged_stores_are_one_line_and_replay_repairs_them(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def _one_memory_stored(data: Path) -> int:
+    """A deployment on ``data`` holding one memory in both projections, stopped."""
     first = start_up(data)
     try:
         stored = run_cli("remember", "--nats-url", first.url, "-t", "acme", "-a", "a1",
                          "-d", "d", "the backup runs at midnight", "--json")  # fmt: skip
-        seq = json.loads(stored.stdout)["seq"]
-        assert 0 == run_cli("stats", "--nats-url", first.url, "-t", "acme",
+        seq = int(json.loads(stored.stdout)["seq"])
+        assert 0 == run_cli("search", "--nats-url", first.url, "-t", "acme", "backup",
                             "--min-seq", str(seq)).returncode  # fmt: skip
     finally:
         first.stop()
+    return seq
+
+
+def test_damaged_stores_are_one_line_and_replay_repairs_them(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    seq = _one_memory_stored(data)
 
     (history_file,) = (data / "history").glob("*.duckdb")
     history_file.write_bytes(os.urandom(64 * 1024))
@@ -57,5 +65,73 @@ def test_damaged_stores_are_one_line_and_replay_repairs_them(tmp_path: Path) -> 
         assert ["the backup runs at midnight"] == [h["text"] for h in json.loads(found.stdout)]
         stats = run_cli("stats", "--nats-url", again.url, "-t", "acme", "--json")
         assert {"knowledge.stored": 1} == json.loads(stats.stdout)["events_by_type"]
+    finally:
+        again.stop()
+
+
+_HOLD = """
+import sys, duckdb
+from qdrant_client import QdrantClient
+kind, path = sys.argv[1], sys.argv[2]
+held = duckdb.connect(path) if kind == "history" else QdrantClient(path=path)
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def _hold(kind: str, path: Path) -> subprocess.Popen[str]:
+    """Another program (not memstream) with a store of the data dir open."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, kind, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and "holding" == holder.stdout.readline().strip()
+    return holder
+
+
+def _release(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    holder.stdin.close()
+    holder.wait(10)
+
+
+def test_a_store_held_by_another_program_is_named_not_taken_for_damage(tmp_path: Path) -> None:
+    """A DuckDB file or the local vector store open in another program: up and the
+    commands that open the files say who holds it, in one line, and replay does not
+    move a held file aside as if it were damaged."""
+    data = tmp_path / "data"
+    seq = _one_memory_stored(data)
+    (history_file,) = (data / "history").glob("*.duckdb")
+
+    holder = _hold("history", history_file)
+    try:
+        for command in (["up", "--nats-port", "0"], ["replay", "history"], ["sql", "SELECT 1"]):
+            refused = run_cli(*command, "--data-dir", str(data))
+            assert 1 == refused.returncode, command
+            line = _error_line(refused)
+            assert f"the history database {history_file} is in use by another process" in line
+            assert f"(PID {holder.pid}," in line
+        assert [] == list((data / "history").glob("*.damaged-*"))
+    finally:
+        _release(holder)
+
+    holder = _hold("vectors", data / "qdrant")
+    try:
+        for command in (["up", "--nats-port", "0"], ["replay", "vectors"]):
+            refused = run_cli(*command, "--data-dir", str(data))
+            assert 1 == refused.returncode, command
+            line = _error_line(refused)
+            assert f"the vector store {data / 'qdrant'} is in use by another process" in line
+        assert [] == list(data.glob("qdrant.damaged-*"))
+    finally:
+        _release(holder)
+
+    again = start_up(data)
+    try:
+        found = run_cli("search", "--nats-url", again.url, "-t", "acme", "backup midnight",
+                        "--min-seq", str(seq), "--json")  # fmt: skip
+        assert ["the backup runs at midnight"] == [h["text"] for h in json.loads(found.stdout)]
     finally:
         again.stop()
