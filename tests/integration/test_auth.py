@@ -15,7 +15,7 @@ from consumers.nats_server import NatsServer
 from consumers.query_worker import QueryWorker
 from consumers.streams import ensure_streams
 from producers import MemoryClient
-from producers.connection import connect_nats, denied
+from producers.connection import NoCredentials, connect_nats, denied
 from schemas.errors import ConnectError, PublishError, QueryError
 from schemas.subjects import reply_inbox_prefix
 from tests.conftest import pid_alive
@@ -157,9 +157,9 @@ async def test_users_change_without_a_restart(
 
 
 async def test_nobody_else_gets_in(secured: tuple[NatsServer, TenantCredentials]) -> None:
-    """No credentials, or a wrong password, is refused with a message saying so."""
+    """No credentials, or a wrong password, is refused with a message saying which."""
     server, _ = secured
-    with pytest.raises(ConnectError, match="refused the credentials"):
+    with pytest.raises(NoCredentials, match="admits only users with credentials, and none"):
         await connect_nats(server.url)
     with pytest.raises(ConnectError, match="refused the credentials"):
         await connect_nats(server.url, user="acme", password="guess")
