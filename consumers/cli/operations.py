@@ -181,15 +181,21 @@ def replay(projection: str, data_dir: str | None, nats_url: str | None, as_json:
 @click.option("--max-rows", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
 @data_dir_option
 @nats_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the same as --format json).")
 def sql_command(
-    query: str, fmt: str, max_rows: int, data_dir: str | None, nats_url: str | None
+    query: str,
+    fmt: str,
+    max_rows: int,
+    data_dir: str | None,
+    nats_url: str | None,
+    as_json: bool,
 ) -> None:
     """Run one read-only SQL QUERY over the history (tables: events, knowledge, tasks, ...)."""
     from consumers import ops
 
     settings = load(data_dir=data_dir, nats_url=nats_url)
     result = run(ops.sql(settings, query, url_given(nats_url), max_rows, data_dir_given(data_dir)))
-    print_rows(result.columns, result.rows, fmt)
+    print_rows(result.columns, result.rows, "json" if as_json else fmt)
     if result.truncated:
         sys.stderr.write(f"memstream: showing the first {max_rows} rows (--max-rows)\n")
 

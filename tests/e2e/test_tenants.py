@@ -45,8 +45,9 @@ def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> 
             assert "pass the --data-dir that 'memstream up --auth' runs on" in nobody.stderr
         # With --data-dir alone: the running memstream's URL and its service user.
         for command in (["status"], ["dlq", "list"], ["sql", "SELECT 1 AS one"]):
-            done = run_cli(*command, "--data-dir", str(data), env=elsewhere)
+            done = run_cli(*command, "--data-dir", str(data), "--json", env=elsewhere)
             assert 0 == done.returncode, (command, done.stderr)
+            json.loads(done.stdout)
         reported = run_cli("status", "--data-dir", str(data), "--json", env=elsewhere)
         assert up.url == json.loads(reported.stdout)["nats_url"]
 
