@@ -18,21 +18,11 @@ from consumers.settings import load_settings
 from consumers.storage import vector_storage_from_settings
 from projections.embedders import HashEmbedder
 from schemas import events as ev
+from tests.docker import docker_unavailable
 from tests.e2e.conftest import run_cli, spawn_ready
 from tests.samples import TS
 
-
-def _docker_unavailable() -> str | None:
-    try:
-        import docker
-
-        docker.from_env().ping()
-    except Exception as err:
-        return f"no Docker engine to run a Qdrant server container ({type(err).__name__})"
-    return None
-
-
-_REASON = _docker_unavailable()
+_REASON = docker_unavailable()
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 

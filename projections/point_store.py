@@ -1,0 +1,636 @@
+"""The vector engine under the vector projection: one owner of its naming and layout.
+
+Every memory is one point with two vectors, ``dense`` (the embedder's, cosine) and
+``bm25`` (BM25 term weights, scored with the engine's IDF), and a payload that carries
+``tenant``, ``kind`` and the fields searches filter on. All tenants of a generation share
+one shard (or, on a server, one collection) with ``tenant`` indexed as the tenant key;
+the choice, measured, is in the README's Performance section.
+
+Two engines, one contract (``PointStore``):
+
+- :class:`EdgeStores`, the default: Qdrant Edge (``qdrant-edge-py``) in this process, a
+  shard per generation under ``<data dir>/vectors``, with ``CURRENT`` naming the one in
+  use (the same atomic pointer swap as the history's files).
+- :class:`ServerStores`, with ``MEMSTREAM_QDRANT_URL``: a Qdrant server through
+  qdrant-client, a collection per generation behind the alias ``ms_points``.
+
+A generation's state (its checkpoint, the embedder that made its vectors) is a point of
+its own, without vectors, so it is written in the same log as the points it describes.
+BM25 vectors are made here with Edge's tokenizer (stemming, stop words), for both
+engines, so a query is tokenised as its memories were.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+import qdrant_edge as edge
+
+from projections.files import ProjectionFiles
+
+__all__ = [
+    "DENSE",
+    "SPARSE",
+    "STATE_TENANT",
+    "Condition",
+    "EdgeStores",
+    "Found",
+    "Mode",
+    "PointStore",
+    "PointStores",
+    "Search",
+    "ServerStores",
+    "Sparse",
+    "StorePoint",
+    "bm25_document",
+    "bm25_query",
+    "point_id",
+]
+
+DENSE: Final = "dense"
+SPARSE: Final = "bm25"
+# The state point's tenant: no tenant id can be it (tenant ids start with a letter or
+# digit), so no search, count or purge of a tenant ever reaches it.
+STATE_TENANT: Final = "_memstream"
+_STATE_ID: Final = "00000000-0000-0000-0000-000000000001"
+_NAMESPACE: Final = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13")
+# The payload fields searches (and the read API) filter on, and how they are indexed.
+KEYWORD_FIELDS: Final = ("kind", "agent", "domain", "tags", "session_id", "task_id")
+FLOAT_FIELDS: Final = ("ts_epoch",)
+# How many candidates each side of a hybrid search brings to the fusion, per hit asked.
+_PREFETCH_FACTOR: Final = 4
+_PREFETCH_MIN: Final = 20
+# Reciprocal rank fusion: score = sum of 1 / (k + rank) over the lists.
+_RRF_K: Final = 60
+
+Mode = Literal["hybrid", "dense", "keyword"]
+
+
+def point_id(tenant: str, kind: str, ref: str) -> str:
+    """The point of a (tenant, kind, ref): upserts and deletes repeat safely, and the same
+    memory id in two tenants is two points."""
+    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x00{kind}\x00{ref}"))
+
+
+@dataclass(frozen=True)
+class Sparse:
+    indices: list[int]
+    values: list[float]
+
+
+_BM25 = edge.Bm25(edge.Bm25Config(language="english"))
+
+
+def bm25_document(text: str) -> Sparse:
+    """A memory's BM25 term weights (term frequency, saturated and length-normalised)."""
+    vector = _BM25.embed_document(text)
+    return Sparse(list(vector.indices), list(vector.values))
+
+
+def bm25_query(text: str) -> Sparse:
+    """A query's terms, each weighted 1 (the engine applies IDF)."""
+    vector = _BM25.embed_query(text)
+    return Sparse(list(vector.indices), list(vector.values))
+
+
+@dataclass(frozen=True)
+class StorePoint:
+    id: str
+    dense: Sequence[float]
+    sparse: Sparse
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition on a payload field: ``any_of`` (the field, or one of a list field's
+    values, is one of them), or a range on a number (``gte`` / ``lt``)."""
+
+    key: str
+    any_of: tuple[Any, ...] = ()
+    gte: float | None = None
+    lt: float | None = None
+
+
+@dataclass(frozen=True)
+class Search:
+    """One search of one tenant's points: ``must`` all hold; ``min_score`` is the least
+    dense similarity a hit may have (in every mode that has a dense side)."""
+
+    tenant: str
+    dense: Sequence[float] | None
+    sparse: Sparse | None
+    limit: int
+    mode: Mode = "hybrid"
+    must: tuple[Condition, ...] = ()
+    min_score: float | None = None
+    recency_half_life_s: float | None = None
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Found:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class PointStore(Protocol):
+    """One generation's points."""
+
+    generation: str
+
+    def upsert(self, points: Sequence[StorePoint]) -> None: ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def retrieve(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The payloads of the points among ``ids`` that exist."""
+        ...
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete every point of ``tenant``; how many there were."""
+        ...
+
+    def count(self, tenant: str) -> int: ...
+
+    def search(self, search: Search) -> list[Found]: ...
+
+    def read_state(self) -> dict[str, Any]: ...
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        """Durable once it returns, with every point written before it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PointStores(Protocol):
+    """The generations of one engine, and which one is in use."""
+
+    def current(self) -> str | None: ...
+
+    def generations(self) -> list[str]: ...
+
+    def open(self, generation: str, dimensions: int) -> PointStore:
+        """The generation's store, made (for vectors of ``dimensions``) if new."""
+        ...
+
+    def make_current(self, generation: str) -> str | None:
+        """Put ``generation`` in use atomically; the one in use before, if any."""
+        ...
+
+    def drop(self, generation: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def new_generation() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# --- Qdrant Edge --------------------------------------------------------------------
+
+
+def _edge_match(values: tuple[Any, ...]) -> Any:
+    return edge.MatchValue(values[0]) if len(values) == 1 else edge.MatchAny(list(values))
+
+
+def _edge_filter(tenant: str, must: tuple[Condition, ...]) -> edge.Filter:
+    conditions: list[Any] = [edge.FieldCondition(key="tenant", match=edge.MatchValue(tenant))]
+    for c in must:
+        if c.any_of:
+            conditions.append(edge.FieldCondition(key=c.key, match=_edge_match(c.any_of)))
+        if c.gte is not None or c.lt is not None:
+            conditions.append(
+                edge.FieldCondition(key=c.key, range=edge.RangeFloat(gte=c.gte, lt=c.lt))
+            )
+    return edge.Filter(must=conditions)
+
+
+def _plan(search: Search, dense: Any, sparse: Any, flt: Any, kit: Any) -> dict[str, Any] | None:
+    """The query of a search, for either engine (``kit`` builds its objects): each side
+    brings candidates, hybrid fuses them by reciprocal rank, and a half-life scales the
+    result by recency. None when there is nothing to search with."""
+    wide = max(search.limit * _PREFETCH_FACTOR, _PREFETCH_MIN)
+    sides = []
+    if dense is not None:
+        sides.append(kit.prefetch(wide, dense, flt, search.min_score))
+    if sparse is not None:
+        sides.append(kit.prefetch(wide, sparse, flt, None))
+    if not sides:
+        return None
+    if search.recency_half_life_s:
+        base = kit.fuse(wide, sides, flt) if len(sides) == 2 else sides[0]
+        return {"prefetch": [base], "query": kit.recency(search)}
+    if len(sides) == 2:
+        return {"prefetch": sides, "query": kit.rrf()}
+    only = dense if dense is not None else sparse
+    return {"query": only, "threshold": search.min_score if dense is not None else None}
+
+
+class _EdgeKit:
+    """Builds Qdrant Edge's query objects for :func:`_plan`."""
+
+    @staticmethod
+    def prefetch(limit: int, query: Any, flt: Any, threshold: float | None) -> Any:
+        return edge.Prefetch(limit=limit, query=query, filter=flt, score_threshold=threshold)
+
+    @staticmethod
+    def fuse(limit: int, sides: list[Any], flt: Any) -> Any:
+        return edge.Prefetch(limit=limit, prefetches=sides, query=_EdgeKit.rrf())
+
+    @staticmethod
+    def rrf() -> Any:
+        return edge.Fusion.Rrf(k=_RRF_K)
+
+    @staticmethod
+    def recency(search: Search) -> Any:
+        """Score times 2^(-age / half-life): a memory one half-life old weighs half."""
+        e = edge.Expression
+        decay = e.Decay(
+            edge.DecayKind.Exp,
+            e.Variable("ts_epoch"),
+            target=e.Constant(search.now.timestamp()),
+            scale=search.recency_half_life_s,
+            midpoint=0.5,
+        )
+        return edge.Formula(e.Mult([e.Variable("$score"), decay]), defaults={"ts_epoch": 0.0})
+
+
+class EdgeStore:
+    """One generation: a Qdrant Edge shard in a directory of its own."""
+
+    def __init__(self, path: Path, generation: str, dimensions: int) -> None:
+        self.path = path
+        self.generation = generation
+        if path.exists() and any(path.iterdir()):
+            self.shard = edge.EdgeShard.load(str(path))
+            return
+        self.shard = edge.EdgeShard.create(str(path), _edge_config(dimensions))
+        indexes: list[tuple[str, Any]] = [
+            ("tenant", edge.KeywordIndexParams(is_tenant=True)),
+            *((name, edge.PayloadSchemaType.Keyword) for name in KEYWORD_FIELDS),
+            *((name, edge.PayloadSchemaType.Float) for name in FLOAT_FIELDS),
+        ]
+        for name, schema in indexes:
+            self.shard.update(edge.UpdateOperation.create_field_index(name, schema))
+        self.write_state({"dimensions": dimensions, "checkpoint": 0})
+
+    def upsert(self, points: Sequence[StorePoint]) -> None:
+        if points:
+            made = [
+                edge.Point(
+                    p.id,
+                    {
+                        DENSE: list(p.dense),
+                        SPARSE: edge.SparseVector(p.sparse.indices, p.sparse.values),
+                    },
+                    p.payload,
+                )
+                for p in points
+            ]
+            self.shard.update(edge.UpdateOperation.upsert_points(made))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.shard.update(edge.UpdateOperation.delete_points(list(ids)))
+
+    def retrieve(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        return [dict(r.payload or {}) for r in self.shard.retrieve(list(ids), True, False)]
+
+    @staticmethod
+    def _tenant(tenant: str) -> edge.Filter:
+        return edge.Filter(must=[edge.FieldCondition(key="tenant", match=edge.MatchValue(tenant))])
+
+    def delete_tenant(self, tenant: str) -> int:
+        found = self.count(tenant)
+        if found:
+            self.shard.update(edge.UpdateOperation.delete_points_by_filter(self._tenant(tenant)))
+        return found
+
+    def count(self, tenant: str) -> int:
+        return int(self.shard.count(edge.CountRequest(filter=self._tenant(tenant), exact=True)))
+
+    def search(self, search: Search) -> list[Found]:
+        flt = _edge_filter(search.tenant, search.must)
+        dense = sparse = None
+        if search.dense is not None and search.mode != "keyword":
+            dense = edge.Query.Nearest(list(search.dense), using=DENSE)
+        if search.sparse is not None and search.sparse.indices and search.mode != "dense":
+            vector = edge.SparseVector(search.sparse.indices, search.sparse.values)
+            sparse = edge.Query.Nearest(vector, using=SPARSE)
+        plan = _plan(search, dense, sparse, flt, _EdgeKit)
+        if plan is None:
+            return []
+        request = edge.QueryRequest(
+            limit=search.limit,
+            query=plan["query"],
+            prefetches=plan.get("prefetch"),
+            filter=flt,
+            score_threshold=plan.get("threshold"),
+            with_payload=True,
+        )
+        return _found(self.shard.query(request))
+
+    def read_state(self) -> dict[str, Any]:
+        records = self.shard.retrieve([_STATE_ID], True, False)
+        state = dict(records[0].payload or {}) if records else {}
+        state.pop("tenant", None)
+        return state
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        point = edge.Point(_STATE_ID, {}, {**state, "tenant": STATE_TENANT})
+        self.shard.update(edge.UpdateOperation.upsert_points([point]))
+        self.shard.flush()
+
+    def close(self) -> None:
+        self.shard.close()
+
+
+def _found(points: Sequence[Any]) -> list[Found]:
+    return [Found(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+
+def _edge_config(dimensions: int) -> edge.EdgeConfig:
+    return edge.EdgeConfig(
+        vectors={DENSE: edge.EdgeVectorParams(size=dimensions, distance=edge.Distance.Cosine)},
+        sparse_vectors={SPARSE: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
+    )
+
+
+class EdgeStores:
+    """Shards under ``<data dir>/vectors``, one directory per generation."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = ProjectionFiles(directory, "shard", "")
+        self._open: dict[str, EdgeStore] = {}
+
+    def _path(self, generation: str) -> Path:
+        return self.files.dir / f"shard-{generation}"
+
+    def current(self) -> str | None:
+        path = self.files.current()
+        return path.name.removeprefix("shard-") if path is not None else None
+
+    def generations(self) -> list[str]:
+        if not self.files.dir.exists():
+            return []
+        return sorted(p.name.removeprefix("shard-") for p in self.files.dir.glob("shard-*"))
+
+    def open(self, generation: str, dimensions: int) -> EdgeStore:
+        store = self._open.get(generation)
+        if store is None:
+            path = self._path(generation)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            store = self._open[generation] = EdgeStore(path, generation, dimensions)
+        return store
+
+    def make_current(self, generation: str) -> str | None:
+        old = self.files.make_current(self._path(generation))
+        return old.name.removeprefix("shard-") if old is not None else None
+
+    def drop(self, generation: str) -> None:
+        store = self._open.pop(generation, None)
+        if store is not None:
+            store.close()
+        shutil.rmtree(self._path(generation), ignore_errors=True)
+
+    def close(self) -> None:
+        for store in self._open.values():
+            store.close()
+        self._open.clear()
+
+
+# --- Qdrant server --------------------------------------------------------------------
+
+
+_ALIAS: Final = "ms_points"
+_COLLECTION_PREFIX: Final = "ms_points__"
+
+
+def _server_filter(tenant: str, must: tuple[Condition, ...]) -> Any:
+    from qdrant_client import models as m
+
+    conditions: list[Any] = [m.FieldCondition(key="tenant", match=m.MatchValue(value=tenant))]
+    for c in must:
+        if c.any_of:
+            match: Any = (
+                m.MatchValue(value=c.any_of[0])
+                if len(c.any_of) == 1
+                else m.MatchAny(any=list(c.any_of))
+            )
+            conditions.append(m.FieldCondition(key=c.key, match=match))
+        if c.gte is not None or c.lt is not None:
+            conditions.append(m.FieldCondition(key=c.key, range=m.Range(gte=c.gte, lt=c.lt)))
+    return m.Filter(must=conditions)
+
+
+class _ServerKit:
+    """Builds qdrant-client's query objects for :func:`_plan`."""
+
+    @staticmethod
+    def prefetch(limit: int, query: Any, flt: Any, threshold: float | None) -> Any:
+        from qdrant_client import models as m
+
+        vector, using = query
+        return m.Prefetch(
+            query=vector, using=using, limit=limit, filter=flt, score_threshold=threshold
+        )
+
+    @staticmethod
+    def fuse(limit: int, sides: list[Any], flt: Any) -> Any:
+        from qdrant_client import models as m
+
+        return m.Prefetch(
+            prefetch=sides, query=m.RrfQuery(rrf=m.Rrf(k=_RRF_K)), limit=limit, filter=flt
+        )
+
+    @staticmethod
+    def rrf() -> Any:
+        from qdrant_client import models as m
+
+        return m.RrfQuery(rrf=m.Rrf(k=_RRF_K))
+
+    @staticmethod
+    def recency(search: Search) -> Any:
+        from qdrant_client import models as m
+
+        decay = m.ExpDecayExpression(
+            exp_decay=m.DecayParamsExpression(
+                x="ts_epoch",
+                target=search.now.timestamp(),
+                scale=search.recency_half_life_s,
+                midpoint=0.5,
+            )
+        )
+        return m.FormulaQuery(
+            formula=m.MultExpression(mult=["$score", decay]), defaults={"ts_epoch": 0.0}
+        )
+
+
+class ServerStore:
+    """One generation: a collection on a Qdrant server."""
+
+    def __init__(self, client: Any, generation: str, dimensions: int) -> None:
+        from qdrant_client import models as m
+
+        self.client = client
+        self.generation = generation
+        self.name = _COLLECTION_PREFIX + generation
+        if client.collection_exists(self.name):
+            return
+        client.create_collection(
+            self.name,
+            vectors_config={DENSE: m.VectorParams(size=dimensions, distance=m.Distance.COSINE)},
+            sparse_vectors_config={SPARSE: m.SparseVectorParams(modifier=m.Modifier.IDF)},
+        )
+        client.create_payload_index(
+            self.name,
+            "tenant",
+            m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, is_tenant=True),
+        )
+        for name in KEYWORD_FIELDS:
+            client.create_payload_index(self.name, name, m.PayloadSchemaType.KEYWORD)
+        for name in FLOAT_FIELDS:
+            client.create_payload_index(self.name, name, m.PayloadSchemaType.FLOAT)
+        self.write_state({"dimensions": dimensions, "checkpoint": 0})
+
+    def upsert(self, points: Sequence[StorePoint]) -> None:
+        from qdrant_client import models as m
+
+        if points:
+            self.client.upsert(
+                self.name,
+                points=[
+                    m.PointStruct(
+                        id=p.id,
+                        vector={
+                            DENSE: list(p.dense),
+                            SPARSE: m.SparseVector(
+                                indices=p.sparse.indices, values=p.sparse.values
+                            ),
+                        },
+                        payload=p.payload,
+                    )
+                    for p in points
+                ],
+                wait=True,
+            )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        from qdrant_client import models as m
+
+        if ids:
+            self.client.delete(self.name, points_selector=m.PointIdsList(points=list(ids)))
+
+    def retrieve(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        return [dict(r.payload or {}) for r in self.client.retrieve(self.name, ids=list(ids))]
+
+    def delete_tenant(self, tenant: str) -> int:
+        from qdrant_client import models as m
+
+        found = self.count(tenant)
+        if found:
+            self.client.delete(
+                self.name, points_selector=m.FilterSelector(filter=_server_filter(tenant, ()))
+            )
+        return found
+
+    def count(self, tenant: str) -> int:
+        result = self.client.count(self.name, count_filter=_server_filter(tenant, ()), exact=True)
+        return int(result.count)
+
+    def search(self, search: Search) -> list[Found]:
+        from qdrant_client import models as m
+
+        flt = _server_filter(search.tenant, search.must)
+        dense = sparse = None
+        if search.dense is not None and search.mode != "keyword":
+            dense = (list(search.dense), DENSE)
+        if search.sparse is not None and search.sparse.indices and search.mode != "dense":
+            vector = m.SparseVector(indices=search.sparse.indices, values=search.sparse.values)
+            sparse = (vector, SPARSE)
+        plan = _plan(search, dense, sparse, flt, _ServerKit)
+        if plan is None:
+            return []
+        query, using = plan["query"], None
+        if isinstance(query, tuple):
+            query, using = query
+        result = self.client.query_points(
+            self.name,
+            query=query,
+            using=using,
+            prefetch=plan.get("prefetch"),
+            query_filter=flt,
+            score_threshold=plan.get("threshold"),
+            limit=search.limit,
+            with_payload=True,
+        )
+        return _found(result.points)
+
+    def read_state(self) -> dict[str, Any]:
+        records = self.client.retrieve(self.name, ids=[_STATE_ID])
+        state = dict(records[0].payload or {}) if records else {}
+        state.pop("tenant", None)
+        return state
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        from qdrant_client import models as m
+
+        point = m.PointStruct(id=_STATE_ID, vector={}, payload={**state, "tenant": STATE_TENANT})
+        self.client.upsert(self.name, points=[point], wait=True)
+
+    def close(self) -> None:
+        pass  # the client is the stores' own
+
+
+class ServerStores:
+    """Collections on a Qdrant server, ``ms_points__<generation>``, with the alias
+    ``ms_points`` on the one in use (switched in one atomic alias change)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def current(self) -> str | None:
+        for found in self.client.get_aliases().aliases:
+            if found.alias_name == _ALIAS:
+                return str(found.collection_name).removeprefix(_COLLECTION_PREFIX)
+        return None
+
+    def generations(self) -> list[str]:
+        names = [c.name for c in self.client.get_collections().collections]
+        return sorted(
+            n.removeprefix(_COLLECTION_PREFIX) for n in names if n.startswith(_COLLECTION_PREFIX)
+        )
+
+    def open(self, generation: str, dimensions: int) -> ServerStore:
+        return ServerStore(self.client, generation, dimensions)
+
+    def make_current(self, generation: str) -> str | None:
+        from qdrant_client import models as m
+
+        old = self.current()
+        ops: list[Any] = []
+        if old is not None:
+            ops.append(m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=_ALIAS)))
+        create = m.CreateAlias(collection_name=_COLLECTION_PREFIX + generation, alias_name=_ALIAS)
+        ops.append(m.CreateAliasOperation(create_alias=create))
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+        return old
+
+    def drop(self, generation: str) -> None:
+        self.client.delete_collection(_COLLECTION_PREFIX + generation)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,194 @@
+"""The vector engine's contract, run against Qdrant Edge always and against a Qdrant
+server where a Docker engine runs (skipped with the reason otherwise)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from projections.embedders import HashEmbedder
+from projections.point_store import (
+    Condition,
+    EdgeStores,
+    PointStore,
+    PointStores,
+    Search,
+    ServerStores,
+    StorePoint,
+    bm25_document,
+    bm25_query,
+    new_generation,
+    point_id,
+)
+from tests.docker import docker_unavailable
+
+DIMS = 64
+EMBED = HashEmbedder(DIMS)
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def qdrant_url() -> Iterator[str]:
+    reason = docker_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    from testcontainers.community.qdrant import QdrantContainer
+
+    with QdrantContainer() as container:
+        host = container.get_container_host_ip()
+        yield f"http://{host}:{container.get_exposed_port(6333)}"
+
+
+@pytest.fixture(params=["edge", "server"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PointStores]:
+    made: PointStores
+    if request.param == "edge":
+        made = EdgeStores(tmp_path / "vectors")
+    else:
+        from qdrant_client import QdrantClient
+
+        made = ServerStores(QdrantClient(url=request.getfixturevalue("qdrant_url")))
+        for generation in made.generations():
+            made.drop(generation)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def store(stores: PointStores) -> PointStore:
+    generation = new_generation()
+    opened = stores.open(generation, DIMS)
+    stores.make_current(generation)
+    return opened
+
+
+def point(tenant: str, ref: str, text: str, kind: str = "knowledge", **payload: Any) -> StorePoint:
+    return StorePoint(
+        id=point_id(tenant, kind, ref),
+        dense=EMBED.embed([text])[0].tolist(),
+        sparse=bm25_document(text),
+        payload={"tenant": tenant, "kind": kind, "ref": ref, "text": text,
+                 "ts_epoch": NOW.timestamp(), **payload},
+    )  # fmt: skip
+
+
+def search(tenant: str, text: str, **kw: Any) -> Search:
+    return Search(
+        tenant=tenant,
+        dense=EMBED.embed([text])[0].tolist(),
+        sparse=bm25_query(text),
+        limit=kw.pop("limit", 5),
+        now=NOW,
+        **kw,
+    )
+
+
+def refs(store: PointStore, s: Search) -> list[str]:
+    return [f.payload["ref"] for f in store.search(s)]
+
+
+DOCS = [
+    ("k1", "the deploy key rotates every month"),
+    ("k2", "asyncio gather runs awaitables concurrently"),
+    ("k3", "retry the payments client with jittered backoff"),
+    ("k4", "the staging database is reset every night"),
+]
+
+
+def test_points_are_written_read_and_deleted(store: PointStore) -> None:
+    store.upsert([point("acme", ref, text) for ref, text in DOCS])
+    ids = [point_id("acme", "knowledge", r) for r in ("k1", "k2", "nope")]
+    assert {"k1", "k2"} == {p["ref"] for p in store.retrieve(ids)}
+    store.upsert([point("acme", "k1", "the deploy key rotates every week")])
+    (again,) = store.retrieve(ids[:1])
+    assert "the deploy key rotates every week" == again["text"]
+    store.delete(ids[:1])
+    assert ["k2"] == [p["ref"] for p in store.retrieve(ids)]
+    assert 3 == store.count("acme")
+
+
+def test_tenants_never_see_each_other(store: PointStore) -> None:
+    store.upsert([point("acme", "a", "the vault key is in the safe")])
+    store.upsert([point("beta", "b", "the vault key is in the safe")])
+    for mode in ("hybrid", "dense", "keyword"):
+        assert ["a"] == refs(store, search("acme", "vault key", mode=mode)), mode
+    assert 1 == store.delete_tenant("beta")
+    assert (1, 0) == (store.count("acme"), store.count("beta"))
+    assert [] == refs(store, search("beta", "vault key"))
+
+
+def test_each_mode_finds_by_its_own_means(store: PointStore) -> None:
+    store.upsert([point("acme", ref, text) for ref, text in DOCS])
+    # Keyword: BM25 with stemming ("rotating" matches "rotates"), only docs sharing a term.
+    assert ["k1"] == refs(store, search("acme", "rotating keys", mode="keyword"))
+    assert [] == refs(store, search("acme", "zebra", mode="keyword"))
+    # Dense: every memory has a similarity; the best first.
+    dense = refs(store, search("acme", "the deploy key rotates", mode="dense"))
+    assert "k1" == dense[0] and 4 == len(dense)
+    # Hybrid: both sides fused; the memory both rank first stays first.
+    assert "k1" == refs(store, search("acme", "deploy key rotation", mode="hybrid"))[0]
+    # min_score holds back what the dense side finds unrelated.
+    assert [] == refs(store, search("acme", "zebra", mode="dense", min_score=0.9))
+
+
+def test_conditions_filter_inside_the_engine(store: PointStore) -> None:
+    store.upsert([
+        point("acme", "k1", "deploy notes", agent="a1", tags=["ops", "keys"]),
+        point("acme", "s1", "deploy notes", kind="solutions", agent="a2", tags=["ops"]),
+        point("acme", "old", "deploy notes", ts_epoch=NOW.timestamp() - 86_400),
+    ])  # fmt: skip
+    by = {
+        "kind": ({"k1", "old"}, (Condition("kind", any_of=("knowledge",)),)),
+        "agent": ({"s1"}, (Condition("agent", any_of=("a2",)),)),
+        "tag": ({"k1"}, (Condition("tags", any_of=("keys",)),)),
+        "range": ({"k1", "s1"}, (Condition("ts_epoch", gte=NOW.timestamp() - 60),)),
+    }
+    for name, (expected, must) in by.items():
+        assert expected == set(refs(store, search("acme", "deploy notes", must=must))), name
+
+
+def test_recency_weighs_newer_memories_more(store: PointStore) -> None:
+    week = 7 * 86_400.0
+    store.upsert([
+        point("acme", "old", "the build cache lives in the bucket", ts_epoch=NOW.timestamp() - week),
+        point("acme", "new", "the build cache lives in the bucket"),
+    ])  # fmt: skip
+    for mode in ("hybrid", "dense", "keyword"):
+        found = store.search(search("acme", "build cache", mode=mode, recency_half_life_s=week))
+        assert ["new", "old"] == [f.payload["ref"] for f in found], mode
+    # The same text scores the same: one half-life old weighs half.
+    dense = store.search(search("acme", "build cache", mode="dense", recency_half_life_s=week))
+    assert dense[1].score == pytest.approx(dense[0].score / 2, rel=0.01)
+    # Without a half-life, age does not count.
+    plain = store.search(search("acme", "build cache", mode="dense"))
+    assert plain[0].score == pytest.approx(plain[1].score)
+
+
+def test_state_is_kept_apart_from_every_tenant(stores: PointStores, store: PointStore) -> None:
+    store.write_state({"checkpoint": 42, "model": "m", "dimensions": DIMS})
+    store.upsert([point("acme", "k1", "a memory")])
+    assert 42 == store.read_state()["checkpoint"]
+    assert 1 == store.count("acme")
+    assert ["k1"] == refs(store, search("acme", "memory", mode="dense"))
+
+
+def test_generations_switch_atomically_and_persist(stores: PointStores, tmp_path: Path) -> None:
+    first, second = new_generation(), new_generation()
+    stores.open(first, DIMS).upsert([point("acme", "k1", "first")])
+    assert stores.make_current(first) is None
+    stores.open(second, DIMS).upsert([point("acme", "k1", "second")])
+    assert first == stores.make_current(second)
+    assert second == stores.current()
+    stores.drop(first)
+    assert [second] == stores.generations()
+    if isinstance(stores, EdgeStores):
+        stores.close()
+        reopened = EdgeStores(tmp_path / "vectors")
+        assert second == reopened.current()
+        (payload,) = reopened.open(second, DIMS).retrieve([point_id("acme", "knowledge", "k1")])
+        assert "second" == payload["text"]
+        reopened.close()
