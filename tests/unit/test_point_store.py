@@ -152,10 +152,10 @@ def test_conditions_filter_inside_the_engine(store: PointStore) -> None:
 
 
 def test_recency_weighs_newer_memories_more(store: PointStore) -> None:
-    week = 7 * 86_400.0
+    week, text = 7 * 86_400.0, "the build cache lives in the bucket"
     store.upsert([
-        point("acme", "old", "the build cache lives in the bucket", ts_epoch=NOW.timestamp() - week),
-        point("acme", "new", "the build cache lives in the bucket"),
+        point("acme", "old", text, ts_epoch=NOW.timestamp() - week),
+        point("acme", "new", text),
     ])  # fmt: skip
     for mode in ("hybrid", "dense", "keyword"):
         found = store.search(search("acme", "build cache", mode=mode, recency_half_life_s=week))
