@@ -130,12 +130,18 @@ def memstream_process(*args: str, env: dict[str, str] | None = None) -> Iterator
             process.wait()
 
 
-async def wait_acked(nc: nats.NATS, consumer: str, seq: int, what: str) -> float:
-    """Wait until ``consumer`` has acked stream sequence ``seq``; returns the seconds."""
+async def wait_acked(nc: nats.NATS, projection: str, seq: int, what: str) -> float:
+    """Wait until the projection's consumers (``<projection>-<instance>``, one for each
+    instance running) have all acked stream sequence ``seq``; returns the seconds."""
     start = time.perf_counter()
     while True:
-        info = await nc.jetstream().consumer_info("MEMORY", consumer)
-        done = info.ack_floor.stream_seq if info.ack_floor else 0
+        infos = [
+            info
+            for info in await nc.jetstream().consumers_info("MEMORY")
+            if info.name.startswith(f"{projection}-")
+        ]
+        floors = [info.ack_floor.stream_seq if info.ack_floor else 0 for info in infos]
+        done = min(floors) if floors else 0
         if done >= seq:
             return time.perf_counter() - start
         print(f"  {what}: {done:,}/{seq:,}", file=sys.stderr, end="\r")

@@ -8,7 +8,7 @@ started, last of all the broker.
 
 ``serve --role`` runs one role per process against an external NATS, for scale-out:
 ``history`` (the DuckDB history, answering the ops that read it), ``vectors`` (the
-vector projection; with Qdrant's local mode it also answers ``search`` and ``recall``,
+vector projection; with the embedded engine it also answers ``search`` and ``recall``,
 since no other process can open the collections), and ``query`` (``search`` and
 ``recall`` from a Qdrant server, asking the history role for turns and tasks).
 """
@@ -107,7 +107,7 @@ async def run_up(
     if "query" in roles and roles != ALL_ROLES and not settings.qdrant_url:
         raise ConfigError(
             "the query role reads the vectors from a Qdrant server: set MEMSTREAM_QDRANT_URL "
-            "(with Qdrant's local mode, the vectors role answers search and recall itself)"
+            "(with the embedded engine, the vectors role answers search and recall itself)"
         )
     data_dir = settings.data_path.resolve()
     # Before anything under the data dir is touched: a second process on it is refused.
@@ -349,7 +349,7 @@ class _Roles:
         if roles == {"history"}:
             return QueryWorker(nc, history=history, queue=f"{QUEUE}-history")
         if roles == {"vectors"} and local:
-            # Local mode: only this process can open the vectors, so it answers for them.
+            # Embedded engine: only this process can open the vectors, so it answers for them.
             return QueryWorker(
                 nc,
                 vectors=vectors,
@@ -359,7 +359,7 @@ class _Roles:
                 search_inline=True,
             )
         if self._reader is not None:
-            reader = VectorReader(self._reader.client, self._reader.embedder)
+            reader = VectorReader(self._reader.stores, self._reader.embedder)
             return QueryWorker(
                 nc,
                 vectors=ReaderSource(reader),

@@ -116,11 +116,19 @@ def _hit(h: Hit) -> SearchHit:
 
 def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
     if isinstance(req, RecallRequest):
-        return {"kinds": ("knowledge", "solutions"), "top_k": _RECALL_MEMORIES}
+        # Nothing unrelated enters a prompt: a memory's meaning must be at least
+        # min_score similar to the query's (or share its words, on the keyword side).
+        return {
+            "kinds": ("knowledge", "solutions"),
+            "top_k": _RECALL_MEMORIES,
+            "threshold": req.min_score,
+        }
     return {
         "kinds": req.kinds,
         "top_k": req.top_k,
         "threshold": req.threshold,
+        "mode": req.mode,
+        "recency_half_life_days": req.recency_half_life_days,
         "agent": req.agent,
         "domain": req.domain,
         "tags": req.tags,
@@ -145,7 +153,7 @@ class QueryWorker:
     ) -> None:
         """``remote_history``: the history another process serves, for recall.
         ``search_inline``: search on the event loop's thread rather than a worker
-        thread; right for Qdrant's local mode (see :meth:`_vector_search`)."""
+        thread; right for the embedded engine (see :meth:`_vector_search`)."""
         self.nc = nc
         self.sources: dict[str, Source] = {
             name: source
@@ -282,10 +290,10 @@ class QueryWorker:
     async def _vector_search(
         self, tenant: str, queries: list[str], filters: dict[str, Any]
     ) -> list[list[Hit]]:
-        """Qdrant's local mode searches in this process, in Python and numpy under the
-        GIL, so a worker thread buys no parallelism, only a GIL hand-off with the event
-        loop: measured at 2 x 10,000 memories, p99 14-18 ms in a thread against 9-10 ms
-        inline (p50 the same). A Qdrant server is asked over the network: a thread."""
+        """Qdrant Edge searches in this process and holds the GIL while it does, so a
+        worker thread would buy no parallelism, only a GIL hand-off with the event loop
+        (measured with the pure-Python engine before it: p99 14-18 ms in a thread against
+        9-10 ms inline). A Qdrant server is asked over the network: a thread."""
         async with self.sources["vectors"].reading() as vectors:
             embedder = vectors.embedder
             # An embedder that answers over the network (or runs a model) is waited for
@@ -298,9 +306,11 @@ class QueryWorker:
             else:
                 matrix = embedder.embed(tenant, queries)
             if self.search_inline:
-                found: list[list[Hit]] = vectors.search_vectors(tenant, matrix, **filters)
+                found: list[list[Hit]] = vectors.search_vectors(tenant, queries, matrix, **filters)
                 return found
-            return await asyncio.to_thread(vectors.search_vectors, tenant, matrix, **filters)
+            return await asyncio.to_thread(
+                vectors.search_vectors, tenant, queries, matrix, **filters
+            )
 
     # --- ops: each returns the contract's result Struct ------------------------------
 
@@ -404,8 +414,7 @@ class QueryWorker:
             parts += [turn_part(t, req.session_id) for t in turns]
         if req.query is not None:
             (hits,) = await self._vector_search(tenant, [req.query], _search_filters(req))
-            # Nothing unrelated enters a prompt: a memory must score above min_score.
-            for h in (h for h in hits if h.score > req.min_score):
+            for h in hits:
                 ts = h.payload.get("ts")
                 parts.append(
                     memory_part(

@@ -18,7 +18,7 @@ def role_help() -> str:
     history, vectors = ops_served({"history"}), ops_served({"vectors"})
     return (
         f"history: the DuckDB history, answering {', '.join(history)}. "
-        f"vectors: the vector projection (with Qdrant's local mode it also answers "
+        f"vectors: the vector projection (with the embedded engine it also answers "
         f"{', '.join(vectors)} and recall). query: {', '.join(vectors)} and recall from a "
         "Qdrant server (MEMSTREAM_QDRANT_URL)."
     )

@@ -8,8 +8,10 @@ an embedder and an embedding cache for the vectors. This module builds them; onl
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -30,7 +32,7 @@ from projections.embedders import (
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from projections.files import ProjectionFiles
 from projections.history import HistoryProjection
-from projections.vector_layout import PREFIX, generation_of, new_generation
+from projections.point_store import EdgeStores, PointStores, ServerStores, new_generation
 from projections.vectors import VectorProjection
 from schemas.errors import MemstreamError
 
@@ -78,11 +80,13 @@ def _in_use(what: str, path: Path, err: BaseException) -> StoreInUse | None:
             f"{found['program']}): stop it, then start memstream again; DuckDB lets one "
             "process write a file (read it meanwhile with 'memstream sql')"
         )
-    if "already accessed by another instance" in text:
+    if "already accessed by another instance" in text or (
+        "Can't init WAL" in text and "WouldBlock" in text
+    ):
         return StoreInUse(
             f"the {what} {path} is in use by another process: stop it, then start memstream "
-            "again; Qdrant's local mode lets one process open it (several need a Qdrant "
-            "server: MEMSTREAM_QDRANT_URL)"
+            "again; the embedded engine lets one process open it (several processes need a "
+            "Qdrant server: MEMSTREAM_QDRANT_URL)"
         )
     return None
 
@@ -94,6 +98,11 @@ def _damaged(
     if in_use is not None:
         return in_use
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return DamagedStore(
+            f"the {what} {path} cannot be opened ({reason}): free some space on its disk, "
+            "then start memstream again"
+        )
     if not os.access(path if path.is_dir() else path.parent, os.W_OK):
         return DamagedStore(
             f"the {what} {path} is not writable ({reason}): give memstream write access to it"
@@ -218,53 +227,73 @@ def open_history(data_dir: str | Path, *, read_only: bool = False) -> HistoryPro
 
 
 class VectorStorage:
-    """Generations of the vector collections in one Qdrant, through one client.
+    """Generations of the vector points in one engine (Qdrant Edge under the data dir,
+    or a Qdrant server), shared by the live projection and a rebuild. The storage owns
+    (and closes) the engine, the embedding cache and the applied ids.
 
-    Qdrant's local mode lets one client open its directory, so the live projection and a
-    rebuild share this one. The storage owns (and closes) the client and the cache.
+    ``shards``: the Edge directory, so that a shard that cannot be opened is reported as
+    a damaged store naming the way out (a server's failures are outages instead).
+    ``legacy``: vectors of an earlier memstream (Qdrant local mode) that the first
+    generation made here replaces, removed once it is in use.
     """
 
     name = "vectors"
 
     def __init__(
         self,
-        client: QdrantClient,
+        stores: PointStores,
         embedder: Embedder,
         cache: EmbeddingCache,
         applied: AppliedIds | None = None,
+        *,
+        shards: Path | None = None,
+        legacy: Path | None = None,
     ) -> None:
-        self.client = client
+        self.stores = stores
         self.cache = cache
         self.embedder = CachedEmbedder(embedder, cache)
         self.applied = applied or AppliedIds()
+        self.shards = shards
+        self.legacy = legacy
 
     def open_current(self) -> VectorProjection:
-        projection = VectorProjection(self.client, self.embedder, applied=self.applied)
+        try:
+            projection = VectorProjection(self.stores, self.embedder, applied=self.applied)
+        except MemstreamError:
+            raise
+        except Exception as err:  # the engine raises what its files make it raise
+            if self.shards is None:
+                raise
+            data_dir = self.shards.parent
+            raise _damaged("vector store", self.shards, err, "vectors", data_dir) from None
         self._drop_other_generations(keep=projection.generation)
         self.applied.keep_only(projection.generation)
         return projection
 
     def open_new(self) -> VectorProjection:
         return VectorProjection(
-            self.client, self.embedder, generation=new_generation(), applied=self.applied
+            self.stores, self.embedder, generation=new_generation(), applied=self.applied
         )
 
     def make_current(self, new: VectorProjection) -> None:
-        for name in new.make_current():
-            self.client.delete_collection(name)
+        old = new.make_current()
+        if old is not None:
+            self.stores.drop(old)
         self.applied.keep_only(new.generation)
+        if self.legacy is not None and self.legacy.exists():
+            shutil.rmtree(self.legacy)
+            log.info("earlier_vectors_removed", path=str(self.legacy))
 
     def discard(self, projection: VectorProjection) -> None:
-        for name in projection.collections():
-            self.client.delete_collection(name)
+        self.stores.drop(projection.generation)
         self.applied.drop(projection.generation)
 
     def _drop_other_generations(self, keep: str) -> None:
-        # Collections of a rebuild that did not finish (the process died).
-        for c in self.client.get_collections().collections:
-            if c.name.startswith(PREFIX) and generation_of(c.name) != keep:
-                log.info("removing_unfinished_rebuild", collection=c.name)
-                self.client.delete_collection(c.name)
+        # Generations of a rebuild that did not finish (the process died).
+        for generation in self.stores.generations():
+            if generation != keep:
+                log.info("removing_unfinished_rebuild", generation=generation)
+                self.stores.drop(generation)
 
     @property
     def failing(self) -> str | None:
@@ -276,7 +305,7 @@ class VectorStorage:
     def close(self) -> None:
         self.cache.close()
         self.applied.close()
-        self.client.close()
+        self.stores.close()
 
 
 def embedder_from_settings(settings: Settings) -> Embedder:
@@ -301,20 +330,40 @@ def embedder_from_settings(settings: Settings) -> Embedder:
     return SentenceTransformerEmbedder(settings.embedding_model)
 
 
-def _qdrant(settings: Settings, set_aside_damaged: bool = False) -> QdrantClient:
+class EarlierVectors(MemstreamError):
+    """The vectors under the data dir were written by an earlier memstream."""
+
+    code = "unavailable"
+
+
+def _stores(settings: Settings, rebuilding: bool) -> tuple[PointStores, Path | None, Path | None]:
+    """The engine the settings ask for; with Edge, its directory and any vectors of an
+    earlier memstream to replace. ``rebuilding``: a damaged shard in use is moved aside
+    (the rebuild replaces it); otherwise opening it reports the damage."""
     if settings.qdrant_url:
-        return QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
-    path = settings.data_path / "qdrant"
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        return QdrantClient(path=str(path))
-    except Exception as err:  # local mode raises whatever its files make it raise
-        damage = _damaged("vector store", path, err, "vectors", settings.data_path)
-        if not set_aside_damaged or isinstance(damage, StoreInUse):
-            raise damage from None
-        set_aside(path)
-        path.mkdir()
-        return QdrantClient(path=str(path))
+        client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+        return ServerStores(client), None, None
+    data_dir = settings.data_path
+    shards, legacy = data_dir / "vectors", data_dir / "qdrant"
+    if legacy.exists() and not rebuilding:
+        raise EarlierVectors(
+            f"the vectors under {legacy} were written by an earlier memstream (Qdrant's "
+            "local mode): rebuild them from the stream into the new engine with "
+            f"'memstream replay vectors --data-dir {data_dir}'"
+        )
+    stores = EdgeStores(shards)
+    current = stores.current()
+    if rebuilding and current is not None and (shards / f"shard-{current}").exists():
+        try:
+            stores.open(current, 1)
+        except Exception as err:  # the engine raises what its files make it raise
+            damage = _damaged("vector store", shards, err, "vectors", data_dir)
+            if isinstance(damage, StoreInUse):
+                raise damage from None
+            set_aside(shards / f"shard-{current}")
+        finally:
+            stores.close()
+    return stores, shards, legacy if legacy.exists() else None
 
 
 def _cache(settings: Settings) -> EmbeddingCache:
@@ -324,12 +373,17 @@ def _cache(settings: Settings) -> EmbeddingCache:
 def vector_storage_from_settings(
     settings: Settings, embedder: Embedder | None = None, *, set_aside_damaged: bool = False
 ) -> VectorStorage:
-    """The vectors of the settings' Qdrant (a server, or local mode under the data dir).
-    ``set_aside_damaged``: a local store that cannot be opened is moved aside and a new
-    one made (for a rebuild); otherwise it is a DamagedStore naming the way out."""
+    """The vectors in the settings' engine (Qdrant Edge under the data dir, or a Qdrant
+    server). ``set_aside_damaged``: for a rebuild, a shard that cannot be opened is moved
+    aside, and vectors of an earlier memstream are replaced; otherwise each is one line
+    naming the way out."""
+    stores, shards, legacy = _stores(settings, set_aside_damaged)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
     return VectorStorage(
-        _qdrant(settings, set_aside_damaged),
+        stores,
         embedder or embedder_from_settings(settings),
         _cache(settings),
         AppliedIds(settings.data_path / "vectors-applied.sqlite3"),
+        shards=shards,
+        legacy=legacy,
     )

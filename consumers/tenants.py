@@ -65,7 +65,7 @@ def purge_offline(settings: Settings, tenant: str, report: PurgeReport) -> None:
             report.record(history.name, history.purge_tenant(tenant))
         finally:
             history.close()
-    if settings.qdrant_url or (settings.data_path / "qdrant").exists():
+    if settings.qdrant_url or (settings.data_path / "vectors").exists():
         storage = vector_storage_from_settings(settings)
         try:
             vectors = storage.open_current()

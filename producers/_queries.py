@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import msgspec
 import nats.errors
@@ -50,7 +50,9 @@ def _decoder(result: type[R]) -> msgspec.json.Decoder[TypedReply[R]]:
 class SearchFilters(TypedDict, total=False):
     kinds: Sequence[str]  # knowledge, solutions, collaborations (default: all three)
     top_k: int  # default 5
-    threshold: float  # the lowest score to return
+    threshold: float  # the least similarity of meaning (dense cosine) a hit may have
+    mode: Literal["hybrid", "dense", "keyword"]  # default hybrid: meaning and words fused
+    recency_half_life_days: float  # weigh recent memories more: this old counts half
     agent: str
     domain: str
     tags: Sequence[str]  # every tag must be present

@@ -131,6 +131,10 @@ class CachedEmbedder:
         return self.embedder.model
 
     @property
+    def dimensions(self) -> int:
+        return self.embedder.dimensions
+
+    @property
     def remote(self) -> bool:
         """Whether an embedding may take long enough to keep it off an event loop."""
         return bool(getattr(self.embedder, "remote", True))

@@ -1,20 +1,49 @@
-"""Searching the vector collections: the query shared by the writer of the vectors and
-by a process that only reads them (``serve --role query`` against a Qdrant server)."""
+"""Searching the vectors: the query shared by the writer of the vectors and by a process
+that only reads them (``serve --role query`` against a Qdrant server)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from qdrant_client import QdrantClient, models
+import msgspec
 
 from projections.embedders import Vectors
 from projections.embedding_cache import CachedEmbedder
-from projections.vector_layout import KINDS, STATE_ALIAS, STATE_POINT, alias
+from projections.point_store import Condition, Mode, PointStore, PointStores, Search, bm25_query
 
-__all__ = ["Hit", "VectorReader", "search_points"]
+__all__ = ["KINDS", "Hit", "VectorReader", "from_payload", "search_store", "to_payload"]
+
+# What the vectors hold, each a value of the points' ``kind``.
+KINDS: Final = ("knowledge", "solutions", "collaborations")
+# The record's fields the engine filters on, copied beside it when they have a value.
+_FILTERED: Final = ("agent", "domain", "tags")
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def to_payload(record: dict[str, Any]) -> dict[str, Any]:
+    """A memory's point payload: the fields searches filter on, and the whole record as
+    one JSON string. (Each payload value costs the engine's Python binding a few
+    microseconds to take in, measured here: a dozen of them cost more than the write.)"""
+    payload = {
+        "tenant": record["tenant"],
+        "kind": record["kind"],
+        "ts_epoch": record["ts_epoch"],
+        "doc": _encode(record).decode(),
+    }
+    for name in _FILTERED:
+        value = record.get(name)
+        if value:
+            payload[name] = value
+    return payload
+
+
+def from_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The record a point carries."""
+    return _decode(payload["doc"])
 
 
 @dataclass(frozen=True)
@@ -26,86 +55,93 @@ class Hit:
     payload: dict[str, Any]
 
 
-class VectorReader:
-    """Searches the generation in use through its aliases, from a process that does not
-    write the vectors (``serve --role query`` against a Qdrant server)."""
-
-    name = "vectors"
-
-    def __init__(self, client: QdrantClient, embedder: CachedEmbedder) -> None:
-        self.client = client
-        self.embedder = embedder
-
-    @property
-    def checkpoint(self) -> int:
-        """The checkpoint of the generation in use, as its writer last saved it."""
-        if not self.client.collection_exists(STATE_ALIAS):
-            return 0
-        points = self.client.retrieve(STATE_ALIAS, ids=[STATE_POINT], with_payload=True)
-        return int(points[0].payload["checkpoint"]) if points and points[0].payload else 0
-
-    def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
-        return self.search_vectors(tenant, self.embedder.embed(tenant, list(queries)), **filters)
-
-    def search_vectors(self, tenant: str, vectors: Vectors, **filters: Any) -> list[list[Hit]]:
-        existing = {
-            kind: name
-            for kind in KINDS
-            if self.client.collection_exists(name := alias(kind, tenant))
-        }
-        return [search_points(self.client, existing, v.tolist(), **filters) for v in vectors]
-
-
-def search_points(
-    client: QdrantClient,
-    collections: dict[str, str],
-    vector: list[float],
+def search_store(
+    store: PointStore,
+    tenant: str,
+    queries: Sequence[str],
+    vectors: Vectors,
     *,
     kinds: Sequence[str] = KINDS,
     top_k: int = 5,
     threshold: float | None = None,
+    mode: Mode = "hybrid",
+    recency_half_life_days: float | None = None,
     agent: str | None = None,
     domain: str | None = None,
     tags: Sequence[str] = (),
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
-) -> list[Hit]:
-    """The best ``top_k`` points of ``kinds`` (kind -> collection, those that exist)."""
-    must: list[Any] = []
+) -> list[list[Hit]]:
+    """One list of the best ``top_k`` hits per query (a text and its row of
+    ``vectors``). ``threshold``: the least dense similarity a hit may have; ``tags``: a
+    hit has all of them."""
+    must = [Condition("kind", any_of=tuple(kinds))]
     if agent:
-        must.append(models.FieldCondition(key="agent", match=models.MatchValue(value=agent)))
+        must.append(Condition("agent", any_of=(agent,)))
     if domain:
-        must.append(models.FieldCondition(key="domain", match=models.MatchValue(value=domain)))
-    for tag in tags:
-        must.append(models.FieldCondition(key="tags", match=models.MatchValue(value=tag)))
+        must.append(Condition("domain", any_of=(domain,)))
+    must += [Condition("tags", any_of=(tag,)) for tag in tags]
     if since or until:
         must.append(
-            models.FieldCondition(
-                key="ts_epoch",
-                range=models.Range(
-                    gte=since.timestamp() if since else None,
-                    lt=until.timestamp() if until else None,
-                ),
+            Condition(
+                "ts_epoch",
+                gte=since.timestamp() if since else None,
+                lt=until.timestamp() if until else None,
             )
         )
-    query_filter = models.Filter(must=must) if must else None
-    hits: list[Hit] = []
-    for kind in kinds:
-        name = collections.get(kind)
-        if name is None:
-            continue
-        result = client.query_points(
-            name,
-            query=vector,
+    half_life = recency_half_life_days * 86_400 if recency_half_life_days else None
+    found = []
+    for text, vector in zip(queries, vectors, strict=True):
+        search = Search(
+            tenant=tenant,
+            dense=vector.tolist(),
+            sparse=bm25_query(text),
             limit=top_k,
-            query_filter=query_filter,
-            score_threshold=threshold,
-            with_payload=True,
+            mode=mode,
+            must=tuple(must),
+            min_score=threshold,
+            recency_half_life_s=half_life,
         )
-        for p in result.points:
-            payload = dict(p.payload or {})
-            hits.append(
-                Hit(kind, payload.get("ref", ""), float(p.score), payload.get("text", ""), payload)
-            )
-    hits.sort(key=lambda h: h.score, reverse=True)
-    return hits[:top_k]
+        hits = []
+        for f in store.search(search):
+            p = from_payload(f.payload)
+            hits.append(Hit(p["kind"], p["ref"], f.score, p["text"], p))
+        # Equal scores (frequent when ranks are fused) in one order, whatever the engine's.
+        hits.sort(key=lambda h: (-h.score, h.kind, h.ref))
+        found.append(hits)
+    return found
+
+
+class VectorReader:
+    """Searches the generation in use, from a process that does not write the vectors
+    (``serve --role query`` against a Qdrant server): it follows a swap at its next
+    search."""
+
+    name = "vectors"
+
+    def __init__(self, stores: PointStores, embedder: CachedEmbedder) -> None:
+        self.stores = stores
+        self.embedder = embedder
+
+    def _store(self) -> PointStore | None:
+        current = self.stores.current()
+        return self.stores.open(current, self.embedder.dimensions) if current else None
+
+    @property
+    def checkpoint(self) -> int:
+        """The checkpoint of the generation in use, as its writer last saved it."""
+        store = self._store()
+        return int(store.read_state().get("checkpoint", 0)) if store is not None else 0
+
+    def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
+        return self.search_vectors(
+            tenant, queries, self.embedder.embed(tenant, list(queries)), **filters
+        )
+
+    def search_vectors(
+        self, tenant: str, queries: Sequence[str], vectors: Vectors, **filters: Any
+    ) -> list[list[Hit]]:
+        store = self._store()
+        if store is None:
+            return [[] for _ in queries]
+        return search_store(store, tenant, queries, vectors, **filters)

@@ -1,21 +1,11 @@
-"""The vector projection: memories and collaborations as points in Qdrant.
+"""The vector projection: memories and collaborations as points of the vector engine.
 
-Layout: one collection per (kind, tenant), reached through an alias
-``ms_<kind>_<tenant>`` that points at the generation in use
-(``ms_<kind>_<tenant>__<generation>``). Why per tenant: in Qdrant's local mode a payload
-filter is evaluated point by point in Python (measured: 99 ms a query at 10,000 points of
-384 dimensions, against 7 ms unfiltered), so a shared collection filtered by tenant cannot
-meet a 20 ms p99; a tenant's own collection needs no tenant filter at all, and isolation
-is structural: no query can reach another tenant's points. On a server the same layout
-stays right (for a very large number of tenants, a shared collection with an ``is_tenant``
-payload index is Qdrant's alternative).
-
-A rebuild writes a new generation of every collection, then moves all aliases at once.
-The projection's checkpoint lives in the generation's own state collection, so it
-travels with the points it describes.
-
-Point ids are uuid5 of (tenant, kind, id): upserts and deletes repeat safely, and the
-same memory id in two tenants is two points.
+The engine and its layout are ``projections.point_store``'s: one point per memory, with a
+dense vector (the embedder's, through the embedding cache) and a BM25 vector, in one
+shard per generation shared by every tenant (the tenant an indexed payload key). A
+rebuild writes a new generation and puts it in use in one atomic switch. The
+projection's checkpoint lives in the generation's own state point, so it travels with the
+points it describes.
 """
 
 from __future__ import annotations
@@ -26,7 +16,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
-from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from projections.applied_ids import AppliedIds
@@ -34,18 +23,15 @@ from projections.base import Applied, Batch
 from projections.embedders import EmbedderError, Vectors
 from projections.embedding_cache import CachedEmbedder, text_key
 from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
-from projections.vector_layout import (
-    KINDS,
-    STATE_ALIAS,
-    STATE_POINT,
-    alias,
-    alias_of,
-    generation_of,
+from projections.point_store import (
+    PointStore,
+    PointStores,
+    StorePoint,
+    bm25_document,
     new_generation,
-    physical,
     point_id,
 )
-from projections.vector_search import Hit, search_points
+from projections.vector_search import Hit, from_payload, search_store, to_payload
 from schemas import events as ev
 from schemas.errors import MemstreamError
 
@@ -63,7 +49,7 @@ def _text(kind: str, p: dict[str, Any]) -> str:
 
 
 # The embedder down, the Qdrant server unreachable or failing, the disk full or
-# read-only under local mode, the embedding cache or the applied ids (SQLite) failing.
+# read-only under the engine, the embedding cache or the applied ids (SQLite) failing.
 _STORAGE_ERRORS: Final = (
     OSError,
     sqlite3.Error,
@@ -125,61 +111,45 @@ def _describe(embedding: dict[str, Any]) -> str:
 
 
 class VectorProjection:
-    """Writes and searches the vector collections of one generation."""
+    """Writes and searches the points of one generation."""
 
     name = "vectors"
 
     def __init__(
         self,
-        client: QdrantClient,
+        stores: PointStores,
         embedder: CachedEmbedder,
         *,
         generation: str | None = None,
         applied: AppliedIds | None = None,
     ) -> None:
-        """``applied``: where the generation's applied event ids are kept (in memory when
-        not given: then a republished id is caught only while this object lives)."""
-        self.client = client
+        """``generation``: a new one to fill (a rebuild); without it, the one in use (on
+        the first start, a new one put in use). ``applied``: where the generation's
+        applied event ids are kept (in memory when not given: then a republished id is
+        caught only while this object lives)."""
+        self.stores = stores
         self.embedder = embedder
         self.applied = applied or AppliedIds()
         self.dimensions = embedder.embedder.dimensions
-        current = self.current_generation(client)
-        # Without a generation asked for: the one in use, or (first start) a new one.
+        current = stores.current()
         self.generation = generation or current or new_generation()
-        self._state = physical(STATE_ALIAS, self.generation)
-        self._known: set[str] = set()
-        # Qdrant's local mode is not safe for a search in one thread while another
-        # thread writes; the lock is held for the writes, not for the embedding.
+        self.store: PointStore = stores.open(self.generation, self.dimensions)
+        # The engine's calls are not to interleave a search with a write from another
+        # thread; the lock is held for the writes, not for the embedding.
         self._lock = threading.Lock()
-        if not client.collection_exists(self._state):
-            client.create_collection(
-                self._state,
-                vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT),
-            )
-        self._is_current = self.generation == current
         if current is None and generation is None:
-            self.make_current()
-        self._checkpoint = self._load_checkpoint()
-        self._check_embedding()
+            stores.make_current(self.generation)
+        state = self.store.read_state()
+        self._checkpoint = int(state.get("checkpoint", 0))
+        self._check_embedding(state)
 
     def _embedding(self) -> dict[str, Any]:
         return {"model": self.embedder.model, "dimensions": self.dimensions}
 
-    def _check_embedding(self) -> None:
+    def _check_embedding(self, state: dict[str, Any]) -> None:
         """Vectors of another model or size cannot be searched with this embedder (every
         new memory would be refused, every search would fail): say so, and the way out."""
-        points = self.client.retrieve(self._state, ids=[STATE_POINT], with_payload=True)
-        stored = dict(points[0].payload or {}) if points else {}
-        made_with: dict[str, Any] = {k: stored[k] for k in ("model", "dimensions") if k in stored}
-        if not made_with:
-            # Written before the state recorded its embedder: the collections' size says.
-            for c in self.client.get_collections().collections:
-                if generation_of(c.name) == self.generation and c.name != self._state:
-                    info = self.client.get_collection(c.name).config.params.vectors
-                    size = getattr(info, "size", None)
-                    if size is not None:
-                        made_with = {"dimensions": size}
-                    break
+        made_with: dict[str, Any] = {k: state[k] for k in ("model", "dimensions") if k in state}
         wanted = self._embedding()
         if made_with and any(made_with[k] != wanted[k] for k in made_with):
             raise EmbeddingMismatch(
@@ -189,63 +159,10 @@ class VectorProjection:
                 "MEMSTREAM_EMBEDDING_MODEL and MEMSTREAM_EMBEDDING_DIM back"
             )
 
-    # --- generations and collections -----------------------------------------------
-
-    @staticmethod
-    def current_generation(client: QdrantClient) -> str | None:
-        for found in client.get_aliases().aliases:
-            if found.alias_name == STATE_ALIAS:
-                return generation_of(found.collection_name)
-        return None
-
-    def _physical(self, kind: str, tenant: str) -> str:
-        return physical(alias(kind, tenant), self.generation)
-
-    def _ensure(self, kind: str, tenant: str) -> str:
-        name = self._physical(kind, tenant)
-        if name not in self._known:
-            if not self.client.collection_exists(name):
-                self.client.create_collection(
-                    name,
-                    vectors_config=models.VectorParams(
-                        size=self.dimensions, distance=models.Distance.COSINE
-                    ),
-                )
-                if self._is_current:
-                    # A new tenant's collection in the generation in use: alias it now.
-                    create = models.CreateAlias(collection_name=name, alias_name=alias_of(name))
-                    self.client.update_collection_aliases(
-                        change_aliases_operations=[models.CreateAliasOperation(create_alias=create)]
-                    )
-            self._known.add(name)
-        return name
-
-    def make_current(self) -> list[str]:
-        """Point every alias at this generation in one atomic change; returns the
-        collections of the generation it replaces, for the caller to delete."""
-        collections = [c.name for c in self.client.get_collections().collections]
-        ours = [name for name in collections if generation_of(name) == self.generation]
-        existing = {a.alias_name for a in self.client.get_aliases().aliases}
-        old = self.current_generation(self.client)
-        ops: list[Any] = []
-        for name in ours:
-            name_alias = alias_of(name)
-            if name_alias in existing:
-                ops.append(
-                    models.DeleteAliasOperation(
-                        delete_alias=models.DeleteAlias(alias_name=name_alias)
-                    )
-                )
-            ops.append(
-                models.CreateAliasOperation(
-                    create_alias=models.CreateAlias(collection_name=name, alias_name=name_alias)
-                )
-            )
-        self.client.update_collection_aliases(change_aliases_operations=ops)
-        self._is_current = True
-        if old is None or old == self.generation:
-            return []
-        return [name for name in collections if generation_of(name) == old]
+    def make_current(self) -> str | None:
+        """Put this generation in use; the one it replaces, for the caller to drop."""
+        old = self.stores.make_current(self.generation)
+        return old if old != self.generation else None
 
     # --- checkpoint ------------------------------------------------------------------
 
@@ -253,57 +170,24 @@ class VectorProjection:
     def checkpoint(self) -> int:
         return self._checkpoint
 
-    def _load_checkpoint(self) -> int:
-        points = self.client.retrieve(self._state, ids=[STATE_POINT], with_payload=True)
-        return int(points[0].payload["checkpoint"]) if points and points[0].payload else 0
-
     def _save_checkpoint(self, seq: int) -> None:
         with self._lock:
-            self.client.upsert(
-                self._state,
-                points=[
-                    models.PointStruct(
-                        id=STATE_POINT,
-                        vector=[1.0],
-                        payload={"checkpoint": seq, **self._embedding()},
-                    )
-                ],
-            )
+            self.store.write_state({"checkpoint": seq, **self._embedding()})
         self._checkpoint = seq
 
-    def collections(self) -> list[str]:
-        """Every collection of this generation (the state collection included)."""
-        return [
-            c.name
-            for c in self.client.get_collections().collections
-            if generation_of(c.name) == self.generation
-        ]
-
     def close(self) -> None:
-        """Nothing to release: the Qdrant client is shared, and closed by its owner."""
+        """Nothing to release: the stores are shared, and closed by their owner."""
 
     def sweep(self, now: dt.datetime) -> int:
         return 0  # no point expires: what expires (context) lives in the history only
 
     def purge_tenant(self, tenant: str) -> dict[str, int]:
-        """Delete the tenant's collections of every generation and its cached vectors;
-        returns how many points and cached vectors went."""
-        names = {alias(kind, tenant) for kind in KINDS}
+        """Delete the tenant's points of every generation (a rebuild's too) and its
+        cached vectors; returns how many points and cached vectors went."""
         points = 0
         with self._lock:
-            aliased = names & {a.alias_name for a in self.client.get_aliases().aliases}
-            if aliased:
-                self.client.update_collection_aliases(
-                    change_aliases_operations=[
-                        models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=a))
-                        for a in sorted(aliased)
-                    ]
-                )
-            for c in self.client.get_collections().collections:
-                if alias_of(c.name) in names:
-                    points += self.client.count(c.name, exact=True).count
-                    self.client.delete_collection(c.name)
-                    self._known.discard(c.name)
+            for generation in self.stores.generations():
+                points += self.stores.open(generation, self.dimensions).delete_tenant(tenant)
         cached = self.embedder.cache.delete_tenant(tenant)
         self.applied.purge_tenant(tenant)
         return {"points": points, "cached_embeddings": cached}
@@ -371,57 +255,39 @@ class VectorProjection:
     def _retrieve(self, keys: list[Key]) -> dict[str, dict[Key, Payload]]:
         """The stored payloads of the memories this batch revises or erases, by kind."""
         found: dict[str, dict[Key, Payload]] = {kind: {} for kind in MEMORY_KINDS}
-        by_tenant: dict[str, list[str]] = {}
-        for tenant, ref in keys:
-            by_tenant.setdefault(tenant, []).append(ref)
-        for kind in MEMORY_KINDS:
-            for tenant, refs in by_tenant.items():
-                name = self._physical(kind, tenant)
-                if not self.client.collection_exists(name):
-                    continue
-                ids = [point_id(tenant, kind, r) for r in refs]
-                for p in self.client.retrieve(name, ids=ids, with_payload=True):
-                    payload = dict(p.payload or {})
-                    found[kind][(tenant, payload["ref"])] = payload
+        ids = [point_id(tenant, kind, ref) for kind in MEMORY_KINDS for tenant, ref in keys]
+        for stored in self.store.retrieve(ids):
+            record = from_payload(stored)
+            found[record["kind"]][(record["tenant"], record["ref"])] = record
         return found
 
     def _write(self, changes: _Changes) -> None:
-        upserts: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
-        deletes: dict[tuple[str, str], list[models.ExtendedPointId]] = {}
+        deletes: list[str] = []
+        upserts: dict[str, list[tuple[str, str, Payload]]] = {}
         for (kind, tenant, ref), payload in changes.items():
             if payload is None:
-                deletes.setdefault((kind, tenant), []).append(point_id(tenant, kind, ref))
-            else:
-                payload["kind"] = kind
-                payload["text"] = _text(kind, payload)
-                # Every text this memory has had, so an erase can clear their cache entries.
-                key = text_key(payload["text"]).hex()
-                if key not in payload.get("text_keys", ()):
-                    payload["text_keys"] = [*payload.get("text_keys", ()), key]
-                upserts.setdefault((kind, tenant), []).append((ref, payload))
-        by_tenant: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
-        for (kind, tenant), items in upserts.items():
-            by_tenant.setdefault(tenant, []).extend((kind, ref, p) for ref, p in items)
+                deletes.append(point_id(tenant, kind, ref))
+                continue
+            payload["kind"] = kind
+            payload["text"] = _text(kind, payload)
+            # Every text this memory has had, so an erase can clear their cache entries.
+            key = text_key(payload["text"]).hex()
+            if key not in payload.get("text_keys", ()):
+                payload["text_keys"] = [*payload.get("text_keys", ()), key]
+            upserts.setdefault(tenant, []).append((kind, ref, payload))
         # Embed first (the slow part, maybe over the network), then write under the lock.
-        embedded = [
-            (tenant, items, self.embedder.embed(tenant, [p["text"] for _, _, p in items]))
-            for tenant, items in by_tenant.items()
-        ]
+        points = []
+        for tenant, items in upserts.items():
+            vectors = self.embedder.embed(tenant, [p["text"] for _, _, p in items])
+            for (kind, ref, payload), vector in zip(items, vectors, strict=True):
+                sparse = bm25_document(payload["text"])
+                point = StorePoint(
+                    point_id(tenant, kind, ref), vector.tolist(), sparse, to_payload(payload)
+                )
+                points.append(point)
         with self._lock:
-            for (kind, tenant), ids in deletes.items():
-                name = self._physical(kind, tenant)
-                if name in self._known or self.client.collection_exists(name):
-                    self.client.delete(name, points_selector=models.PointIdsList(points=ids))
-            for tenant, tenant_items, vectors in embedded:
-                grouped: dict[str, list[models.PointStruct]] = {}
-                for (kind, ref, payload), vector in zip(tenant_items, vectors, strict=True):
-                    grouped.setdefault(self._ensure(kind, tenant), []).append(
-                        models.PointStruct(
-                            id=point_id(tenant, kind, ref), vector=vector.tolist(), payload=payload
-                        )
-                    )
-                for name, points in grouped.items():
-                    self.client.upsert(name, points=points, wait=True)
+            self.store.delete(deletes)
+            self.store.upsert(points)
 
     # --- search ----------------------------------------------------------------------
 
@@ -431,15 +297,12 @@ class VectorProjection:
 
     def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
         """One list of best matches per query; the queries are embedded together."""
-        return self.search_vectors(tenant, self.embedder.embed(tenant, list(queries)), **filters)
+        vectors = self.embedder.embed(tenant, list(queries))
+        return self.search_vectors(tenant, queries, vectors, **filters)
 
-    def search_vectors(self, tenant: str, vectors: Vectors, **filters: Any) -> list[list[Hit]]:
-        """One list of best matches per embedded query (a row of ``vectors``)."""
+    def search_vectors(
+        self, tenant: str, queries: Sequence[str], vectors: Vectors, **filters: Any
+    ) -> list[list[Hit]]:
+        """One list of best matches per query, given its embedding (a row of ``vectors``)."""
         with self._lock:
-            existing = {
-                kind: name
-                for kind in KINDS
-                if (name := self._physical(kind, tenant)) in self._known
-                or self.client.collection_exists(name)
-            }
-            return [search_points(self.client, existing, v.tolist(), **filters) for v in vectors]
+            return search_store(self.store, tenant, queries, vectors, **filters)

@@ -287,7 +287,7 @@ def encode_event(event: Event, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> byte
 def check_depth(body: bytes) -> None:
     """Raise InvalidEvent when the JSON nests deeper than MAX_DEPTH objects and arrays
     (an event is itself one level). Deeper values break what stores them downstream
-    (Qdrant's local mode pickles payloads), so the contract bounds them."""
+    (JSON parsers and engines have nesting limits), so the contract bounds them."""
     if body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
         return  # cannot nest deeper than it has brackets: the common case, no scan
     depth = deepest = 0

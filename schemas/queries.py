@@ -47,6 +47,7 @@ __all__ = [
 
 Kind: TypeAlias = Literal["knowledge", "solutions", "collaborations"]
 Strategy: TypeAlias = Literal["relevance", "recency", "balanced"]
+SearchMode: TypeAlias = Literal["hybrid", "dense", "keyword"]
 AnalyticsName: TypeAlias = Literal[
     "agent_activity", "task_outcomes", "tool_usage", "collaboration_graph", "memory_growth"
 ]
@@ -70,7 +71,12 @@ class SearchRequest(Request, frozen=True):
     queries: Annotated[list[QueryText], msgspec.Meta(min_length=1, max_length=256)] | None = None
     kinds: tuple[Kind, ...] = ("knowledge", "solutions", "collaborations")
     top_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    # The least similarity of meaning (dense cosine) a hit may have; no effect in keyword.
     threshold: float | None = None
+    # hybrid: meaning (dense) and words (BM25) fused by reciprocal rank; or either alone.
+    mode: SearchMode = "hybrid"
+    # Recent memories weigh more: a memory this many days old weighs half as much.
+    recency_half_life_days: Annotated[float, msgspec.Meta(gt=0, le=36_500)] | None = None
     agent: AgentId | None = None
     domain: str | None = None
     tags: tuple[str, ...] = ()

@@ -205,7 +205,7 @@ def _hits_table(title: str, hits: list[Any]) -> Table:
     for h in hits:
         text = " ".join(h.text.split())
         table.add_row(
-            f"{h.score:.2f}", h.kind, h.agent, text[:90] + ("…" if len(text) > 90 else "")
+            f"{h.score:.3f}", h.kind, h.agent, text[:90] + ("…" if len(text) > 90 else "")
         )
     return table
 
@@ -261,7 +261,7 @@ async def run_demo(url: str, auth: NatsAuth, out: Console) -> None:
         )  # fmt: skip
         out.print(bundle.text, markup=False)
         sources = ", ".join(
-            f"{s.kind}" + (f" {s.score:.2f}" if s.score else "") for s in bundle.sources
+            f"{s.kind}" + (f" {s.score:.3f}" if s.score else "") for s in bundle.sources
         )
         out.print(f"[dim]{bundle.chars} characters from: {sources}[/dim]")
 

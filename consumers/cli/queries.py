@@ -159,7 +159,22 @@ def _json(value: Any) -> str:
     help="Search only this kind (repeatable) [default: all].",
 )
 @click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True)
-@click.option("--threshold", type=float, default=None, help="The lowest score to show.")
+@click.option(
+    "--mode",
+    type=click.Choice(["hybrid", "dense", "keyword"]),
+    default="hybrid",
+    show_default=True,
+    help="By meaning and words fused (hybrid), by meaning (dense) or by words (keyword).",
+)
+@click.option(
+    "--recency-half-life-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Weigh recent memories more: one this many days old counts half.",
+)
+@click.option(
+    "--threshold", type=float, default=None, help="The least similarity of meaning to show."
+)
 @click.option("--agent", default=None, help="Only memories this agent stored.")
 @click.option("--domain", default=None, help="Only knowledge of this domain.")
 @click.option("--tag", "tags", multiple=True, help="Only memories with this tag (repeatable).")
@@ -170,6 +185,8 @@ def search(
     text: tuple[str, ...],
     kinds: tuple[str, ...],
     top_k: int,
+    mode: str,
+    recency_half_life_days: float | None,
     threshold: float | None,
     agent: str | None,
     domain: str | None,
@@ -183,7 +200,8 @@ def search(
         k: v
         for k, v in {
             "kinds": kinds, "threshold": threshold, "agent": agent, "domain": domain,
-            "tags": tags, "since": since, "until": until,
+            "tags": tags, "since": since, "until": until, "mode": mode,
+            "recency_half_life_days": recency_half_life_days,
         }.items()
         if v not in (None, ())
     }  # fmt: skip

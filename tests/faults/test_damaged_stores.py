@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,17 @@ def _one_memory_stored(data: Path) -> int:
     return seq
 
 
+def _found_again(data: Path, seq: int) -> None:
+    """Started again, memstream finds the memory _one_memory_stored stored."""
+    again = start_up(data)
+    try:
+        found = run_cli("search", "--nats-url", again.url, "-t", "acme", "backup midnight",
+                        "--min-seq", str(seq), "--json")  # fmt: skip
+        assert ["the backup runs at midnight"] == [h["text"] for h in json.loads(found.stdout)]
+    finally:
+        again.stop()
+
+
 def test_damaged_stores_are_one_line_and_replay_repairs_them(tmp_path: Path) -> None:
     data = tmp_path / "data"
     seq = _one_memory_stored(data)
@@ -51,12 +63,15 @@ def test_damaged_stores_are_one_line_and_replay_repairs_them(tmp_path: Path) -> 
     assert 0 == run_cli("replay", "history", "--data-dir", str(data)).returncode
     assert 1 == len(list((data / "history").glob("*.damaged-*")))
 
-    (data / "qdrant" / "meta.json").write_text("not json")
+    (shard,) = (data / "vectors").glob("shard-*")
+    (shard / "edge_config.json").write_text("not json")
     refused = run_cli("up", "--nats-port", "0", "--data-dir", str(data))
     assert 1 == refused.returncode
-    assert "'memstream replay vectors --data-dir" in _error_line(refused)
+    line = _error_line(refused)
+    assert f"the vector store {data / 'vectors'} cannot be opened" in line
+    assert "'memstream replay vectors --data-dir" in line
     assert 0 == run_cli("replay", "vectors", "--data-dir", str(data)).returncode
-    assert 1 == len(list(data.glob("qdrant.damaged-*")))
+    assert 1 == len(list((data / "vectors").glob("shard-*.damaged-*")))
 
     again = start_up(data)
     try:
@@ -71,9 +86,9 @@ def test_damaged_stores_are_one_line_and_replay_repairs_them(tmp_path: Path) -> 
 
 _HOLD = """
 import sys, duckdb
-from qdrant_client import QdrantClient
+from qdrant_edge import EdgeShard
 kind, path = sys.argv[1], sys.argv[2]
-held = duckdb.connect(path) if kind == "history" else QdrantClient(path=path)
+held = duckdb.connect(path) if kind == "history" else EdgeShard.load(path)
 print("holding", flush=True)
 sys.stdin.read()  # until the test closes our stdin
 """
@@ -117,21 +132,42 @@ def test_a_store_held_by_another_program_is_named_not_taken_for_damage(tmp_path:
     finally:
         _release(holder)
 
-    holder = _hold("vectors", data / "qdrant")
+    (shard,) = (data / "vectors").glob("shard-*")
+    holder = _hold("vectors", shard)
     try:
         for command in (["up", "--nats-port", "0"], ["replay", "vectors"]):
             refused = run_cli(*command, "--data-dir", str(data))
             assert 1 == refused.returncode, command
             line = _error_line(refused)
-            assert f"the vector store {data / 'qdrant'} is in use by another process" in line
-        assert [] == list(data.glob("qdrant.damaged-*"))
+            assert f"the vector store {data / 'vectors'} is in use by another process" in line
+        assert [] == list((data / "vectors").glob("*.damaged-*"))
     finally:
         _release(holder)
 
-    again = start_up(data)
-    try:
-        found = run_cli("search", "--nats-url", again.url, "-t", "acme", "backup midnight",
-                        "--min-seq", str(seq), "--json")  # fmt: skip
-        assert ["the backup runs at midnight"] == [h["text"] for h in json.loads(found.stdout)]
-    finally:
-        again.stop()
+    _found_again(data, seq)
+
+
+def test_vectors_of_an_earlier_memstream_are_rebuilt_by_replay(tmp_path: Path) -> None:
+    """A data dir whose vectors an earlier memstream wrote with Qdrant's local mode:
+    up says so in one line and names replay, which rebuilds them into the engine of
+    this one from the stream and removes the old ones."""
+    from qdrant_client import QdrantClient, models
+
+    data = tmp_path / "data"
+    seq = _one_memory_stored(data)
+    shutil.rmtree(data / "vectors")
+    earlier = QdrantClient(path=str(data / "qdrant"))  # as the earlier memstream left it
+    earlier.create_collection(
+        "ms_knowledge_acme__20261101000000abcd",
+        vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE),
+    )
+    earlier.close()
+    refused = run_cli("up", "--nats-port", "0", "--data-dir", str(data))
+    assert 1 == refused.returncode
+    line = _error_line(refused)
+    assert f"the vectors under {data / 'qdrant'} were written by an earlier memstream" in line
+    assert f"'memstream replay vectors --data-dir {data}'" in line
+    replayed = run_cli("replay", "vectors", "--data-dir", str(data))
+    assert 0 == replayed.returncode, replayed.stderr
+    assert not (data / "qdrant").exists()
+    _found_again(data, seq)

@@ -17,7 +17,6 @@ from consumers.nats_server import NatsServer
 from consumers.settings import load_settings
 from consumers.storage import vector_storage_from_settings
 from producers import MemoryClient
-from projections.vector_layout import alias
 from schemas import events as ev
 from tests.e2e.conftest import run_cli, start_up
 from tests.waiting import wait_for
@@ -25,13 +24,13 @@ from tests.waiting import wait_for
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 48 MB filesystem (tmpfs), mounted for the test and unmounted after."""
+    """A real 192 MB filesystem (tmpfs), mounted for the test and unmounted after."""
     path = tmp_path / "small"
     path.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small filesystem needs root")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=48M", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", "size=192M", "tmpfs", str(path)],
         capture_output=True,
         text=True,
     )
@@ -102,7 +101,7 @@ async def test_a_full_disk_loses_nothing_acknowledged(
     assert [{"n": 2000, "d": 2000}] == json.loads(counted.stdout)
     storage = vector_storage_from_settings(load_settings({}, data_dir=str(data)))
     try:
-        assert 2000 == storage.client.count(alias("knowledge", "acme"), exact=True).count
+        assert 2000 == storage.open_current().store.count("acme")
     finally:
         storage.close()
     letters = run_cli("dlq", "list", "--nats-url", nats_server.url, "--json")

@@ -19,6 +19,7 @@ from producers import MemoryClient
 from projections._tables import TABLES
 from projections.embedding_cache import text_key
 from projections.history import HistoryProjection
+from projections.vector_search import from_payload
 from schemas.errors import InvalidTenant
 from tests.integration.test_query_worker import running, write_session
 
@@ -72,12 +73,7 @@ def vector_payloads(data_dir: Path) -> list[dict[str, Any]]:
         load_settings({"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data_dir))
     )
     try:
-        return [
-            dict(p.payload or {})
-            for c in storage.client.get_collections().collections
-            if not c.name.startswith("ms_state")
-            for p in storage.client.scroll(c.name, limit=100_000, with_payload=True)[0]
-        ]
+        return [from_payload(p) for p in storage.open_current().store.payloads()]
     finally:
         storage.close()
 

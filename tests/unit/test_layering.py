@@ -103,7 +103,7 @@ def test_schemas_depend_only_on_stdlib_and_msgspec() -> None:
 def test_projections_read_no_settings_and_no_runtime() -> None:
     """projections/ is handed its storage: it imports schemas, itself and its engines,
     never consumers (the settings, the runners) or producers."""
-    engines = {"msgspec", "duckdb", "pyarrow", "numpy", "qdrant_client", "openai"}
+    engines = {"msgspec", "duckdb", "pyarrow", "numpy", "qdrant_client", "qdrant_edge", "openai"}
     engines |= {"sentence_transformers"}
     allowed = STDLIB | engines | {"schemas", "projections"}
     assert set() == _bad_imports("projections", allowed)

@@ -192,3 +192,27 @@ def test_generations_switch_atomically_and_persist(stores: PointStores, tmp_path
         (payload,) = reopened.open(second, DIMS).retrieve([point_id("acme", "knowledge", "k1")])
         assert "second" == payload["text"]
         reopened.close()
+
+
+def test_min_score_holds_in_hybrid_too(store: PointStore) -> None:
+    """A memory that shares a word with the query but not its meaning stays out of a
+    hybrid search with a min_score; in keyword mode words alone decide."""
+    store.upsert([
+        point("acme", "near", "rotate the deploy key monthly"),
+        point("acme", "far", "the key of the song is D minor"),
+    ])  # fmt: skip
+    query = "deploy key rotation"
+    strict = search("acme", query, mode="hybrid", min_score=0.45)
+    assert ["near"] == refs(store, strict)
+    assert {"near", "far"} == set(refs(store, search("acme", query, mode="hybrid")))
+    assert {"near", "far"} == set(
+        refs(store, search("acme", query, mode="keyword", min_score=0.45))
+    )
+
+
+def test_payloads_lists_every_point_but_the_state(store: PointStore) -> None:
+    store.write_state({"checkpoint": 1})
+    store.upsert([point("acme", f"k{i}", f"memory {i}") for i in range(1500)])
+    store.upsert([point("beta", "b", "theirs")])
+    assert 1501 == len(list(store.payloads()))
+    assert ["b"] == [p["ref"] for p in store.payloads("beta")]

@@ -14,7 +14,7 @@ from schemas.errors import ConfigError
 
 
 def test_defaults() -> None:
-    """With nothing set: local NATS, ./.memstream, Qdrant local mode, hash embedder."""
+    """With nothing set: local NATS, ./.memstream, Qdrant Edge, hash embedder."""
     s = load_settings({})
     assert "nats://127.0.0.1:4222" == s.nats_url
     assert "./.memstream" == s.data_dir

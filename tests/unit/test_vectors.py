@@ -1,4 +1,4 @@
-"""The vector projection on Qdrant's local mode (on disk, in a temporary directory)."""
+"""The vector projection on Qdrant Edge (on disk, in a temporary directory)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from qdrant_client import QdrantClient
 
 from projections.embedders import HashEmbedder
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.vector_layout import point_id
+from projections.point_store import EdgeStores, point_id
 from projections.vector_search import VectorReader
 from projections.vectors import VectorProjection
 from schemas import events as ev
@@ -33,16 +31,19 @@ def make(
     return cls(id=f"v{next(_ids)}", tenant=tenant, agent=agent, ts=ts, **fields)
 
 
+Parts = tuple[EdgeStores, CachedEmbedder]
+
+
 @pytest.fixture
-def parts(tmp_path: Path) -> Iterator[tuple[QdrantClient, CachedEmbedder]]:
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
+def parts(tmp_path: Path) -> Iterator[Parts]:
+    stores = EdgeStores(tmp_path / "vectors")
     cached = CachedEmbedder(HashEmbedder(64), EmbeddingCache(tmp_path / "cache.sqlite3"))
-    yield client, cached
-    client.close()
+    yield stores, cached
+    stores.close()
 
 
 @pytest.fixture
-def vectors(parts: tuple[QdrantClient, CachedEmbedder]) -> VectorProjection:
+def vectors(parts: Parts) -> VectorProjection:
     return VectorProjection(*parts)
 
 
@@ -59,9 +60,11 @@ def test_memories_are_searchable_with_their_payload(vectors: VectorProjection) -
                  outcome="approved")),
         (4, make(ev.ConversationTurn, session_id="s", role="user", content="not a memory")),
     ])  # fmt: skip
-    (hit,) = vectors.search("acme", "asyncio gather awaitables", kinds=["knowledge"], top_k=1)
+    (hit,) = vectors.search(
+        "acme", "asyncio gather awaitables", kinds=["knowledge"], top_k=1, mode="dense"
+    )
     assert ("knowledge", "k1") == (hit.kind, hit.ref)
-    assert hit.score > 0.5
+    assert hit.score > 0.5  # cosine similarity, in dense mode
     p = hit.payload
     assert ("acme", "a1", "python", ["asyncio"], 1, {"source": "docs"}) == (
         p["tenant"],
@@ -88,8 +91,7 @@ def test_tenants_never_see_each_others_points(vectors: VectorProjection) -> None
     for tenant in ("acme", "beta"):
         hits = vectors.search(tenant, text, top_k=10)
         assert [tenant] == [h.payload["tenant"] for h in hits]
-    aliases = {a.alias_name for a in vectors.client.get_aliases().aliases}
-    assert {"ms_knowledge_acme", "ms_knowledge_beta", "ms_state"} <= aliases
+    assert (1, 1) == (vectors.store.count("acme"), vectors.store.count("beta"))
     assert point_id("acme", "knowledge", "m") != point_id("beta", "knowledge", "m")
     assert [] == vectors.search("gamma", text)
 
@@ -164,28 +166,29 @@ def test_filters(vectors: VectorProjection) -> None:
     assert ["a"] == [h.ref for h in vectors.search("acme", q, tags=["net"])]
     assert ["b"] == [h.ref for h in vectors.search("acme", q, since=T0 + dt.timedelta(hours=1))]
     assert ["a"] == [h.ref for h in vectors.search("acme", q, until=T0 + dt.timedelta(hours=1))]
-    assert [] == vectors.search("acme", q, threshold=1.01)
+    for mode in ("hybrid", "dense"):
+        assert [] == vectors.search("acme", q, threshold=1.01, mode=mode)
 
 
-def test_checkpoint_skips_redelivery_and_survives_reopen(
-    parts: tuple[QdrantClient, CachedEmbedder], tmp_path: Path
-) -> None:
+def test_checkpoint_skips_redelivery_and_survives_reopen(parts: Parts, tmp_path: Path) -> None:
     """Events at or below the checkpoint change nothing; the checkpoint is stored."""
-    client, cached = parts
-    projection = VectorProjection(client, cached)
+    stores, cached = parts
+    projection = VectorProjection(stores, cached)
     projection.apply([(5, make(ev.KnowledgeStored, memory_id="m", domain="d", content="v1"))])
     projection.apply([(5, make(ev.MemoryForgotten, memory_id="m"))])  # a redelivery of seq 5
     assert ["m"] == [h.ref for h in projection.search("acme", "v1")]
-    again = VectorProjection(client, cached)
+    stores.close()
+    reopened = EdgeStores(tmp_path / "vectors")
+    again = VectorProjection(reopened, cached)
     assert (5, projection.generation) == (again.checkpoint, again.generation)
+    assert ["m"] == [h.ref for h in again.search("acme", "v1")]
+    reopened.close()
 
 
-def test_rebuilt_generation_matches_and_costs_no_embedding_call(
-    parts: tuple[QdrantClient, CachedEmbedder],
-) -> None:
-    """A new generation from the same events has the same ids, payloads and vectors, makes
-    no embedding call with a warm cache, and takes over every alias at once."""
-    client, cached = parts
+def test_rebuilt_generation_matches_and_costs_no_embedding_call(parts: Parts) -> None:
+    """A new generation from the same events has the same ids and payloads, makes no
+    embedding call with a warm cache, and is put in use in one switch."""
+    stores, cached = parts
     events = [
         (1, make(ev.KnowledgeStored, memory_id="k", domain="d", content="first fact")),
         (2, make(ev.SolutionStored, memory_id="s", problem="p", solution="fix")),
@@ -193,41 +196,39 @@ def test_rebuilt_generation_matches_and_costs_no_embedding_call(
                  content="beta fact")),
         (4, make(ev.MemoryRevised, memory_id="k", content="first fact, revised")),
     ]  # fmt: skip
-    live = VectorProjection(client, cached)
+    live = VectorProjection(stores, cached)
     live.apply(events)
     calls = cached.stats.embedding_calls
-    rebuilt = VectorProjection(client, cached, generation="rebuild1")
+    rebuilt = VectorProjection(stores, cached, generation="rebuild1")
     rebuilt.apply(events)
     assert calls == cached.stats.embedding_calls
-    for kind, tenant in (("knowledge", "acme"), ("solutions", "acme"), ("knowledge", "beta")):
-        old = client.scroll(live._physical(kind, tenant), with_vectors=True, limit=100)[0]
-        new = client.scroll(rebuilt._physical(kind, tenant), with_vectors=True, limit=100)[0]
-        assert sorted(p.id for p in old) == sorted(p.id for p in new)
-        by_id = {p.id: p for p in new}
-        for p in old:
-            assert p.payload == by_id[p.id].payload
-            assert np.allclose(p.vector, by_id[p.id].vector)
-    replaced = rebuilt.make_current()
-    assert "rebuild1" == VectorProjection.current_generation(client)
-    assert replaced and all(name.endswith(f"__{live.generation}") for name in replaced)
-    aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
-    assert "ms_knowledge_beta__rebuild1" == aliases["ms_knowledge_beta"]
+    ids = [
+        point_id(tenant, kind, ref)
+        for kind, tenant, ref in (("knowledge", "acme", "k"), ("solutions", "acme", "s"),
+                                  ("knowledge", "beta", "k2"))
+    ]  # fmt: skip
+    old, new = live.store.retrieve(ids), rebuilt.store.retrieve(ids)
+    assert 3 == len(old) and old == new
+    assert live.generation == rebuilt.make_current()
+    assert "rebuild1" == stores.current()
+    for tenant, query in (("acme", "first fact revised"), ("beta", "beta fact")):
+        assert live.search(tenant, query) == rebuilt.search(tenant, query)
 
 
-def test_a_reader_follows_the_generation_in_use(parts: tuple[QdrantClient, CachedEmbedder]) -> None:
-    """A reader (the query role) searches through the aliases and reads the writer's
+def test_a_reader_follows_the_generation_in_use(parts: Parts) -> None:
+    """A reader (the query role) searches the generation in use and reads the writer's
     checkpoint; after a rebuild is made current, it sees the new generation."""
-    client, cached = parts
-    reader = VectorReader(client, cached)
+    stores, cached = parts
+    reader = VectorReader(stores, cached)
     assert 0 == reader.checkpoint
     assert [[]] == reader.search_many("acme", ["anything"])
-    live = VectorProjection(client, cached)
+    live = VectorProjection(stores, cached)
     live.apply([(1, make(ev.KnowledgeStored, memory_id="k1", domain="d", content="old fact"))])
     assert (1, ["k1"]) == (
         reader.checkpoint,
         [h.ref for h in reader.search_many("acme", ["old"])[0]],
     )
-    rebuilt = VectorProjection(client, cached, generation="g2")
+    rebuilt = VectorProjection(stores, cached, generation="g2")
     rebuilt.apply([(7, make(ev.KnowledgeStored, memory_id="k2", domain="d", content="new fact"))])
     assert ["k1"] == [h.ref for h in reader.search_many("acme", ["fact"])[0]]
     rebuilt.make_current()
