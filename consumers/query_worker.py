@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
@@ -301,10 +302,12 @@ class QueryWorker:
             # that, the cause goes back as `unavailable` rather than a timeout.
             if embedder.remote:
                 matrix = await asyncio.to_thread(
-                    embedder.embed, tenant, queries, QUERY_EMBEDDING_WITHIN_S
+                    functools.partial(
+                        embedder.embed, tenant, queries, QUERY_EMBEDDING_WITHIN_S, keep=False
+                    )
                 )
             else:
-                matrix = embedder.embed(tenant, queries)
+                matrix = embedder.embed(tenant, queries, keep=False)
             if self.search_inline:
                 found: list[list[Hit]] = vectors.search_vectors(tenant, queries, matrix, **filters)
                 return found

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,10 +122,44 @@ class EmbeddingCache:
 class CachedEmbedder:
     """An embedder in front of a cache: only texts never embedded before are sent."""
 
-    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+    def __init__(
+        self, embedder: Embedder, cache: EmbeddingCache, recent_size: int = 10_000
+    ) -> None:
+        """``recent_size``: how many query vectors the in-memory cache keeps (10,000 of
+        384 dimensions: 15 MB), the least recently used going first."""
         self.embedder = embedder
         self.cache = cache
         self.stats = CacheStats()
+        self.recent_size = recent_size
+        self._recent: OrderedDict[tuple[str, str, int, bytes], Vectors] = OrderedDict()
+        self._recent_lock = threading.Lock()
+
+    def _recent_get(
+        self, tenant: str, model: str, dims: int, keys: Sequence[bytes]
+    ) -> dict[bytes, Vectors]:
+        found: dict[bytes, Vectors] = {}
+        with self._recent_lock:
+            for key in keys:
+                vector = self._recent.get((tenant, model, dims, key))
+                if vector is not None:
+                    self._recent.move_to_end((tenant, model, dims, key))
+                    found[key] = vector
+        return found
+
+    def _recent_put(
+        self, tenant: str, model: str, dims: int, items: Sequence[tuple[bytes, Vectors]]
+    ) -> None:
+        with self._recent_lock:
+            for key, vector in items:
+                self._recent[(tenant, model, dims, key)] = vector
+            while len(self._recent) > self.recent_size:
+                self._recent.popitem(last=False)
+
+    def forget_recent(self, tenant: str) -> None:
+        """Drop a tenant's query vectors (it was purged)."""
+        with self._recent_lock:
+            for entry in [k for k in self._recent if k[0] == tenant]:
+                del self._recent[entry]
 
     @property
     def model(self) -> str:
@@ -151,11 +186,23 @@ class CachedEmbedder:
         if interrupt is not None:
             interrupt()
 
-    def embed(self, tenant: str, texts: Sequence[str], within: float | None = None) -> Vectors:
-        """``within``: seconds an embedding call may take (see ``Embedder.embed``)."""
+    def embed(
+        self,
+        tenant: str,
+        texts: Sequence[str],
+        within: float | None = None,
+        *,
+        keep: bool = True,
+    ) -> Vectors:
+        """``within``: seconds an embedding call may take (see ``Embedder.embed``).
+        ``keep``: new vectors go to the persistent cache (a memory's text, embedded again
+        at every rebuild); without it (a query's text, asked once or a few times) they go
+        to a bounded in-memory cache of the most recent only."""
         model, dims = self.embedder.model, self.embedder.dimensions
         keys = [text_key(t) for t in texts]
         found = self.cache.get_many(tenant, model, dims, keys)
+        if not keep:
+            found.update(self._recent_get(tenant, model, dims, keys))
         missing: dict[bytes, str] = {}
         for key, text in zip(keys, texts, strict=True):
             if key not in found:
@@ -170,7 +217,10 @@ class CachedEmbedder:
             new = list(zip(missing, vectors, strict=True))
             # dimensions may be learnt from the first response (an unknown model's size)
             dims = self.embedder.dimensions
-            self.cache.put_many(tenant, model, dims, new)
+            if keep:
+                self.cache.put_many(tenant, model, dims, new)
+            else:
+                self._recent_put(tenant, model, dims, new)
             found.update(new)
         if not keys:
             return np.zeros((0, self.embedder.dimensions), dtype=np.float32)

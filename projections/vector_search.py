@@ -134,9 +134,8 @@ class VectorReader:
         return int(store.read_state().get("checkpoint", 0)) if store is not None else 0
 
     def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
-        return self.search_vectors(
-            tenant, queries, self.embedder.embed(tenant, list(queries)), **filters
-        )
+        vectors = self.embedder.embed(tenant, list(queries), keep=False)
+        return self.search_vectors(tenant, queries, vectors, **filters)
 
     def search_vectors(
         self, tenant: str, queries: Sequence[str], vectors: Vectors, **filters: Any

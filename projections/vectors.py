@@ -189,6 +189,7 @@ class VectorProjection:
             for generation in self.stores.generations():
                 points += self.stores.open(generation, self.dimensions).delete_tenant(tenant)
         cached = self.embedder.cache.delete_tenant(tenant)
+        self.embedder.forget_recent(tenant)
         self.applied.purge_tenant(tenant)
         return {"points": points, "cached_embeddings": cached}
 
@@ -297,7 +298,7 @@ class VectorProjection:
 
     def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
         """One list of best matches per query; the queries are embedded together."""
-        vectors = self.embedder.embed(tenant, list(queries))
+        vectors = self.embedder.embed(tenant, list(queries), keep=False)
         return self.search_vectors(tenant, queries, vectors, **filters)
 
     def search_vectors(

@@ -146,3 +146,21 @@ def test_cache_keys_include_model_and_dimensions(tmp_path: Path) -> None:
     CachedEmbedder(small, cache).embed("acme", ["t"])
     assert (32,) == CachedEmbedder(big, cache).embed("acme", ["t"])[0].shape
     assert 1 == len(big.calls)
+
+
+def test_query_vectors_stay_in_a_bounded_memory_cache(tmp_path: Path) -> None:
+    """A query's text is not kept in the persistent cache (every unique query would stay
+    forever): its vector goes to an in-memory cache of the most recent, bounded; a
+    memory's text embedded before still serves a query without a call."""
+    inner = CountingEmbedder()
+    cache = EmbeddingCache(tmp_path / "cache.sqlite3")
+    cached = CachedEmbedder(inner, cache, recent_size=2)
+    cached.embed("acme", ["a stored memory"])
+    cached.embed("acme", ["a stored memory", "query one"], keep=False)
+    assert [["a stored memory"], ["query one"]] == inner.calls
+    assert 1 == cache.count("acme")
+    cached.embed("acme", ["query one"], keep=False)  # from memory: no call
+    cached.embed("acme", ["query two", "query three"], keep=False)  # evicts "query one"
+    cached.embed("acme", ["query one"], keep=False)
+    assert ["query one"] == inner.calls[-1] and 4 == len(inner.calls)
+    assert 1 == cache.count("acme")
