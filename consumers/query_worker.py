@@ -120,7 +120,8 @@ def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
         # Nothing unrelated enters a prompt: a memory's meaning must be at least
         # min_score similar to the query's (or share its words, on the keyword side).
         return {
-            "kinds": ("knowledge", "solutions"),
+            # Past tasks and turns of other conversations too: what was done before.
+            "kinds": ("knowledge", "solutions", "tasks", "turns"),
             "top_k": _RECALL_MEMORIES,
             "threshold": req.min_score,
         }
@@ -130,6 +131,8 @@ def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
         "threshold": req.threshold,
         "mode": req.mode,
         "recency_half_life_days": req.recency_half_life_days,
+        "session_id": req.session_id,
+        "task_id": req.task_id,
         "agent": req.agent,
         "domain": req.domain,
         "tags": req.tags,
@@ -417,6 +420,13 @@ class QueryWorker:
             parts += [turn_part(t, req.session_id) for t in turns]
         if req.query is not None:
             (hits,) = await self._vector_search(tenant, [req.query], _search_filters(req))
+            # The task and the conversation asked for are in the bundle already.
+            hits = [
+                h
+                for h in hits
+                if not (h.kind == "tasks" and h.ref == req.task_id)
+                and not (h.kind == "turns" and h.payload.get("session_id") == req.session_id)
+            ]
             for h in hits:
                 ts = h.payload.get("ts")
                 parts.append(

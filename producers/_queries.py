@@ -48,11 +48,13 @@ def _decoder(result: type[R]) -> msgspec.json.Decoder[TypedReply[R]]:
 
 
 class SearchFilters(TypedDict, total=False):
-    kinds: Sequence[str]  # knowledge, solutions, collaborations (default: all three)
+    kinds: Sequence[str]  # knowledge, solutions, collaborations (the default); turns, tasks
     top_k: int  # default 5
     threshold: float  # the least similarity of meaning (dense cosine) a hit may have
     mode: Literal["hybrid", "dense", "keyword"]  # default hybrid: meaning and words fused
     recency_half_life_days: float  # weigh recent memories more: this old counts half
+    session_id: str  # turns of this conversation (kinds=["turns"])
+    task_id: str  # this task (kinds=["tasks"]), or what carried its id
     agent: str
     domain: str
     tags: Sequence[str]  # every tag must be present

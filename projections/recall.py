@@ -60,7 +60,7 @@ def task_part(task: TaskResult) -> Part:
 def memory_part(
     kind: str, ref: str, text: str, score: float, seq: int, ts: dt.datetime | None
 ) -> Part:
-    label = "solution" if kind == "solutions" else kind
+    label = {"solutions": "solution", "tasks": "task", "turns": "earlier turn"}.get(kind, kind)
     return Part("memory", f"- ({label}) {text}", kind, ref, seq=seq, score=score, ts=ts)
 
 

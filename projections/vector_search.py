@@ -16,10 +16,11 @@ from projections.point_store import Condition, Mode, PointStore, PointStores, Se
 
 __all__ = ["KINDS", "Hit", "VectorReader", "from_payload", "search_store", "to_payload"]
 
-# What the vectors hold, each a value of the points' ``kind``.
+# What a search looks in unless told: the memories and the collaborations. The vectors
+# also hold ``turns`` (conversation turns) and ``tasks`` (a task's title and outcome).
 KINDS: Final = ("knowledge", "solutions", "collaborations")
 # The record's fields the engine filters on, copied beside it when they have a value.
-_FILTERED: Final = ("agent", "domain", "tags")
+_FILTERED: Final = ("agent", "domain", "tags", "session_id", "task_id")
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -71,6 +72,8 @@ def search_store(
     tags: Sequence[str] = (),
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
+    session_id: str | None = None,
+    task_id: str | None = None,
 ) -> list[list[Hit]]:
     """One list of the best ``top_k`` hits per query (a text and its row of
     ``vectors``). ``threshold``: the least dense similarity a hit may have; ``tags``: a
@@ -80,6 +83,10 @@ def search_store(
         must.append(Condition("agent", any_of=(agent,)))
     if domain:
         must.append(Condition("domain", any_of=(domain,)))
+    if session_id:
+        must.append(Condition("session_id", any_of=(session_id,)))
+    if task_id:
+        must.append(Condition("task_id", any_of=(task_id,)))
     must += [Condition("tags", any_of=(tag,)) for tag in tags]
     if since or until:
         must.append(

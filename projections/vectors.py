@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
+import msgspec
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from projections.applied_ids import AppliedIds
@@ -44,6 +45,15 @@ def _text(kind: str, p: dict[str, Any]) -> str:
         return str(p["content"])
     if kind == "solutions":
         return f"{p['problem']}\n{p['solution']}"
+    if kind == "turns":
+        return f"{p['role']}: {p['content']}"
+    if kind == "tasks":
+        lines = [str(p.get("title") or p["ref"])]
+        if p.get("output") is not None:
+            lines.append(_json(p["output"]))
+        if p.get("error"):
+            lines.append(f"error: {p['error']}")
+        return "\n".join(lines)
     outcome = p.get("outcome")
     return f"{p['task_description']}\n{outcome}" if outcome else str(p["task_description"])
 
@@ -58,15 +68,42 @@ _STORAGE_ERRORS: Final = (
     UnexpectedResponse,
 )
 Payload = dict[str, Any]
+_TASK_TYPES: Final = frozenset({"task.created", "task.completed", "task.failed"})
 # The event types that change points.
-_APPLIES: Final = MEMORY_TYPES | {"collab.recorded"}
+_APPLIES: Final = MEMORY_TYPES | _TASK_TYPES | {"collab.recorded", "conversation.turn"}
 # (kind, tenant, ref) -> the payload to write, or None to delete the point.
 _Changes = dict[tuple[str, str, str], Payload | None]
 
 
 def _base(seq: int, e: ev.Event) -> Payload:
-    return {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
+    base = {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
             "ts_epoch": e.ts.timestamp(), "seq": seq}  # fmt: skip
+    if e.task_id:
+        base["task_id"] = e.task_id
+    return base
+
+
+def _json(value: Any) -> str:
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+_TaskEvent = ev.TaskCreated | ev.TaskCompleted | ev.TaskFailed
+
+
+def _task(record: Payload | None, seq: int, e: _TaskEvent) -> Payload:
+    """A task's point as of ``e``: made by its creation, given its outcome later (an
+    outcome seen without the creation makes a point without a title)."""
+    record = dict(record) if record else {**_base(seq, e), "ref": e.task_id, "tags": []}
+    record.update(seq=seq, task_id=e.task_id)
+    if isinstance(e, ev.TaskCreated):
+        record.update(_base(seq, e), title=e.title, assignee=e.assignee, status="created",
+                      metadata=e.metadata)  # fmt: skip
+    elif isinstance(e, ev.TaskCompleted):
+        record.update(status="completed", output=e.output,
+                      metadata={**record.get("metadata", {}), **e.metadata})  # fmt: skip
+    elif isinstance(e, ev.TaskFailed):
+        record.update(status="failed", error=e.error)
+    return record
 
 
 class _PayloadFold(MemoryFold[Payload]):
@@ -210,10 +247,20 @@ class VectorProjection:
             if isinstance(e, ev.MemoryRevised) or (isinstance(e, ev.MemoryForgotten) and e.erase)
         ]
         fold = _PayloadFold(self._retrieve(wanted) if wanted else {})
+        finished = {(e.tenant, e.task_id) for _, e in fresh if isinstance(e, _TaskEvent)}
+        tasks = self._retrieve(sorted(finished), ("tasks",))["tasks"] if finished else {}
         changes: _Changes = {}
         for seq, e in fresh:
             if e.type in MEMORY_TYPES:
                 fold.apply(seq, e)  # type: ignore[arg-type]
+            elif isinstance(e, _TaskEvent):
+                key = (e.tenant, e.task_id)
+                tasks[key] = changes[("tasks", *key)] = _task(tasks.get(key), seq, e)
+            elif isinstance(e, ev.ConversationTurn):
+                changes[("turns", e.tenant, e.id)] = {
+                    **_base(seq, e), "ref": e.id, "session_id": e.session_id, "role": e.role,
+                    "content": e.content, "tags": [],
+                }  # fmt: skip
             elif isinstance(e, ev.CollabRecorded):
                 changes[("collaborations", e.tenant, e.interaction_id)] = {
                     **_base(seq, e), "ref": e.interaction_id, "initiator": e.initiator,
@@ -253,10 +300,13 @@ class VectorProjection:
                 ids.append(key)
         return first, ids
 
-    def _retrieve(self, keys: list[Key]) -> dict[str, dict[Key, Payload]]:
-        """The stored payloads of the memories this batch revises or erases, by kind."""
-        found: dict[str, dict[Key, Payload]] = {kind: {} for kind in MEMORY_KINDS}
-        ids = [point_id(tenant, kind, ref) for kind in MEMORY_KINDS for tenant, ref in keys]
+    def _retrieve(
+        self, keys: list[Key], kinds: Sequence[str] = MEMORY_KINDS
+    ) -> dict[str, dict[Key, Payload]]:
+        """The stored records of these (tenant, ref) of ``kinds`` (the memories a batch
+        revises or erases, the tasks it finishes), by kind."""
+        found: dict[str, dict[Key, Payload]] = {kind: {} for kind in kinds}
+        ids = [point_id(tenant, kind, ref) for kind in kinds for tenant, ref in keys]
         for stored in self.store.retrieve(ids):
             record = from_payload(stored)
             found[record["kind"]][(record["tenant"], record["ref"])] = record

@@ -45,7 +45,7 @@ __all__ = [
     "ops_served",
 ]
 
-Kind: TypeAlias = Literal["knowledge", "solutions", "collaborations"]
+Kind: TypeAlias = Literal["knowledge", "solutions", "collaborations", "turns", "tasks"]
 Strategy: TypeAlias = Literal["relevance", "recency", "balanced"]
 SearchMode: TypeAlias = Literal["hybrid", "dense", "keyword"]
 AnalyticsName: TypeAlias = Literal[
@@ -77,6 +77,9 @@ class SearchRequest(Request, frozen=True):
     mode: SearchMode = "hybrid"
     # Recent memories weigh more: a memory this many days old weighs half as much.
     recency_half_life_days: Annotated[float, msgspec.Meta(gt=0, le=36_500)] | None = None
+    # Turns of this conversation, a task's points and what carried its id.
+    session_id: RefId | None = None
+    task_id: RefId | None = None
     agent: AgentId | None = None
     domain: str | None = None
     tags: tuple[str, ...] = ()

@@ -154,10 +154,12 @@ def _json(value: Any) -> str:
 @click.option(
     "--kind",
     "kinds",
-    type=click.Choice(["knowledge", "solutions", "collaborations"]),
+    type=click.Choice(["knowledge", "solutions", "collaborations", "turns", "tasks"]),
     multiple=True,
-    help="Search only this kind (repeatable) [default: all].",
+    help="Search this kind (repeatable) [default: knowledge, solutions, collaborations].",
 )
+@click.option("--session-id", default=None, help="Only turns of this conversation.")
+@click.option("--task-id", default=None, help="Only this task, or what carried its id.")
 @click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option(
     "--mode",
@@ -184,6 +186,8 @@ def _json(value: Any) -> str:
 def search(
     text: tuple[str, ...],
     kinds: tuple[str, ...],
+    session_id: str | None,
+    task_id: str | None,
     top_k: int,
     mode: str,
     recency_half_life_days: float | None,
@@ -201,6 +205,7 @@ def search(
         for k, v in {
             "kinds": kinds, "threshold": threshold, "agent": agent, "domain": domain,
             "tags": tags, "since": since, "until": until, "mode": mode,
+            "session_id": session_id, "task_id": task_id,
             "recency_half_life_days": recency_half_life_days,
         }.items()
         if v not in (None, ())

@@ -324,3 +324,24 @@ async def test_nothing_unrelated_enters_a_recall(stack: Stack) -> None:
     assert [] == [s for s in unrelated.sources if s.kind in ("knowledge", "solutions")]
     everything = await mem.recall("zebra xylophone quasar", min_score=-1.0, min_seq=last)
     assert {"knowledge", "solutions"} <= {s.kind for s in everything.sources}
+
+
+async def test_recall_draws_on_past_tasks_and_other_conversations(stack: Stack) -> None:
+    """What was done before enters a recall: a finished task like the query, and a turn
+    of another conversation; the task and conversation asked for come once, as such."""
+    mem = MemoryClient(stack.nc, tenant="acme", agent="coder")
+    await mem.task_created("migrate the billing database to postgres 17", task_id="old")
+    await mem.task_completed("old", output={"downtime_s": 42})
+    await mem.add_turn(
+        "earlier", "user", "the billing database migration needs a maintenance window"
+    )
+    await mem.task_created("migrate the billing database again", task_id="now")
+    ack = await mem.add_turn("current", "user", "how did the last migration go?")
+    bundle = await mem.recall(
+        "billing database migration", session_id="current", task_id="now", min_seq=ack.seq
+    )
+    sources = {(s.kind, s.ref) for s in bundle.sources}
+    assert ("tasks", "old") in sources
+    assert "earlier turn" in bundle.text and "maintenance window" in bundle.text
+    assert ("tasks", "now") not in sources  # it is the task part, once
+    assert 1 == bundle.text.count("how did the last migration go?")

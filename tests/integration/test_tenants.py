@@ -111,7 +111,8 @@ async def test_a_purged_tenant_is_nowhere_and_the_others_untouched(
 
         assert (len(beta) + 1, 2) == (report.stream_messages, report.dlq_messages)
         assert len(beta) == report.history_rows["events"]
-        assert 3 == report.vector_points  # a knowledge, a solution, a collaboration
+        # a knowledge, a solution, a collaboration, a task, three turns
+        assert 7 == report.vector_points
         assert report.cached_embeddings >= 3
         after = await stream_contents(nc, "MEMORY")
         assert [m for m in before if not m[0].startswith("mem.acme.")] == after
@@ -130,7 +131,7 @@ async def test_a_purged_tenant_is_nowhere_and_the_others_untouched(
     text = history_text(data)
     payloads = vector_payloads(data)
     assert {"beta"} == {p["tenant"] for p in payloads}
-    assert 3 == len(payloads)
+    assert 7 == len(payloads)  # beta's session: the same seven points
     assert 0 == cached(data, "acme") and 0 < cached(data, "beta")
     assert "'acme'" not in text
 
@@ -197,7 +198,7 @@ async def test_a_purge_with_nothing_running_works_on_the_files(
         {"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data), nats_url=nats_server.url
     )
     report = await ops.purge_tenant(settings, "acme", url_given=True)
-    assert (13, 13, 3) == (
+    assert (13, 13, 7) == (
         report.stream_messages,
         report.history_rows["events"],
         report.vector_points,

@@ -237,3 +237,35 @@ def test_a_reader_follows_the_generation_in_use(parts: Parts) -> None:
         [h.ref for h in reader.search_many("acme", ["fact"])[0]],
     )
     assert [] == reader.search_many("beta", ["fact"])[0]
+
+
+def test_turns_and_tasks_are_searchable_kinds(vectors: VectorProjection) -> None:
+    """Conversation turns (kind turns) and tasks (title and outcome, kind tasks) are
+    searched when asked for, filtered by session and task; plain searches leave them out."""
+    vectors.apply([
+        (1, make(ev.ConversationTurn, session_id="s1", role="user",
+                 content="the invoice export times out after thirty seconds")),
+        (2, make(ev.ConversationTurn, session_id="s2", role="user",
+                 content="the invoice export is slow again")),
+        (3, make(ev.TaskCreated, task_id="t1", title="speed up the invoice export")),
+        (4, make(ev.TaskCompleted, task_id="t1", output={"fix": "batched the queries"})),
+        (5, make(ev.TaskFailed, task_id="t2", error="the invoice archive is read-only")),
+        (6, make(ev.KnowledgeStored, memory_id="k1", domain="d", content="invoices are monthly")),
+    ])  # fmt: skip
+    q = "invoice export"
+    assert {"k1"} == {h.ref for h in vectors.search("acme", q, top_k=10)}
+    turns = vectors.search("acme", q, kinds=["turns"], top_k=10)
+    assert {"s1", "s2"} == {h.payload["session_id"] for h in turns}
+    (one,) = vectors.search("acme", q, kinds=["turns"], session_id="s1")
+    assert "user: the invoice export times out after thirty seconds" == one.text
+    tasks = {h.ref: h for h in vectors.search("acme", q, kinds=["tasks"], top_k=10)}
+    assert 'speed up the invoice export\n{"fix":"batched the queries"}' == tasks["t1"].text
+    assert "completed" == tasks["t1"].payload["status"]
+    assert "t2\nerror: the invoice archive is read-only" == tasks["t2"].text
+    (only,) = vectors.search("acme", q, kinds=["tasks"], task_id="t2")
+    assert "failed" == only.payload["status"]
+    # A task finished in a later batch keeps the title its creation gave it.
+    vectors.apply([(7, make(ev.TaskCreated, task_id="t3", title="rotate the deploy keys"))])
+    vectors.apply([(8, make(ev.TaskFailed, task_id="t3", error="vault sealed"))])
+    (t3,) = vectors.search("acme", "deploy keys vault", kinds=["tasks"], task_id="t3")
+    assert "rotate the deploy keys\nerror: vault sealed" == t3.text
