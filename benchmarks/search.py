@@ -55,13 +55,25 @@ async def _publish(url: str, tenants: int, per_tenant: int) -> int:
         await nc.close()
 
 
+async def _indexed(shards: Path) -> float:
+    """Wait until the vectors swapped in a generation whose indexes were built aside (the
+    generation in use changes once, when the first build is done); the seconds."""
+    start = time.perf_counter()
+    first = (shards / "CURRENT").read_text()
+    while (shards / "CURRENT").read_text() == first:  # noqa: ASYNC110 - another process writes it
+        await asyncio.sleep(0.5)
+    return time.perf_counter() - start
+
+
 async def _request_reply(
-    url: str, tenant: str, texts: list[str], last: int, rounds: int
+    url: str, tenant: str, texts: list[str], last: int, rounds: int, shards: Path
 ) -> list[list[float]]:
     nc = await nats.connect(url)
     try:
         took = await wait_acked(nc, "vectors", last, "projecting")
         print(f"  projected {last:,} memories in {took:.0f} s", file=sys.stderr)
+        took = await _indexed(shards)
+        print(f"  index built aside and swapped in {took:.0f} s later", file=sys.stderr)
         mem = MemoryClient(nc, tenant=tenant, agent="bench")
         for text in texts:  # warm: each query's embedding lands in the cache
             await mem.search(text)
@@ -121,7 +133,8 @@ def main(tenants: int, per_tenant: int, queries: int, rounds: int) -> bool:
         last = asyncio.run(_publish(server.url, tenants, per_tenant))
         env = {"MEMSTREAM_EMBEDDER": "hash", "MEMSTREAM_EMBEDDING_DIM": "384"}
         with memstream_process("up", "--nats-url", server.url, "--data-dir", tmp, env=env):
-            ours = asyncio.run(_request_reply(server.url, probe, texts, last, rounds))
+            shards = Path(tmp) / "vectors"
+            ours = asyncio.run(_request_reply(server.url, probe, texts, last, rounds, shards))
         raw = _raw(Path(tmp) / "vectors", probe, texts, rounds)
     for r, (mine, theirs) in enumerate(zip(ours, raw, strict=True)):
         print(

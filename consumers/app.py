@@ -32,6 +32,7 @@ import nats.errors
 from consumers.admin import AdminResponder
 from consumers.auth import TenantCredentials
 from consumers.deployment import Hold, hold
+from consumers.indexer import IndexBuilder
 from consumers.log import get_logger
 from consumers.nats_server import NatsServer
 from consumers.query_worker import QUEUE, QueryWorker
@@ -324,10 +325,13 @@ class _Roles:
             self.services["history"] = ProjectionService(
                 nc, HistoryStorage(data_dir), consumer=own["history"], **tuning
             )
+        self.indexer: IndexBuilder | None = None
         if "vectors" in roles:
-            self.services["vectors"] = ProjectionService(
-                nc, vector_storage_from_settings(settings), consumer=own["vectors"], **tuning
-            )
+            vectors = vector_storage_from_settings(settings)
+            service = ProjectionService(nc, vectors, consumer=own["vectors"], **tuning)
+            self.services["vectors"] = service
+            if vectors.shards is not None:  # Edge: its indexes are built in the background
+                self.indexer = IndexBuilder(service, vectors)
         # The query role searches the vectors a Qdrant server holds.
         self._reader = vector_storage_from_settings(settings) if roles == {"query"} else None
 
@@ -407,6 +411,8 @@ async def _serve(
         worker = parts.query_worker()
         if worker is not None:
             await worker.start()
+        if parts.indexer is not None:
+            parts.indexer.start()
         if services:
             await admin.start()
         ready(services, status)
@@ -418,6 +424,8 @@ async def _serve(
         failed = [s for s in started if s.failed is not None]
         log.info("stopping")
     finally:
+        if parts.indexer is not None:
+            await parts.indexer.stop()
         # Queries first (they read the projections), then the projections.
         if worker is not None:
             await worker.stop()

@@ -49,14 +49,19 @@ async def replay(
     decoder_ = MessageDecoder(projection.name, decoder)
     if total == 0 and (until is None or await until(projection.checkpoint)):
         return stats
+    start = projection.checkpoint + 1
+    if start > info.state.last_seq and (until is None or await until(projection.checkpoint)):
+        return stats  # a copy that holds the whole stream already: nothing to catch up
     # An ephemeral pull consumer with no acks: in order, nothing redelivered, and gone
-    # by itself if this process dies (inactive_threshold).
+    # by itself if this process dies (inactive_threshold). A target that holds part of
+    # the stream already (a copy of the projection) reads on from its checkpoint.
     name = f"replay-{secrets.token_hex(6)}"
     await js.add_consumer(
         EVENT_STREAM,
         ConsumerConfig(
             name=name,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None,
             ack_policy=AckPolicy.NONE,
             filter_subject=f"{EVENT_PREFIX}.>",
             inactive_threshold=30.0,

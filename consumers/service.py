@@ -208,15 +208,19 @@ class ProjectionService(Generic[P]):
                 self._no_readers.set()
 
     async def rebuild(
-        self, on_progress: Callable[[ReplayProgress], None] | None = None
+        self,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+        target: Callable[[], P] | None = None,
     ) -> RebuildResult:
-        """Replay the stream into a new target and swap it in; raises RebuildBusy."""
+        """Replay the stream into a new target and swap it in; raises RebuildBusy.
+        ``target``: makes the new target (by default, an empty one); one that holds part
+        of the stream already is caught up from its checkpoint."""
         if self.rebuilding:
             raise RebuildBusy(f"a rebuild of {self.name} is already running")
         running = self.running
         runner = running.runner
         async with self._rebuilding:
-            new = await asyncio.to_thread(self.storage.open_new)
+            new = await asyncio.to_thread(target or self.storage.open_new)
             paused = False
 
             async def caught_up(last_seq: int) -> bool:
@@ -236,16 +240,22 @@ class ProjectionService(Generic[P]):
                     on_progress=on_progress,
                     decoder=self.decoder,
                 )
-                # Readers finish on the old target before it is closed.
+                # Readers finish on the old target; from the same turn of the loop on,
+                # every reader and the runner take the new one. Only then is the old one
+                # closed and the switch made on disk (where the old one is dropped): a
+                # reader never meets a closed target.
                 await self._no_readers.wait()
-                running.projection.close()
-                await asyncio.to_thread(self.storage.make_current, new)
-                running.projection = new
-                runner.projection = new
-                await self._notify_applied()
+                old = running.projection
+                running.projection = runner.projection = new
             except BaseException:
                 await asyncio.to_thread(self.storage.discard, new)
+                if paused:
+                    runner.lock.release()
                 raise
+            try:
+                old.close()
+                await asyncio.to_thread(self.storage.make_current, new)
+                await self._notify_applied()
             finally:
                 if paused:
                     runner.lock.release()

@@ -32,7 +32,13 @@ from projections.embedders import (
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from projections.files import ProjectionFiles
 from projections.history import HistoryProjection
-from projections.point_store import EdgeStores, PointStores, ServerStores, new_generation
+from projections.point_store import (
+    EdgeStore,
+    EdgeStores,
+    PointStores,
+    ServerStores,
+    new_generation,
+)
 from projections.vectors import VectorProjection
 from schemas.errors import MemstreamError
 
@@ -287,6 +293,25 @@ class VectorStorage:
     def discard(self, projection: VectorProjection) -> None:
         self.stores.drop(projection.generation)
         self.applied.drop(projection.generation)
+
+    def copy_for_index(self, projection: VectorProjection) -> Path:
+        """A new generation that is a copy of ``projection``'s (its writes held back by
+        the caller), for the engine to index in another process; its directory."""
+        assert isinstance(self.stores, EdgeStores) and isinstance(projection.store, EdgeStore)
+        generation = new_generation()
+        path = self.stores.path(generation)
+        projection.store.copy_to(path)
+        self.applied.copy(projection.generation, generation)
+        return path
+
+    def open_indexed(self, path: Path) -> VectorProjection:
+        """The generation copied to ``path``, its indexes built: to catch up and swap in."""
+        generation = path.name.removeprefix("shard-")
+        projection = VectorProjection(
+            self.stores, self.embedder, generation=generation, applied=self.applied
+        )
+        projection.indexed()
+        return projection
 
     def _drop_other_generations(self, keep: str) -> None:
         # Generations of a rebuild that did not finish (the process died).

@@ -62,6 +62,15 @@ class AppliedIds:
             )
             self._con.execute("COMMIT")
 
+    def copy(self, source: str, target: str) -> None:
+        """Give ``target`` (a copy of ``source``'s points) the ids ``source`` applied."""
+        with self._lock:
+            self._con.execute(
+                "INSERT OR IGNORE INTO applied SELECT ?, tenant, id FROM applied "
+                "WHERE generation = ?",
+                [target, source],
+            )
+
     def keep_only(self, generation: str) -> None:
         """Forget every other generation's ids (they were replaced, or never finished)."""
         with self._lock:

@@ -418,6 +418,13 @@ class EdgeStore:
             self.shard.flush()
             self._flushed = time.monotonic()
 
+    def copy_to(self, target: Path) -> None:
+        """A copy of the shard as it is now (the caller holds its writes back)."""
+        self._room()
+        self.shard.flush()
+        self._flushed = time.monotonic()
+        shutil.copytree(self.path, target)
+
     def close(self) -> None:
         self.shard.flush()
         self.shard.close()
@@ -441,7 +448,7 @@ class EdgeStores:
         self.files = ProjectionFiles(directory, "shard", "")
         self._open: dict[str, EdgeStore] = {}
 
-    def _path(self, generation: str) -> Path:
+    def path(self, generation: str) -> Path:
         return self.files.dir / f"shard-{generation}"
 
     def current(self) -> str | None:
@@ -460,20 +467,20 @@ class EdgeStores:
     def open(self, generation: str, dimensions: int) -> EdgeStore:
         store = self._open.get(generation)
         if store is None:
-            path = self._path(generation)
+            path = self.path(generation)
             path.parent.mkdir(parents=True, exist_ok=True)
             store = self._open[generation] = EdgeStore(path, generation, dimensions)
         return store
 
     def make_current(self, generation: str) -> str | None:
-        old = self.files.make_current(self._path(generation))
+        old = self.files.make_current(self.path(generation))
         return old.name.removeprefix("shard-") if old is not None else None
 
     def drop(self, generation: str) -> None:
         store = self._open.pop(generation, None)
         if store is not None:
             store.close()
-        shutil.rmtree(self._path(generation), ignore_errors=True)
+        shutil.rmtree(self.path(generation), ignore_errors=True)
 
     def close(self) -> None:
         for store in self._open.values():

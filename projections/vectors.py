@@ -178,6 +178,8 @@ class VectorProjection:
             stores.make_current(self.generation)
         state = self.store.read_state()
         self._checkpoint = int(state.get("checkpoint", 0))
+        # Points written since the engine last built its indexes (see consumers.indexer).
+        self.unindexed = int(state.get("unindexed", 0))
         self._check_embedding(state)
 
     def _embedding(self) -> dict[str, Any]:
@@ -209,8 +211,14 @@ class VectorProjection:
 
     def _save_checkpoint(self, seq: int) -> None:
         with self._lock:
-            self.store.write_state({"checkpoint": seq, **self._embedding()})
+            state = {"checkpoint": seq, "unindexed": self.unindexed, **self._embedding()}
+            self.store.write_state(state)
         self._checkpoint = seq
+
+    def indexed(self) -> None:
+        """The engine has just built the indexes of every point this generation holds."""
+        self.unindexed = 0
+        self._save_checkpoint(self._checkpoint)
 
     def close(self) -> None:
         """Nothing to release: the stores are shared, and closed by their owner."""
@@ -339,6 +347,7 @@ class VectorProjection:
         with self._lock:
             self.store.delete(deletes)
             self.store.upsert(points)
+        self.unindexed += len(points)
 
     # --- search ----------------------------------------------------------------------
 

@@ -1,0 +1,86 @@
+"""Building the vector engine's indexes in another process, while the vectors service goes
+on ingesting and answering: nothing lost, nothing doubled, the copy swapped in."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from nats.aio.client import Client as NatsClient
+
+from consumers.indexer import IndexBuilder
+from consumers.service import ProjectionService
+from consumers.settings import load_settings
+from consumers.storage import vector_storage_from_settings
+from producers import MemoryClient
+from projections.embedders import HashEmbedder
+from projections.vectors import VectorProjection
+from schemas import events as ev
+from tests.waiting import wait_for
+
+
+async def _store(mem: MemoryClient, start: int, n: int) -> int:
+    events = [
+        mem.new_event(ev.KnowledgeStored, memory_id=f"m{i}", domain="d",
+                      content=f"fact {i}: the build cache lives in bucket {i}")
+        for i in range(start, start + n)
+    ]  # fmt: skip
+    return (await mem.publish_many(events))[-1].seq
+
+
+async def test_the_index_is_built_aside_and_swapped_in_without_loss(
+    nc: NatsClient, tmp_path: Path
+) -> None:
+    mem = MemoryClient(nc, tenant="acme", agent="a1")
+    last = await _store(mem, 0, 400)
+    await mem.publish(mem.new_event(ev.MemoryRevised, memory_id="m7", content="revised seven"))
+    storage = vector_storage_from_settings(
+        load_settings({}, data_dir=str(tmp_path)), HashEmbedder(64)
+    )
+    service: ProjectionService[VectorProjection] = ProjectionService(nc, storage, max_wait=0.05)
+    await service.start()
+    searches = failures = 0
+    stop = asyncio.Event()
+
+    async def search_all_along() -> None:
+        nonlocal searches, failures
+        while not stop.is_set():
+            async with service.reading() as vectors:
+                try:
+                    vectors.search("acme", "build cache bucket")
+                    searches += 1
+                except Exception as err:
+                    failures += 1
+                    print("search failed:", repr(err))
+            await asyncio.sleep(0.005)
+
+    try:
+        await wait_for(lambda: service.checkpoint >= last + 1, what="caught up")
+        before = service.projection.generation
+        assert service.projection.unindexed >= 400  # points written (a revision rewrites one)
+        builder = IndexBuilder(service, storage, after=100, every_s=3600)
+        searching = asyncio.create_task(search_all_along())
+        # Memories keep arriving while the copy is indexed and caught up.
+        writing = asyncio.create_task(_store(mem, 400, 300))
+        assert await builder.build_if_due()
+        last = await writing
+        await wait_for(lambda: service.checkpoint >= last, what="caught up after the swap")
+        stop.set()
+        await searching
+        projection = service.projection
+        assert projection.generation != before
+        assert [projection.generation] == storage.stores.generations()
+        assert 700 == projection.store.count("acme")  # each memory once
+        assert projection.unindexed < 100 + 300  # only what came after the copy
+        (hit,) = projection.search("acme", "revised seven", top_k=1, mode="keyword")
+        assert "m7" == hit.ref
+        assert "m699" in {h.ref for h in projection.search("acme", "bucket 699", top_k=3)}
+        assert (0, True) == (failures, searches > 0)
+        # Not due until enough was written since; then a copy with nothing to catch up.
+        assert not await IndexBuilder(service, storage, after=10_000).build_if_due()
+        assert await builder.build_if_due()
+        assert 700 == service.projection.store.count("acme")
+        assert 0 == service.projection.unindexed
+    finally:
+        stop.set()
+        await service.stop()
