@@ -50,9 +50,7 @@ class IndexBuilder:
         self.storage = storage
         self.after = after
         self.every_s = every_s
-        self.built = 0
         self._task: asyncio.Task[None] | None = None
-        self._child: asyncio.subprocess.Process | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="build-vector-index")
@@ -91,12 +89,11 @@ class IndexBuilder:
             shutil.rmtree(path, ignore_errors=True)
             raise
         result = await service.rebuild(target=lambda: self.storage.open_indexed(path))
-        self.built += 1
         log.info("index_build_finished", last_seq=result.last_seq, seconds=result.seconds)
         return True
 
     async def _index(self, path: str) -> None:
-        child = self._child = await asyncio.create_subprocess_exec(
+        child = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "projections.edge_index",
@@ -111,6 +108,5 @@ class IndexBuilder:
             if child.returncode is None:
                 child.kill()
                 await child.wait()
-            self._child = None
         if child.returncode != 0:
             raise RuntimeError(err.decode(errors="replace").strip() or f"exit {child.returncode}")

@@ -39,20 +39,24 @@ from projections.files import ProjectionFiles
 
 __all__ = [
     "DENSE",
+    "EDGE_MIN_FREE_BYTES",
     "SPARSE",
     "STATE_TENANT",
     "Condition",
+    "EdgeStore",
     "EdgeStores",
     "Found",
     "Mode",
     "PointStore",
     "PointStores",
     "Search",
+    "ServerStore",
     "ServerStores",
     "Sparse",
     "StorePoint",
     "bm25_document",
     "bm25_query",
+    "new_generation",
     "point_id",
 ]
 
