@@ -65,15 +65,20 @@ async def _indexed(shards: Path) -> float:
     return time.perf_counter() - start
 
 
+async def searchable(nc: nats.NATS, last: int, shards: Path) -> None:
+    """Wait until the vectors projected up to ``last`` and swapped in a built index."""
+    took = await wait_acked(nc, "vectors", last, "projecting")
+    print(f"  projected {last:,} memories in {took:.0f} s", file=sys.stderr)
+    took = await _indexed(shards)
+    print(f"  index built aside and swapped in {took:.0f} s later", file=sys.stderr)
+
+
 async def _request_reply(
     url: str, tenant: str, texts: list[str], last: int, rounds: int, shards: Path
 ) -> list[list[float]]:
     nc = await nats.connect(url)
     try:
-        took = await wait_acked(nc, "vectors", last, "projecting")
-        print(f"  projected {last:,} memories in {took:.0f} s", file=sys.stderr)
-        took = await _indexed(shards)
-        print(f"  index built aside and swapped in {took:.0f} s later", file=sys.stderr)
+        await searchable(nc, last, shards)
         mem = MemoryClient(nc, tenant=tenant, agent="bench")
         for text in texts:  # warm: each query's embedding lands in the cache
             await mem.search(text)

@@ -82,6 +82,8 @@ _RRF_K: Final = 60
 EDGE_MIN_FREE_BYTES: Final = 64 << 20
 # How often a shard's segments are flushed (its write-ahead log holds what is between).
 _FLUSH_EVERY_S: Final = 30.0
+# Points a single engine call writes (see EdgeStore.upsert).
+_UPSERT_CHUNK: Final = 64
 
 Mode = Literal["hybrid", "dense", "keyword"]
 
@@ -332,6 +334,9 @@ class EdgeStore:
     def upsert(self, points: Sequence[StorePoint]) -> None:
         if points:
             self._room()
+        # The engine holds the GIL for a whole call (~60 us a point): in chunks, a search
+        # from another thread waits for one chunk at most, not for a batch of thousands.
+        for at in range(0, len(points), _UPSERT_CHUNK):
             made = [
                 edge.Point(
                     p.id,
@@ -341,7 +346,7 @@ class EdgeStore:
                     },
                     p.payload,
                 )
-                for p in points
+                for p in points[at : at + _UPSERT_CHUNK]
             ]
             self.shard.update(edge.UpdateOperation.upsert_points(made))
 

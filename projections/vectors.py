@@ -171,8 +171,10 @@ class VectorProjection:
         current = stores.current()
         self.generation = generation or current or new_generation()
         self.store: PointStore = stores.open(self.generation, self.dimensions)
-        # The engine's calls are not to interleave a search with a write from another
-        # thread; the lock is held for the writes, not for the embedding.
+        # Writes (the runner's, a purge's) take turns; a search takes no lock, so it waits
+        # for at most one chunk of a write (see EdgeStore.upsert), not a whole batch. It
+        # may see a batch half written, as it may see any event past the checkpoint: what
+        # a query is promised (min_seq, consistency) is the checkpoint, written last.
         self._lock = threading.Lock()
         if current is None and generation is None:
             stores.make_current(self.generation)
@@ -364,5 +366,4 @@ class VectorProjection:
         self, tenant: str, queries: Sequence[str], vectors: Vectors, **filters: Any
     ) -> list[list[Hit]]:
         """One list of best matches per query, given its embedding (a row of ``vectors``)."""
-        with self._lock:
-            return search_store(self.store, tenant, queries, vectors, **filters)
+        return search_store(self.store, tenant, queries, vectors, **filters)
