@@ -4,14 +4,17 @@ server where a Docker engine runs (skipped with the reason otherwise)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import qdrant_edge as edge
 
 from projections.embedders import HashEmbedder
 from projections.point_store import (
+    SEARCH_THREADS,
     Condition,
     EdgeStores,
     PointStore,
@@ -216,3 +219,25 @@ def test_payloads_lists_every_point_but_the_state(store: PointStore) -> None:
     store.upsert([point("beta", "b", "theirs")])
     assert 1501 == len(list(store.payloads()))
     assert ["b"] == [p["ref"] for p in store.payloads("beta")]
+
+
+def test_edge_searches_with_one_thread_also_in_a_shard_made_before(tmp_path: Path) -> None:
+    stores = EdgeStores(tmp_path / "vectors")
+    made_before = stores.path("old")
+    config = edge.EdgeConfig(
+        vectors={"dense": edge.EdgeVectorParams(size=DIMS, distance=edge.Distance.Cosine)},
+        sparse_vectors={"bm25": edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
+    )
+    shard = edge.EdgeShard.create(str(made_before), config)
+    shard.close()
+    assert "max_search_threads" not in json.loads((made_before / "edge_config.json").read_text())
+    for generation in ("old", "new"):
+        stores.open(generation, DIMS).upsert([point("acme", "k1", "kept")])
+    stores.close()
+    for generation in ("old", "new"):
+        made = json.loads((stores.path(generation) / "edge_config.json").read_text())
+        assert SEARCH_THREADS == made["max_search_threads"] == 1
+        reopened = EdgeStores(tmp_path / "vectors")
+        store = reopened.open(generation, DIMS)
+        assert ["k1"] == refs(store, search("acme", "kept"))
+        reopened.close()
