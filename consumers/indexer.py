@@ -27,14 +27,26 @@ from consumers.service import ProjectionService
 from consumers.storage import VectorStorage
 from projections.vectors import VectorProjection
 
-__all__ = ["IndexBuilder"]
+__all__ = ["IndexBuilder", "due"]
 
 log = get_logger("memstream.indexer")
 
 # Points written since the last build that make a new one worth it: measured here, a
 # search over 10,000 points without an index takes ~3 ms, with one under 1 ms.
 INDEX_AFTER: Final = 5_000
+# ... and, in a larger shard, a quarter of the points already indexed. A build copies
+# and indexes the whole shard, and catches the copy up on what arrived meanwhile: with a
+# fixed count, steady ingest into a growing shard would cost more for every new point
+# (at 5,000 events/s into 100,000 points, a build after every 5,000 points never ends).
+# With a share, each point is copied and indexed a bounded number of times in all.
+INDEX_GROWTH: Final = 0.25
 CHECK_EVERY_S: Final = 30.0
+
+
+def due(unindexed: int, points: int, after: int = INDEX_AFTER) -> bool:
+    """Whether a shard of ``points`` points, ``unindexed`` of them written since its
+    last build, is due a new one."""
+    return unindexed >= max(after, INDEX_GROWTH * (points - unindexed))
 
 
 class IndexBuilder:
@@ -77,7 +89,11 @@ class IndexBuilder:
         """Build the indexes when enough points were written since the last build;
         whether it did."""
         service = self.service
-        if service.rebuilding or service.projection.unindexed < self.after:
+        if service.rebuilding:
+            return False
+        projection = service.projection
+        points = await asyncio.to_thread(projection.store.points)
+        if not due(projection.unindexed, points, self.after):
             return False
         log.info("index_build_started", unindexed=service.projection.unindexed)
         runner = service.running.runner

@@ -194,6 +194,10 @@ class PointStore(Protocol):
 
     def count(self, tenant: str) -> int: ...
 
+    def points(self) -> int:
+        """How many points the store holds, every tenant's (the state's too)."""
+        ...
+
     def payloads(self, tenant: str | None = None) -> Iterator[dict[str, Any]]:
         """Every point's payload (of ``tenant``, or of all), the state's excepted."""
         ...
@@ -385,6 +389,9 @@ class EdgeStore:
 
     def count(self, tenant: str) -> int:
         return int(self.shard.count(edge.CountRequest(filter=self._tenant(tenant), exact=True)))
+
+    def points(self) -> int:
+        return int(self.shard.info().points_count)
 
     def payloads(self, tenant: str | None = None) -> Iterator[dict[str, Any]]:
         if tenant is not None:
@@ -677,6 +684,9 @@ class ServerStore:
     def count(self, tenant: str) -> int:
         result = self.client.count(self.name, count_filter=_server_filter(tenant, ()), exact=True)
         return int(result.count)
+
+    def points(self) -> int:
+        return int(self.client.count(self.name, exact=True).count)
 
     def payloads(self, tenant: str | None = None) -> Iterator[dict[str, Any]]:
         from qdrant_client import models as m

@@ -112,6 +112,7 @@ def test_points_are_written_read_and_deleted(store: PointStore) -> None:
     store.delete(ids[:1])
     assert ["k2"] == [p["ref"] for p in store.retrieve(ids)]
     assert 3 == store.count("acme")
+    assert 3 + 1 == store.points()  # and the state's
 
 
 def test_tenants_never_see_each_other(store: PointStore) -> None:
