@@ -78,7 +78,7 @@ _PREFETCH_MIN: Final = 20
 # 60 flattens the ranks so much that a memory fair on both sides beats one that is first
 # on one side; with two sides and a top 5, that loses both the exact name and the close
 # paraphrase. Measured (benchmarks/retrieval.py, 55 planted facts, all-MiniLM-L6-v2),
-# recall@1/@5/@10: k=60 47/65/75%, k=10 49/76/82%; dense alone 67/71/76%, BM25 alone
+# recall@1/@5/@10: k=60 47/65/75%, k=10 51/76/80%; dense alone 67/71/76%, BM25 alone
 # 44/49/53%.
 _RRF_K: Final = 10
 # Edge maps its files into memory and grows them by touching pages: on a full disk
@@ -94,6 +94,12 @@ _FLUSH_EVERY_S: Final = 30.0
 # default pool, 3.4 ms of CPU for 2.9 / 8.1 ms. The pool's hand-offs cost more than the
 # parallelism gives, and the cores it takes are the projections' and the other queries'.
 SEARCH_THREADS: Final = 1
+# One HNSW graph per tenant (links of this many neighbours), none over all tenants, and
+# no extra links for the other indexed fields: every search is of one tenant, and the
+# other fields filter inside its graph. Measured here (10 x 10,000, 2 cores): the index
+# builds in 26 s, not 101 s, and a hybrid query of one tenant answers in 1.3 ms p50,
+# not 4.1 ms (dense 0.37 ms, not 0.68 ms).
+TENANT_GRAPH_M: Final = 16
 # Points a single engine call writes (see EdgeStore.upsert).
 _UPSERT_CHUNK: Final = 64
 
@@ -329,10 +335,11 @@ class EdgeStore:
             self.shard = _load(path)
             return
         self.shard = edge.EdgeShard.create(str(path), _edge_config(dimensions))
+        # The tenant's graph is the one searched; the other fields filter within it.
         indexes: list[tuple[str, Any]] = [
             ("tenant", edge.KeywordIndexParams(is_tenant=True)),
-            *((name, edge.PayloadSchemaType.Keyword) for name in KEYWORD_FIELDS),
-            *((name, edge.PayloadSchemaType.Float) for name in FLOAT_FIELDS),
+            *((name, edge.KeywordIndexParams(enable_hnsw=False)) for name in KEYWORD_FIELDS),
+            *((name, edge.FloatIndexParams(enable_hnsw=False)) for name in FLOAT_FIELDS),
         ]
         for name, schema in indexes:
             self.shard.update(edge.UpdateOperation.create_field_index(name, schema))
@@ -466,19 +473,28 @@ def _edge_config(dimensions: int) -> edge.EdgeConfig:
     return edge.EdgeConfig(
         vectors={DENSE: edge.EdgeVectorParams(size=dimensions, distance=edge.Distance.Cosine)},
         sparse_vectors={SPARSE: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
+        hnsw_config=edge.HnswIndexConfig(
+            m=0, payload_m=TENANT_GRAPH_M, ef_construct=100, full_scan_threshold=10_000
+        ),
         max_search_threads=SEARCH_THREADS,
     )
 
 
 def _load(path: Path) -> edge.EdgeShard:
-    """The shard at ``path``; one made before SEARCH_THREADS gets it (the setting is kept
-    in the shard's ``edge_config.json``, and a copy built aside keeps it too)."""
+    """The shard at ``path``. One made by an earlier memstream gets today's settings
+    (kept in the shard's ``edge_config.json``; a copy built aside keeps them too): its
+    search threads at once, its graphs at the next index build."""
     try:
         made = json.loads((path / "edge_config.json").read_text())
         size = int(made["vectors"][DENSE]["size"])
     except (OSError, ValueError, KeyError, TypeError):
         return edge.EdgeShard.load(str(path))  # what is wrong is the engine's to say
-    if made.get("max_search_threads") == SEARCH_THREADS:
+    graph = made.get("hnsw_config") or {}
+    if (
+        made.get("max_search_threads") == SEARCH_THREADS
+        and graph.get("m") == 0
+        and graph.get("payload_m") == TENANT_GRAPH_M
+    ):
         return edge.EdgeShard.load(str(path))
     return edge.EdgeShard.load(str(path), _edge_config(size))
 
@@ -626,6 +642,7 @@ class ServerStore:
             self.name,
             vectors_config={DENSE: m.VectorParams(size=dimensions, distance=m.Distance.COSINE)},
             sparse_vectors_config={SPARSE: m.SparseVectorParams(modifier=m.Modifier.IDF)},
+            hnsw_config=m.HnswConfigDiff(m=0, payload_m=TENANT_GRAPH_M),  # as on Edge
         )
         client.create_payload_index(
             self.name,
@@ -633,9 +650,15 @@ class ServerStore:
             m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, is_tenant=True),
         )
         for name in KEYWORD_FIELDS:
-            client.create_payload_index(self.name, name, m.PayloadSchemaType.KEYWORD)
+            client.create_payload_index(
+                self.name,
+                name,
+                m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, enable_hnsw=False),
+            )
         for name in FLOAT_FIELDS:
-            client.create_payload_index(self.name, name, m.PayloadSchemaType.FLOAT)
+            client.create_payload_index(
+                self.name, name, m.FloatIndexParams(type=m.FloatIndexType.FLOAT, enable_hnsw=False)
+            )
         self.write_state({"dimensions": dimensions, "checkpoint": 0})
 
     def upsert(self, points: Sequence[StorePoint]) -> None:

@@ -15,6 +15,7 @@ import qdrant_edge as edge
 from projections.embedders import HashEmbedder
 from projections.point_store import (
     SEARCH_THREADS,
+    TENANT_GRAPH_M,
     Condition,
     EdgeStores,
     PointStore,
@@ -222,7 +223,7 @@ def test_payloads_lists_every_point_but_the_state(store: PointStore) -> None:
     assert ["b"] == [p["ref"] for p in store.payloads("beta")]
 
 
-def test_edge_searches_with_one_thread_also_in_a_shard_made_before(tmp_path: Path) -> None:
+def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
     stores = EdgeStores(tmp_path / "vectors")
     made_before = stores.path("old")
     config = edge.EdgeConfig(
@@ -238,6 +239,7 @@ def test_edge_searches_with_one_thread_also_in_a_shard_made_before(tmp_path: Pat
     for generation in ("old", "new"):
         made = json.loads((stores.path(generation) / "edge_config.json").read_text())
         assert SEARCH_THREADS == made["max_search_threads"] == 1
+        assert (0, TENANT_GRAPH_M) == (made["hnsw_config"]["m"], made["hnsw_config"]["payload_m"])
         reopened = EdgeStores(tmp_path / "vectors")
         store = reopened.open(generation, DIMS)
         assert ["k1"] == refs(store, search("acme", "kept"))
