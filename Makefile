@@ -30,6 +30,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,dev,bench]'
 	$(BIN)/python -m benchmarks.publish $(ARGS)
 	$(BIN)/python -m benchmarks.ingest_history $(ARGS)
 	$(BIN)/python -m benchmarks.replay_history $(ARGS)
@@ -37,6 +38,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.faststream_reply
 	$(BIN)/python -m benchmarks.ingest_vectors
 	$(BIN)/python -m benchmarks.search
+	$(BIN)/python -m benchmarks.search_load
+	$(BIN)/python -m benchmarks.retrieval
+	$(BIN)/python -m benchmarks.layout --scenarios 10x20000,1000x100
 	$(BIN)/python -m benchmarks.history_query
 	$(BIN)/python -m benchmarks.memory
 
