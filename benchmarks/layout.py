@@ -12,7 +12,8 @@ tenants of 100 memories) and each layout, in this process, with Qdrant Edge:
 - a layout that fails (the engine maps its files into memory: a shard takes ~95 maps, and
   Linux allows a process 65,530 by default) or writes for longer than
   ``--max-ingest-s`` is measured as far as it got, and says so;
-- search: a tenant-filtered hybrid query of one tenant after indexing, p50 / p99 over
+- search: a tenant-filtered query of one tenant after indexing, in each mode (hybrid,
+  dense, keyword: each side's cost apart), p50 / p99 over
   ``--queries`` questions, asked ``--rounds`` times (the median round).
 
     python -m benchmarks.layout [--scenarios 10x100000,1000x100] [--queries 300]
@@ -40,6 +41,7 @@ from projections.embedders import HashEmbedder
 from projections.point_store import (
     Condition,
     EdgeStore,
+    Mode,
     Search,
     Sparse,
     StorePoint,
@@ -50,6 +52,7 @@ from projections.point_store import (
 
 DIMS = 384
 BATCH = 1000
+MODES: tuple[Mode, ...] = ("hybrid", "dense", "keyword")
 KINDS = Condition("kind", any_of=("knowledge", "solutions", "collaborations"))
 
 
@@ -63,8 +66,8 @@ class Figures:
     maps: int
     rss_mb: float
     disk_mb: float
-    p50: float
-    p99: float
+    search: dict[str, tuple[float, float]]
+    """p50 and p99 in ms, by mode."""
 
 
 def _rss_mb() -> float:
@@ -164,7 +167,7 @@ def _measure(
         if not written:  # nothing to index or search
             return Figures(0, failure, 0.0, float("nan"), len(os.listdir("/proc/self/fd"))
                            - files_before, _maps() - maps_before, _rss_mb() - before,
-                           _disk_mb(root), float("nan"), float("nan"))  # fmt: skip
+                           _disk_mb(root), {})  # fmt: skip
         start = time.perf_counter()
         for store in stores.values():
             if index:
@@ -173,27 +176,31 @@ def _measure(
         probe = f"t{tenants // 2}"
         texts = [memory_text(i * 37 + 5) for i in range(queries)]
         vectors = HashEmbedder(DIMS).embed(texts)
-        searches = [
-            Search(tenant=probe, dense=v.tolist(), sparse=bm25_query(t), limit=5, must=(KINDS,))
-            for t, v in zip(texts, vectors, strict=True)
-        ]
         target = store_of(probe)
-        for s in searches:
-            target.search(s)
-        timed: list[list[float]] = []
-        for _ in range(rounds):
-            timed.append([])
+        search: dict[str, tuple[float, float]] = {}
+        for mode in MODES:
+            searches = [
+                Search(tenant=probe, dense=v.tolist(), sparse=bm25_query(t), limit=5,
+                       must=(KINDS,), mode=mode)
+                for t, v in zip(texts, vectors, strict=True)
+            ]  # fmt: skip
             for s in searches:
-                start = time.perf_counter()
                 target.search(s)
-                timed[-1].append((time.perf_counter() - start) * 1000)
-        p99, p50 = sorted((percentile(r, 0.99), statistics.median(r)) for r in timed)[
-            len(timed) // 2
-        ]
+            timed: list[list[float]] = []
+            for _ in range(rounds):
+                timed.append([])
+                for s in searches:
+                    start = time.perf_counter()
+                    target.search(s)
+                    timed[-1].append((time.perf_counter() - start) * 1000)
+            p99, p50 = sorted((percentile(r, 0.99), statistics.median(r)) for r in timed)[
+                len(timed) // 2
+            ]
+            search[mode] = (p50, p99)
         figures = Figures(
             written=written, failure=failure, ingest=written / took, index_s=index_s,
             files=len(os.listdir("/proc/self/fd")) - files_before, maps=_maps() - maps_before,
-            rss_mb=_rss_mb() - before, disk_mb=_disk_mb(root), p50=p50, p99=p99,
+            rss_mb=_rss_mb() - before, disk_mb=_disk_mb(root), search=search,
         )  # fmt: skip
     finally:
         for store in stores.values():
@@ -220,7 +227,8 @@ def main(scenarios: list[str], queries: int, rounds: int, max_ingest_s: float, i
                 f"layout: {tenants:,} tenants x {per_tenant:,} memories, {layout}: ingest "
                 f"{f.ingest:,.0f} points/s, index {f.index_s:,.1f} s, {f.files:,} open files, "
                 f"{f.maps:,} memory maps, +{f.rss_mb:,.0f} MB resident, {f.disk_mb:,.0f} MB "
-                f"on disk, search p50 {f.p50:.2f} ms p99 {f.p99:.2f} ms"
+                f"on disk; search p50 / p99: "
+                + ", ".join(f"{m} {p50:.2f} / {p99:.2f} ms" for m, (p50, p99) in f.search.items())
             )
             sys.stdout.flush()
 
