@@ -1,9 +1,10 @@
 """Resident memory of ``memstream up``: idle, and after ingesting ``--events`` events.
 
-``memstream up`` runs in its own process (hash embedder, Qdrant local mode) against a
-fresh broker; its RSS is read from /proc when it is ready and idle, and again once both
-projections have applied ``--events`` events of the benchmark mix (one in eight a memory,
-so Qdrant's local mode holds those in memory). Raw limit: the RSS of a bare Python
+``memstream up`` runs in its own process (hash embedder, Qdrant Edge) against a fresh
+broker; its RSS is read from /proc when it is ready and idle, and again once both
+projections have applied ``--events`` events of the benchmark mix (one in eight a memory;
+with the conversation turns and tasks, about three in eight become points of the engine,
+whose files are mapped into memory). Raw limit: the RSS of a bare Python
 process that imported memstream's dependencies, measured the same way. Targets
 (README, "Benchmarks"): idle <= 300 MB, after 1,000,000 events <= 1.5 GB.
 
@@ -39,7 +40,7 @@ def rss_mb(pid: int) -> float:
 
 def bare_python_mb() -> float:
     code = (
-        "import duckdb, qdrant_client, nats, msgspec, pyarrow, numpy, structlog, time;"
+        "import duckdb, qdrant_client, qdrant_edge, nats, msgspec, pyarrow, numpy, structlog, time;"
         "print('ready', flush=True); time.sleep(60)"
     )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -88,7 +89,7 @@ def main(events: int) -> bool:
             process.terminate()
             process.wait(120)
     ok = idle <= 300 and loaded <= 1536
-    print(f"memory: memstream up, hash embedder, Qdrant local mode; a bare Python with the "
+    print(f"memory: memstream up, hash embedder, Qdrant Edge; a bare Python with the "
           f"same libraries imported: {raw:.0f} MB")  # fmt: skip
     print(
         f"memory: idle {idle:.0f} MB (target <= 300 MB); after {events:,} events "
