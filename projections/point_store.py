@@ -632,6 +632,7 @@ class ServerStore:
 
     def __init__(self, client: Any, generation: str, dimensions: int) -> None:
         from qdrant_client import models as m
+        from qdrant_client.http.exceptions import UnexpectedResponse
 
         self.client = client
         self.generation = generation
@@ -649,16 +650,25 @@ class ServerStore:
             "tenant",
             m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, is_tenant=True),
         )
-        for name in KEYWORD_FIELDS:
-            client.create_payload_index(
-                self.name,
-                name,
-                m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, enable_hnsw=False),
-            )
-        for name in FLOAT_FIELDS:
-            client.create_payload_index(
-                self.name, name, m.FloatIndexParams(type=m.FloatIndexType.FLOAT, enable_hnsw=False)
-            )
+        fields = [
+            *(
+                (name, m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, enable_hnsw=False),
+                 m.PayloadSchemaType.KEYWORD)
+                for name in KEYWORD_FIELDS
+            ),
+            *(
+                (name, m.FloatIndexParams(type=m.FloatIndexType.FLOAT, enable_hnsw=False),
+                 m.PayloadSchemaType.FLOAT)
+                for name in FLOAT_FIELDS
+            ),
+        ]  # fmt: skip
+        for name, without_links, plain in fields:
+            try:
+                client.create_payload_index(self.name, name, without_links)
+            except UnexpectedResponse:
+                # A server from before enable_hnsw: the field gets graph links too (the
+                # index builds slower; searches find the same).
+                client.create_payload_index(self.name, name, plain)
         self.write_state({"dimensions": dimensions, "checkpoint": 0})
 
     def upsert(self, points: Sequence[StorePoint]) -> None:
