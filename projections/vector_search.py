@@ -21,7 +21,9 @@ __all__ = ["KINDS", "Hit", "VectorReader", "from_payload", "search_store", "to_p
 KINDS: Final = ("knowledge", "solutions", "collaborations")
 # The record's fields the engine filters on, copied beside it when they have a value.
 _FILTERED: Final = ("agent", "domain", "tags", "session_id", "task_id")
-_encode = msgspec.json.Encoder().encode
+# Keys sorted: a record is the same document however its fields were set (live, a task's
+# outcome is added to the stored record; in a rebuild, to a fresh one).
+_encode = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 

@@ -90,6 +90,17 @@ def _json(value: Any) -> str:
 _TaskEvent = ev.TaskCreated | ev.TaskCompleted | ev.TaskFailed
 
 
+def _texts_had(kind: str, record: Payload) -> Payload:
+    """``record`` with its text's cache key among ``text_keys``: every text a point has
+    had, event by event, so an erase can clear their cache entries. Kept at each event,
+    not at each write, so a point comes out the same however its events were batched
+    (live or in a rebuild)."""
+    key = text_key(_text(kind, record)).hex()
+    if key not in record.get("text_keys", ()):
+        record["text_keys"] = [*record.get("text_keys", ()), key]
+    return record
+
+
 def _task(record: Payload | None, seq: int, e: _TaskEvent) -> Payload:
     """A task's point as of ``e``: made by its creation, given its outcome later (an
     outcome seen without the creation makes a point without a title)."""
@@ -103,7 +114,7 @@ def _task(record: Payload | None, seq: int, e: _TaskEvent) -> Payload:
                       metadata={**record.get("metadata", {}), **e.metadata})  # fmt: skip
     elif isinstance(e, ev.TaskFailed):
         record.update(status="failed", error=e.error)
-    return record
+    return _texts_had("tasks", record)
 
 
 class _PayloadFold(MemoryFold[Payload]):
@@ -120,13 +131,15 @@ class _PayloadFold(MemoryFold[Payload]):
             if isinstance(e, ev.KnowledgeStored)
             else {"problem": e.problem, "solution": e.solution}
         )
-        return {**_base(seq, e), "ref": e.memory_id, **own, "tags": list(e.tags),
-                "metadata": e.metadata}  # fmt: skip
+        kind = "knowledge" if isinstance(e, ev.KnowledgeStored) else "solutions"
+        return _texts_had(kind, {**_base(seq, e), "ref": e.memory_id, **own,
+                                 "tags": list(e.tags), "metadata": e.metadata})  # fmt: skip
 
     def revised(self, record: Payload, kind: str, seq: int, e: ev.MemoryRevised) -> Payload:
         base = _base(seq, e)
-        return {**record, **revision(e, kind),
-                "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"]}  # fmt: skip
+        revised = {**record, **revision(e, kind),
+                   "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"]}  # fmt: skip
+        return _texts_had(kind, revised)
 
     def forgotten(self, record: Payload, kind: str, e: ev.MemoryForgotten) -> None:
         if e.erase:

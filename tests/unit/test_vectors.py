@@ -13,7 +13,7 @@ import pytest
 from projections.embedders import HashEmbedder
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from projections.point_store import EdgeStores, point_id
-from projections.vector_search import VectorReader
+from projections.vector_search import VectorReader, from_payload
 from projections.vectors import VectorProjection
 from schemas import events as ev
 
@@ -269,3 +269,27 @@ def test_turns_and_tasks_are_searchable_kinds(vectors: VectorProjection) -> None
     vectors.apply([(8, make(ev.TaskFailed, task_id="t3", error="vault sealed"))])
     (t3,) = vectors.search("acme", "deploy keys vault", kinds=["tasks"], task_id="t3")
     assert "rotate the deploy keys\nerror: vault sealed" == t3.text
+
+
+def test_a_point_is_the_same_however_its_events_were_batched(parts: Parts) -> None:
+    """Live, a memory's and a task's events may land in different batches; a rebuild
+    may read them in one. The points, their record of every text they had (what an
+    erase clears from the cache) included, come out the same."""
+    stores, cached = parts
+    events = [
+        (1, make(ev.KnowledgeStored, memory_id="k", domain="d", content="first fact")),
+        (2, make(ev.TaskCreated, task_id="t1", title="fix the flaky test")),
+        (3, make(ev.MemoryRevised, memory_id="k", content="first fact, revised")),
+        (4, make(ev.TaskCompleted, task_id="t1", output={"fixed": True})),
+        (5, make(ev.MemoryRevised, memory_id="k", content="first fact, revised twice")),
+    ]  # fmt: skip
+    one_by_one = VectorProjection(stores, cached, generation="one-by-one")
+    for event in events:
+        one_by_one.apply([event])
+    at_once = VectorProjection(stores, cached, generation="at-once")
+    at_once.apply(events)
+    ids = [point_id("acme", "knowledge", "k"), point_id("acme", "tasks", "t1")]
+    apart, together = one_by_one.store.retrieve(ids), at_once.store.retrieve(ids)
+    assert 2 == len(apart) and apart == together
+    memory = from_payload(next(p for p in together if p["kind"] == "knowledge"))
+    assert 3 == len(memory["text_keys"])  # each text it had, the unsearched ones too
