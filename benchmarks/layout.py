@@ -26,7 +26,6 @@ import gc
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._common import percentile
+from benchmarks._common import median_round
 from benchmarks.ingest_vectors import memory_text
 from consumers._runtime import tune_for_throughput
 from projections.embedders import HashEmbedder
@@ -193,10 +192,7 @@ def _measure(
                     start = time.perf_counter()
                     target.search(s)
                     timed[-1].append((time.perf_counter() - start) * 1000)
-            p99, p50 = sorted((percentile(r, 0.99), statistics.median(r)) for r in timed)[
-                len(timed) // 2
-            ]
-            search[mode] = (p50, p99)
+            search[mode] = median_round(timed)
         figures = Figures(
             written=written, failure=failure, ingest=written / took, index_s=index_s,
             files=len(os.listdir("/proc/self/fd")) - files_before, maps=_maps() - maps_before,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import nats
 
-from benchmarks._common import broker, memstream_process, percentile, wait_acked
+from benchmarks._common import broker, median_round, memstream_process, percentile, wait_acked
 from benchmarks.ingest_vectors import memory_text
 from consumers._runtime import tune_for_throughput
 from consumers.log import configure_logging
@@ -122,13 +122,6 @@ def _raw(shards: Path, tenant: str, texts: list[str], rounds: int) -> list[list[
         stores.close()
 
 
-def _summary(rounds: list[list[float]]) -> tuple[float, float]:
-    """p50 and p99 of the median round (by p99): a shared machine has slow moments."""
-    figures = sorted((percentile(r, 0.99), statistics.median(r)) for r in rounds)
-    p99, p50 = figures[len(figures) // 2]
-    return p50, p99
-
-
 def main(tenants: int, per_tenant: int, queries: int, rounds: int) -> bool:
     configure_logging("console", "warning")
     tune_for_throughput()  # the runtime settings memstream's worker runs with
@@ -148,8 +141,8 @@ def main(tenants: int, per_tenant: int, queries: int, rounds: int) -> bool:
             f" ms, p99 {percentile(theirs, 0.99):.2f} ms",
             file=sys.stderr,
         )
-    p50, p99 = _summary(ours)
-    raw50, raw99 = _summary(raw)
+    p50, p99 = median_round(ours)
+    raw50, raw99 = median_round(raw)
     ok = p99 <= 5 and p50 - raw50 <= 1.0
     print(
         f"search: {tenants} tenants x {per_tenant} memories, {queries} queries to one tenant, "
