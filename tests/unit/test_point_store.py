@@ -14,6 +14,7 @@ import qdrant_edge as edge
 
 from projections.embedders import HashEmbedder
 from projections.point_store import (
+    FULL_SCAN_KB,
     SEARCH_THREADS,
     TENANT_GRAPH_M,
     Condition,
@@ -239,7 +240,12 @@ def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
     for generation in ("old", "new"):
         made = json.loads((stores.path(generation) / "edge_config.json").read_text())
         assert SEARCH_THREADS == made["max_search_threads"] == 1
-        assert (0, TENANT_GRAPH_M) == (made["hnsw_config"]["m"], made["hnsw_config"]["payload_m"])
+        graph = made["hnsw_config"]
+        assert (0, TENANT_GRAPH_M, FULL_SCAN_KB) == (
+            graph["m"],
+            graph["payload_m"],
+            graph["full_scan_threshold"],
+        )
         reopened = EdgeStores(tmp_path / "vectors")
         store = reopened.open(generation, DIMS)
         assert ["k1"] == refs(store, search("acme", "kept"))
