@@ -200,9 +200,14 @@ class CachedEmbedder:
         to a bounded in-memory cache of the most recent only."""
         model, dims = self.embedder.model, self.embedder.dimensions
         keys = [text_key(t) for t in texts]
-        found = self.cache.get_many(tenant, model, dims, keys)
+        found: dict[bytes, Vectors] = {}
         if not keep:
-            found.update(self._recent_get(tenant, model, dims, keys))
+            # A query's vector from memory first: the persistent cache is shared with the
+            # projection, whose writes of a batch's vectors a query would wait behind.
+            found = self._recent_get(tenant, model, dims, keys)
+        if len(found) < len(keys):
+            unseen = [k for k in keys if k not in found]
+            found.update(self.cache.get_many(tenant, model, dims, unseen))
         missing: dict[bytes, str] = {}
         for key, text in zip(keys, texts, strict=True):
             if key not in found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,23 @@ def test_query_vectors_stay_in_a_bounded_memory_cache(tmp_path: Path) -> None:
     cached.embed("acme", ["query one"], keep=False)
     assert ["query one"] == inner.calls[-1] and 4 == len(inner.calls)
     assert 1 == cache.count("acme")
+
+
+def test_a_repeated_query_does_not_wait_for_the_projection_writing_the_cache(
+    tmp_path: Path,
+) -> None:
+    """While the projection holds the persistent cache (writing a batch's vectors), a
+    query asked before is answered from memory."""
+    cached = CachedEmbedder(CountingEmbedder(), EmbeddingCache(tmp_path / "cache.sqlite3"))
+    asked = cached.embed("acme", ["which port does the cache use"], keep=False)
+    answered: list[np.ndarray] = []  # type: ignore[type-arg]
+    with cached.cache._lock:  # a batch's write under way
+        query = threading.Thread(
+            target=lambda: answered.append(
+                cached.embed("acme", ["which port does the cache use"], keep=False)
+            )
+        )
+        query.start()
+        query.join(10)
+        assert answered, "the query waited for the cache's writer"
+    assert np.array_equal(asked, answered[0])
