@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import sys
 from typing import Final
 
@@ -102,7 +101,7 @@ class IndexBuilder:
         try:
             await self._index(str(path))
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
+            self.storage.discard_copy(path)
             raise
         result = await service.rebuild(target=lambda: self.storage.open_indexed(path))
         log.info("index_build_finished", last_seq=result.last_seq, seconds=result.seconds)

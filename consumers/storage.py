@@ -302,16 +302,29 @@ class VectorStorage:
         path = self.stores.path(generation)
         projection.store.copy_to(path)
         self.applied.copy(projection.generation, generation)
+        # Until it is back, this process neither opens nor purges the copy: the tenants
+        # purged meanwhile are purged from it on its return.
+        self.stores.lend(generation)
         return path
 
     def open_indexed(self, path: Path) -> VectorProjection:
         """The generation copied to ``path``, its indexes built: to catch up and swap in."""
+        assert isinstance(self.stores, EdgeStores)
         generation = path.name.removeprefix("shard-")
+        purged = self.stores.take_back(generation)
         projection = VectorProjection(
             self.stores, self.embedder, generation=generation, applied=self.applied
         )
+        for tenant in purged:
+            projection.store.delete_tenant(tenant)
         projection.indexed()
         return projection
+
+    def discard_copy(self, path: Path) -> None:
+        """A copy whose indexing failed or was abandoned."""
+        assert isinstance(self.stores, EdgeStores)
+        self.stores.take_back(path.name.removeprefix("shard-"))
+        shutil.rmtree(path, ignore_errors=True)
 
     def _drop_other_generations(self, keep: str) -> None:
         # Generations of a rebuild that did not finish (the process died).

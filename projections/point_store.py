@@ -242,6 +242,12 @@ class PointStores(Protocol):
 
     def drop(self, generation: str) -> None: ...
 
+    def owe_purge(self, generation: str, tenant: str) -> bool:
+        """Whether ``generation`` is in another process's hands (its indexes being built
+        there): then it is not opened here, and the tenant's purge is kept for its return
+        (:meth:`EdgeStores.take_back`)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -512,6 +518,25 @@ class EdgeStores:
     def __init__(self, directory: Path) -> None:
         self.files = ProjectionFiles(directory, "shard", "")
         self._open: dict[str, EdgeStore] = {}
+        # Generations lent to another process, and the tenants purged meanwhile.
+        self._lent: dict[str, list[str]] = {}
+
+    def lend(self, generation: str) -> None:
+        """``generation`` goes to another process (which opens it alone) until
+        :meth:`take_back`."""
+        self._lent[generation] = []
+
+    def take_back(self, generation: str) -> list[str]:
+        """``generation`` is back from the other process: the tenants purged while it was
+        away, whose points it still holds."""
+        return self._lent.pop(generation, [])
+
+    def owe_purge(self, generation: str, tenant: str) -> bool:
+        owed = self._lent.get(generation)
+        if owed is None:
+            return False
+        owed.append(tenant)
+        return True
 
     def path(self, generation: str) -> Path:
         return self.files.dir / f"shard-{generation}"
@@ -530,6 +555,8 @@ class EdgeStores:
         )
 
     def open(self, generation: str, dimensions: int) -> EdgeStore:
+        if generation in self._lent:
+            raise RuntimeError(f"shard {generation} is in another process's hands")
         store = self._open.get(generation)
         if store is None:
             path = self.path(generation)
@@ -827,6 +854,9 @@ class ServerStores:
 
     def drop(self, generation: str) -> None:
         self.client.delete_collection(_COLLECTION_PREFIX + generation)
+
+    def owe_purge(self, generation: str, tenant: str) -> bool:
+        return False  # the server builds its indexes itself: nothing is lent out
 
     def close(self) -> None:
         self.client.close()

@@ -247,6 +247,8 @@ class VectorProjection:
         points = 0
         with self._lock:
             for generation in self.stores.generations():
+                if self.stores.owe_purge(generation, tenant):
+                    continue  # a copy being indexed elsewhere: purged when it is back
                 points += self.stores.open(generation, self.dimensions).delete_tenant(tenant)
         cached = self.embedder.cache.delete_tenant(tenant)
         self.embedder.forget_recent(tenant)

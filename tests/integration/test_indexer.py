@@ -12,10 +12,12 @@ from consumers.indexer import IndexBuilder
 from consumers.service import ProjectionService
 from consumers.settings import load_settings
 from consumers.storage import vector_storage_from_settings
+from consumers.tenants import purge_projection, purge_stream
 from producers import MemoryClient
 from projections.embedders import HashEmbedder
 from projections.vectors import VectorProjection
 from schemas import events as ev
+from schemas.admin import PurgeReport
 from tests.waiting import wait_for
 
 
@@ -84,3 +86,37 @@ async def test_the_index_is_built_aside_and_swapped_in_without_loss(
     finally:
         stop.set()
         await service.stop()
+
+
+async def test_a_tenant_purged_while_the_index_is_built_stays_purged(
+    nc: NatsClient, tmp_path: Path
+) -> None:
+    """The copy being indexed was made before the purge: the swap must not bring the
+    tenant's memories back."""
+    await _store(MemoryClient(nc, tenant="acme", agent="a1"), 0, 150)
+    last = await _store(MemoryClient(nc, tenant="beta", agent="b1"), 0, 150)
+    storage = vector_storage_from_settings(
+        load_settings({}, data_dir=str(tmp_path)), HashEmbedder(64)
+    )
+    service: ProjectionService[VectorProjection] = ProjectionService(nc, storage, max_wait=0.05)
+    await service.start()
+
+    class PurgedMeanwhile(IndexBuilder):
+        async def _index(self, path: str) -> None:
+            indexing = asyncio.create_task(super()._index(path))  # its process started
+            report = PurgeReport(tenant="beta")
+            await purge_projection(service, "beta", await purge_stream(nc, "beta", report), report)
+            assert 150 == report.vector_points  # the copy is purged on its return
+            await indexing
+
+    try:
+        await wait_for(lambda: service.checkpoint >= last, what="caught up")
+        before = service.projection.generation
+        assert await PurgedMeanwhile(service, storage, after=100, every_s=3600).build_if_due()
+        projection = service.projection
+        assert projection.generation != before
+        assert (150, 0) == (projection.store.count("acme"), projection.store.count("beta"))
+        assert not projection.search("beta", "build cache bucket")
+    finally:
+        await service.stop()
+        storage.close()

@@ -250,3 +250,20 @@ def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
         store = reopened.open(generation, DIMS)
         assert ["k1"] == refs(store, search("acme", "kept"))
         reopened.close()
+
+
+def test_a_shard_lent_to_another_process_is_not_opened_and_owes_its_purges(
+    tmp_path: Path,
+) -> None:
+    stores = EdgeStores(tmp_path / "vectors")
+    stores.open("copy", DIMS).upsert([point("acme", "k1", "kept")])
+    stores.close()  # as the copy is handed over: closed here
+    assert not stores.owe_purge("copy", "acme")  # not lent: purged here, as usual
+    stores.lend("copy")
+    with pytest.raises(RuntimeError, match="another process"):
+        stores.open("copy", DIMS)
+    assert stores.owe_purge("copy", "acme") and stores.owe_purge("copy", "beta")
+    assert ["acme", "beta"] == stores.take_back("copy")
+    assert [] == stores.take_back("copy")
+    assert ["k1"] == refs(stores.open("copy", DIMS), search("acme", "kept"))
+    stores.close()
