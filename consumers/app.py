@@ -186,6 +186,9 @@ async def _run_held(
         )
         name = "memstream:up" if roles == ALL_ROLES else f"memstream:{'+'.join(sorted(roles))}"
         nc = await connect_nats(url, name=name, **settings.nats_auth)
+        # The queries have a connection of their own: a request is read as it arrives,
+        # not behind the batches of events the projections are fetching on theirs.
+        queries_nc = await connect_nats(url, name=f"{name}:queries", **settings.nats_auth)
         held.announce(url)
         try:
             report = await ensure_streams(
@@ -199,6 +202,7 @@ async def _run_held(
             log.info("streams_ready", streams=report.streams, consumers=report.consumers)
             await _serve(
                 nc,
+                queries_nc,
                 settings,
                 held,
                 stop,
@@ -220,13 +224,14 @@ async def _run_held(
                 roles,
             )
         finally:
-            try:
-                await nc.drain()
-            except (nats.errors.Error, OSError):
-                # The broker went away first (it died, or someone stopped it): nothing to
-                # flush, and closing may find the socket gone.
-                with contextlib.suppress(nats.errors.Error, OSError):
-                    await nc.close()
+            for conn in (queries_nc, nc):
+                try:
+                    await conn.drain()
+                except (nats.errors.Error, OSError):
+                    # The broker went away first (it died, or someone stopped it):
+                    # nothing to flush, and closing may find the socket gone.
+                    with contextlib.suppress(nats.errors.Error, OSError):
+                        await conn.close()
     finally:
         if supervisor is not None:
             if supervisor.done() and not supervisor.cancelled():
@@ -343,9 +348,10 @@ class _Roles:
             return storage.embedder
         return self._reader.embedder if self._reader is not None else None
 
-    def query_worker(self) -> QueryWorker | None:
-        """Built once the services have started, since it reads their projections."""
-        nc, roles = self.nc, self.roles
+    def query_worker(self, nc: Any) -> QueryWorker | None:
+        """Built once the services have started, since it reads their projections;
+        answering on ``nc``."""
+        roles = self.roles
         history, vectors = self.services.get("history"), self.services.get("vectors")
         local = not self.settings.qdrant_url
         if roles == ALL_ROLES:
@@ -380,6 +386,7 @@ class _Roles:
 
 async def _serve(
     nc: Any,
+    queries_nc: Any,
     settings: Settings,
     held: Hold,
     stop: asyncio.Event,
@@ -408,7 +415,7 @@ async def _serve(
         for service in services.values():
             await service.start()
             started.append(service)
-        worker = parts.query_worker()
+        worker = parts.query_worker(queries_nc)
         if worker is not None:
             await worker.start()
         if parts.indexer is not None:
