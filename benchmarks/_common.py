@@ -98,6 +98,33 @@ async def compare_on_filled_stream(
     return report(name, median(mine), median(raws), target, ratio=median(ratios))
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # after the name, which may hold spaces
+
+
+def cpu_seconds(pid: int, *, descendants: bool = True) -> float:
+    """CPU time used so far by a process and (unless told) its live descendants (Linux
+    ``/proc``)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+    family, grew = {pid}, descendants
+    while grew:
+        more = {child for child, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    ticks = 0
+    for member in family:
+        if (fields := _stat(member)) is not None:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -127,7 +154,7 @@ def memstream_process(*args: str, env: dict[str, str] | None = None) -> Iterator
         line = process.stdout.readline()
         if not line:
             raise RuntimeError(f"memstream {args[0]} exited with {process.wait()}")
-        yield json.loads(line)
+        yield {**json.loads(line), "pid": process.pid}
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -1,23 +1,28 @@
-"""Search under load: 20 concurrent clients searching while events arrive at 5,000/s.
+"""Search under load: 20 clients searching while events arrive at 5,000/s.
 
 ``--tenants`` x ``--per-tenant`` memories are published and projected by ``memstream up``
 (its own process, hash embedder, 384 dimensions, Qdrant Edge), and the benchmark waits
-for the index built aside to be swapped in. Then each round has three phases of
+for the index built aside to be swapped in. Then each round has four phases of
 ``--seconds`` each:
 
-1. *search, idle*: ``--clients`` clients (each its own connection and ``MemoryClient``)
-   search in a closed loop, each asking the next question as soon as the last was
-   answered; every round trip is timed;
-2. *ingest, idle*: a publisher in a process of its own offers ``--rate`` events a second
+1. *capacity*: ``--clients`` clients (each its own connection and ``MemoryClient``)
+   search in a closed loop, each asking again as soon as answered: the searches the
+   worker answers a second. (Each search's time in a closed loop is the clients over
+   that rate, whatever the worker does: it measures throughput, not latency.)
+2. *search, idle*: the same clients ask ``--search-rate`` searches a second between
+   them, each at random times (a Poisson process, as independent agents ask); a
+   search's time runs from when it was due, so one that starts late counts as late;
+3. *ingest, idle*: a publisher in a process of its own offers ``--rate`` events a second
    of the benchmark mix (turns, tool calls, memories, tasks, messages, context); the
    ingest rate of each projection is the events it applied over the time from the first
    publish to its ack of the last one;
-3. *both at once*: the same clients and the same offered rate together.
+4. *both at once*: phases 2 and 3 together; the CPU each process used meanwhile is
+   recorded (memstream, nats-server, the publisher, the clients), since they share the
+   machine's cores.
 
 Targets (README, "Benchmarks"): search p99 under load <= 25 ms, and each projection's
 ingest rate under load >= 0.7 x its idle rate. ``--rounds`` rounds run; the medians of
-the rounds' figures are reported, each round on stderr. A closed loop of 20 clients
-measures what the worker sustains: each client waits for the others' searches too.
+the rounds' figures are reported, each round on stderr.
 
     python -m benchmarks.search_load [--tenants 10] [--per-tenant 5000] [--rounds 3]
 """
@@ -27,6 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import random
 import statistics
 import subprocess
 import sys
@@ -37,7 +44,7 @@ from pathlib import Path
 
 import nats
 
-from benchmarks._common import broker, memstream_process, percentile, wait_acked
+from benchmarks._common import broker, cpu_seconds, memstream_process, percentile, wait_acked
 from benchmarks._workload import mixed_events
 from benchmarks.ingest_vectors import memory_text
 from benchmarks.search import _publish, searchable
@@ -49,6 +56,8 @@ PROJECTIONS = ("history", "vectors")
 
 @dataclass
 class Round:
+    capacity: float
+    capacity_p50: float
     idle_p50: float
     idle_p99: float
     idle_qps: float
@@ -57,6 +66,7 @@ class Round:
     load_qps: float
     ingest_idle: dict[str, float]
     ingest_load: dict[str, float]
+    cpu: dict[str, float]  # while searching under load: CPU seconds a second, by process
 
 
 # --- the publisher (a process of its own, so its work is not the clients') -------------
@@ -110,27 +120,37 @@ class Publisher:
 
 
 async def _clients(
-    url: str, tenants: int, texts: list[str], clients: int, seconds: float
+    url: str, tenants: int, texts: list[str], clients: int, seconds: float, rate: float
 ) -> tuple[list[float], float]:
-    """``clients`` closed-loop searchers for ``seconds``: every round trip in ms, and
-    the searches answered per second."""
+    """``clients`` searchers for ``seconds``: every search's time in ms, and the searches
+    answered per second. With ``rate`` 0, a closed loop (each client asks again as soon
+    as answered: what the worker sustains); otherwise each client asks at random times,
+    ``rate / clients`` a second on average (a Poisson process, as independent agents
+    ask), and a search's time runs from when it was due, so a late start counts."""
     conns = [await nats.connect(url) for _ in range(clients)]
     timings: list[float] = []
     try:
-        deadline = time.perf_counter() + seconds
+        began = time.perf_counter()
+        deadline = began + seconds
 
         async def client(c: int) -> None:
             mem = MemoryClient(conns[c], tenant=f"t{c % tenants}", agent="bench")
-            i = c
-            while time.perf_counter() < deadline:
+            pace = random.Random(c)
+            i, due = c, time.perf_counter()
+            while True:
+                if rate:
+                    due += pace.expovariate(rate / clients)
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                else:
+                    due = time.perf_counter()
+                if due >= deadline:
+                    return
                 text = texts[i % len(texts)]
                 i += clients
-                start = time.perf_counter()
                 hits = await mem.search(text)
-                timings.append((time.perf_counter() - start) * 1000)
+                timings.append((time.perf_counter() - due) * 1000)
                 assert hits, "a search found nothing"
 
-        began = time.perf_counter()
         await asyncio.gather(*(client(c) for c in range(clients)))
         return timings, len(timings) / (time.perf_counter() - began)
     finally:
@@ -149,12 +169,14 @@ async def _ingest(nc: nats.NATS, publisher: Publisher, n: int) -> dict[str, floa
 
 
 async def _round(
-    url: str, tenants: int, texts: list[str], clients: int, rate: int, seconds: float, r: int
+    url: str, texts: list[str], args: argparse.Namespace, r: int, pids: dict[str, list[int]]
 ) -> Round:
+    tenants, clients, rate, seconds = args.tenants, args.clients, args.rate, args.seconds
     n = int(rate * seconds)
     nc = await nats.connect(url)
     try:
-        idle, idle_qps = await _clients(url, tenants, texts, clients, seconds)
+        closed, capacity = await _clients(url, tenants, texts, clients, seconds, 0)
+        idle, idle_qps = await _clients(url, tenants, texts, clients, seconds, args.search_rate)
         publisher = Publisher(url, tenants, rate, n, offset=2 * r * n)
         try:
             ingest_idle = await _ingest(nc, publisher, n)
@@ -162,21 +184,39 @@ async def _round(
             publisher.stop()
         publisher = Publisher(url, tenants, rate, n, offset=(2 * r + 1) * n)
         try:
-            loaded, load_qps = await _clients(url, tenants, texts, clients, seconds)
+            groups = {**pids, "publisher": [publisher.process.pid]}
+
+            def used() -> dict[str, float]:
+                cpu = {g: sum(map(cpu_seconds, ps)) for g, ps in groups.items()}
+                return {**cpu, "clients": cpu_seconds(os.getpid(), descendants=False)}
+
+            before = used()
+            began = time.perf_counter()
+            loaded, load_qps = await _clients(
+                url, tenants, texts, clients, seconds, args.search_rate
+            )
+            took = time.perf_counter() - began
+            cpu = {g: (c - before[g]) / took for g, c in used().items()}
             ingest_load = await _ingest(nc, publisher, n)
         finally:
             publisher.stop()
     finally:
         await nc.close()
     return Round(
+        capacity=capacity, capacity_p50=statistics.median(closed),
         idle_p50=statistics.median(idle), idle_p99=percentile(idle, 0.99), idle_qps=idle_qps,
         load_p50=statistics.median(loaded), load_p99=percentile(loaded, 0.99), load_qps=load_qps,
-        ingest_idle=ingest_idle, ingest_load=ingest_load,
+        ingest_idle=ingest_idle, ingest_load=ingest_load, cpu=cpu,
     )  # fmt: skip
 
 
 async def _run(
-    url: str, shards: Path, last: int, args: argparse.Namespace, texts: list[str]
+    url: str,
+    shards: Path,
+    last: int,
+    args: argparse.Namespace,
+    texts: list[str],
+    pids: dict[str, list[int]],
 ) -> list[Round]:
     nc = await nats.connect(url)
     try:
@@ -189,15 +229,18 @@ async def _run(
         await nc.close()
     rounds: list[Round] = []
     for r in range(args.rounds):
-        one = await _round(url, args.tenants, texts, args.clients, args.rate, args.seconds, r)
+        one = await _round(url, texts, args, r, pids)
         rounds.append(one)
         print(
-            f"  round {r + 1}: search idle p50 {one.idle_p50:.1f} ms p99 {one.idle_p99:.1f} ms "
+            f"  round {r + 1}: capacity {one.capacity:,.0f}/s (p50 {one.capacity_p50:.1f} ms); "
+            f"search idle p50 {one.idle_p50:.1f} ms p99 {one.idle_p99:.1f} ms "
             f"({one.idle_qps:,.0f}/s); under load p50 {one.load_p50:.1f} ms p99 "
             f"{one.load_p99:.1f} ms ({one.load_qps:,.0f}/s); ingest idle "
             + ", ".join(f"{p} {one.ingest_idle[p]:,.0f}/s" for p in PROJECTIONS)
             + "; under load "
-            + ", ".join(f"{p} {one.ingest_load[p]:,.0f}/s" for p in PROJECTIONS),
+            + ", ".join(f"{p} {one.ingest_load[p]:,.0f}/s" for p in PROJECTIONS)
+            + "; CPU under load: "
+            + ", ".join(f"{g} {c:.2f}" for g, c in one.cpu.items()),
             file=sys.stderr,
         )
     return rounds
@@ -209,21 +252,22 @@ def main(args: argparse.Namespace) -> bool:
     with broker() as server, tempfile.TemporaryDirectory(prefix="memstream-bench-") as tmp:
         last = asyncio.run(_publish(server.url, args.tenants, args.per_tenant))
         env = {"MEMSTREAM_EMBEDDER": "hash", "MEMSTREAM_EMBEDDING_DIM": "384"}
+        pids: dict[str, list[int]] = {"memstream": [], "nats-server": [server.pid or 0]}
         with contextlib.ExitStack() as processes:
             if args.processes == "one":
-                processes.enter_context(
-                    memstream_process("up", "--nats-url", server.url, "--data-dir", tmp, env=env)
-                )
+                up = memstream_process("up", "--nats-url", server.url, "--data-dir", tmp, env=env)
+                pids["memstream"].append(processes.enter_context(up)["pid"])
             else:  # a process per role, each with its own data dir
                 for role in PROJECTIONS:
-                    processes.enter_context(
+                    started = processes.enter_context(
                         memstream_process(
                             "serve", "--role", role, "--nats-url", server.url,
                             "--data-dir", f"{tmp}/{role}", env=env,
                         )
                     )  # fmt: skip
+                    pids["memstream"].append(started["pid"])
             shards = Path(tmp) / ("vectors" if args.processes == "one" else "vectors/vectors")
-            rounds = asyncio.run(_run(server.url, shards, last, args, texts))
+            rounds = asyncio.run(_run(server.url, shards, last, args, texts, pids))
 
     def med(values: list[float]) -> float:
         return statistics.median(values)
@@ -233,14 +277,25 @@ def main(args: argparse.Namespace) -> bool:
     ok = p99 <= 25 and all(ratio >= 0.7 for ratio in ratios.values())
     print(
         f"search_load: {args.tenants} tenants x {args.per_tenant} memories, {args.clients} "
-        f"closed-loop clients, {args.rate:,} events/s offered, {args.seconds:.0f} s phases, "
-        f"{args.rounds} rounds (medians)"
+        f"clients asking {args.search_rate:,.0f} searches/s, {args.rate:,} events/s offered, "
+        f"{args.seconds:.0f} s phases, {args.rounds} rounds (medians)"
+    )
+    capacity = med([r.capacity for r in rounds])
+    print(
+        f"search_load: capacity (closed loop, idle) {capacity:,.0f} searches/s, p50 "
+        f"{med([r.capacity_p50 for r in rounds]):.1f} ms = {args.clients} clients / capacity"
     )
     print(
         f"search_load: search idle p50 {med([r.idle_p50 for r in rounds]):.1f} ms, p99 "
         f"{med([r.idle_p99 for r in rounds]):.1f} ms, {med([r.idle_qps for r in rounds]):,.0f}"
         f"/s; under load p50 {med([r.load_p50 for r in rounds]):.1f} ms, p99 {p99:.1f} ms, "
         f"{med([r.load_qps for r in rounds]):,.0f}/s (target p99 <= 25 ms)"
+    )
+    cpu = {g: med([r.cpu[g] for r in rounds]) for g in rounds[0].cpu}
+    print(
+        "search_load: CPU while searching under load (cores): "
+        + ", ".join(f"{g} {c:.2f}" for g, c in cpu.items())
+        + f" of {os.cpu_count()}"
     )
     for p in PROJECTIONS:
         print(
@@ -261,7 +316,10 @@ if __name__ == "__main__":
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--per-tenant", type=int, default=5_000)
     parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--rate", type=int, default=5_000)
+    parser.add_argument("--rate", type=int, default=5_000, help="events offered a second")
+    parser.add_argument(
+        "--search-rate", type=float, default=200, help="searches asked a second, all clients"
+    )
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
