@@ -39,7 +39,8 @@ async def replay(
 
     Stops at the first batch boundary where nothing is pending and ``until(checkpoint)``
     holds (by default, as soon as it has caught up); ``until`` may pause whatever it waits
-    for, so the target stops moving. Dead letters are counted, not
+    for, so the target stops moving. Once asked, ``until`` is asked again at every batch
+    boundary, pending or not. Dead letters are counted, not
     published again: the live runner already filed them.
     """
     js = nc.jetstream()
@@ -75,6 +76,7 @@ async def replay(
     in_flight: asyncio.Future[Applied] | None = None
     erased: list[int] = []
     done = 0
+    asked = False
     try:
         while True:
             msgs = await puller.fetch(batch_size, timeout=1.0)
@@ -107,11 +109,16 @@ async def replay(
                         rate=done / elapsed if elapsed else 0.0,
                     )
                 )
-            if pending == 0:
+            if pending == 0 or asked:
                 erased += (await in_flight).erased
                 in_flight = None
                 if until is None or await until(last_seq):
                     break
+                # What ``until`` waits for was set when nothing was pending (a rebuild
+                # pauses live ingest then): from now on, any batch boundary may reach
+                # it. Waiting for nothing to be pending again could take as long as the
+                # publishers keep ahead of the replay, with live ingest paused.
+                asked = True
     finally:
         if in_flight is not None:
             with contextlib.suppress(Exception):

@@ -122,6 +122,27 @@ async def test_live_and_replay_agree_row_for_row(nc: NatsClient, tmp_path: Path)
     assert 3532 == len(expected["events"])
 
 
+async def test_a_catch_up_ends_once_it_reaches_its_mark_though_events_keep_coming(
+    nc: NatsClient, tmp_path: Path
+) -> None:
+    """A rebuild pauses live ingest when its replay has caught up, then waits for the
+    replay to reach the paused checkpoint: that must not wait for the stream to stop
+    growing, or publishers that keep ahead of the replay keep live ingest paused."""
+    await publish_mixed(nc, 300)
+    marks: list[int] = []
+
+    async def until(checkpoint: int) -> bool:
+        if not marks:  # caught up: the mark is set here, and events keep coming
+            marks.append(await last_seq(nc) + 5)
+            await publish_mixed(nc, 400, tenant="beta")
+        return checkpoint >= marks[0]
+
+    projection = HistoryProjection(tmp_path / "caught-up.duckdb")
+    await replay(nc, projection, batch_size=50, until=until)
+    assert marks[0] <= projection.checkpoint < marks[0] + 100
+    assert projection.checkpoint < await last_seq(nc)  # the rest is for live ingest
+
+
 async def test_rebuild_while_ingesting_swaps_without_loss(nc: NatsClient, tmp_path: Path) -> None:
     """A rebuild under live load swaps in a database holding every event exactly once."""
     await publish_mixed(nc, 4000)
