@@ -336,7 +336,7 @@ class _Roles:
             service = ProjectionService(nc, vectors, consumer=own["vectors"], **tuning)
             self.services["vectors"] = service
             if vectors.shards is not None:  # Edge: its indexes are built in the background
-                self.indexer = IndexBuilder(service, vectors)
+                self.indexer = IndexBuilder(service, vectors, nats_auth=dict(settings.nats_auth))
         # The query role searches the vectors a Qdrant server holds.
         self._reader = vector_storage_from_settings(settings) if roles == {"query"} else None
 

@@ -8,22 +8,29 @@ the last build, does what a rebuild does, starting from a copy instead of from n
 
 1. between two batches (ingest held back for the copy only), copy the shard in use to a
    new generation;
-2. index the copy in a process of its own (``projections.edge_index``, at a lower
+2. index the copy in a process of its own (``consumers.index_aside``, at a lower
    priority), while this process goes on ingesting into the shard in use and answering;
-3. catch the copy up from its checkpoint with an ordered consumer, then switch to it as
-   a rebuild does (``ProjectionService.rebuild``): nothing lost, nothing applied twice.
+   that process then applies to the copy what this one applied meanwhile (embedding
+   nothing: the vectors are in the shared cache), so that this one does not apply it a
+   second time;
+3. catch the copy up on the last few events from its checkpoint with an ordered
+   consumer, then switch to it as a rebuild does (``ProjectionService.rebuild``):
+   nothing lost, nothing applied twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import sys
-from typing import Final
+from typing import Any, Final
 
 from consumers.log import get_logger
 from consumers.service import ProjectionService
 from consumers.storage import VectorStorage
+from producers.connection import CREDS_VAR, PASSWORD_VAR, URL_VAR, USER_VAR
 from projections.vectors import VectorProjection
 
 __all__ = ["IndexBuilder", "due"]
@@ -56,11 +63,19 @@ class IndexBuilder:
         *,
         after: int = INDEX_AFTER,
         every_s: float = CHECK_EVERY_S,
+        nats_auth: dict[str, Any] | None = None,
     ) -> None:
+        """``nats_auth``: the credentials this process connects with (``user``,
+        ``password``, ``creds``), for the indexing process to connect with too."""
         self.service = service
         self.storage = storage
         self.after = after
         self.every_s = every_s
+        names = {"user": USER_VAR, "password": PASSWORD_VAR, "creds": CREDS_VAR}
+        self.nats_env = {names[k]: str(v) for k, v in (nats_auth or {}).items() if v}
+        # What the last indexing process reported: the copy's checkpoint, and the points
+        # it wrote after the indexes were built.
+        self.caught_up: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -104,24 +119,40 @@ class IndexBuilder:
             self.storage.discard_copy(path)
             raise
         result = await service.rebuild(target=lambda: self.storage.open_indexed(path))
-        log.info("index_build_finished", last_seq=result.last_seq, seconds=result.seconds)
+        log.info(
+            "index_build_finished",
+            last_seq=result.last_seq,
+            seconds=result.seconds,
+            caught_up_aside=self.caught_up.get("checkpoint"),
+        )
         return True
 
     async def _index(self, path: str) -> None:
+        """Index the copy at ``path``, then catch it up on what this process applied
+        meanwhile, in a process of its own (:mod:`consumers.index_aside`)."""
+        storage, runner = self.storage, self.service.running.runner
+        embedder = storage.embedder
+        url = self.service.nc.connected_url
+        env = {**os.environ, **self.nats_env}
+        if url is not None:
+            env[URL_VAR] = f"{url.scheme}://{url.hostname}:{url.port}"
         child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "projections.edge_index",
-            path,
+            sys.executable, "-m", "consumers.index_aside", path,
+            "--consumer", runner.consumer, "--model", embedder.model,
+            "--dims", str(embedder.dimensions), "--cache", storage.cache.path,
+            "--applied", storage.applied.path,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-        )
+            env=env,
+        )  # fmt: skip
         try:
-            _, err = await child.communicate()
+            out, err = await child.communicate()
         finally:
             if child.returncode is None:
                 child.kill()
                 await child.wait()
         if child.returncode != 0:
-            raise RuntimeError(err.decode(errors="replace").strip() or f"exit {child.returncode}")
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise RuntimeError(lines[-1] if lines else f"exit {child.returncode}")
+        self.caught_up = json.loads(out.decode().strip().splitlines()[-1])

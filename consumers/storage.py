@@ -308,7 +308,8 @@ class VectorStorage:
         return path
 
     def open_indexed(self, path: Path) -> VectorProjection:
-        """The generation copied to ``path``, its indexes built: to catch up and swap in."""
+        """The generation copied to ``path``, its indexes built (and the points written
+        after counted, by the process that built them): to catch up and swap in."""
         assert isinstance(self.stores, EdgeStores)
         generation = path.name.removeprefix("shard-")
         purged = self.stores.take_back(generation)
@@ -317,7 +318,6 @@ class VectorStorage:
         )
         for tenant in purged:
             projection.store.delete_tenant(tenant)
-        projection.indexed()
         return projection
 
     def discard_copy(self, path: Path) -> None:

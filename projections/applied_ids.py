@@ -27,6 +27,7 @@ _CHUNK = 900
 
 class AppliedIds:
     def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
         self._con = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:

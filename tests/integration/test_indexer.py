@@ -120,3 +120,46 @@ async def test_a_tenant_purged_while_the_index_is_built_stays_purged(
     finally:
         await service.stop()
         storage.close()
+
+
+async def test_the_indexing_process_catches_the_copy_up_itself(
+    nc: NatsClient, tmp_path: Path
+) -> None:
+    """What the service applies while the copy is indexed, the indexing process applies
+    to the copy too (from the cached vectors), so the service need not apply it again."""
+    mem = MemoryClient(nc, tenant="acme", agent="a1")
+    await _store(mem, 0, 200)
+    storage = vector_storage_from_settings(
+        load_settings({}, data_dir=str(tmp_path)), HashEmbedder(64)
+    )
+    service: ProjectionService[VectorProjection] = ProjectionService(nc, storage, max_wait=0.05)
+    await service.start()
+    marks: dict[str, int] = {}
+
+    class ArrivingMeanwhile(IndexBuilder):
+        async def _index(self, path: str) -> None:
+            marks["copied"] = service.checkpoint
+            last = await _store(mem, 200, 120)  # after the copy, before the indexing
+            consumer = service.running.runner.consumer
+
+            async def acked() -> bool:
+                info = await nc.jetstream().consumer_info("MEMORY", consumer)
+                return bool(info.ack_floor and info.ack_floor.stream_seq >= last)
+
+            await wait_for(acked, what="the service applied and acked them")
+            marks["last"] = last
+            await super()._index(path)
+
+    try:
+        await wait_for(lambda: service.checkpoint >= 200, what="caught up")
+        builder = ArrivingMeanwhile(service, storage, after=100, every_s=3600)
+        assert await builder.build_if_due()
+        assert marks["copied"] < marks["last"] <= builder.caught_up["checkpoint"]
+        assert 120 == builder.caught_up["unindexed"]  # written after the indexes
+        projection = service.projection
+        assert 120 == projection.unindexed
+        assert 320 == projection.store.count("acme")
+        assert "m319" in {h.ref for h in projection.search("acme", "bucket 319", top_k=3)}
+    finally:
+        await service.stop()
+        storage.close()

@@ -1,0 +1,121 @@
+"""Index a copy of the vectors shard, then catch it up, in a process of its own.
+
+Run by the vectors service (:mod:`consumers.indexer`) as::
+
+    python -m consumers.index_aside SHARD_DIR --consumer NAME --model M --dims N
+        --cache FILE --applied FILE
+
+with the NATS URL and credentials in ``MEMSTREAM_NATS_*``. It builds the copy's indexes
+(``EdgeShard.optimize()``, which holds this process's interpreter, not the serving
+one's), then applies to the copy what the service applied meanwhile (up to its durable
+consumer's ack floor), so that the service, to switch to the copy, catches up only on
+the last few events rather than applying again all that arrived during the build.
+
+The catch-up embeds nothing: the service embedded those texts already, and their
+vectors are in the shared cache. A text missing from it (the cache was cleared meanwhile)
+ends the catch-up early, and the service applies the rest, as it would without this
+step. Prints one JSON line on stdout: the copy's checkpoint and the points it wrote that
+the indexes do not cover. Exit status 0 when the indexes are built; otherwise one line
+on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from consumers.log import configure_logging
+from consumers.replay import replay
+from producers.connection import connect_nats
+from projections.applied_ids import AppliedIds
+from projections.edge_index import build_index
+from projections.embedders import EmbedderError, Vectors
+from projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from projections.point_store import EdgeStores
+from projections.vectors import VectorProjection
+from schemas.subjects import EVENT_STREAM
+
+__all__ = ["CachedOnly", "main"]
+
+
+class CachedOnly:
+    """An embedder that has nothing to embed with: every text must be in the cache."""
+
+    remote = False
+
+    def __init__(self, model: str, dimensions: int) -> None:
+        self.model = model
+        self.dimensions = dimensions
+
+    def embed(self, texts: Sequence[str], within: float | None = None) -> Vectors:
+        if texts:
+            raise EmbedderError(f"{len(texts)} texts are not in the embedding cache")
+        return np.zeros((0, self.dimensions), dtype=np.float32)
+
+
+async def catch_up(args: argparse.Namespace, projection: VectorProjection) -> None:
+    nc = await connect_nats(name="memstream:index-aside")
+    try:
+        info = await nc.jetstream().consumer_info(EVENT_STREAM, args.consumer)
+        mark = info.ack_floor.stream_seq if info.ack_floor else 0
+
+        async def reached(checkpoint: int) -> bool:
+            return checkpoint >= mark
+
+        if projection.checkpoint < mark:
+            await replay(nc, projection, batch_size=5_000, until=reached)
+    finally:
+        await nc.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, int]:
+    path = Path(args.shard)
+    build_index(str(path))
+    stores = EdgeStores(path.parent)
+    cache = EmbeddingCache(args.cache)
+    applied = AppliedIds(args.applied)
+    try:
+        embedder = CachedEmbedder(CachedOnly(args.model, args.dims), cache)
+        generation = path.name.removeprefix("shard-")
+        projection = VectorProjection(stores, embedder, generation=generation, applied=applied)
+        projection.indexed()
+        try:
+            asyncio.run(catch_up(args, projection))
+        except Exception as err:  # the service applies what this did not
+            sys.stderr.write(f"the copy was indexed but not caught up: {err}\n")
+        return {"checkpoint": projection.checkpoint, "unindexed": projection.unindexed}
+    finally:
+        stores.close()
+        cache.close()
+        applied.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m consumers.index_aside")
+    parser.add_argument("shard")
+    parser.add_argument("--consumer", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dims", type=int, required=True)
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--applied", required=True)
+    args = parser.parse_args(argv)
+    configure_logging("json", os.environ.get("MEMSTREAM_LOG_LEVEL", "warning"))  # stderr
+    os.nice(10)  # the serving process comes first on a busy machine
+    try:
+        result = run(args)
+    except Exception as err:  # the engine raises what its files make it raise
+        sys.stderr.write(f"building the index of {args.shard} failed: {err}\n")
+        return 1
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
