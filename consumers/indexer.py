@@ -134,8 +134,8 @@ class IndexBuilder:
         embedder = storage.embedder
         url = self.service.nc.connected_url
         env = {**os.environ, **self.nats_env}
-        if url is not None:
-            env[URL_VAR] = f"{url.scheme}://{url.hostname}:{url.port}"
+        if url is not None:  # the server this process reached (of a cluster's seeds)
+            env[URL_VAR] = url.geturl()
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "consumers.index_aside", path,
             "--consumer", runner.consumer, "--model", embedder.model,
