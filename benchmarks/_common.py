@@ -130,6 +130,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def time_searches(store: Any, searches: list[Any], rounds: int) -> list[list[float]]:
+    """Each search on ``store`` once to warm up, then ``rounds`` times: the ms of each,
+    one list a round."""
+    for search in searches:
+        store.search(search)
+    timings: list[list[float]] = []
+    for _ in range(rounds):
+        timings.append([])
+        for search in searches:
+            start = time.perf_counter()
+            store.search(search)
+            timings[-1].append((time.perf_counter() - start) * 1000)
+    return timings
+
+
 def median_round(rounds: list[list[float]]) -> tuple[float, float]:
     """p50 and p99 of the median round (by p99): a shared machine has slow moments."""
     figures = sorted((percentile(r, 0.99), statistics.median(r)) for r in rounds)

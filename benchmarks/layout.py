@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._common import median_round
+from benchmarks._common import median_round, time_searches
 from benchmarks.ingest_vectors import memory_text
 from consumers._runtime import tune_for_throughput
 from projections.embedders import HashEmbedder
@@ -183,16 +183,7 @@ def _measure(
                        must=(KINDS,), mode=mode)
                 for t, v in zip(texts, vectors, strict=True)
             ]  # fmt: skip
-            for s in searches:
-                target.search(s)
-            timed: list[list[float]] = []
-            for _ in range(rounds):
-                timed.append([])
-                for s in searches:
-                    start = time.perf_counter()
-                    target.search(s)
-                    timed[-1].append((time.perf_counter() - start) * 1000)
-            search[mode] = median_round(timed)
+            search[mode] = median_round(time_searches(target, searches, rounds))
         figures = Figures(
             written=written, failure=failure, ingest=written / took, index_s=index_s,
             files=len(os.listdir("/proc/self/fd")) - files_before, maps=_maps() - maps_before,

@@ -26,7 +26,14 @@ from pathlib import Path
 
 import nats
 
-from benchmarks._common import broker, median_round, memstream_process, percentile, wait_acked
+from benchmarks._common import (
+    broker,
+    median_round,
+    memstream_process,
+    percentile,
+    time_searches,
+    wait_acked,
+)
 from benchmarks.ingest_vectors import memory_text
 from consumers._runtime import tune_for_throughput
 from consumers.log import configure_logging
@@ -108,16 +115,8 @@ def _raw(shards: Path, tenant: str, texts: list[str], rounds: int) -> list[list[
             Search(tenant=tenant, dense=v.tolist(), sparse=bm25_query(t), limit=5, must=(kinds,))
             for t, v in zip(texts, embedder.embed(texts), strict=True)
         ]
-        for search in searches:  # the same warm-up as the request-reply loop had
-            store.search(search)
-        timings: list[list[float]] = []
-        for _ in range(rounds):
-            timings.append([])
-            for search in searches:
-                start = time.perf_counter()
-                store.search(search)
-                timings[-1].append((time.perf_counter() - start) * 1000)
-        return timings
+        # warmed up once, as the request-reply loop was
+        return time_searches(store, searches, rounds)
     finally:
         stores.close()
 
