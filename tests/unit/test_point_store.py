@@ -15,7 +15,9 @@ import qdrant_edge as edge
 from projections.embedders import HashEmbedder
 from projections.point_store import (
     FULL_SCAN_KB,
+    INDEXING_KB,
     SEARCH_THREADS,
+    SEGMENTS,
     TENANT_GRAPH_M,
     Condition,
     EdgeStores,
@@ -245,6 +247,11 @@ def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
             graph["m"],
             graph["payload_m"],
             graph["full_scan_threshold"],
+        )
+        optimizers = made["optimizers"]
+        assert (SEGMENTS, INDEXING_KB) == (
+            optimizers["default_segment_number"],
+            optimizers["indexing_threshold"],
         )
         reopened = EdgeStores(tmp_path / "vectors")
         store = reopened.open(generation, DIMS)
