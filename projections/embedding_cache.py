@@ -207,7 +207,10 @@ class CachedEmbedder:
             found = self._recent_get(tenant, model, dims, keys)
         if len(found) < len(keys):
             unseen = [k for k in keys if k not in found]
-            found.update(self.cache.get_many(tenant, model, dims, unseen))
+            stored = self.cache.get_many(tenant, model, dims, unseen)
+            if not keep and stored:  # asked again, it is answered from memory
+                self._recent_put(tenant, model, dims, list(stored.items()))
+            found.update(stored)
         missing: dict[bytes, str] = {}
         for key, text in zip(keys, texts, strict=True):
             if key not in found:

@@ -171,15 +171,16 @@ def test_a_repeated_query_does_not_wait_for_the_projection_writing_the_cache(
     tmp_path: Path,
 ) -> None:
     """While the projection holds the persistent cache (writing a batch's vectors), a
-    query asked before is answered from memory."""
+    query asked before is answered from memory: one embedded for it, and one whose text
+    is a memory's, found in the persistent cache the first time."""
     cached = CachedEmbedder(CountingEmbedder(), EmbeddingCache(tmp_path / "cache.sqlite3"))
-    asked = cached.embed("acme", ["which port does the cache use"], keep=False)
+    cached.embed("acme", ["the cache listens on port 6379"])  # a memory's text
+    texts = ["which port does the cache use", "the cache listens on port 6379"]
+    asked = cached.embed("acme", texts, keep=False)
     answered: list[np.ndarray] = []  # type: ignore[type-arg]
     with cached.cache._lock:  # a batch's write under way
         query = threading.Thread(
-            target=lambda: answered.append(
-                cached.embed("acme", ["which port does the cache use"], keep=False)
-            )
+            target=lambda: answered.append(cached.embed("acme", texts, keep=False))
         )
         query.start()
         query.join(10)
