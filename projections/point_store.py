@@ -41,8 +41,11 @@ from projections.files import ProjectionFiles
 __all__ = [
     "DENSE",
     "EDGE_MIN_FREE_BYTES",
+    "SHARED_TERMS",
     "SPARSE",
+    "STATE_ID",
     "STATE_TENANT",
+    "TENANT_TERMS",
     "Condition",
     "EdgeStore",
     "EdgeStores",
@@ -59,6 +62,7 @@ __all__ = [
     "bm25_query",
     "new_generation",
     "point_id",
+    "tenant_terms",
 ]
 
 DENSE: Final = "dense"
@@ -66,7 +70,7 @@ SPARSE: Final = "bm25"
 # The state point's tenant: no tenant id can be it (tenant ids start with a letter or
 # digit), so no search, count or purge of a tenant ever reaches it.
 STATE_TENANT: Final = "_memstream"
-_STATE_ID: Final = "00000000-0000-0000-0000-000000000001"
+STATE_ID: Final = "00000000-0000-0000-0000-000000000001"
 _NAMESPACE_BYTES: Final = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13").bytes
 # The payload fields searches (and the read API) filter on, and how they are indexed.
 KEYWORD_FIELDS: Final = ("kind", "agent", "domain", "tags", "session_id", "task_id")
@@ -139,6 +143,9 @@ class Sparse:
     indices: list[int]
     values: list[float]
 
+    def pair(self) -> tuple[list[int], list[float]]:
+        return self.indices, self.values
+
 
 _BM25 = edge.Bm25(edge.Bm25Config(language="english"))
 
@@ -153,6 +160,37 @@ def bm25_query(text: str) -> Sparse:
     """A query's terms, each weighted 1 (the engine applies IDF)."""
     vector = _BM25.embed_query(text)
     return Sparse(list(vector.indices), list(vector.values))
+
+
+# Each tenant's words have term ids of their own. BM25 gives a word the same id (a hash
+# of the word) in every tenant, so a keyword search read the postings of every tenant's
+# memories holding its words and checked each against the tenant filter: its cost grew
+# with all tenants' memories, and a word's weight (IDF) was counted over other tenants'
+# memories too. A generation made since mixes the tenant into the id (one-to-one for
+# one tenant): a search reads its tenant's postings only, and a word common in another
+# tenant keeps its weight here. Measured here (10 tenants x 10,000, indexed): keyword
+# 3.18 -> 0.23 ms p50, hybrid 3.92 -> 0.67 ms (p99 8.46 -> 1.04 ms). A generation made
+# before keeps the shared ids (its state says so) until it is rebuilt.
+TENANT_TERMS: Final = "tenant"
+SHARED_TERMS: Final = "shared"
+_salts: dict[str, int] = {}
+
+
+def tenant_terms(sparse: Sparse, tenant: str) -> Sparse:
+    """``sparse`` with the term ids of ``tenant``."""
+    salt = _salts.get(tenant)
+    if salt is None:
+        if len(_salts) > 100_000:
+            _salts.clear()
+        digest = hashlib.blake2b(tenant.encode(), digest_size=4).digest()
+        salt = _salts[tenant] = int.from_bytes(digest, "little")
+    # xor, then times an odd constant modulo 2^32: a bijection of the 32-bit ids.
+    return Sparse([((i ^ salt) * 0x9E3779B1) & 0xFFFFFFFF for i in sparse.indices], sparse.values)
+
+
+def _terms_of(state: dict[str, Any]) -> str:
+    """The term ids a generation was made with: a state without them is from before."""
+    return str(state.get("terms", SHARED_TERMS))
 
 
 @dataclass(frozen=True)
@@ -284,6 +322,13 @@ def _edge_filter(tenant: str, must: tuple[Condition, ...]) -> edge.Filter:
     return edge.Filter(must=conditions)
 
 
+def _words(search: Search, terms: str) -> Sparse | None:
+    """The keyword side of a search, in the term ids of the generation searched."""
+    if search.sparse is None or not search.sparse.indices or search.mode == "dense":
+        return None
+    return tenant_terms(search.sparse, search.tenant) if terms == TENANT_TERMS else search.sparse
+
+
 def _plan(search: Search, dense: Any, sparse: Any, flt: Any, kit: Any) -> dict[str, Any] | None:
     """The query of a search, for either engine (``kit`` builds its objects): each side
     brings candidates, hybrid fuses them by reciprocal rank, and a half-life scales the
@@ -355,7 +400,9 @@ class EdgeStore:
         self._room()
         if path.exists() and any(path.iterdir()):
             self.shard = _load(path)
+            self.terms = _terms_of(self.read_state())
             return
+        self.terms = TENANT_TERMS
         self.shard = edge.EdgeShard.create(str(path), _edge_config(dimensions))
         # The tenant's graph is the one searched; the other fields filter within it.
         indexes: list[tuple[str, Any]] = [
@@ -381,18 +428,16 @@ class EdgeStore:
             self._room()
         # The engine holds the GIL for a whole call (~60 us a point): in chunks, a search
         # from another thread waits for one chunk at most, not for a batch of thousands.
+        own = self.terms == TENANT_TERMS
         for at in range(0, len(points), _UPSERT_CHUNK):
-            made = [
-                edge.Point(
-                    p.id,
-                    {
-                        DENSE: list(p.dense),
-                        SPARSE: edge.SparseVector(p.sparse.indices, p.sparse.values),
-                    },
-                    p.payload,
-                )
-                for p in points[at : at + _UPSERT_CHUNK]
-            ]
+            made = []
+            for p in points[at : at + _UPSERT_CHUNK]:
+                sparse = tenant_terms(p.sparse, p.payload["tenant"]) if own else p.sparse
+                vectors: dict[str, Any] = {
+                    DENSE: list(p.dense),
+                    SPARSE: edge.SparseVector(*sparse.pair()),
+                }
+                made.append(edge.Point(p.id, vectors, p.payload))
             self.shard.update(edge.UpdateOperation.upsert_points(made))
 
     def delete(self, ids: Sequence[str]) -> None:
@@ -441,9 +486,9 @@ class EdgeStore:
         dense = sparse = None
         if search.dense is not None and search.mode != "keyword":
             dense = edge.Query.Nearest(list(search.dense), using=DENSE)
-        if search.sparse is not None and search.sparse.indices and search.mode != "dense":
-            vector = edge.SparseVector(search.sparse.indices, search.sparse.values)
-            sparse = edge.Query.Nearest(vector, using=SPARSE)
+        words = _words(search, self.terms)
+        if words is not None:
+            sparse = edge.Query.Nearest(edge.SparseVector(*words.pair()), using=SPARSE)
         plan = _plan(search, dense, sparse, flt, _EdgeKit)
         if plan is None:
             return []
@@ -458,7 +503,7 @@ class EdgeStore:
         return _found(self.shard.query(request))
 
     def read_state(self) -> dict[str, Any]:
-        records = self.shard.retrieve([_STATE_ID], True, False)
+        records = self.shard.retrieve([STATE_ID], True, False)
         state = dict(records[0].payload or {}) if records else {}
         state.pop("tenant", None)
         return state
@@ -469,7 +514,7 @@ class EdgeStore:
         it: the projection then resumes from the older checkpoint, which the runner
         handles.) Flushed now and then, to bound the log replayed at the next open."""
         self._room()
-        point = edge.Point(_STATE_ID, {}, {**state, "tenant": STATE_TENANT})
+        point = edge.Point(STATE_ID, {}, {**state, "terms": self.terms, "tenant": STATE_TENANT})
         self.shard.update(edge.UpdateOperation.upsert_points([point]))
         if time.monotonic() - self._flushed > _FLUSH_EVERY_S:
             self.shard.flush()
@@ -688,7 +733,9 @@ class ServerStore:
         self.generation = generation
         self.name = _COLLECTION_PREFIX + generation
         if client.collection_exists(self.name):
+            self.terms = _terms_of(self.read_state())
             return
+        self.terms = TENANT_TERMS
         client.create_collection(
             self.name,
             vectors_config={DENSE: m.VectorParams(size=dimensions, distance=m.Distance.COSINE)},
@@ -732,18 +779,19 @@ class ServerStore:
                 points=[
                     m.PointStruct(
                         id=p.id,
-                        vector={
-                            DENSE: list(p.dense),
-                            SPARSE: m.SparseVector(
-                                indices=p.sparse.indices, values=p.sparse.values
-                            ),
-                        },
+                        vector={DENSE: list(p.dense), SPARSE: self._sparse(p, m)},
                         payload=p.payload,
                     )
                     for p in points
                 ],
                 wait=True,
             )
+
+    def _sparse(self, point: StorePoint, m: Any) -> Any:
+        sparse = point.sparse
+        if self.terms == TENANT_TERMS:
+            sparse = tenant_terms(sparse, point.payload["tenant"])
+        return m.SparseVector(indices=sparse.indices, values=sparse.values)
 
     def delete(self, ids: Sequence[str]) -> None:
         from qdrant_client import models as m
@@ -797,9 +845,9 @@ class ServerStore:
         dense = sparse = None
         if search.dense is not None and search.mode != "keyword":
             dense = (list(search.dense), DENSE)
-        if search.sparse is not None and search.sparse.indices and search.mode != "dense":
-            vector = m.SparseVector(indices=search.sparse.indices, values=search.sparse.values)
-            sparse = (vector, SPARSE)
+        words = _words(search, self.terms)
+        if words is not None:
+            sparse = (m.SparseVector(indices=words.indices, values=words.values), SPARSE)
         plan = _plan(search, dense, sparse, flt, _ServerKit)
         if plan is None:
             return []
@@ -819,7 +867,7 @@ class ServerStore:
         return _found(result.points)
 
     def read_state(self) -> dict[str, Any]:
-        records = self.client.retrieve(self.name, ids=[_STATE_ID])
+        records = self.client.retrieve(self.name, ids=[STATE_ID])
         state = dict(records[0].payload or {}) if records else {}
         state.pop("tenant", None)
         return state
@@ -827,7 +875,8 @@ class ServerStore:
     def write_state(self, state: dict[str, Any]) -> None:
         from qdrant_client import models as m
 
-        point = m.PointStruct(id=_STATE_ID, vector={}, payload={**state, "tenant": STATE_TENANT})
+        payload = {**state, "terms": self.terms, "tenant": STATE_TENANT}
+        point = m.PointStruct(id=STATE_ID, vector={}, payload=payload)
         self.client.upsert(self.name, points=[point], wait=True)
 
     def close(self) -> None:

@@ -18,7 +18,11 @@ from projections.point_store import (
     INDEXING_KB,
     SEARCH_THREADS,
     SEGMENTS,
+    SHARED_TERMS,
+    STATE_ID,
+    STATE_TENANT,
     TENANT_GRAPH_M,
+    TENANT_TERMS,
     Condition,
     EdgeStores,
     PointStore,
@@ -129,6 +133,20 @@ def test_tenants_never_see_each_other(store: PointStore) -> None:
     assert [] == refs(store, search("beta", "vault key"))
 
 
+def test_a_word_another_tenant_uses_everywhere_keeps_its_weight(store: PointStore) -> None:
+    """A word's weight (IDF) is counted over the tenant's own memories: beta's hundred
+    memories about kafka do not make kafka a common word for acme, whose two memories
+    each hold one of the two words asked."""
+    store.upsert(
+        [point("acme", "k", "kafka consumer lag"), point("acme", "r", "redis eviction policy")]
+    )
+    store.upsert([point("beta", f"b{i}", f"kafka topic number {i}") for i in range(100)])
+    found = store.search(search("acme", "kafka redis", mode="keyword"))
+    scores = {f.payload["ref"]: f.score for f in found}
+    assert {"k", "r"} == set(scores)
+    assert scores["k"] == pytest.approx(scores["r"], rel=1e-3), scores
+
+
 def test_each_mode_finds_by_its_own_means(store: PointStore) -> None:
     store.upsert([point("acme", ref, text) for ref, text in DOCS])
     # Keyword: BM25 with stemming ("rotating" matches "rotates"), only docs sharing a term.
@@ -226,14 +244,19 @@ def test_payloads_lists_every_point_but_the_state(store: PointStore) -> None:
     assert ["b"] == [p["ref"] for p in store.payloads("beta")]
 
 
-def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
-    stores = EdgeStores(tmp_path / "vectors")
-    made_before = stores.path("old")
+def _shard_made_before(path: Path) -> Any:
+    """A shard as an earlier memstream made it: the engine's defaults, no state."""
     config = edge.EdgeConfig(
         vectors={"dense": edge.EdgeVectorParams(size=DIMS, distance=edge.Distance.Cosine)},
         sparse_vectors={"bm25": edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
     )
-    shard = edge.EdgeShard.create(str(made_before), config)
+    return edge.EdgeShard.create(str(path), config)
+
+
+def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
+    stores = EdgeStores(tmp_path / "vectors")
+    made_before = stores.path("old")
+    shard = _shard_made_before(made_before)
     shard.close()
     assert "max_search_threads" not in json.loads((made_before / "edge_config.json").read_text())
     for generation in ("old", "new"):
@@ -257,6 +280,34 @@ def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
         store = reopened.open(generation, DIMS)
         assert ["k1"] == refs(store, search("acme", "kept"))
         reopened.close()
+
+
+def test_a_shard_made_with_shared_term_ids_keeps_them_until_rebuilt(tmp_path: Path) -> None:
+    """A shard made before term ids were the tenant's holds BM25's own ids, and its
+    state does not name them: it is searched and written with those, so its keyword
+    search goes on finding, old points and new alike; a new generation takes the
+    tenant's."""
+    stores = EdgeStores(tmp_path / "vectors")
+    made_before = stores.path("old")
+    shard = _shard_made_before(made_before)
+    old = point("acme", "k1", "the deploy key rotates every month")
+    vectors = {"dense": list(old.dense), "bm25": edge.SparseVector(*old.sparse.pair())}
+    state = {"dimensions": DIMS, "checkpoint": 7, "tenant": STATE_TENANT}
+    shard.update(
+        edge.UpdateOperation.upsert_points(
+            [edge.Point(old.id, vectors, old.payload), edge.Point(STATE_ID, {}, state)]
+        )
+    )
+    shard.close()
+    store = stores.open("old", DIMS)
+    assert SHARED_TERMS == store.terms
+    store.upsert([point("acme", "k2", "rotating the signing keys")])
+    assert ["k1", "k2"] == sorted(refs(store, search("acme", "rotates keys", mode="keyword")))
+    store.write_state({"dimensions": DIMS, "checkpoint": 8})
+    assert SHARED_TERMS == store.read_state()["terms"]
+    new = stores.open("new", DIMS)
+    assert TENANT_TERMS == new.terms == new.read_state()["terms"]
+    stores.close()
 
 
 def test_a_shard_lent_to_another_process_is_not_opened_and_owes_its_purges(
