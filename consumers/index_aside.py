@@ -28,8 +28,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import numpy as np
+from nats.aio.client import Client as NatsClient
 
 from consumers.log import configure_logging
 from consumers.replay import replay
@@ -42,7 +44,10 @@ from projections.point_store import EdgeStores
 from projections.vectors import VectorProjection
 from schemas.subjects import EVENT_STREAM
 
-__all__ = ["CachedOnly", "main"]
+__all__ = ["CachedOnly", "catch_up", "main"]
+
+# The copy is caught up in rounds until it is this close to the service (in events).
+CLOSE_ENOUGH: Final = 2_000
 
 
 class CachedOnly:
@@ -60,17 +65,37 @@ class CachedOnly:
         return np.zeros((0, self.dimensions), dtype=np.float32)
 
 
-async def catch_up(args: argparse.Namespace, projection: VectorProjection) -> None:
-    nc = await connect_nats(name="memstream:index-aside")
-    try:
-        info = await nc.jetstream().consumer_info(EVENT_STREAM, args.consumer)
+async def catch_up(
+    nc: NatsClient, consumer: str, projection: VectorProjection, close_enough: int = CLOSE_ENOUGH
+) -> None:
+    """Apply to ``projection`` what the service applied (its durable ``consumer``'s ack
+    floor), in rounds: the service goes on applying meanwhile, so each round aims at
+    where it is then. Ends after a round of at most ``close_enough`` events, or when a
+    round gained nothing on it (the service outpaces this process: it applies the rest)."""
+    js = nc.jetstream()
+    behind: int | None = None
+    while True:
+        info = await js.consumer_info(EVENT_STREAM, consumer)
         mark = info.ack_floor.stream_seq if info.ack_floor else 0
+        left = mark - projection.checkpoint
+        if left <= 0 or (behind is not None and left >= behind):
+            return
 
-        async def reached(checkpoint: int) -> bool:
+        async def reached(checkpoint: int, mark: int = mark) -> bool:
             return checkpoint >= mark
 
-        if projection.checkpoint < mark:
-            await replay(nc, projection, batch_size=5_000, until=reached)
+        # Up to the service's mark, not the stream's end: what it has not applied yet it
+        # will apply itself, into the shard it serves.
+        await replay(nc, projection, batch_size=5_000, until=reached, eager=True)
+        if left <= close_enough:
+            return  # a short round: the service applied little meanwhile
+        behind = left
+
+
+async def _catch_up(consumer: str, projection: VectorProjection) -> None:
+    nc = await connect_nats(name="memstream:index-aside")
+    try:
+        await catch_up(nc, consumer, projection)
     finally:
         await nc.close()
 
@@ -87,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
         projection = VectorProjection(stores, embedder, generation=generation, applied=applied)
         projection.indexed()
         try:
-            asyncio.run(catch_up(args, projection))
+            asyncio.run(_catch_up(args.consumer, projection))
         except Exception as err:  # the service applies what this did not
             sys.stderr.write(f"the copy was indexed but not caught up: {err}\n")
         return {"checkpoint": projection.checkpoint, "unindexed": projection.unindexed}

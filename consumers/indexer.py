@@ -13,8 +13,8 @@ the last build, does what a rebuild does, starting from a copy instead of from n
    that process then applies to the copy what this one applied meanwhile (embedding
    nothing: the vectors are in the shared cache), so that this one does not apply it a
    second time;
-3. catch the copy up on the last few events from its checkpoint with an ordered
-   consumer, then switch to it as a rebuild does (``ProjectionService.rebuild``):
+3. pause ingest, catch the copy up on the last few events from its checkpoint with an
+   ordered consumer, then switch to it as a rebuild does (``ProjectionService.rebuild``):
    nothing lost, nothing applied twice.
 """
 
@@ -118,7 +118,7 @@ class IndexBuilder:
         except BaseException:
             self.storage.discard_copy(path)
             raise
-        result = await service.rebuild(target=lambda: self.storage.open_indexed(path))
+        result = await service.rebuild(target=lambda: self.storage.open_indexed(path), eager=True)
         log.info(
             "index_build_finished",
             last_seq=result.last_seq,

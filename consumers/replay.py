@@ -34,14 +34,17 @@ async def replay(
     until: Callable[[int], Awaitable[bool]] | None = None,
     on_progress: Callable[[ReplayProgress], None] | None = None,
     decoder: EventDecoder | None = None,
+    eager: bool = False,
 ) -> RunnerStats:
     """Apply the whole stream to ``projection`` from an ordered consumer.
 
     Stops at the first batch boundary where nothing is pending and ``until(checkpoint)``
     holds (by default, as soon as it has caught up); ``until`` may pause whatever it waits
     for, so the target stops moving. Once asked, ``until`` is asked again at every batch
-    boundary, pending or not. Dead letters are counted, not
-    published again: the live runner already filed them.
+    boundary, pending or not. ``eager``: ``until`` is asked at every batch boundary from
+    the first, for a target caught up to a mark short of the stream's end (a copy that
+    needs what the live projection applied, not what was published since). Dead letters
+    are counted, not published again: the live runner already filed them.
     """
     js = nc.jetstream()
     info = await js.stream_info(EVENT_STREAM)
@@ -76,7 +79,7 @@ async def replay(
     in_flight: asyncio.Future[Applied] | None = None
     erased: list[int] = []
     done = 0
-    asked = False
+    asked = eager
     try:
         while True:
             msgs = await puller.fetch(batch_size, timeout=1.0)

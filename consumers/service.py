@@ -211,10 +211,15 @@ class ProjectionService(Generic[P]):
         self,
         on_progress: Callable[[ReplayProgress], None] | None = None,
         target: Callable[[], P] | None = None,
+        *,
+        eager: bool = False,
     ) -> RebuildResult:
         """Replay the stream into a new target and swap it in; raises RebuildBusy.
         ``target``: makes the new target (by default, an empty one); one that holds part
-        of the stream already is caught up from its checkpoint."""
+        of the stream already is caught up from its checkpoint. ``eager``: live ingest
+        pauses at once, and the target is caught up to where it stopped (for a target
+        that lacks only the last events: they are applied once, not by both); otherwise
+        live ingest goes on until the replay has read what was published."""
         if self.rebuilding:
             raise RebuildBusy(f"a rebuild of {self.name} is already running")
         running = self.running
@@ -239,6 +244,7 @@ class ProjectionService(Generic[P]):
                     until=caught_up,
                     on_progress=on_progress,
                     decoder=self.decoder,
+                    eager=eager,
                 )
                 # Readers finish on the old target; from the same turn of the loop on,
                 # every reader and the runner take the new one. Only then is the old one

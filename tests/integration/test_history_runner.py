@@ -143,6 +143,25 @@ async def test_a_catch_up_ends_once_it_reaches_its_mark_though_events_keep_comin
     assert projection.checkpoint < await last_seq(nc)  # the rest is for live ingest
 
 
+async def test_an_eager_catch_up_stops_at_its_mark_short_of_the_streams_end(
+    nc: NatsClient, tmp_path: Path
+) -> None:
+    """A copy caught up to what the live projection applied stops there, though the
+    stream holds more: the rest is for live ingest, which would apply it anyway."""
+    await publish_mixed(nc, 500)
+    mark = await last_seq(nc) - 400
+    asked: list[int] = []
+
+    async def until(checkpoint: int) -> bool:
+        asked.append(checkpoint)
+        return checkpoint >= mark
+
+    projection = HistoryProjection(tmp_path / "copy.duckdb")
+    await replay(nc, projection, batch_size=50, until=until, eager=True)
+    assert mark <= projection.checkpoint < mark + 50
+    assert asked[0] < mark  # asked from the first batch, not once the stream was read
+
+
 async def test_rebuild_while_ingesting_swaps_without_loss(nc: NatsClient, tmp_path: Path) -> None:
     """A rebuild under live load swaps in a database holding every event exactly once."""
     await publish_mixed(nc, 4000)

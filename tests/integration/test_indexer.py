@@ -4,17 +4,22 @@ on ingesting and answering: nothing lost, nothing doubled, the copy swapped in."
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
+from consumers.index_aside import CachedOnly, catch_up
 from consumers.indexer import IndexBuilder
 from consumers.service import ProjectionService
 from consumers.settings import load_settings
 from consumers.storage import vector_storage_from_settings
 from consumers.tenants import purge_projection, purge_stream
 from producers import MemoryClient
+from projections.applied_ids import AppliedIds
 from projections.embedders import HashEmbedder
+from projections.embedding_cache import CachedEmbedder
 from projections.vectors import VectorProjection
 from schemas import events as ev
 from schemas.admin import PurgeReport
@@ -161,5 +166,59 @@ async def test_the_indexing_process_catches_the_copy_up_itself(
         assert 320 == projection.store.count("acme")
         assert "m319" in {h.ref for h in projection.search("acme", "bucket 319", top_k=3)}
     finally:
+        await service.stop()
+        storage.close()
+
+
+async def test_the_copy_is_caught_up_in_rounds_while_the_service_moves_on(
+    nc: NatsClient, tmp_path: Path
+) -> None:
+    """The indexing process aims each round of its catch-up at where the service is
+    then: what the service applied during the first round, a second round applies."""
+    mem = MemoryClient(nc, tenant="acme", agent="a1")
+    first = await _store(mem, 0, 200)
+    storage = vector_storage_from_settings(
+        load_settings({}, data_dir=str(tmp_path)), HashEmbedder(64)
+    )
+    service: ProjectionService[VectorProjection] = ProjectionService(nc, storage, max_wait=0.05)
+    await service.start()
+    consumer = service.running.runner.consumer
+
+    def acked(seq: int) -> Any:
+        async def check() -> bool:
+            info = await nc.jetstream().consumer_info("MEMORY", consumer)
+            return bool(info.ack_floor and info.ack_floor.stream_seq >= seq)
+
+        return check
+
+    first_round_done, go_on = threading.Event(), threading.Event()
+
+    class Copy(VectorProjection):
+        def apply(self, *args: Any, **kwargs: Any) -> Any:  # in the replay's thread
+            applied = super().apply(*args, **kwargs)
+            if self.checkpoint >= first and not go_on.is_set():
+                first_round_done.set()
+                go_on.wait(30)
+            return applied
+
+    try:
+        await wait_for(acked(first), what="the service applied the first 200")
+        embedder = storage.embedder
+        copy = Copy(
+            storage.stores,
+            CachedEmbedder(CachedOnly(embedder.model, embedder.dimensions), storage.cache),
+            generation="copy",
+            applied=AppliedIds(),
+        )
+        catching_up = asyncio.create_task(catch_up(nc, consumer, copy, close_enough=0))
+        await wait_for(first_round_done.is_set, what="the first round")
+        second = await _store(mem, 200, 150)
+        await wait_for(acked(second), what="the service applied 150 more")
+        go_on.set()
+        await catching_up
+        assert second == copy.checkpoint
+        assert 350 == copy.store.count("acme")
+    finally:
+        go_on.set()
         await service.stop()
         storage.close()
