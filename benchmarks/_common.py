@@ -156,7 +156,7 @@ def median_round(rounds: list[list[float]]) -> tuple[float, float]:
 def memstream_process(*args: str, env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """``memstream ARGS --json`` in a process of its own (as it runs in production), until
     its ready line; stopped with SIGTERM by its pid afterwards."""
-    full_env = {**os.environ, "MEMSTREAM_LOG_LEVEL": "warning", **(env or {})}
+    full_env = {"MEMSTREAM_LOG_LEVEL": "warning", **os.environ, **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "consumers", *args, "--json"],
         stdout=subprocess.PIPE,
