@@ -355,6 +355,13 @@ def _plan(search: Search, dense: Any, sparse: Any, flt: Any, kit: Any) -> dict[s
     return {"query": only, "threshold": search.min_score if dense is not None else None}
 
 
+def _outer(plan: dict[str, Any], flt: Any) -> Any:
+    """The filter of a plan's last stage. Where it fuses or re-scores candidates that
+    filtered prefetches brought, none: asked again there, the engine filters again, which
+    cost a hybrid query 1.1 ms of its 3.3 here (10 tenants, 19,000 points each)."""
+    return None if plan.get("prefetch") else flt
+
+
 class _EdgeKit:
     """Builds Qdrant Edge's query objects for :func:`_plan`."""
 
@@ -496,7 +503,7 @@ class EdgeStore:
             limit=search.limit,
             query=plan["query"],
             prefetches=plan.get("prefetch"),
-            filter=flt,
+            filter=_outer(plan, flt),
             score_threshold=plan.get("threshold"),
             with_payload=True,
         )
@@ -859,7 +866,7 @@ class ServerStore:
             query=query,
             using=using,
             prefetch=plan.get("prefetch"),
-            query_filter=flt,
+            query_filter=_outer(plan, flt),
             score_threshold=plan.get("threshold"),
             limit=search.limit,
             with_payload=True,
