@@ -189,7 +189,11 @@ def tenant_terms(sparse: Sparse, tenant: str) -> Sparse:
 
 
 def _terms_of(state: dict[str, Any]) -> str:
-    """The term ids a generation was made with: a state without them is from before."""
+    """The term ids a generation was made with: a state without them is from before. No
+    state at all is a generation stopped between its creation and its first state (every
+    memstream writes it before any point): nothing in it, so it takes the tenant's."""
+    if not state:
+        return TENANT_TERMS
     return str(state.get("terms", SHARED_TERMS))
 
 

@@ -307,6 +307,8 @@ def test_a_shard_made_with_shared_term_ids_keeps_them_until_rebuilt(tmp_path: Pa
     assert SHARED_TERMS == store.read_state()["terms"]
     new = stores.open("new", DIMS)
     assert TENANT_TERMS == new.terms == new.read_state()["terms"]
+    _shard_made_before(stores.path("stopped")).close()  # no state: nothing written yet
+    assert TENANT_TERMS == stores.open("stopped", DIMS).terms
     stores.close()
 
 
