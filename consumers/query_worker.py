@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
@@ -38,11 +39,12 @@ from nats.aio.subscription import Subscription
 
 from consumers.log import get_logger
 from consumers.sources import HistoryReads, LocalHistory, Source, read_history
-from projections import reads
+from projections import memories, reads
 from projections.recall import Part, compose, memory_part, task_part, turn_part
 from projections.vector_search import Hit
 from schemas.errors import MemstreamError, QueryError
 from schemas.events import EVENT_TYPES
+from schemas.filters import Node, kinds_of, parse_filter
 from schemas.ids import new_id
 from schemas.queries import (
     OPS,
@@ -54,12 +56,18 @@ from schemas.queries import (
     ContextResult,
     ConversationRequest,
     ConversationResult,
+    GetRequest,
     HistoryRequest,
     HistoryResult,
+    ListRequest,
+    ListResult,
+    Memory,
     RecallRequest,
     RecallResult,
     RecallSource,
     Request,
+    RevisionsRequest,
+    RevisionsResult,
     SearchBatchResult,
     SearchHit,
     SearchRequest,
@@ -112,7 +120,18 @@ def _hit(h: Hit) -> SearchHit:
         tags=tuple(p.get("tags") or ()),
         metadata=p.get("metadata") or {},
         seq=p.get("seq", 0),
+        user_id=p.get("user_id"),
+        run_id=p.get("run_id"),
+        project=p.get("project"),
+        task_id=p.get("task_id"),
+        expires_at=(
+            dt.datetime.fromtimestamp(p["expires_epoch"], dt.UTC) if "expires_epoch" in p else None
+        ),
     )
+
+
+def _filter(req: SearchRequest | RecallRequest | ListRequest) -> Node | None:
+    return parse_filter(req.filter) if req.filter is not None else None
 
 
 def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
@@ -121,12 +140,15 @@ def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
         # min_score similar to the query's (or share its words, on the keyword side).
         return {
             # Past tasks and turns of other conversations too: what was done before.
-            "kinds": ("knowledge", "solutions", "tasks", "turns"),
+            "kinds": kinds_of(node := _filter(req), ("knowledge", "solutions", "tasks", "turns")),
             "top_k": _RECALL_MEMORIES,
             "threshold": req.min_score,
+            "filter": node,
         }
+    node = _filter(req)
     return {
-        "kinds": req.kinds,
+        "kinds": kinds_of(node, req.kinds),
+        "filter": node,
         "top_k": req.top_k,
         "threshold": req.threshold,
         "mode": req.mode,
@@ -179,6 +201,9 @@ class QueryWorker:
             "conversation": self._conversation,
             "stats": self._stats,
             "analytics": self._analytics,
+            "get": self._get,
+            "list": self._list,
+            "revisions": self._revisions,
         }
         served = ops_served(set(self.sources))
         if vectors is not None and history is None and remote_history is not None:
@@ -262,6 +287,10 @@ class QueryWorker:
         )
 
     async def _serve(self, tenant: str, op: str, req: Request) -> Any:
+        if req.consistency == "latest":
+            # What the stream holds as the request arrives: answered once applied.
+            last = (await self.nc.jetstream().stream_info(EVENT_STREAM)).state.last_seq
+            req = msgspec.structs.replace(req, min_seq=max(req.min_seq or 0, last))
         for name in SERVED_BY[op]:
             source = self.sources.get(name)
             if source is not None:
@@ -372,6 +401,40 @@ class QueryWorker:
         turns = await self._read(reads.conversation, tenant, req.session_id, req.last_n)
         return ConversationResult(session_id=req.session_id, turns=turns)
 
+    async def _get(self, tenant: str, req: GetRequest) -> Memory:
+        found: Memory | None = await self._read(
+            memories.get_memory, tenant, req.memory_id, dt.datetime.now(dt.UTC)
+        )
+        if found is None:
+            raise QueryError(
+                "not_found",
+                f"tenant {tenant} has no memory {req.memory_id!r} (never stored, forgotten or "
+                "expired)",
+            )
+        return found
+
+    async def _list(self, tenant: str, req: ListRequest) -> ListResult:
+        page, cursor = await self._read(
+            memories.list_memories,
+            tenant,
+            dt.datetime.now(dt.UTC),
+            kinds=kinds_of(node := _filter(req), req.kinds),
+            filter=node,
+            order_by=req.order_by,
+            descending=req.descending,
+            limit=req.limit,
+            cursor=req.cursor,
+        )
+        return ListResult(memories=page, next_cursor=cursor)
+
+    async def _revisions(self, tenant: str, req: RevisionsRequest) -> RevisionsResult:
+        found = await self._read(memories.revisions, tenant, req.memory_id)
+        if not found:
+            raise QueryError(
+                "not_found", f"tenant {tenant} has no event of a memory {req.memory_id!r}"
+            )
+        return RevisionsResult(memory_id=req.memory_id, revisions=found)
+
     async def _analytics(self, tenant: str, req: AnalyticsRequest) -> AnalyticsResult:
         result = await self._read(reads.analytics, tenant, req.name, req.params)
         rows = [list(row) for row in result.rows]
@@ -379,6 +442,7 @@ class QueryWorker:
 
     async def _stats(self, tenant: str, req: StatsRequest) -> StatsResult:
         by_type, by_agent = await self._read(reads.counts, tenant)
+        live = await self._read(memories.live_counts, tenant, dt.datetime.now(dt.UTC))
         js = self.nc.jetstream()
         last_seq = (await js.stream_info(EVENT_STREAM)).state.last_seq
         applied: dict[str, int] = {name: source.checkpoint for name, source in self.sources.items()}
@@ -398,6 +462,7 @@ class QueryWorker:
             last_applied_seq=applied,
             lag={name: max(0, last_seq - seq) for name, seq in applied.items()},
             dlq_count=sum((dlq.state.subjects or {}).values()),
+            memories_by_kind=live,
             health={
                 name: getattr(source, "unhealthy", None) or "ok"
                 for name, source in self.sources.items()

@@ -31,6 +31,13 @@ def _duck_type(typ: pa.DataType) -> str:
     raise TypeError(f"no DuckDB type for {typ}")
 
 
+# Columns the memory tables gained after their first release: added to a database made
+# before (ALTER TABLE, in this order, at the end, so positional inserts line up), where
+# ``revision`` is counted from the events it holds.
+_MEMORY_ADDED: Final = (
+    ("task_id", _S, None), ("user_id", _S, None), ("run_id", _S, None),
+    ("project", _S, None), ("expires_at", _T, None), ("revision", _I, None),
+)  # fmt: skip
 # (column, arrow type, DuckDB type override). JSON columns travel as strings.
 TABLES: Final[dict[str, list[tuple[str, pa.DataType, str | None]]]] = {
     "events": [
@@ -43,13 +50,13 @@ TABLES: Final[dict[str, list[tuple[str, pa.DataType, str | None]]]] = {
         ("tenant", _S, None), ("memory_id", _S, None), ("agent", _S, None),
         ("domain", _S, None), ("content", _S, None), ("tags", _L, None),
         ("metadata", _J, "JSON"), ("created_seq", _I, None), ("updated_seq", _I, None),
-        ("created_at", _T, None), ("updated_at", _T, None),
+        ("created_at", _T, None), ("updated_at", _T, None), *_MEMORY_ADDED,
     ],
     "solutions": [
         ("tenant", _S, None), ("memory_id", _S, None), ("agent", _S, None),
         ("problem", _S, None), ("solution", _S, None), ("tags", _L, None),
         ("metadata", _J, "JSON"), ("created_seq", _I, None), ("updated_seq", _I, None),
-        ("created_at", _T, None), ("updated_at", _T, None),
+        ("created_at", _T, None), ("updated_at", _T, None), *_MEMORY_ADDED,
     ],
     "memory_links": [
         ("seq", _I, None), ("tenant", _S, None), ("agent", _S, None), ("from_id", _S, None),
@@ -124,6 +131,19 @@ def _ddl() -> str:
             for col, typ, override in cols
         )
         statements.append(f"CREATE TABLE IF NOT EXISTS {name} ({body})")
+    for table in ("knowledge", "solutions"):
+        statements += [
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {_duck_type(typ)}"
+            for col, typ, _ in _MEMORY_ADDED
+        ]
+        # A row from before revisions were counted: 1 + the revisions the log holds.
+        statements.append(
+            f"UPDATE {table} SET revision = 1 + (SELECT count(*) FROM events e "
+            f"WHERE e.tenant = {table}.tenant AND e.type = 'memory.revised' "
+            f"AND e.seq > {table}.created_seq "
+            f"AND json_extract_string(e.body, '$.memory_id') = {table}.memory_id) "
+            "WHERE revision IS NULL"
+        )
     return ";\n".join(statements)
 
 

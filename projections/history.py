@@ -87,6 +87,9 @@ class HistoryProjection:
         self.con = duckdb.connect(
             str(self.path), read_only=read_only, config={"enable_external_access": False}
         )
+        # Times are UTC throughout; a filter's timestamp without a zone is read as UTC
+        # whatever the host's zone, in this connection and every cursor of it.
+        self.con.execute("SET GLOBAL TimeZone = 'UTC'")
         if not read_only:
             self.con.execute(DDL)
             # Checkpoint the WAL into the file less often than the 16 MB default: each
@@ -349,6 +352,8 @@ class _RowFold(MemoryFold[Row]):
             "tenant": e.tenant, "memory_id": e.memory_id, "agent": e.agent,
             "tags": list(e.tags), "metadata": _dumps(e.metadata),
             "created_seq": seq, "updated_seq": seq, "created_at": e.ts, "updated_at": e.ts,
+            "task_id": e.task_id, "user_id": e.user_id, "run_id": e.run_id,
+            "project": e.project, "expires_at": e.expiry(), "revision": 1,
         }  # fmt: skip
         if isinstance(e, ev.KnowledgeStored):
             row.update(domain=e.domain, content=e.content)
@@ -356,11 +361,25 @@ class _RowFold(MemoryFold[Row]):
             row.update(problem=e.problem, solution=e.solution)
         return row
 
+    def stored_again(self, record: Row, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> Row:
+        return {
+            **self.created(seq, e),
+            "created_seq": record["created_seq"],
+            "created_at": record["created_at"],
+            "revision": (record["revision"] or 1) + 1,
+        }
+
     def revised(self, record: Row, kind: str, seq: int, e: ev.MemoryRevised) -> Row:
         changes = revision(e, kind)
         if "metadata" in changes:
             changes["metadata"] = _dumps(changes["metadata"])
-        return {**record, **changes, "updated_seq": seq, "updated_at": e.ts}
+        expiry = e.expiry()
+        if expiry is not None:
+            changes["expires_at"] = expiry
+        return {
+            **record, **changes, "updated_seq": seq, "updated_at": e.ts,
+            "revision": (record["revision"] or 1) + 1,
+        }  # fmt: skip
 
     def replacements(self) -> dict[str, tuple[list[Key], list[tuple[Any, ...]]]]:
         """Per table: the stored keys to delete, and the rows to insert after."""

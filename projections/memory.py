@@ -63,6 +63,12 @@ class MemoryFold(Generic[R]):
         """The record a stored event makes."""
         raise NotImplementedError
 
+    def stored_again(self, record: R, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> R:
+        """The record a stored event makes of a memory that exists in the same kind:
+        by default a new one; a projection that keeps a memory's creation and its count
+        of revisions carries them over (storing again is revising every field)."""
+        return self.created(seq, e)
+
     def revised(self, record: R, kind: str, seq: int, e: ev.MemoryRevised) -> R:
         """``record`` (of ``kind``) with the revision applied."""
         raise NotImplementedError
@@ -77,12 +83,17 @@ class MemoryFold(Generic[R]):
     def apply(self, seq: int, e: MemoryEvent) -> None:
         key = (e.tenant, e.memory_id)
         match e:
-            case ev.KnowledgeStored():
-                self.state["knowledge"][key] = self.created(seq, e)
-                self.state["solutions"][key] = None
-            case ev.SolutionStored():
-                self.state["solutions"][key] = self.created(seq, e)
-                self.state["knowledge"][key] = None
+            case ev.KnowledgeStored() | ev.SolutionStored():
+                kind, other = (
+                    ("knowledge", "solutions")
+                    if isinstance(e, ev.KnowledgeStored)
+                    else ("solutions", "knowledge")
+                )
+                before = self.current(kind, key)
+                self.state[kind][key] = (
+                    self.created(seq, e) if before is None else self.stored_again(before, seq, e)
+                )
+                self.state[other][key] = None
             case ev.MemoryRevised():
                 for kind in MEMORY_KINDS:
                     record = self.current(kind, key)

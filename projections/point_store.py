@@ -37,6 +37,8 @@ from typing import Any, Final, Literal, Protocol
 import qdrant_edge as edge
 
 from projections.files import ProjectionFiles
+from projections.filter_payload import compile_payload, live
+from schemas.filters import Node
 
 __all__ = [
     "DENSE",
@@ -73,8 +75,10 @@ STATE_TENANT: Final = "_memstream"
 STATE_ID: Final = "00000000-0000-0000-0000-000000000001"
 _NAMESPACE_BYTES: Final = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13").bytes
 # The payload fields searches (and the read API) filter on, and how they are indexed.
-KEYWORD_FIELDS: Final = ("kind", "agent", "domain", "tags", "session_id", "task_id")
-FLOAT_FIELDS: Final = ("ts_epoch",)
+KEYWORD_FIELDS: Final = (
+    "kind", "agent", "domain", "tags", "session_id", "task_id", "user_id", "run_id", "project",
+)  # fmt: skip
+FLOAT_FIELDS: Final = ("ts_epoch", "created_epoch", "expires_epoch")
 # How many candidates each side of a hybrid search brings to the fusion, per hit asked.
 _PREFETCH_FACTOR: Final = 4
 _PREFETCH_MIN: Final = 20
@@ -218,8 +222,9 @@ class Condition:
 
 @dataclass(frozen=True)
 class Search:
-    """One search of one tenant's points: ``must`` all hold; ``min_score`` is the least
-    dense similarity a hit may have (in every mode that has a dense side)."""
+    """One search of one tenant's points: ``must`` all hold, and ``filter`` (the filter
+    language's tree); a point past its expiry at ``now`` is never found; ``min_score``
+    is the least dense similarity a hit may have (in every mode that has a dense side)."""
 
     tenant: str
     dense: Sequence[float] | None
@@ -230,6 +235,7 @@ class Search:
     min_score: float | None = None
     recency_half_life_s: float | None = None
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    filter: Node | None = None
 
 
 @dataclass(frozen=True)
@@ -314,8 +320,45 @@ def _edge_match(values: tuple[Any, ...]) -> Any:
     return edge.MatchValue(values[0]) if len(values) == 1 else edge.MatchAny(list(values))
 
 
-def _edge_filter(tenant: str, must: tuple[Condition, ...]) -> edge.Filter:
+class _EdgeFilters:
+    """Builds Qdrant Edge's conditions for the filter language."""
+
+    @staticmethod
+    def match(key: str, value: str) -> Any:
+        return edge.FieldCondition(key=key, match=edge.MatchValue(value))
+
+    @staticmethod
+    def match_any(key: str, values: list[str]) -> Any:
+        return edge.FieldCondition(key=key, match=edge.MatchAny(values))
+
+    @staticmethod
+    def number(key: str, **bounds: float) -> Any:
+        return edge.FieldCondition(key=key, range=edge.RangeFloat(**bounds))
+
+    @staticmethod
+    def instant(key: str, **bounds: str) -> Any:
+        return edge.FieldCondition(key=key, range=edge.RangeDateTime(**bounds))
+
+    @staticmethod
+    def empty(key: str) -> Any:
+        return edge.IsEmptyCondition(key=key)
+
+    @staticmethod
+    def group(
+        *, must: list[Any] | None = None, should: list[Any] | None = None,
+        must_not: list[Any] | None = None,
+    ) -> Any:  # fmt: skip
+        return edge.Filter(must=must, should=should, must_not=must_not)
+
+
+def _edge_filter(
+    tenant: str, must: tuple[Condition, ...], search: Search | None = None
+) -> edge.Filter:
     conditions: list[Any] = [edge.FieldCondition(key="tenant", match=edge.MatchValue(tenant))]
+    if search is not None:
+        conditions.append(live(_EdgeFilters, search.now))
+        if search.filter is not None:
+            conditions.append(compile_payload(search.filter, _EdgeFilters))
     for c in must:
         if c.any_of:
             conditions.append(edge.FieldCondition(key=c.key, match=_edge_match(c.any_of)))
@@ -493,7 +536,7 @@ class EdgeStore:
                 return
 
     def search(self, search: Search) -> list[Found]:
-        flt = _edge_filter(search.tenant, search.must)
+        flt = _edge_filter(search.tenant, search.must, search)
         dense = sparse = None
         if search.dense is not None and search.mode != "keyword":
             dense = edge.Query.Nearest(list(search.dense), using=DENSE)
@@ -659,10 +702,58 @@ _ALIAS: Final = "ms_points"
 _COLLECTION_PREFIX: Final = "ms_points__"
 
 
-def _server_filter(tenant: str, must: tuple[Condition, ...]) -> Any:
+class _ServerFilters:
+    """Builds qdrant-client's conditions for the filter language."""
+
+    @staticmethod
+    def match(key: str, value: str) -> Any:
+        from qdrant_client import models as m
+
+        return m.FieldCondition(key=key, match=m.MatchValue(value=value))
+
+    @staticmethod
+    def match_any(key: str, values: list[str]) -> Any:
+        from qdrant_client import models as m
+
+        return m.FieldCondition(key=key, match=m.MatchAny(any=values))
+
+    @staticmethod
+    def number(key: str, **bounds: float) -> Any:
+        from qdrant_client import models as m
+
+        return m.FieldCondition(key=key, range=m.Range(**bounds))
+
+    @staticmethod
+    def instant(key: str, **bounds: str) -> Any:
+        from qdrant_client import models as m
+
+        instants = {k: dt.datetime.fromisoformat(v) for k, v in bounds.items()}
+        return m.FieldCondition(key=key, range=m.DatetimeRange(**instants))
+
+    @staticmethod
+    def empty(key: str) -> Any:
+        from qdrant_client import models as m
+
+        return m.IsEmptyCondition(is_empty=m.PayloadField(key=key))
+
+    @staticmethod
+    def group(
+        *, must: list[Any] | None = None, should: list[Any] | None = None,
+        must_not: list[Any] | None = None,
+    ) -> Any:  # fmt: skip
+        from qdrant_client import models as m
+
+        return m.Filter(must=must, should=should, must_not=must_not)
+
+
+def _server_filter(tenant: str, must: tuple[Condition, ...], search: Search | None = None) -> Any:
     from qdrant_client import models as m
 
     conditions: list[Any] = [m.FieldCondition(key="tenant", match=m.MatchValue(value=tenant))]
+    if search is not None:
+        conditions.append(live(_ServerFilters, search.now))
+        if search.filter is not None:
+            conditions.append(compile_payload(search.filter, _ServerFilters))
     for c in must:
         if c.any_of:
             match: Any = (
@@ -852,7 +943,7 @@ class ServerStore:
     def search(self, search: Search) -> list[Found]:
         from qdrant_client import models as m
 
-        flt = _server_filter(search.tenant, search.must)
+        flt = _server_filter(search.tenant, search.must, search)
         dense = sparse = None
         if search.dense is not None and search.mode != "keyword":
             dense = (list(search.dense), DENSE)

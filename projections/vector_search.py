@@ -12,7 +12,9 @@ import msgspec
 
 from projections.embedders import Vectors
 from projections.embedding_cache import CachedEmbedder
+from projections.filter_payload import filter_copy
 from projections.point_store import Condition, Mode, PointStore, PointStores, Search, bm25_query
+from schemas.filters import Node
 
 __all__ = ["KINDS", "Hit", "VectorReader", "from_payload", "search_store", "to_payload"]
 
@@ -20,7 +22,10 @@ __all__ = ["KINDS", "Hit", "VectorReader", "from_payload", "search_store", "to_p
 # also hold ``turns`` (conversation turns) and ``tasks`` (a task's title and outcome).
 KINDS: Final = ("knowledge", "solutions", "collaborations")
 # The record's fields the engine filters on, copied beside it when they have a value.
-_FILTERED: Final = ("agent", "domain", "tags", "session_id", "task_id")
+_FILTERED: Final = (
+    "agent", "domain", "tags", "session_id", "task_id", "user_id", "run_id", "project",
+    "created_epoch", "expires_epoch",
+)  # fmt: skip
 # Keys sorted: a record is the same document however its fields were set (live, a task's
 # outcome is added to the stored record; in a rebuild, to a fresh one).
 _encode = msgspec.json.Encoder(order="sorted").encode
@@ -41,6 +46,8 @@ def to_payload(record: dict[str, Any]) -> dict[str, Any]:
         value = record.get(name)
         if value:
             payload[name] = value
+    if record.get("metadata"):
+        payload["metadata"] = filter_copy(record["metadata"])
     return payload
 
 
@@ -76,10 +83,13 @@ def search_store(
     until: dt.datetime | None = None,
     session_id: str | None = None,
     task_id: str | None = None,
+    filter: Node | None = None,
 ) -> list[list[Hit]]:
     """One list of the best ``top_k`` hits per query (a text and its row of
     ``vectors``). ``threshold``: the least dense similarity a hit may have; ``tags``: a
     hit has all of them."""
+    if not kinds:
+        return [[] for _ in queries]  # the filter rules out every kind asked for
     must = [Condition("kind", any_of=tuple(kinds))]
     if agent:
         must.append(Condition("agent", any_of=(agent,)))
@@ -110,6 +120,7 @@ def search_store(
             must=tuple(must),
             min_score=threshold,
             recency_half_life_s=half_life,
+            filter=filter,
         )
         hits = []
         for f in store.search(search):

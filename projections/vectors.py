@@ -76,11 +76,21 @@ _Changes = dict[tuple[str, str, str], Payload | None]
 
 
 def _base(seq: int, e: ev.Event) -> Payload:
+    epoch = e.ts.timestamp()
     base = {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
-            "ts_epoch": e.ts.timestamp(), "seq": seq}  # fmt: skip
+            "ts_epoch": epoch, "created_epoch": epoch, "seq": seq}  # fmt: skip
     if e.task_id:
         base["task_id"] = e.task_id
     return base
+
+
+def _scoped(e: ev.Scoped) -> Payload:
+    """A memory's scope and expiry, where it has them."""
+    scope = {name: getattr(e, name) for name in ("user_id", "run_id", "project")}
+    expiry = e.expiry()
+    if expiry is not None:
+        scope["expires_epoch"] = expiry.timestamp()
+    return {k: v for k, v in scope.items() if v is not None}
 
 
 def _json(value: Any) -> str:
@@ -132,13 +142,16 @@ class _PayloadFold(MemoryFold[Payload]):
             else {"problem": e.problem, "solution": e.solution}
         )
         kind = "knowledge" if isinstance(e, ev.KnowledgeStored) else "solutions"
-        return _texts_had(kind, {**_base(seq, e), "ref": e.memory_id, **own,
+        return _texts_had(kind, {**_base(seq, e), **_scoped(e), "ref": e.memory_id, **own,
                                  "tags": list(e.tags), "metadata": e.metadata})  # fmt: skip
 
     def revised(self, record: Payload, kind: str, seq: int, e: ev.MemoryRevised) -> Payload:
         base = _base(seq, e)
         revised = {**record, **revision(e, kind),
                    "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"]}  # fmt: skip
+        expiry = e.expiry()
+        if expiry is not None:
+            revised["expires_epoch"] = expiry.timestamp()
         return _texts_had(kind, revised)
 
     def forgotten(self, record: Payload, kind: str, e: ev.MemoryForgotten) -> None:
@@ -288,7 +301,8 @@ class VectorProjection:
                 }  # fmt: skip
             elif isinstance(e, ev.CollabRecorded):
                 changes[("collaborations", e.tenant, e.interaction_id)] = {
-                    **_base(seq, e), "ref": e.interaction_id, "initiator": e.initiator,
+                    **_base(seq, e), **_scoped(e), "ref": e.interaction_id,
+                    "initiator": e.initiator,
                     "participants": list(e.participants),
                     "task_description": e.task_description, "outcome": e.outcome,
                     "metadata": e.metadata, "tags": [],

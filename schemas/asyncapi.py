@@ -31,6 +31,9 @@ _RESULTS: Final[dict[str, type[Any]]] = {
     "recall": q.RecallResult,
     "stats": q.StatsResult,
     "analytics": q.AnalyticsResult,
+    "get": q.Memory,
+    "list": q.ListResult,
+    "revisions": q.RevisionsResult,
 }
 
 

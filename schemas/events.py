@@ -36,6 +36,7 @@ __all__ = [
     "MemoryForgotten",
     "MemoryLinked",
     "MemoryRevised",
+    "Scoped",
     "SolutionStored",
     "TaskCompleted",
     "TaskCreated",
@@ -100,8 +101,34 @@ class Event(Envelope, frozen=True, kw_only=True, tag_field="type", gc=False):
 
 # --- memory -------------------------------------------------------------------------
 
+Seconds = Annotated[int, msgspec.Meta(ge=1)]
 
-class KnowledgeStored(Event, frozen=True, tag="knowledge.stored"):
+
+def _expiry(
+    ts: dt.datetime, ttl_s: int | None, expires_at: dt.datetime | None
+) -> dt.datetime | None:
+    if expires_at is not None:
+        return expires_at.astimezone(dt.UTC)
+    return ts + dt.timedelta(seconds=ttl_s) if ttl_s else None
+
+
+class Scoped(Event, frozen=True, kw_only=True):
+    """A memory's scope below the tenant, and when it expires (hidden from every read
+    from then on; the event stays in the log). ``expires_at`` wins over ``ttl_s``,
+    which counts from the event's ``ts``."""
+
+    user_id: RefId | None = None
+    run_id: RefId | None = None
+    project: RefId | None = None
+    ttl_s: Seconds | None = None
+    expires_at: Timestamp | None = None
+
+    def expiry(self) -> dt.datetime | None:
+        """When what this event stores expires, or None."""
+        return _expiry(self.ts, self.ttl_s, self.expires_at)
+
+
+class KnowledgeStored(Scoped, frozen=True, tag="knowledge.stored"):
     memory_id: RefId
     domain: Name
     content: Text
@@ -109,7 +136,7 @@ class KnowledgeStored(Event, frozen=True, tag="knowledge.stored"):
     metadata: Metadata = {}
 
 
-class SolutionStored(Event, frozen=True, tag="solution.stored"):
+class SolutionStored(Scoped, frozen=True, tag="solution.stored"):
     memory_id: RefId
     problem: Text
     solution: Text
@@ -126,6 +153,14 @@ class MemoryRevised(Event, frozen=True, tag="memory.revised"):
     solution: Text | None = None
     tags: Tags | None = None
     metadata: Metadata | None = None
+    # A new expiry, counted from this event's ts (or at ``expires_at``); left out, the
+    # memory keeps the one it had.
+    ttl_s: Seconds | None = None
+    expires_at: Timestamp | None = None
+
+    def expiry(self) -> dt.datetime | None:
+        """The memory's new expiry, or None to keep the one it had."""
+        return _expiry(self.ts, self.ttl_s, self.expires_at)
 
 
 class MemoryForgotten(Event, frozen=True, tag="memory.forgotten"):
@@ -144,7 +179,7 @@ class MemoryLinked(Event, frozen=True, tag="memory.linked"):
 # --- collaboration ------------------------------------------------------------------
 
 
-class CollabRecorded(Event, frozen=True, tag="collab.recorded"):
+class CollabRecorded(Scoped, frozen=True, tag="collab.recorded"):
     interaction_id: RefId
     initiator: AgentId
     participants: tuple[AgentId, ...]

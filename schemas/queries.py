@@ -26,12 +26,19 @@ __all__ = [
     "ContextResult",
     "ConversationRequest",
     "ConversationResult",
+    "GetRequest",
     "HistoryRequest",
     "HistoryResult",
+    "ListRequest",
+    "ListResult",
+    "Memory",
     "RecallRequest",
     "RecallResult",
     "RecallSource",
     "Request",
+    "Revision",
+    "RevisionsRequest",
+    "RevisionsResult",
     "SearchBatchResult",
     "SearchHit",
     "SearchRequest",
@@ -55,6 +62,11 @@ ANALYTICS_NAMES: Final = frozenset(AnalyticsName.__args__)  # type: ignore[attr-
 Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 QueryText = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+# The filter language (schemas.filters): checked by the worker, which names what is wrong.
+Filter = dict[str, Any]
+MemoryKind: TypeAlias = Literal["knowledge", "solutions"]
+OrderBy: TypeAlias = Literal["created_at", "updated_at"]
+Consistency: TypeAlias = Literal["any", "latest"]
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,6 +76,9 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     min_seq: Seq | None = None
     # ...for at most this long, else answer not_caught_up.
     wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 2000
+    # "latest": first wait (within wait_ms) until the projection has applied the
+    # stream's last sequence as of the request: the strongest read, on any replica.
+    consistency: Consistency = "any"
 
 
 class SearchRequest(Request, frozen=True):
@@ -85,6 +100,7 @@ class SearchRequest(Request, frozen=True):
     tags: tuple[str, ...] = ()
     since: Timestamp | None = None
     until: Timestamp | None = None
+    filter: Filter | None = None
 
 
 class HistoryRequest(Request, frozen=True):
@@ -120,10 +136,33 @@ class RecallRequest(Request, frozen=True):
     # a little above 0 with every embedder (measured here: up to 0.08 with the hash
     # embedder), so the default keeps them out of a prompt.
     min_score: Annotated[float, msgspec.Meta(ge=-1, le=1)] = 0.15
+    # Which memories may enter the bundle (the filter language of search and list).
+    filter: Filter | None = None
 
 
 class StatsRequest(Request, frozen=True):
     pass
+
+
+class GetRequest(Request, frozen=True):
+    memory_id: RefId
+
+
+class ListRequest(Request, frozen=True):
+    kinds: Annotated[tuple[MemoryKind, ...], msgspec.Meta(min_length=1)] = (
+        "knowledge",
+        "solutions",
+    )
+    filter: Filter | None = None
+    order_by: OrderBy = "created_at"
+    descending: bool = True
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    # next_cursor of the page before: where this page starts.
+    cursor: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+
+
+class RevisionsRequest(Request, frozen=True):
+    memory_id: RefId
 
 
 class AnalyticsRequest(Request, frozen=True):
@@ -141,6 +180,9 @@ OPS: Final[dict[str, type[Request]]] = {
     "recall": RecallRequest,
     "stats": StatsRequest,
     "analytics": AnalyticsRequest,
+    "get": GetRequest,
+    "list": ListRequest,
+    "revisions": RevisionsRequest,
 }
 
 ProjectionName: TypeAlias = Literal["history", "vectors"]
@@ -157,6 +199,9 @@ SERVED_BY: Final[dict[str, tuple[ProjectionName, ...]]] = {
     "conversation": ("history",),
     "stats": ("history",),
     "analytics": ("history",),
+    "get": ("history",),
+    "list": ("history",),
+    "revisions": ("history",),
 }
 
 
@@ -180,6 +225,11 @@ class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
     seq: int
     # The text is cut at 65,536 characters in a hit; this says it was.
     text_truncated: bool = False
+    user_id: str | None = None
+    run_id: str | None = None
+    project: str | None = None
+    task_id: str | None = None
+    expires_at: dt.datetime | None = None
 
 
 class SearchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -253,6 +303,55 @@ class StatsResult(msgspec.Struct, frozen=True, kw_only=True):
     # Per projection answering here: "ok", or why it is not advancing (its storage
     # failing: the disk full, the embedder down...), until that passes.
     health: dict[str, str] = {}
+    # The memories that are there now (not forgotten, not expired), by kind.
+    memories_by_kind: dict[str, int] = {}
+
+
+class Memory(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A memory as it is now. Its text is ``content`` (knowledge) or ``problem`` and
+    ``solution`` (solutions); ``revision`` 1 means never revised; ``seq`` is the stream
+    sequence of the event that last changed it."""
+
+    kind: MemoryKind
+    memory_id: str
+    agent: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    revision: int
+    seq: int
+    content: str | None = None
+    domain: str | None = None
+    problem: str | None = None
+    solution: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = {}
+    task_id: str | None = None
+    user_id: str | None = None
+    run_id: str | None = None
+    project: str | None = None
+    expires_at: dt.datetime | None = None
+
+
+class ListResult(msgspec.Struct, frozen=True, kw_only=True):
+    memories: list[Memory]
+    # Give it as the next request's ``cursor`` for the next page; None at the end.
+    next_cursor: str | None = None
+
+
+class Revision(msgspec.Struct, frozen=True, kw_only=True):
+    """One event of a memory's life: what it set (for a revision, only the fields it
+    changed)."""
+
+    seq: int
+    ts: dt.datetime
+    agent: str
+    type: str
+    fields: dict[str, Any]
+
+
+class RevisionsResult(msgspec.Struct, frozen=True, kw_only=True):
+    memory_id: str
+    revisions: list[Revision]
 
 
 class AnalyticsResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,7 +11,7 @@ from schemas.replies import ErrorBody, Reply, encode_reply, error_reply
 
 
 def test_every_op_has_a_request_type() -> None:
-    """The eight ops of the contract each decode their request."""
+    """The ops of the contract each decode their request."""
     expected = {
         "search",
         "history",
@@ -21,6 +21,9 @@ def test_every_op_has_a_request_type() -> None:
         "recall",
         "stats",
         "analytics",
+        "get",
+        "list",
+        "revisions",
     }
     assert expected == set(OPS)
 
