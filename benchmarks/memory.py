@@ -98,8 +98,9 @@ def main(events: int) -> bool:
         f"memory: idle {idle:.0f} MB (target <= 300 MB); after {events:,} events "
         f"{loaded:.0f} MB (target <= 1,536 MB) {'OK' if ok else 'BELOW TARGET'}"
     )
-    print(f"memory: after {events:,} events, {anon:.0f} MB of it the process's own (RssAnon), "
-          f"{mapped:.0f} MB pages of mapped files (RssFile: the engine's and DuckDB's)")  # fmt: skip
+    print(f"memory: after {events:,} events, {anon:.0f} MB of it the process's own "
+          f"(RssAnon), {mapped:.0f} MB pages of mapped files (RssFile: the engine's and "
+          "DuckDB's)")  # fmt: skip
     return ok
 
 

@@ -3,8 +3,10 @@ contract-conforming event (a UUIDv7 id, the time now) and publishing it."""
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack
 
 import msgspec
 
@@ -12,7 +14,16 @@ from schemas import events as ev
 from schemas.events import Event
 from schemas.ids import new_id
 
-__all__ = ["GENERATED_IDS", "Causality", "EventMethods", "PublishAck", "Trace"]
+__all__ = [
+    "GENERATED_IDS",
+    "SCOPE_FIELDS",
+    "Causality",
+    "EventMethods",
+    "PublishAck",
+    "Scope",
+    "Trace",
+    "dedupe_id",
+]
 
 E = TypeVar("E", bound=Event)
 
@@ -38,6 +49,29 @@ class Trace(Causality, total=False):
     task_id: str
 
 
+class Scope(Trace, total=False):
+    """A memory's scope below the tenant (the client's defaults when left out) and its
+    expiry: ``ttl_s`` seconds from now, or at ``expires_at``."""
+
+    user_id: str
+    run_id: str
+    project: str
+    ttl_s: int
+    expires_at: dt.datetime
+
+
+SCOPE_FIELDS: Final = ("user_id", "run_id", "project")
+# The namespace of the memory ids dedupe=True derives from a memory's text.
+_DEDUPE_NAMESPACE: Final = uuid.UUID("2b8e4f0a-6c1d-5e3b-8f7a-9d0c1e2f3a4b")
+
+
+def dedupe_id(tenant: str, kind: str, *texts: str) -> str:
+    """The memory id of a text: the same for the same text (case and runs of white
+    space aside) in the same tenant and kind, so storing it again revises one memory."""
+    normal = "\x1f".join(" ".join(t.casefold().split()) for t in texts)
+    return str(uuid.uuid5(_DEDUPE_NAMESPACE, f"{tenant}\x1f{kind}\x1f{normal}"))
+
+
 # The id field each creating event gets a fresh UUIDv7 for when the caller gives none.
 GENERATED_IDS: dict[str, str] = {
     "knowledge.stored": "memory_id",
@@ -53,6 +87,9 @@ class EventMethods:
 
     tenant: str
     agent: str
+    # user_id, run_id, project given at connect(): every memory event carries them
+    # unless it says otherwise.
+    scope: dict[str, str]
 
     if TYPE_CHECKING:
 
@@ -64,6 +101,10 @@ class EventMethods:
         fields.setdefault("tenant", self.tenant)
         fields.setdefault("agent", self.agent)
         fields.setdefault("ts", ev.utc_now())
+        if issubclass(cls, ev.Scoped):
+            for name, value in self.scope.items():
+                if fields.get(name) is None:
+                    fields[name] = value
         return cls(**fields)
 
     # --- memory -------------------------------------------------------------------
@@ -76,9 +117,14 @@ class EventMethods:
         tags: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
         memory_id: str | None = None,
-        **trace: Unpack[Trace],
+        dedupe: bool = False,
+        **scope: Unpack[Scope],
     ) -> PublishAck:
-        """Store a piece of knowledge; ``memory_id`` is generated when omitted."""
+        """Store a piece of knowledge; ``memory_id`` is generated when omitted, or with
+        ``dedupe=True`` derived from the content, so the same content stored twice is
+        one memory (revised), not two."""
+        if dedupe and memory_id is None:
+            memory_id = dedupe_id(self.tenant, "knowledge", content)
         return await self.publish(
             self.new_event(
                 ev.KnowledgeStored,
@@ -87,7 +133,7 @@ class EventMethods:
                 content=content,
                 tags=tuple(tags),
                 metadata=metadata or {},
-                **trace,
+                **scope,
             )
         )
 
@@ -99,9 +145,13 @@ class EventMethods:
         tags: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
         memory_id: str | None = None,
-        **trace: Unpack[Trace],
+        dedupe: bool = False,
+        **scope: Unpack[Scope],
     ) -> PublishAck:
-        """Store how a problem was solved."""
+        """Store how a problem was solved (``dedupe``: as for :meth:`store_knowledge`,
+        from the problem and the solution)."""
+        if dedupe and memory_id is None:
+            memory_id = dedupe_id(self.tenant, "solutions", problem, solution)
         return await self.publish(
             self.new_event(
                 ev.SolutionStored,
@@ -110,7 +160,7 @@ class EventMethods:
                 solution=solution,
                 tags=tuple(tags),
                 metadata=metadata or {},
-                **trace,
+                **scope,
             )
         )
 
@@ -123,9 +173,12 @@ class EventMethods:
         solution: str | None = None,
         tags: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        ttl_s: int | None = None,
+        expires_at: dt.datetime | None = None,
         **trace: Unpack[Trace],
     ) -> PublishAck:
-        """Change a stored memory; fields left as None stay as they were."""
+        """Change a stored memory; fields left as None stay as they were (``ttl_s`` or
+        ``expires_at``: a new expiry)."""
         return await self.publish(
             self.new_event(
                 ev.MemoryRevised,
@@ -135,6 +188,8 @@ class EventMethods:
                 solution=solution,
                 tags=None if tags is None else tuple(tags),
                 metadata=metadata,
+                ttl_s=ttl_s,
+                expires_at=expires_at,
                 **trace,
             )
         )
@@ -175,7 +230,7 @@ class EventMethods:
         outcome: str | None = None,
         metadata: dict[str, Any] | None = None,
         interaction_id: str | None = None,
-        **trace: Unpack[Trace],
+        **scope: Unpack[Scope],
     ) -> PublishAck:
         """Record who worked with whom on what; the initiator defaults to this agent."""
         return await self.publish(
@@ -187,7 +242,7 @@ class EventMethods:
                 task_description=task_description,
                 outcome=outcome,
                 metadata=metadata or {},
-                **trace,
+                **scope,
             )
         )
 

@@ -23,7 +23,10 @@ from schemas.queries import (
     ContextResult,
     ConversationResult,
     HistoryResult,
+    ListResult,
+    Memory,
     RecallResult,
+    RevisionsResult,
     SearchBatchResult,
     SearchHit,
     SearchResult,
@@ -60,8 +63,11 @@ class SearchFilters(TypedDict, total=False):
     tags: Sequence[str]  # every tag must be present
     since: dt.datetime
     until: dt.datetime
+    # The filter language: {"metadata.priority": {"$gte": 2}, "tags": {"$in": [...]}}...
+    filter: dict[str, Any]
     min_seq: int
     wait_ms: int
+    consistency: Literal["any", "latest"]
 
 
 class QueryMethods:
@@ -179,15 +185,68 @@ class QueryMethods:
         budget_chars: int | None = None,
         strategy: str | None = None,
         min_score: float | None = None,
+        filter: dict[str, Any] | None = None,
         min_seq: int | None = None,
         wait_ms: int | None = None,
     ) -> RecallResult:
         """One context bundle for a prompt, within ``budget_chars``, with its sources;
-        a memory enters only when it scores above ``min_score`` (default 0.15)."""
+        a memory enters only when it scores above ``min_score`` (default 0.15) and
+        matches ``filter``."""
         return await self.query(
             "recall", RecallResult, query=query, session_id=session_id, task_id=task_id,
-            budget_chars=budget_chars, strategy=strategy, min_score=min_score,
+            budget_chars=budget_chars, strategy=strategy, min_score=min_score, filter=filter,
             min_seq=min_seq, wait_ms=wait_ms,
+        )  # fmt: skip
+
+    async def get(
+        self,
+        memory_id: str,
+        *,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
+    ) -> Memory:
+        """The memory as it is now; QueryError ``not_found`` when there is none, it was
+        forgotten, or it expired."""
+        return await self.query(
+            "get", Memory, memory_id=memory_id, min_seq=min_seq, wait_ms=wait_ms,
+            consistency=consistency,
+        )  # fmt: skip
+
+    async def list_memories(
+        self,
+        *,
+        kinds: Sequence[Literal["knowledge", "solutions"]] | None = None,
+        filter: dict[str, Any] | None = None,
+        order_by: Literal["created_at", "updated_at"] | None = None,
+        descending: bool | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
+    ) -> ListResult:
+        """A page of the memories there are now (newest first by default) that match
+        ``filter``; pass ``next_cursor`` as ``cursor`` for the next page."""
+        return await self.query(
+            "list", ListResult, kinds=list(kinds) if kinds else None, filter=filter,
+            order_by=order_by, descending=descending, limit=limit, cursor=cursor,
+            min_seq=min_seq, wait_ms=wait_ms, consistency=consistency,
+        )  # fmt: skip
+
+    async def revisions(
+        self,
+        memory_id: str,
+        *,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
+    ) -> RevisionsResult:
+        """Every stored, revised and forgotten event of the memory, oldest first, with
+        the fields each set."""
+        return await self.query(
+            "revisions", RevisionsResult, memory_id=memory_id, min_seq=min_seq,
+            wait_ms=wait_ms, consistency=consistency,
         )  # fmt: skip
 
     async def stats(self, *, min_seq: int | None = None, wait_ms: int | None = None) -> StatsResult:

@@ -19,7 +19,7 @@ from producers.connection import connect_nats, denied, or_denied
 from schemas import events as ev
 from schemas.errors import Forbidden, InvalidEvent, PublishError
 from schemas.events import DEFAULT_MAX_EVENT_BYTES, Event
-from schemas.ids import validate_agent, validate_tenant
+from schemas.ids import validate_agent, validate_ref_id, validate_tenant
 from schemas.subjects import event_subject, reply_inbox_prefix
 
 __all__ = ["MemoryClient"]
@@ -49,9 +49,16 @@ class MemoryClient(EventMethods, QueryMethods):
         ack_timeout: float = 5.0,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         owns_connection: bool = False,
+        user_id: str | None = None,
+        run_id: str | None = None,
+        project: str | None = None,
     ) -> None:
+        """``user_id``, ``run_id``, ``project``: the scope every memory this client
+        stores carries unless the call names another."""
         self.tenant = validate_tenant(tenant)
         self.agent = validate_agent(agent)
+        given = {"user_id": user_id, "run_id": run_id, "project": project}
+        self.scope = {k: validate_ref_id(k, v) for k, v in given.items() if v is not None}
         if window < 1:
             raise ValueError("window must be at least 1")
         self.nc = nc
@@ -77,10 +84,18 @@ class MemoryClient(EventMethods, QueryMethods):
         window: int = 512,
         ack_timeout: float = 5.0,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        user_id: str | None = None,
+        run_id: str | None = None,
+        project: str | None = None,
     ) -> MemoryClient:
-        """Connect to NATS (``url`` defaults to ``$MEMSTREAM_NATS_URL``)."""
+        """Connect to NATS (``url`` defaults to ``$MEMSTREAM_NATS_URL``). ``user_id``,
+        ``run_id`` and ``project`` scope every memory this client stores."""
         validate_tenant(tenant)
         validate_agent(agent)
+        scope = {"user_id": user_id, "run_id": run_id, "project": project}
+        for name, value in scope.items():
+            if value is not None:
+                validate_ref_id(name, value)
         nc = await connect_nats(
             url,
             name=f"memstream:{tenant}:{agent}",
@@ -99,6 +114,7 @@ class MemoryClient(EventMethods, QueryMethods):
             ack_timeout=ack_timeout,
             max_event_bytes=max_event_bytes,
             owns_connection=True,
+            **scope,
         )
 
     async def close(self) -> None:

@@ -143,4 +143,7 @@ class SyncMemoryClient:
     conversation = _blocking(MemoryClient.conversation)
     recall = _blocking(MemoryClient.recall)
     stats = _blocking(MemoryClient.stats)
+    get = _blocking(MemoryClient.get)
+    list_memories = _blocking(MemoryClient.list_memories)
+    revisions = _blocking(MemoryClient.revisions)
     analytics = _blocking(MemoryClient.analytics)

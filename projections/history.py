@@ -202,13 +202,17 @@ class HistoryProjection:
         return erased
 
     def sweep(self, now: dt.datetime) -> int:
-        """Delete context values whose time ran out by ``now``."""
+        """Delete the context values and memories whose time ran out by ``now`` (every
+        read hides them from that moment already; their events stay in the log)."""
+        swept = 0
         with self._transaction():
-            row = self.con.execute(
-                "DELETE FROM context WHERE expires_at <= ?",
-                [now.astimezone(dt.UTC).replace(tzinfo=None)],
-            ).fetchone()
-        return int(row[0]) if row else 0
+            for table in ("context", *MEMORY_KINDS):
+                row = self.con.execute(
+                    f"DELETE FROM {table} WHERE expires_at <= ?",
+                    [now.astimezone(dt.UTC).replace(tzinfo=None)],
+                ).fetchone()
+                swept += int(row[0]) if row else 0
+        return swept
 
     def purge_tenant(self, tenant: str) -> dict[str, int]:
         """Delete every row of ``tenant`` from every table, in one transaction; returns

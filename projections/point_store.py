@@ -37,7 +37,7 @@ from typing import Any, Final, Literal, Protocol
 import qdrant_edge as edge
 
 from projections.files import ProjectionFiles
-from projections.filter_payload import compile_payload, live
+from projections.filter_payload import EXPIRES, compile_payload, live
 from schemas.filters import Node
 
 __all__ = [
@@ -260,6 +260,10 @@ class PointStore(Protocol):
 
     def delete_tenant(self, tenant: str) -> int:
         """Delete every point of ``tenant``; how many there were."""
+        ...
+
+    def delete_expired(self, now: dt.datetime) -> int:
+        """Delete every point whose expiry passed by ``now``; how many there were."""
         ...
 
     def count(self, tenant: str) -> int: ...
@@ -513,6 +517,14 @@ class EdgeStore:
         if found:
             self._room()
             self.shard.update(edge.UpdateOperation.delete_points_by_filter(self._tenant(tenant)))
+        return found
+
+    def delete_expired(self, now: dt.datetime) -> int:
+        flt = edge.Filter(must=[_EdgeFilters.number(EXPIRES, lte=now.timestamp())])
+        found = int(self.shard.count(edge.CountRequest(filter=flt, exact=True)))
+        if found:
+            self._room()
+            self.shard.update(edge.UpdateOperation.delete_points_by_filter(flt))
         return found
 
     def count(self, tenant: str) -> int:
@@ -914,6 +926,15 @@ class ServerStore:
             self.client.delete(
                 self.name, points_selector=m.FilterSelector(filter=_server_filter(tenant, ()))
             )
+        return found
+
+    def delete_expired(self, now: dt.datetime) -> int:
+        from qdrant_client import models as m
+
+        flt = m.Filter(must=[_ServerFilters.number(EXPIRES, lte=now.timestamp())])
+        found = int(self.client.count(self.name, count_filter=flt, exact=True).count)
+        if found:
+            self.client.delete(self.name, points_selector=m.FilterSelector(filter=flt))
         return found
 
     def count(self, tenant: str) -> int:

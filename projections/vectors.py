@@ -252,7 +252,10 @@ class VectorProjection:
         """Nothing to release: the stores are shared, and closed by their owner."""
 
     def sweep(self, now: dt.datetime) -> int:
-        return 0  # no point expires: what expires (context) lives in the history only
+        """Delete the points of memories whose expiry passed (searches hide them from
+        that moment already)."""
+        with self._lock:
+            return self.store.delete_expired(now)
 
     def purge_tenant(self, tenant: str) -> dict[str, int]:
         """Delete the tenant's points of every generation (a rebuild's too) and its

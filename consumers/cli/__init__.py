@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import click
 
-from consumers.cli import demo, operations, publishing, queries, server, tenants
+from consumers.cli import demo, memories, operations, publishing, queries, server, tenants
 from schemas.errors import MemstreamError
 
 __all__ = ["cli", "main"]
@@ -39,6 +39,9 @@ for _command in (
     queries.recall,
     queries.stats,
     queries.analytics,
+    memories.get,
+    memories.list_command,
+    memories.revisions,
     operations.status,
     operations.replay,
     operations.sql_command,

@@ -14,7 +14,7 @@ import click
 import msgspec
 from nats.aio.client import Client as NatsClient
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from consumers._runtime import tune_for_throughput
 from consumers.auth import TenantCredentials
@@ -24,17 +24,19 @@ from consumers.settings import Settings, load_settings
 from producers._events import PublishAck
 from producers.client import MemoryClient
 from producers.connection import DEFAULT_URL, URL_VAR, NoCredentials, connect_nats
-from schemas.errors import ConfigError, ConnectError
+from schemas.errors import ConfigError, ConnectError, UsageError
 from schemas.events import Event
 
 __all__ = [
     "connect_operator",
     "data_dir_given",
     "data_dir_option",
+    "id_column",
     "json_option",
     "load",
     "nats_url_option",
     "out",
+    "parse_json_object",
     "print_ack",
     "print_json",
     "print_rows",
@@ -193,3 +195,26 @@ def print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None:
         return
     ids = "".join(f"  {k} {v}" for k, v in extra.items())
     out.print(f"stored {type_} at seq {ack.seq}  id {ack.id}{ids}")
+
+
+def parse_json_object(value: str, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line (``@path`` reads a file)."""
+    if value.startswith("@"):
+        try:
+            with open(value[1:], "rb") as f:
+                value = f.read().decode()
+        except OSError as err:
+            raise UsageError(f"{option}: cannot read {value[1:]}: {err.strerror}") from None
+    try:
+        data = msgspec.json.decode(value)
+    except msgspec.DecodeError as err:
+        raise UsageError(f"{option} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{option} must be a JSON object")
+    return data
+
+
+def id_column(ids: list[str]) -> Column:
+    """The "memory id" column of a table, wide enough that no id is wrapped or cut: an
+    id is what a person copies into the next command."""
+    return Column("memory id", no_wrap=True, min_width=max((len(i) for i in ids), default=9))

@@ -18,10 +18,12 @@ import msgspec
 from rich.table import Table
 
 from consumers.cli._common import (
+    id_column,
     json_option,
     load,
     nats_url_option,
     out,
+    parse_json_object,
     print_json,
     print_rows,
     run,
@@ -182,6 +184,9 @@ def _json(value: Any) -> str:
 @click.option("--tag", "tags", multiple=True, help="Only memories with this tag (repeatable).")
 @click.option("--since", type=TIME, default=None, help="Only memories stored at or after.")
 @click.option("--until", type=TIME, default=None, help="Only memories stored before.")
+@click.option(
+    "--filter", "filter_", default=None, help="A filter as JSON, or @file (see memstream list)."
+)
 @query_options
 def search(
     text: tuple[str, ...],
@@ -197,6 +202,7 @@ def search(
     tags: tuple[str, ...],
     since: dt.datetime | None,
     until: dt.datetime | None,
+    filter_: str | None,
     ask: Ask,
 ) -> None:
     """The tenant's memories most like TEXT: knowledge, solutions, collaborations."""
@@ -210,6 +216,8 @@ def search(
         }.items()
         if v not in (None, ())
     }  # fmt: skip
+    if filter_ is not None:
+        filters["filter"] = parse_json_object(filter_, "--filter")
     query = " ".join(text)
     hits = ask(
         lambda c: c.search(query, top_k=top_k, **filters, **ask.rw),
@@ -220,9 +228,11 @@ def search(
     if not hits:
         out.print("no matches")
         return
-    table = Table("score", "kind", "memory id", "agent", "stored", "text")
+    table = Table(
+        id_column([h.memory_id for h in hits]), "kind", "score", "agent", "stored", "text"
+    )
     for h in hits:
-        table.add_row(f"{h.score:.3f}", h.kind, h.memory_id, h.agent, _when(h.ts), _short(h.text))
+        table.add_row(h.memory_id, h.kind, f"{h.score:.3f}", h.agent, _when(h.ts), _short(h.text))
     out.print(table)
 
 

@@ -161,3 +161,39 @@ def test_the_query_role_needs_a_qdrant_server(nats_server: NatsServer, tmp_path:
     )
     assert 2 == result.returncode
     assert "set MEMSTREAM_QDRANT_URL" in result.stderr
+
+
+def test_get_list_and_revisions_commands(up: Up) -> None:
+    """get, list (with a filter, paged by cursor) and revisions, as JSON and as tables
+    that show memory ids whole; a bad filter is one line and exit 2."""
+    url = up.url
+    q = ("--nats-url", url, "--tenant", "acme")
+    long_id = "incident-2026-11-30-payments-gateway-timeout-" + "x" * 40
+    publish(url, "knowledge.stored", {"memory_id": long_id, "domain": "ops", "content": "a",
+                                      "metadata": {"sev": 1}, "user_id": "u1"})  # fmt: skip
+    for i in range(3):
+        fact = {"memory_id": f"k{i}", "domain": "ops", "content": f"fact {i}"}
+        publish(url, "knowledge.stored", {**fact, "metadata": {"sev": 3}})
+    last = publish(url, "memory.revised", {"memory_id": "k0", "content": "fact zero"})
+    rw = ("--min-seq", str(last))
+
+    memory = cli_json("get", *q, *rw, "k0")
+    assert ("fact zero", 2) == (memory["content"], memory["revision"])
+    page = cli_json("list", *q, *rw, "--filter", '{"metadata.sev": {"$gte": 2}}', "--limit", "2")
+    assert 2 == len(page["memories"]) and page["next_cursor"]
+    rest = cli_json("list", *q, "--filter", '{"metadata.sev": {"$gte": 2}}', "--limit", "2",
+                    "--cursor", page["next_cursor"])  # fmt: skip
+    walked = [m["memory_id"] for m in page["memories"] + rest["memories"]]
+    assert ["k0", "k1", "k2"] == sorted(walked) and rest["next_cursor"] is None
+    revisions = cli_json("revisions", *q, "k0")["revisions"]
+    assert ["knowledge.stored", "memory.revised"] == [r["type"] for r in revisions]
+
+    narrow = {"COLUMNS": "80"}
+    shown = run_cli("list", *q, "--filter", '{"user_id": "u1"}', env=narrow)
+    assert long_id in shown.stdout
+    bad = run_cli("list", *q, "--filter", '{"colour": "red"}')
+    assert 1 == bad.returncode or 2 == bad.returncode
+    assert 1 == len(bad.stderr.strip().splitlines())
+    assert "unknown field 'colour'" in bad.stderr
+    broken = run_cli("list", *q, "--filter", "{not json")
+    assert (2, 1) == (broken.returncode, len(broken.stderr.strip().splitlines()))

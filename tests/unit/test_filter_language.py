@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -1,0 +1,121 @@
+"""The commands that read one memory or many: ``get``, ``list`` and ``revisions``.
+
+Tables show memory ids whole: an id is what an agent passes on to ``get``, ``revise``
+or ``forget``.
+"""
+
+from __future__ import annotations
+
+import click
+import msgspec
+from rich.table import Table
+
+from consumers.cli._common import id_column, out, parse_json_object, print_json
+from consumers.cli.queries import Ask, _short, _when, query_options
+from schemas.queries import Memory
+
+__all__ = ["get", "list_command", "revisions"]
+
+
+def _text(m: Memory) -> str:
+    return m.content if m.content is not None else f"{m.problem} → {m.solution}"
+
+
+@click.command()
+@click.argument("memory_id")
+@query_options
+def get(memory_id: str, ask: Ask) -> None:
+    """The memory MEMORY_ID as it is now."""
+    m = ask(lambda c: c.get(memory_id, **ask.rw))
+    if ask.as_json:
+        print_json(m)
+        return
+    out.print(f"[bold]{m.memory_id}[/bold]  ({m.kind}, revision {m.revision}, seq {m.seq})")
+    out.print(_text(m), markup=False)
+    rows = {
+        "domain": m.domain, "tags": ", ".join(m.tags) or None, "agent": m.agent,
+        "user": m.user_id, "run": m.run_id, "project": m.project, "task": m.task_id,
+        "created": _when(m.created_at), "updated": _when(m.updated_at),
+        "expires": _when(m.expires_at) if m.expires_at else None,
+        "metadata": msgspec.json.encode(m.metadata).decode() if m.metadata else None,
+    }  # fmt: skip
+    for label, value in rows.items():
+        if value:
+            out.print(f"  {label:<9} {value}", markup=False)
+
+
+@click.command("list")
+@click.option(
+    "--kind",
+    "kinds",
+    type=click.Choice(["knowledge", "solutions"]),
+    multiple=True,
+    help="Only this kind (repeatable) [default: both].",
+)
+@click.option(
+    "--filter",
+    "filter_",
+    default=None,
+    help='A filter as JSON, or @file: {"tags": "ops", "metadata.priority": {"$gte": 2}}.',
+)
+@click.option(
+    "--order-by", type=click.Choice(["created_at", "updated_at"]), default="created_at",
+    show_default=True,
+)  # fmt: skip
+@click.option("--ascending", is_flag=True, help="Oldest first [default: newest first].")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--cursor", default=None, help="Where the page starts: a page's next cursor.")
+@query_options
+def list_command(
+    kinds: tuple[str, ...],
+    filter_: str | None,
+    order_by: str,
+    ascending: bool,
+    limit: int,
+    cursor: str | None,
+    ask: Ask,
+) -> None:
+    """The tenant's memories as they are now, a page at a time."""
+    flt = parse_json_object(filter_, "--filter") if filter_ is not None else None
+    page = ask(
+        lambda c: c.list_memories(
+            kinds=kinds or None, filter=flt, order_by=order_by,  # type: ignore[arg-type]
+            descending=not ascending, limit=limit, cursor=cursor, **ask.rw,
+        )
+    )  # fmt: skip
+    if ask.as_json:
+        print_json(page)
+        return
+    if not page.memories:
+        out.print("no memories")
+    else:
+        ids = id_column([m.memory_id for m in page.memories])
+        table = Table(ids, "kind", "rev", "agent", order_by.replace("_at", ""), "text")
+        for m in page.memories:
+            when = m.created_at if order_by == "created_at" else m.updated_at
+            table.add_row(
+                m.memory_id, m.kind, str(m.revision), m.agent, _when(when), _short(_text(m), 60)
+            )
+        out.print(table)
+    if page.next_cursor is not None:
+        out.print(f"more: --cursor {page.next_cursor}")
+
+
+@click.command()
+@click.argument("memory_id")
+@query_options
+def revisions(memory_id: str, ask: Ask) -> None:
+    """Every stored, revised and forgotten event of MEMORY_ID, oldest first."""
+    found = ask(lambda c: c.revisions(memory_id, **ask.rw))
+    if ask.as_json:
+        print_json(found)
+        return
+    table = Table("seq", "time", "type", "agent", "fields")
+    for r in found.revisions:
+        fields = ", ".join(
+            f"{k}={v if isinstance(v, str) else msgspec.json.encode(v).decode()}"
+            for k, v in r.fields.items()
+            if v not in (None, [], {})
+        )
+        table.add_row(str(r.seq), _when(r.ts), r.type, r.agent, _short(fields, 80))
+    out.print(table)
