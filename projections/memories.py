@@ -37,6 +37,8 @@ _BRANCHES: Final = {
 }
 MEMORY_COLUMNS: Final = ("kind", "domain", "content", "problem", "solution", *_COMMON.split(", "))
 _LIVE: Final = "(expires_at IS NULL OR expires_at > $now)"
+# How many stream sequences a page looks among first for its bound (see _page_bound).
+_FIRST_SPAN: Final = 20_000
 _SEQ_OF: Final = {"created_at": "created_seq", "updated_at": "updated_seq"}
 _REVISION_TYPES: Final = (
     "knowledge.stored",
@@ -162,10 +164,20 @@ def list_memories(
         params["at"] = _EPOCH + dt.timedelta(microseconds=after.at_us)
         params["seq"] = after.seq
     direction = "DESC" if descending else "ASC"
+    order = f"ORDER BY {order_by} {direction}, {seq_col} {direction} LIMIT $limit"
+    bound = _page_bound(con, where, params, kinds, order_by, seq_col, descending, cursor)
+    if bound is not None:
+        # Every row of the page sorts at or before this one: the engine skips the row
+        # groups beyond it by their min/max (the tables grow in stream order).
+        cmp = ">" if descending else "<"
+        where.append(
+            f"({order_by} {cmp} $bound_at "
+            f"OR ({order_by} = $bound_at AND {seq_col} {cmp}= $bound_seq))"
+        )
+        params["bound_at"], params["bound_seq"] = bound
     rows = con.execute(
         f"SELECT {', '.join(MEMORY_COLUMNS)} FROM ({_memories(kinds)}) "
-        f"WHERE {' AND '.join(where)} "
-        f"ORDER BY {order_by} {direction}, {seq_col} {direction} LIMIT $limit",
+        f"WHERE {' AND '.join(where)} {order}",
         params,
     ).fetchall()
     page = [_memory(r) for r in rows[:limit]]
@@ -174,6 +186,44 @@ def list_memories(
     last = dict(zip(MEMORY_COLUMNS, rows[limit - 1], strict=True))
     at_us = (last[order_by] - _EPOCH) // dt.timedelta(microseconds=1)
     return page, _encode_cursor(_Cursor(order_by, descending, at_us, last[seq_col]))
+
+
+def _page_bound(
+    con: duckdb.DuckDBPyConnection,
+    where: list[str],
+    params: dict[str, Any],
+    kinds: tuple[str, ...],
+    order_by: str,
+    seq_col: str,
+    descending: bool,
+    cursor: str | None,
+) -> tuple[dt.datetime, int] | None:
+    """The (time, seq) of the last row a page can hold, found among the memories whose
+    sequence is near where the page starts; None when those are too few to tell (the
+    page is then read without a bound).
+
+    A page sorts a tenant's memories; sorting them all took 105 ms at 1,000,000. Its
+    rows are almost always among the memories written last (or next after the cursor),
+    and the (limit + 1)-th of those bounds the page exactly: at least that many rows
+    sort at or before it, so no row of the page sorts after it."""
+    last = con.execute("SELECT max(last_seq) FROM projection_state").fetchone()
+    top = int(last[0]) if last and last[0] is not None else 0
+    anchor = params["seq"] if cursor is not None else (top if descending else 0)
+    direction = "DESC" if descending else "ASC"
+    span = max(_FIRST_SPAN, params["limit"] * 20)
+    while span < top:
+        window = f"{seq_col} > {anchor - span}" if descending else f"{seq_col} < {anchor + span}"
+        found = con.execute(
+            f"SELECT {order_by}, {seq_col} FROM ({_memories(kinds)}) "
+            f"WHERE {' AND '.join(where)} AND {window} "
+            f"ORDER BY {order_by} {direction}, {seq_col} {direction} LIMIT $limit",
+            params,
+        ).fetchall()
+        if len(found) == params["limit"]:
+            at, seq = found[-1]
+            return at, int(seq)
+        span *= 8
+    return None
 
 
 def revisions(con: duckdb.DuckDBPyConnection, tenant: str, memory_id: str) -> list[Revision]:
