@@ -59,6 +59,9 @@ from schemas.queries import (
     GetRequest,
     HistoryRequest,
     HistoryResult,
+    Link,
+    LinksRequest,
+    LinksResult,
     ListRequest,
     ListResult,
     Memory,
@@ -204,6 +207,7 @@ class QueryWorker:
             "get": self._get,
             "list": self._list,
             "revisions": self._revisions,
+            "links": self._links,
         }
         served = ops_served(set(self.sources))
         if vectors is not None and history is None and remote_history is not None:
@@ -355,9 +359,24 @@ class QueryWorker:
         queries = [req.query] if req.query is not None else list(req.queries or ())
         found = await self._vector_search(tenant, queries, _search_filters(req))
         lists = [[_hit(h) for h in hits] for hits in found]
+        if req.with_links:
+            lists = await self._with_links(tenant, lists)
         if req.query is not None:
             return SearchResult(hits=lists[0])
         return SearchBatchResult(hits=lists)
+
+    async def _with_links(self, tenant: str, lists: list[list[SearchHit]]) -> list[list[SearchHit]]:
+        if self.history_reads is None:
+            raise QueryError("unavailable", "with_links needs the history, and none answers here")
+        ids = sorted({h.memory_id for hits in lists for h in hits})
+        by_id: dict[str, list[Link]] = {i: [] for i in ids}
+        for link in await self.history_reads.edges(tenant, ids):
+            for end in {link.from_id, link.to_id}:
+                if end in by_id:
+                    by_id[end].append(link)
+        return [
+            [msgspec.structs.replace(h, links=by_id[h.memory_id]) for h in hits] for hits in lists
+        ]
 
     async def _history(self, tenant: str, req: HistoryRequest) -> HistoryResult:
         unknown = sorted(set(req.types) - set(EVENT_TYPES))
@@ -426,6 +445,18 @@ class QueryWorker:
             cursor=req.cursor,
         )
         return ListResult(memories=page, next_cursor=cursor)
+
+    async def _links(self, tenant: str, req: LinksRequest) -> LinksResult:
+        found: LinksResult = await self._read(
+            memories.links, tenant, req.memory_id, dt.datetime.now(dt.UTC),
+            direction=req.direction, relation=req.relation, depth=req.depth, limit=req.limit,
+        )  # fmt: skip
+        if found.nodes[0].missing and not found.edges:
+            raise QueryError(
+                "not_found",
+                f"tenant {tenant} has no memory {req.memory_id!r} and no link to or from it",
+            )
+        return found
 
     async def _revisions(self, tenant: str, req: RevisionsRequest) -> RevisionsResult:
         found = await self._read(memories.revisions, tenant, req.memory_id)

@@ -13,11 +13,11 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from projections import reads
+from projections import memories, reads
 from projections.history import HistoryProjection
 from projections.vector_search import VectorReader
 from schemas.errors import QueryError
-from schemas.queries import ConversationResult, TaskResult, Turn
+from schemas.queries import ConversationResult, Link, LinksResult, TaskResult, Turn
 from schemas.replies import TypedReply
 from schemas.subjects import query_subject
 
@@ -98,6 +98,10 @@ class HistoryReads(Protocol):
         self, tenant: str, session_id: str, min_seq: int | None, wait_ms: int
     ) -> list[Turn]: ...
 
+    async def edges(self, tenant: str, ids: list[str]) -> list[Link]:
+        """The links to and from the memories ``ids`` (for search's with_links)."""
+        ...
+
 
 class LocalHistory:
     """The history projection of this process."""
@@ -115,6 +119,9 @@ class LocalHistory:
     ) -> list[Turn]:
         return await read_history(self.source, reads.conversation, tenant, session_id, RECALL_TURNS)
 
+    async def edges(self, tenant: str, ids: list[str]) -> list[Link]:
+        return await read_history(self.source, memories.edges, tenant, ids)
+
 
 class RemoteHistory:
     """The history of another process, asked over its own query ops."""
@@ -124,6 +131,7 @@ class RemoteHistory:
         self.timeout = timeout
         self._task = msgspec.json.Decoder(TypedReply[TaskResult])
         self._conversation = msgspec.json.Decoder(TypedReply[ConversationResult])
+        self._links = msgspec.json.Decoder(TypedReply[LinksResult])
 
     async def _ask(
         self, tenant: str, op: str, body: dict[str, Any], decoder: msgspec.json.Decoder[Any]
@@ -167,3 +175,11 @@ class RemoteHistory:
             tenant, "conversation", body, self._conversation
         )
         return found.turns if found is not None else []
+
+    async def edges(self, tenant: str, ids: list[str]) -> list[Link]:
+        seen: dict[int, Link] = {}
+        for memory_id in ids:
+            body = {"memory_id": memory_id, "limit": 1000, "wait_ms": 0}
+            found: LinksResult | None = await self._ask(tenant, "links", body, self._links)
+            seen.update((e.seq, e) for e in (found.edges if found else []))
+        return [seen[seq] for seq in sorted(seen)]

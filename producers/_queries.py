@@ -23,6 +23,7 @@ from schemas.queries import (
     ContextResult,
     ConversationResult,
     HistoryResult,
+    LinksResult,
     ListResult,
     Memory,
     RecallResult,
@@ -65,6 +66,7 @@ class SearchFilters(TypedDict, total=False):
     until: dt.datetime
     # The filter language: {"metadata.priority": {"$gte": 2}, "tags": {"$in": [...]}}...
     filter: dict[str, Any]
+    with_links: bool  # each hit with the links to and from it
     min_seq: int
     wait_ms: int
     consistency: Literal["any", "latest"]
@@ -247,6 +249,25 @@ class QueryMethods:
         return await self.query(
             "revisions", RevisionsResult, memory_id=memory_id, min_seq=min_seq,
             wait_ms=wait_ms, consistency=consistency,
+        )  # fmt: skip
+
+    async def links(
+        self,
+        memory_id: str,
+        *,
+        relation: str | None = None,
+        direction: Literal["out", "in", "both"] | None = None,
+        depth: int | None = None,
+        limit: int | None = None,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
+    ) -> LinksResult:
+        """The memories linked to and from ``memory_id`` to ``depth`` steps (1 to 3), with
+        the links; a linked id no memory has now comes back ``missing``."""
+        return await self.query(
+            "links", LinksResult, memory_id=memory_id, relation=relation, direction=direction,
+            depth=depth, limit=limit, min_seq=min_seq, wait_ms=wait_ms, consistency=consistency,
         )  # fmt: skip
 
     async def stats(self, *, min_seq: int | None = None, wait_ms: int | None = None) -> StatsResult:

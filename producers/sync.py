@@ -146,4 +146,5 @@ class SyncMemoryClient:
     get = _blocking(MemoryClient.get)
     list_memories = _blocking(MemoryClient.list_memories)
     revisions = _blocking(MemoryClient.revisions)
+    links = _blocking(MemoryClient.links)
     analytics = _blocking(MemoryClient.analytics)

@@ -137,9 +137,7 @@ def _ddl() -> str:
             for col, typ, _ in _MEMORY_ADDED
         ]
         # get reads one memory by key: an index, not a scan of the tenant's rows.
-        statements.append(
-            f"CREATE INDEX IF NOT EXISTS {table}_memory_id ON {table} (memory_id)"
-        )
+        statements.append(f"CREATE INDEX IF NOT EXISTS {table}_memory_id ON {table} (memory_id)")
         # A row from before revisions were counted: 1 + the revisions the log holds.
         statements.append(
             f"UPDATE {table} SET revision = 1 + (SELECT count(*) FROM events e "

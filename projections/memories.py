@@ -20,9 +20,17 @@ import msgspec
 from projections.filter_sql import compile_sql
 from schemas.errors import QueryError
 from schemas.filters import Node
-from schemas.queries import Memory, Revision
+from schemas.queries import Link, LinkNode, LinksResult, Memory, Revision
 
-__all__ = ["MEMORY_COLUMNS", "get_memory", "list_memories", "live_counts", "revisions"]
+__all__ = [
+    "MEMORY_COLUMNS",
+    "edges",
+    "get_memory",
+    "links",
+    "list_memories",
+    "live_counts",
+    "revisions",
+]
 
 # The memory tables as one relation of the columns a filter and a Memory read.
 _COMMON: Final = (
@@ -241,6 +249,92 @@ def revisions(con: duckdb.DuckDBPyConnection, tenant: str, memory_id: str) -> li
         fields = {k: v for k, v in _json.decode(body).items() if k not in _ENVELOPE}
         out.append(Revision(seq=seq, ts=_utc(ts), agent=agent, type=type_, fields=fields))  # type: ignore[arg-type]
     return out
+
+
+def _memories_by_id(
+    con: duckdb.DuckDBPyConnection, tenant: str, ids: list[str], now: dt.datetime
+) -> dict[str, Memory]:
+    if not ids:
+        return {}
+    rows = con.execute(
+        f"SELECT {', '.join(MEMORY_COLUMNS)} FROM ({_memories(('knowledge', 'solutions'))}) "
+        f"WHERE list_contains($ids, memory_id) AND {_LIVE}",
+        {"tenant": tenant, "ids": ids, "now": _naive(now)},
+    ).fetchall()
+    return {m.memory_id: m for m in map(_memory, rows)}
+
+
+def edges(
+    con: duckdb.DuckDBPyConnection,
+    tenant: str,
+    ids: list[str],
+    *,
+    direction: str = "both",
+    relation: str | None = None,
+    limit: int = 1000,
+) -> list[Link]:
+    """The links from (``out``), to (``in``) or both of the memories ``ids``, oldest
+    first."""
+    sides = {"out": ["from_id"], "in": ["to_id"], "both": ["from_id", "to_id"]}[direction]
+    touches = " OR ".join(f"list_contains($ids, {side})" for side in sides)
+    where = f"tenant = $tenant AND ({touches})"
+    params: dict[str, Any] = {"tenant": tenant, "ids": ids, "limit": limit}
+    if relation is not None:
+        where += " AND relation = $relation"
+        params["relation"] = relation
+    rows = con.execute(
+        f"SELECT from_id, to_id, relation, seq FROM memory_links WHERE {where} "
+        "ORDER BY seq LIMIT $limit",
+        params,
+    ).fetchall()
+    return [Link(from_id=f, to_id=t, relation=r, seq=q) for f, t, r, q in rows]
+
+
+def links(
+    con: duckdb.DuckDBPyConnection,
+    tenant: str,
+    memory_id: str,
+    now: dt.datetime,
+    *,
+    direction: str = "both",
+    relation: str | None = None,
+    depth: int = 1,
+    limit: int = 100,
+) -> LinksResult:
+    """The neighbourhood of ``memory_id`` to ``depth`` steps: a breadth-first walk over
+    the links, nearest first, at most ``limit`` links. A link whose end no memory has
+    now (never stored, forgotten, expired) is returned with that end ``missing``."""
+    seen = {memory_id}
+    order = [memory_id]
+    found: list[Link] = []
+    frontier = [memory_id]
+    known_seqs: set[int] = set()
+    truncated = False
+    for _ in range(depth):
+        step = edges(con, tenant, frontier, direction=direction, relation=relation, limit=limit + 1)
+        frontier = []
+        for link in step:
+            if link.seq in known_seqs:
+                continue
+            if len(found) == limit:
+                truncated = True
+                break
+            known_seqs.add(link.seq)
+            found.append(link)
+            for end in (link.from_id, link.to_id):
+                if end not in seen:
+                    seen.add(end)
+                    order.append(end)
+                    frontier.append(end)
+        if truncated or not frontier:
+            break
+    by_id = _memories_by_id(con, tenant, order, now)
+    nodes = [
+        LinkNode(**msgspec.structs.asdict(by_id[i])) if i in by_id
+        else LinkNode(memory_id=i, missing=True)
+        for i in order
+    ]  # fmt: skip
+    return LinksResult(nodes=nodes, edges=found, truncated=truncated)
 
 
 def live_counts(con: duckdb.DuckDBPyConnection, tenant: str, now: dt.datetime) -> dict[str, int]:

@@ -34,6 +34,7 @@ _RESULTS: Final[dict[str, type[Any]]] = {
     "get": q.Memory,
     "list": q.ListResult,
     "revisions": q.RevisionsResult,
+    "links": q.LinksResult,
 }
 
 

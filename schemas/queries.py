@@ -29,6 +29,10 @@ __all__ = [
     "GetRequest",
     "HistoryRequest",
     "HistoryResult",
+    "Link",
+    "LinkNode",
+    "LinksRequest",
+    "LinksResult",
     "ListRequest",
     "ListResult",
     "Memory",
@@ -88,6 +92,8 @@ class SearchRequest(Request, frozen=True):
     top_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     # The least similarity of meaning (dense cosine) a hit may have; no effect in keyword.
     threshold: float | None = None
+    # Each hit with the links to and from it (one step).
+    with_links: bool = False
     # hybrid: meaning (dense) and words (BM25) fused by reciprocal rank; or either alone.
     mode: SearchMode = "hybrid"
     # Recent memories weigh more: a memory this many days old weighs half as much.
@@ -165,6 +171,17 @@ class RevisionsRequest(Request, frozen=True):
     memory_id: RefId
 
 
+class LinksRequest(Request, frozen=True):
+    memory_id: RefId
+    # Only links of this relation.
+    relation: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    # out: what it links to; in: what links to it; both.
+    direction: Literal["out", "in", "both"] = "both"
+    depth: Annotated[int, msgspec.Meta(ge=1, le=3)] = 1
+    # The most links returned (the nearest first).
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
 class AnalyticsRequest(Request, frozen=True):
     name: AnalyticsName
     # Bound as query parameters, never formatted into SQL.
@@ -183,6 +200,7 @@ OPS: Final[dict[str, type[Request]]] = {
     "get": GetRequest,
     "list": ListRequest,
     "revisions": RevisionsRequest,
+    "links": LinksRequest,
 }
 
 ProjectionName: TypeAlias = Literal["history", "vectors"]
@@ -202,6 +220,7 @@ SERVED_BY: Final[dict[str, tuple[ProjectionName, ...]]] = {
     "get": ("history",),
     "list": ("history",),
     "revisions": ("history",),
+    "links": ("history",),
 }
 
 
@@ -211,6 +230,15 @@ def ops_served(projections: frozenset[str] | set[str]) -> list[str]:
 
 
 # --- results ------------------------------------------------------------------------
+
+
+class Link(msgspec.Struct, frozen=True, kw_only=True):
+    """One memory.linked event: ``from_id`` is ``relation`` to ``to_id``."""
+
+    from_id: str
+    to_id: str
+    relation: str
+    seq: int
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -230,6 +258,8 @@ class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
     project: str | None = None
     task_id: str | None = None
     expires_at: dt.datetime | None = None
+    # With with_links: the links to and from this memory.
+    links: list[Link] | None = None
 
 
 class SearchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -352,6 +382,40 @@ class Revision(msgspec.Struct, frozen=True, kw_only=True):
 class RevisionsResult(msgspec.Struct, frozen=True, kw_only=True):
     memory_id: str
     revisions: list[Revision]
+
+
+class LinkNode(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A memory a link reaches: as ``get`` returns it, or only its id and
+    ``missing: true`` where no memory has that id now (never stored, forgotten, expired)."""
+
+    memory_id: str
+    missing: bool = False
+    kind: MemoryKind | None = None
+    agent: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    revision: int | None = None
+    seq: int | None = None
+    content: str | None = None
+    domain: str | None = None
+    problem: str | None = None
+    solution: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = {}
+    task_id: str | None = None
+    user_id: str | None = None
+    run_id: str | None = None
+    project: str | None = None
+    expires_at: dt.datetime | None = None
+
+
+class LinksResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The neighbourhood of a memory: the memories reached (itself first) and the links
+    between them, nearest first; ``truncated`` when ``limit`` cut the links short."""
+
+    nodes: list[LinkNode]
+    edges: list[Link]
+    truncated: bool = False
 
 
 class AnalyticsResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -198,8 +198,11 @@ def print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None:
 
 
 def parse_json_object(value: str, option: str) -> dict[str, Any]:
-    """A JSON object given on the command line (``@path`` reads a file)."""
-    if value.startswith("@"):
+    """A JSON object given on the command line (``@path`` reads a file, ``-`` the
+    standard input)."""
+    if value == "-":
+        value = sys.stdin.read()
+    elif value.startswith("@"):
         try:
             with open(value[1:], "rb") as f:
                 value = f.read().decode()

@@ -14,7 +14,7 @@ from consumers.cli._common import id_column, out, parse_json_object, print_json
 from consumers.cli.queries import Ask, _short, _when, query_options
 from schemas.queries import Memory
 
-__all__ = ["get", "list_command", "revisions"]
+__all__ = ["get", "links", "list_command", "revisions"]
 
 
 def _text(m: Memory) -> str:
@@ -119,3 +119,44 @@ def revisions(memory_id: str, ask: Ask) -> None:
         )
         table.add_row(str(r.seq), _when(r.ts), r.type, r.agent, _short(fields, 80))
     out.print(table)
+
+
+@click.command()
+@click.argument("memory_id")
+@click.option("--relation", default=None, help="Only links of this relation.")
+@click.option(
+    "--direction", type=click.Choice(["out", "in", "both"]), default="both", show_default=True,
+    help="out: what it links to; in: what links to it.",
+)  # fmt: skip
+@click.option("--depth", type=click.IntRange(1, 3), default=1, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@query_options
+def links(
+    memory_id: str, relation: str | None, direction: str, depth: int, limit: int, ask: Ask
+) -> None:
+    """The memories linked to and from MEMORY_ID, to --depth steps."""
+    found = ask(
+        lambda c: c.links(
+            memory_id, relation=relation, direction=direction,  # type: ignore[arg-type]
+            depth=depth, limit=limit, **ask.rw,
+        )
+    )  # fmt: skip
+    if ask.as_json:
+        print_json(found)
+        return
+    table = Table("from", "relation", "to", "seq")
+    for e in found.edges:
+        table.add_row(e.from_id, e.relation, e.to_id, str(e.seq))
+    out.print(table)
+    for node in found.nodes:
+        text = (
+            "(missing: no such memory now)"
+            if node.missing
+            else _short(
+                node.content if node.content is not None else f"{node.problem} → {node.solution}",
+                60,
+            )
+        )
+        out.print(f"  {node.memory_id}  {text}", markup=False)
+    if found.truncated:
+        out.print(f"(the first {limit} links: there are more)")

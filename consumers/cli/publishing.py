@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import msgspec
 
@@ -9,6 +11,7 @@ from consumers.cli._common import (
     json_option,
     load,
     nats_url_option,
+    parse_json_object,
     print_ack,
     publish_one,
     tenant_agent_options,
@@ -16,16 +19,28 @@ from consumers.cli._common import (
 from producers._events import GENERATED_IDS
 from producers.client import MemoryClient
 from schemas.errors import InvalidEvent, UsageError
-from schemas.events import EVENT_TYPES, Event, KnowledgeStored, utc_now
+from schemas.events import (
+    EVENT_TYPES,
+    Event,
+    KnowledgeStored,
+    MemoryForgotten,
+    MemoryLinked,
+    MemoryRevised,
+    utc_now,
+)
 from schemas.ids import new_id
 
-__all__ = ["publish", "remember"]
+__all__ = ["forget", "link", "publish", "remember", "revise"]
 
 
 @click.command()
 @click.argument("type_", metavar="TYPE")
 @tenant_agent_options
-@click.option("--data", default="{}", help="The event's own fields as a JSON object.")
+@click.option(
+    "--data",
+    default="{}",
+    help="The event's own fields as a JSON object; @file reads it from a file, - from stdin.",
+)
 @nats_url_option
 @json_option
 def publish(
@@ -36,12 +51,7 @@ def publish(
         raise UsageError(
             f"unknown event type {type_!r}: use one of {', '.join(sorted(EVENT_TYPES))}"
         )
-    try:
-        fields = msgspec.json.decode(data)
-    except msgspec.DecodeError as err:
-        raise UsageError(f"--data is not valid JSON: {err}") from None
-    if not isinstance(fields, dict):
-        raise UsageError("--data must be a JSON object of the event's fields")
+    fields = parse_json_object(data, "--data")
     for name, given in (("type", type_), ("tenant", tenant), ("agent", agent)):
         if name in fields and fields[name] != given:
             raise UsageError(f"--data has {name} {fields[name]!r} but the command says {given!r}")
@@ -94,3 +104,75 @@ def remember(
         "knowledge.stored",
         memory_id=memory_id,
     )
+
+
+def _publish(
+    nats_url: str | None, tenant: str, agent: str, as_json: bool, cls: type[Event], **fields: Any
+) -> None:
+    settings = load(nats_url=nats_url)
+    ack = publish_one(settings, tenant, agent, lambda client: client.new_event(cls, **fields))
+    print_ack(ack, as_json, cls.type)
+
+
+@click.command()
+@click.argument("memory_id")
+@tenant_agent_options
+@click.option("--content", default=None, help="New text of a piece of knowledge.")
+@click.option("--problem", default=None, help="New problem of a solution.")
+@click.option("--solution", default=None, help="New solution of a solution.")
+@click.option("--tag", "tags", multiple=True, help="The new tags (repeatable; replace the old).")
+@click.option("--metadata", default=None, help="The new metadata as JSON (replaces the old).")
+@click.option("--ttl-s", type=click.IntRange(1), default=None, help="Expire this many s from now.")
+@nats_url_option
+@json_option
+def revise(
+    memory_id: str, tenant: str, agent: str, content: str | None, problem: str | None,
+    solution: str | None, tags: tuple[str, ...], metadata: str | None, ttl_s: int | None,
+    nats_url: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Change MEMORY_ID: the fields given replace its own; the rest stay."""
+    changes: dict[str, Any] = {
+        "content": content, "problem": problem, "solution": solution,
+        "tags": tags or None, "ttl_s": ttl_s,
+        "metadata": parse_json_object(metadata, "--metadata") if metadata is not None else None,
+    }  # fmt: skip
+    if all(v is None for v in changes.values()):
+        raise UsageError(
+            "revise changes nothing: give --content, --problem, --solution, --tag, "
+            "--metadata or --ttl-s"
+        )
+    _publish(nats_url, tenant, agent, as_json, MemoryRevised, memory_id=memory_id, **changes)
+
+
+@click.command()
+@click.argument("memory_id")
+@tenant_agent_options
+@click.option("--reason", default=None, help="Why, for whoever reads its revisions.")
+@click.option(
+    "--erase", is_flag=True, help="Also delete its earlier events (its text) from the stream."
+)
+@nats_url_option
+@json_option
+def forget(
+    memory_id: str, tenant: str, agent: str, reason: str | None, erase: bool,
+    nats_url: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Forget MEMORY_ID: no read returns it from then on."""
+    _publish(nats_url, tenant, agent, as_json, MemoryForgotten, memory_id=memory_id,
+             reason=reason, erase=erase)  # fmt: skip
+
+
+@click.command()
+@click.argument("from_id")
+@click.argument("relation")
+@click.argument("to_id")
+@tenant_agent_options
+@nats_url_option
+@json_option
+def link(
+    from_id: str, relation: str, to_id: str, tenant: str, agent: str, nats_url: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Record that FROM_ID is RELATION to TO_ID (e.g. refines, contradicts, depends_on)."""
+    _publish(nats_url, tenant, agent, as_json, MemoryLinked, from_id=from_id, to_id=to_id,
+             relation=relation)  # fmt: skip

@@ -22,8 +22,9 @@ MEMSTREAM = [str(_script)] if _script.exists() else [sys.executable, "-m", "cons
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it; ``input`` is what it reads on stdin (nothing if None)."""
     full_env = {**os.environ, "MEMSTREAM_LOG_FORMAT": "json", **(env or {})}
     full_env.pop("MEMSTREAM_NATS_URL", None) if env is None else None
     return subprocess.run(
@@ -32,7 +33,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         env=full_env,
-        stdin=subprocess.DEVNULL,
+        **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}),
     )
 
 

@@ -197,3 +197,33 @@ def test_get_list_and_revisions_commands(up: Up) -> None:
     assert "unknown field 'colour'" in bad.stderr
     broken = run_cli("list", *q, "--filter", "{not json")
     assert (2, 1) == (broken.returncode, len(broken.stderr.strip().splitlines()))
+
+
+def test_revise_forget_link_and_links_commands(up: Up, tmp_path: Path) -> None:
+    """The write commands for one memory, and publish --data from a file and stdin."""
+    url = up.url
+    w = ("--nats-url", url, "-t", "acme", "-a", "coder")
+    q = ("--nats-url", url, "--tenant", "acme")
+    event = tmp_path / "k.json"
+    event.write_text(json.dumps({"memory_id": "k1", "domain": "ops", "content": "v1"}))
+    assert 0 == run_cli("publish", "knowledge.stored", *w, "--data", f"@{event}").returncode
+    piped = run_cli(
+        "publish", "knowledge.stored", *w, "--data", "-",
+        input=json.dumps({"memory_id": "k2", "domain": "ops", "content": "other"}),
+    )  # fmt: skip
+    assert 0 == piped.returncode, piped.stderr
+    revised = cli_json("revise", "k1", *w, "--content", "v2", "--metadata", '{"sev": 2}')
+    linked = cli_json("link", "k1", "refines", "k2", *w)
+    assert linked["seq"] > revised["seq"]
+    rw = ("--min-seq", str(linked["seq"]))
+    memory = cli_json("get", *q, *rw, "k1")
+    assert ("v2", {"sev": 2}, 2) == (memory["content"], memory["metadata"], memory["revision"])
+    found = cli_json("links", *q, *rw, "k1")
+    assert [("k1", "refines", "k2")] == [
+        (e["from_id"], e["relation"], e["to_id"]) for e in found["edges"]
+    ]
+    gone = cli_json("forget", "k2", *w, "--reason", "merged")
+    missing = run_cli("get", *q, "--min-seq", str(gone["seq"]), "k2")
+    assert (1, 1) == (missing.returncode, len(missing.stderr.strip().splitlines()))
+    nothing = run_cli("revise", "k1", *w)
+    assert 2 == nothing.returncode and "revise changes nothing" in nothing.stderr

@@ -211,3 +211,38 @@ async def test_filtered_search_over_the_wire(stack: Stack) -> None:
     assert [("x1", "u1")] == [(h.memory_id, h.user_id) for h in hits]
     hits = await mem.search("cache warming", filter={"$not": {"user_id": "u1"}})
     assert ["x2"] == [h.memory_id for h in hits]
+
+
+async def test_links_walk_the_neighbourhood_and_name_missing_ends(stack: Stack) -> None:
+    """links returns the memories reached to a depth, with the links between them; a
+    link to an id no memory has is returned with that end missing; search can return
+    each hit's direct links."""
+    mem = stack.client()
+    for memory_id, text in (("a", "alpha fact"), ("b", "beta fact"), ("c", "gamma fact")):
+        await mem.store_knowledge(text, domain="d", memory_id=memory_id)
+    await mem.link("a", "b", "refines")
+    await mem.link("b", "c", "depends_on")
+    await mem.link("c", "ghost", "cites")
+    last = await mem.link("z", "a", "contradicts")
+
+    one = await ask(stack, "links", memory_id="a", direction="out", min_seq=last.seq)
+    assert [("a", "b", "refines")] == [
+        (e["from_id"], e["to_id"], e["relation"]) for e in one["result"]["edges"]
+    ]
+    deep = await mem.links("a", direction="out", depth=3)
+    assert ["a", "b", "c", "ghost"] == [n.memory_id for n in deep.nodes]
+    assert [False, False, False, True] == [n.missing for n in deep.nodes]
+    assert "gamma fact" == deep.nodes[2].content
+    both = await mem.links("a")
+    assert {("a", "b"), ("z", "a")} == {(e.from_id, e.to_id) for e in both.edges}
+    assert ["z"] == [n.memory_id for n in both.nodes if n.missing]
+    only = await mem.links("b", relation="depends_on")
+    assert [("b", "c")] == [(e.from_id, e.to_id) for e in only.edges]
+    capped = await mem.links("a", direction="out", depth=3, limit=2)
+    assert (2, True) == (len(capped.edges), capped.truncated)
+    nothing = await ask(stack, "links", memory_id="nowhere")
+    assert "not_found" == nothing["error"]["code"]
+
+    hits = await mem.search("beta fact", mode="keyword", with_links=True)
+    [beta] = [h for h in hits if h.memory_id == "b"]
+    assert {("a", "b"), ("b", "c")} == {(e.from_id, e.to_id) for e in beta.links or []}

@@ -24,6 +24,7 @@ def test_every_op_has_a_request_type() -> None:
         "get",
         "list",
         "revisions",
+        "links",
     }
     assert expected == set(OPS)
 
