@@ -1,8 +1,9 @@
 """Per-tenant NATS credentials for ``memstream up --auth``.
 
 Each tenant gets a user whose permissions let it publish only on ``mem.<tenant>.>`` and
-``memq.<tenant>.>`` (its events and its queries) and subscribe only on its own reply
-inbox, ``_INBOX_<tenant>.>`` (the SDK connects with that inbox prefix, so JetStream acks
+``memq.<tenant>.>`` (its events and its queries) and on its own lock keys (``<tenant>.*``
+of the KV bucket ``MEMLOCK``), and subscribe only on its own reply inbox,
+``_INBOX_<tenant>.>`` (the SDK connects with that inbox prefix, so JetStream acks
 and query replies come back there). memstream's own processes use a service user that
 may do anything. Nothing else can connect.
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from schemas.errors import MemstreamError
 from schemas.ids import validate_tenant
-from schemas.subjects import EVENT_PREFIX, QUERY_PREFIX, reply_inbox_prefix
+from schemas.subjects import EVENT_PREFIX, LOCK_BUCKET, QUERY_PREFIX, reply_inbox_prefix
 
 __all__ = [
     "SERVICE_USER",
@@ -148,7 +149,14 @@ def _conf(data: dict[str, Any]) -> str:
             f"password: {json.dumps(service['password'])}}}"
         )
     for tenant, creds in sorted(data["tenants"].items()):
-        publish = [f"{EVENT_PREFIX}.{tenant}.>", f"{QUERY_PREFIX}.{tenant}.>"]
+        publish = [
+            f"{EVENT_PREFIX}.{tenant}.>",
+            f"{QUERY_PREFIX}.{tenant}.>",
+            # Its locks: write its own keys, read them by name, see the bucket exists.
+            f"$KV.{LOCK_BUCKET}.{tenant}.>",
+            f"$JS.API.DIRECT.GET.KV_{LOCK_BUCKET}.$KV.{LOCK_BUCKET}.{tenant}.>",
+            f"$JS.API.STREAM.INFO.KV_{LOCK_BUCKET}",
+        ]
         permissions = {
             "publish": {"allow": publish},
             "subscribe": {"allow": [f"{reply_inbox_prefix(tenant)}.>"]},

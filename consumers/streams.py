@@ -16,6 +16,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -23,7 +24,7 @@ from nats.js.api import (
 
 from schemas.events import DEFAULT_MAX_EVENT_BYTES
 from schemas.queries import PROJECTIONS
-from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_PREFIX, EVENT_STREAM
+from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_PREFIX, EVENT_STREAM, LOCK_BUCKET
 
 __all__ = [
     "DUPLICATE_WINDOW_S",
@@ -129,6 +130,29 @@ def _differs(want: Any, have: Any, fields: tuple[str, ...]) -> bool:
     return any(getattr(want, f) != getattr(have, f) for f in fields)
 
 
+async def _ensure_lock_bucket(js: JetStreamContext, replicas: int, report: ProvisionReport) -> None:
+    """The key-value bucket of the tenants' locks (``MemoryClient.lock``): one value per
+    key, each with its own time to live; direct gets, so a tenant's permission to read
+    a key can name the key."""
+    stream = f"KV_{LOCK_BUCKET}"
+    try:
+        await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=LOCK_BUCKET,
+                description="memstream locks: <tenant>.<name>, held for a ttl",
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                direct=True,
+            )
+        )
+        report.streams[stream] = "created"
+        return
+    report.streams[stream] = "unchanged"
+
+
 async def ensure_streams(
     js: JetStreamContext,
     *,
@@ -153,6 +177,7 @@ async def ensure_streams(
             report.streams[name] = "updated"
         else:
             report.streams[name] = "unchanged"
+    await _ensure_lock_bucket(js, replicas, report)
     for name in consumers:
         want_c = consumer_config(name)
         try:

@@ -16,6 +16,7 @@ from nats.js.api import PubAck
 from producers._events import EventMethods, PublishAck
 from producers._queries import QueryMethods
 from producers.connection import connect_nats, denied, or_denied
+from producers.locks import Lock
 from schemas import events as ev
 from schemas.errors import Forbidden, InvalidEvent, PublishError
 from schemas.events import DEFAULT_MAX_EVENT_BYTES, Event
@@ -116,6 +117,12 @@ class MemoryClient(EventMethods, QueryMethods):
             owns_connection=True,
             **scope,
         )
+
+    def lock(self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0) -> Lock:
+        """The tenant's lock ``name``, for ``async with``: held for at most ``ttl_s``
+        unless renewed (``await lock.renew()``), with ``lock.token`` the fencing token;
+        waits up to ``wait_s`` for another holder, else raises LockHeld."""
+        return Lock(self.nc.jetstream(), self.tenant, name, self.agent, ttl_s, wait_s)
 
     async def close(self) -> None:
         """Wait for in-flight publishes, then close the connection if this client opened it.

@@ -16,9 +16,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from producers._events import PublishAck
 from producers._queries import R
 from producers.client import MemoryClient
+from producers.locks import Lock
 from schemas.events import Event
 
-__all__ = ["SyncMemoryClient"]
+__all__ = ["SyncLock", "SyncMemoryClient"]
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -56,6 +57,40 @@ def _blocking(
         return self._runner.run(bound(*args, **kwargs))
 
     return method
+
+
+class SyncLock:
+    """A lock of SyncMemoryClient: ``with mem.lock("deploy") as lock:``."""
+
+    def __init__(self, lock: Lock, runner: _LoopThread) -> None:
+        self._lock = lock
+        self._runner = runner
+
+    @property
+    def token(self) -> int:
+        """The fencing token: the KV revision at acquisition."""
+        return self._lock.token
+
+    def acquire(self) -> SyncLock:
+        self._runner.run(self._lock.acquire())
+        return self
+
+    def renew(self) -> None:
+        self._runner.run(self._lock.renew())
+
+    def release(self) -> bool:
+        return self._runner.run(self._lock.release())
+
+    def __enter__(self) -> SyncLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._runner.run(self._lock.__aexit__(exc_type, exc, tb))
 
 
 class SyncMemoryClient:
@@ -96,6 +131,10 @@ class SyncMemoryClient:
     def query(self, op: str, result: type[R], **fields: Any) -> R:
         """Send one query; fields left as None are not sent (the worker's default holds)."""
         return self._runner.run(self._client.query(op, result, **fields))
+
+    def lock(self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0) -> SyncLock:
+        """The tenant's lock ``name``, for ``with``; see :meth:`MemoryClient.lock`."""
+        return SyncLock(self._client.lock(name, ttl_s=ttl_s, wait_s=wait_s), self._runner)
 
     def close(self) -> None:
         try:

@@ -18,6 +18,8 @@ __all__ = [
     "InvalidId",
     "InvalidSubject",
     "InvalidTenant",
+    "LockHeld",
+    "LockLost",
     "MemstreamError",
     "NatsServerError",
     "NotCaughtUp",
@@ -172,3 +174,15 @@ class UsageError(MemstreamError):
     """A command was given something it cannot act on (the CLI's user mistakes)."""
 
     code = "bad_request"
+
+
+class LockHeld(MemstreamError):
+    """The lock is held by another holder (and was not released within the wait)."""
+
+    code = "unavailable"
+
+
+class LockLost(MemstreamError):
+    """The lock expired, or another holder took it, before this holder renewed it."""
+
+    code = "unavailable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from schemas.errors import InvalidSubject, InvalidTenant
@@ -13,6 +14,7 @@ __all__ = [
     "DLQ_STREAM",
     "EVENT_PREFIX",
     "EVENT_STREAM",
+    "LOCK_BUCKET",
     "QUERY_PREFIX",
     "EventSubject",
     "QuerySubject",
@@ -20,6 +22,7 @@ __all__ = [
     "dlq_subject",
     "durable_name",
     "event_subject",
+    "lock_key",
     "parse_event_subject",
     "parse_query_subject",
     "query_subject",
@@ -33,6 +36,9 @@ ADMIN_PREFIX = "memadm"
 DLQ_PREFIX = "memdlq"
 EVENT_STREAM = "MEMORY"
 DLQ_STREAM = "MEMORY_DLQ"
+# The JetStream key-value bucket of the locks; a lock's key is <tenant>.<name>.
+LOCK_BUCKET = "MEMLOCK"
+_LOCK_NAME = re.compile(r"\A[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*\Z")
 
 
 class EventSubject(NamedTuple):
@@ -119,3 +125,14 @@ def durable_name(projection: str, instance: str) -> str:
     event, never a second reader splitting one consumer's messages."""
     _check_token("projection", projection)
     return f"{projection}-{_check_token('instance', instance.replace('-', '')[:16])}"
+
+
+def lock_key(tenant: str, name: str) -> str:
+    """The KV key of ``tenant``'s lock ``name``: ``<tenant>.<name>``."""
+    validate_tenant(tenant)
+    if not 1 <= len(name) <= 128 or not _LOCK_NAME.match(name):
+        raise InvalidSubject(
+            f"lock name {name!r} is not valid: use 1 to 128 letters, digits, '_', '-' or "
+            "'=', in parts separated by single dots"
+        )
+    return f"{tenant}.{name}"
