@@ -7,8 +7,10 @@ its batches, with the tenant's already-fetched events dropped rather than applie
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
 from consumers.log import get_logger
@@ -17,7 +19,13 @@ from consumers.settings import Settings
 from consumers.storage import open_history, vector_storage_from_settings
 from schemas.admin import PurgeReport
 from schemas.ids import validate_tenant
-from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_STREAM, tenant_event_filter
+from schemas.subjects import (
+    DLQ_PREFIX,
+    DLQ_STREAM,
+    EVENT_STREAM,
+    LOCK_BUCKET,
+    tenant_event_filter,
+)
 
 __all__ = ["purge_offline", "purge_projection", "purge_stream"]
 
@@ -39,6 +47,9 @@ async def purge_stream(nc: NatsClient, tenant: str, report: PurgeReport) -> int:
     upto = int((await js.stream_info(EVENT_STREAM)).state.last_seq)
     await js.purge_stream(EVENT_STREAM, subject=events)
     await js.purge_stream(DLQ_STREAM, subject=dead)
+    # Its locks too (a bucket made by an older memstream may not exist yet).
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.purge_stream(f"KV_{LOCK_BUCKET}", subject=f"$KV.{LOCK_BUCKET}.{tenant}.>")
     log.info(
         "tenant_stream_purged",
         tenant=tenant,
