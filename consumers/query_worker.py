@@ -36,6 +36,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers.log import get_logger
 from consumers.sources import HistoryReads, LocalHistory, Source, read_history
@@ -79,6 +80,8 @@ from schemas.queries import (
     StatsResult,
     TaskRequest,
     TaskResult,
+    WatchRequest,
+    WatchResult,
     decode_request,
     ops_served,
 )
@@ -88,7 +91,10 @@ from schemas.subjects import (
     DLQ_STREAM,
     EVENT_STREAM,
     QUERY_PREFIX,
+    event_subject,
     parse_query_subject,
+    reply_inbox_prefix,
+    tenant_event_filter,
 )
 
 __all__ = ["QUEUE", "QueryWorker"]
@@ -131,6 +137,16 @@ def _hit(h: Hit) -> SearchHit:
             dt.datetime.fromtimestamp(p["expires_epoch"], dt.UTC) if "expires_epoch" in p else None
         ),
     )
+
+
+def _known_types(types: tuple[str, ...]) -> None:
+    unknown = sorted(set(types) - set(EVENT_TYPES))
+    if unknown:
+        raise QueryError(
+            "bad_request",
+            f"unknown event type {', '.join(map(repr, unknown))} in types: use "
+            f"{', '.join(sorted(EVENT_TYPES))}",
+        )
 
 
 def _filter(req: SearchRequest | RecallRequest | ListRequest) -> Node | None:
@@ -208,8 +224,11 @@ class QueryWorker:
             "list": self._list,
             "revisions": self._revisions,
             "links": self._links,
+            "watch": self._watch,
         }
         served = ops_served(set(self.sources))
+        if answers_unknown:
+            served.append("watch")  # one worker per deployment, or feeds would double
         if vectors is not None and history is None and remote_history is not None:
             served.append("recall")  # with the history another process answers from
         self.ops = {op: handlers[op] for op in served}
@@ -379,13 +398,7 @@ class QueryWorker:
         ]
 
     async def _history(self, tenant: str, req: HistoryRequest) -> HistoryResult:
-        unknown = sorted(set(req.types) - set(EVENT_TYPES))
-        if unknown:
-            raise QueryError(
-                "bad_request",
-                f"unknown event type {', '.join(map(repr, unknown))} in types: use "
-                f"{', '.join(sorted(EVENT_TYPES))}",
-            )
+        _known_types(req.types)
         page = await self._read(
             reads.history,
             tenant,
@@ -457,6 +470,41 @@ class QueryWorker:
                 f"tenant {tenant} has no memory {req.memory_id!r} and no link to or from it",
             )
         return found
+
+    async def _watch(self, tenant: str, req: WatchRequest) -> WatchResult:
+        """A push consumer of the tenant's events to the asker's inbox, made with the
+        service's rights: a tenant cannot be let create consumers itself, since the
+        consumer-create API would let it rewrite memstream's own durable consumers."""
+        inbox = reply_inbox_prefix(tenant) + "."
+        rest = req.deliver_to[len(inbox) :]
+        if not req.deliver_to.startswith(inbox) or not rest or any(c in rest for c in "*> \t"):
+            raise QueryError(
+                "bad_request",
+                f"watch: deliver_to must be a subject under {inbox} (an inbox of this "
+                f"tenant's connection), not {req.deliver_to!r}",
+            )
+        _known_types(req.types)
+        name = f"watch-{tenant}-{new_id()[-12:]}"
+        heartbeat = req.heartbeat_ms / 1000
+        js = self.nc.jetstream()
+        # "From now" as a sequence, so a feed that starts again misses nothing.
+        start = req.from_seq or (await js.stream_info(EVENT_STREAM)).state.last_seq + 1
+        config = ConsumerConfig(
+            name=name,
+            deliver_subject=req.deliver_to,
+            filter_subjects=[event_subject(tenant, t) for t in req.types] or None,
+            filter_subject=None if req.types else tenant_event_filter(tenant),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.NONE,
+            idle_heartbeat=heartbeat,
+            # Gone once nobody has listened on deliver_to for this long.
+            inactive_threshold=max(30.0, 3 * heartbeat),
+            mem_storage=True,
+            num_replicas=1,
+        )
+        await js.add_consumer(EVENT_STREAM, config)
+        return WatchResult(consumer=name, from_seq=start)
 
     async def _revisions(self, tenant: str, req: RevisionsRequest) -> RevisionsResult:
         found = await self._read(memories.revisions, tenant, req.memory_id)

@@ -9,13 +9,14 @@ applied that sequence, so an agent reads its own writes. A reply's error is rais
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from producers._watch import Change, follow
 from producers.connection import or_denied
 from schemas.errors import Forbidden, QueryError
 from schemas.queries import (
@@ -33,6 +34,7 @@ from schemas.queries import (
     SearchResult,
     StatsResult,
     TaskResult,
+    WatchResult,
 )
 from schemas.replies import TypedReply
 from schemas.subjects import query_subject
@@ -269,6 +271,24 @@ class QueryMethods:
             "links", LinksResult, memory_id=memory_id, relation=relation, direction=direction,
             depth=depth, limit=limit, min_seq=min_seq, wait_ms=wait_ms, consistency=consistency,
         )  # fmt: skip
+
+    def watch(
+        self,
+        *,
+        types: Sequence[str] = (),
+        from_seq: int | None = None,
+        heartbeat_s: float = 5.0,
+    ) -> AsyncGenerator[Change, None]:
+        """The tenant's own events in stream order, as they are published (from
+        ``from_seq`` on, or from now): ``async for change in mem.watch(): ...``, each a
+        ``Change(seq, event)``. Only ``types`` when given."""
+
+        async def ask(**fields: Any) -> WatchResult:
+            return await self.query("watch", WatchResult, **fields)
+
+        return follow(
+            self.nc, self.tenant, ask, types=types, from_seq=from_seq, heartbeat_s=heartbeat_s
+        )
 
     async def stats(self, *, min_seq: int | None = None, wait_ms: int | None = None) -> StatsResult:
         """Counts by type and agent, each projection's progress and lag, dead letters."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from producers._events import PublishAck
 from producers._queries import R
+from producers._watch import Change
 from producers.client import MemoryClient
 from producers.locks import Lock
 from schemas.events import Event
@@ -135,6 +136,28 @@ class SyncMemoryClient:
     def lock(self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0) -> SyncLock:
         """The tenant's lock ``name``, for ``with``; see :meth:`MemoryClient.lock`."""
         return SyncLock(self._client.lock(name, ttl_s=ttl_s, wait_s=wait_s), self._runner)
+
+    def watch(
+        self,
+        *,
+        types: Sequence[str] = (),
+        from_seq: int | None = None,
+        heartbeat_s: float = 5.0,
+    ) -> Iterator[Change]:
+        """The tenant's own events as they are published; see :meth:`MemoryClient.watch`."""
+        feed = self._client.watch(types=types, from_seq=from_seq, heartbeat_s=heartbeat_s)
+
+        async def step() -> Change:
+            return await anext(feed)
+
+        try:
+            while True:
+                try:
+                    yield self._runner.run(step())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._runner.run(feed.aclose())
 
     def close(self) -> None:
         try:

@@ -52,6 +52,8 @@ __all__ = [
     "TaskRequest",
     "TaskResult",
     "Turn",
+    "WatchRequest",
+    "WatchResult",
     "decode_request",
     "ops_served",
 ]
@@ -171,6 +173,20 @@ class RevisionsRequest(Request, frozen=True):
     memory_id: RefId
 
 
+class WatchRequest(Request, frozen=True):
+    """Start a feed of the tenant's events to ``deliver_to`` (a subject under the
+    tenant's own reply inbox prefix, ``_INBOX_<tenant>.``), in stream order."""
+
+    deliver_to: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    # Only these event types; all when empty.
+    types: Annotated[tuple[str, ...], msgspec.Meta(max_length=64)] = ()
+    # From this stream sequence on; without it, the events published from now on.
+    from_seq: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # An empty message at least this often while no event comes, so a feed that went
+    # silent is told from a quiet one.
+    heartbeat_ms: Annotated[int, msgspec.Meta(ge=500, le=60_000)] = 5000
+
+
 class LinksRequest(Request, frozen=True):
     memory_id: RefId
     # Only links of this relation.
@@ -201,6 +217,7 @@ OPS: Final[dict[str, type[Request]]] = {
     "list": ListRequest,
     "revisions": RevisionsRequest,
     "links": LinksRequest,
+    "watch": WatchRequest,
 }
 
 ProjectionName: TypeAlias = Literal["history", "vectors"]
@@ -221,12 +238,15 @@ SERVED_BY: Final[dict[str, tuple[ProjectionName, ...]]] = {
     "list": ("history",),
     "revisions": ("history",),
     "links": ("history",),
+    # Reads no projection: answered by the worker that answers unknown ops (one role).
+    "watch": (),
 }
 
 
 def ops_served(projections: frozenset[str] | set[str]) -> list[str]:
-    """The ops that can be answered from ``projections``, in the contract's order."""
-    return [op for op, needs in SERVED_BY.items() if set(needs) <= projections]
+    """The ops that can be answered from ``projections``, in the contract's order (those
+    that read none, such as ``watch``, are the unknown-op answerer's: see QueryWorker)."""
+    return [op for op, needs in SERVED_BY.items() if needs and set(needs) <= projections]
 
 
 # --- results ------------------------------------------------------------------------
@@ -407,6 +427,15 @@ class LinkNode(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     run_id: str | None = None
     project: str | None = None
     expires_at: dt.datetime | None = None
+
+
+class WatchResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The feed started: its JetStream consumer (deleted by the server once nobody
+    listens on ``deliver_to`` for a while)."""
+
+    consumer: str
+    # The first stream sequence the feed delivers (what "from now" was).
+    from_seq: int
 
 
 class LinksResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,7 +11,7 @@ from producers import MemoryClient, SyncMemoryClient
 # Not a twin's business: the async context protocol and the connection itself.
 _ASYNC_ONLY = {"connect", "close"}
 # Not coroutines on either side: they build a value (an event, a lock, a feed).
-_PLAIN = {"new_event", "encode", "lock"}
+_PLAIN = {"new_event", "encode", "lock", "watch"}
 
 
 def _public_methods(cls: type) -> dict[str, object]:
