@@ -8,21 +8,33 @@ Edge's, qdrant-client's). What the language needs that the engines do not say al
   match 1 and never true: the payload's copy of the metadata carries booleans as
   tokens no JSON string of an agent's is (:func:`filter_copy`), and so does the filter;
 - times are the payload's epoch seconds (``created_epoch``, ``ts_epoch``); timestamps
-  inside metadata are compared by the engine's datetime range.
+  inside metadata are compared by the engine's datetime range;
+- metadata keys are the agents' own, so none has an index of its own, and a filter on
+  one made the engine read every point's payload (measured: 52 ms a selective search
+  at 10 x 10,000). Every scalar in the metadata (each element of a list too) is also a
+  token ``<path>=<type>:<value>`` in the indexed keyword field ``meta_kv``, and an
+  equality (``$eq``, ``$in``, ``$contains`` and their negations) matches tokens: the
+  engine counts the candidates in the index and searches just those.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, Final, Protocol
 
 from schemas.filters import And, Cond, Node, Not, Or
 
-__all__ = ["EXPIRES", "PayloadKit", "compile_payload", "filter_copy", "live"]
+__all__ = ["EXPIRES", "META_KV", "PayloadKit", "compile_payload", "filter_copy", "live", "tokens"]
 
 # The payload keys the time fields and expiry are kept under.
 _TIME_KEYS: Final = {"created_at": "created_epoch", "updated_at": "ts_epoch"}
 EXPIRES: Final = "expires_epoch"
+META_KV: Final = "meta_kv"
+# Metadata keys a filter can name (schemas.filters), and the longest string value kept
+# as a token (a longer one is matched by its path, without the index).
+_KEY: Final = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
+TOKEN_CHARS: Final = 256
 _BOOL: Final = {True: "\x00true", False: "\x00false"}
 _BOUND: Final = {"gt": "gt", "gte": "gte", "lt": "lt", "lte": "lte"}
 
@@ -51,6 +63,34 @@ def filter_copy(value: Any) -> Any:
     return value
 
 
+def _token(path: str, v: Any) -> str | None:
+    """The token of ``v`` at ``path``; None for a value a token does not carry."""
+    if isinstance(v, bool):
+        return f"{path}=b:{'true' if v else 'false'}"
+    if isinstance(v, int | float):
+        return f"{path}=n:{float(v)!r}"
+    if isinstance(v, str) and len(v) <= TOKEN_CHARS:
+        return f"{path}=s:{v}"
+    return None
+
+
+def tokens(metadata: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every scalar of ``metadata`` (and each element of its lists) as a token."""
+    out: list[str] = []
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not _KEY.match(key):
+            continue  # no filter can name it
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += tokens(value, f"{path}.")
+            continue
+        for v in value if isinstance(value, list) else (value,):
+            token = _token(path, v)
+            if token is not None:
+                out.append(token)
+    return out
+
+
 def _one(kit: PayloadKit, key: str, op: str, v: Any, time_field: bool) -> Any:
     if time_field:
         epoch = v.timestamp()
@@ -71,6 +111,11 @@ def _one(kit: PayloadKit, key: str, op: str, v: Any, time_field: bool) -> Any:
 
 
 def _cond(kit: PayloadKit, c: Cond) -> Any:
+    values = c.value if isinstance(c.value, tuple) else (c.value,)
+    if c.field == "metadata" and c.op in ("eq", "in"):
+        found = [_token(".".join(c.path), v) for v in values]
+        if all(t is not None for t in found):
+            return kit.match_any(META_KV, found) if len(found) > 1 else kit.match(META_KV, found[0])  # type: ignore[arg-type]
     if c.field == "metadata":
         key = "metadata." + ".".join(c.path)
     else:
@@ -78,7 +123,6 @@ def _cond(kit: PayloadKit, c: Cond) -> Any:
     time_field = c.field in _TIME_KEYS
     if c.op != "in":
         return _one(kit, key, c.op, c.value, time_field)
-    values = c.value if isinstance(c.value, tuple) else (c.value,)
     if not time_field and all(isinstance(v, str) for v in values):
         return kit.match_any(key, list(values))  # type: ignore[arg-type]
     return kit.group(should=[_one(kit, key, "eq", v, time_field) for v in values])

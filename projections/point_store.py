@@ -77,6 +77,7 @@ _NAMESPACE_BYTES: Final = uuid.UUID("6f1d0c4e-3b7a-5d2e-9a41-8c0f2b7e5d13").byte
 # The payload fields searches (and the read API) filter on, and how they are indexed.
 KEYWORD_FIELDS: Final = (
     "kind", "agent", "domain", "tags", "session_id", "task_id", "user_id", "run_id", "project",
+    "meta_kv",
 )  # fmt: skip
 FLOAT_FIELDS: Final = ("ts_epoch", "created_epoch", "expires_epoch")
 # How many candidates each side of a hybrid search brings to the fusion, per hit asked.

@@ -12,7 +12,7 @@ import msgspec
 
 from projections.embedders import Vectors
 from projections.embedding_cache import CachedEmbedder
-from projections.filter_payload import filter_copy
+from projections.filter_payload import META_KV, filter_copy, tokens
 from projections.point_store import Condition, Mode, PointStore, PointStores, Search, bm25_query
 from schemas.filters import Node
 
@@ -48,6 +48,9 @@ def to_payload(record: dict[str, Any]) -> dict[str, Any]:
             payload[name] = value
     if record.get("metadata"):
         payload["metadata"] = filter_copy(record["metadata"])
+        found = tokens(record["metadata"])
+        if found:
+            payload[META_KV] = found
     return payload
 
 
