@@ -37,7 +37,7 @@ from typing import Any, Final, Literal, Protocol
 import qdrant_edge as edge
 
 from projections.files import ProjectionFiles
-from projections.filter_payload import EXPIRES, compile_payload, live
+from projections.filter_payload import EXPIRES, compile_must, live
 from schemas.filters import Node
 
 __all__ = [
@@ -363,7 +363,7 @@ def _edge_filter(
     if search is not None:
         conditions.append(live(_EdgeFilters, search.now))
         if search.filter is not None:
-            conditions.append(compile_payload(search.filter, _EdgeFilters))
+            conditions += compile_must(search.filter, _EdgeFilters)
     for c in must:
         if c.any_of:
             conditions.append(edge.FieldCondition(key=c.key, match=_edge_match(c.any_of)))
@@ -766,7 +766,7 @@ def _server_filter(tenant: str, must: tuple[Condition, ...], search: Search | No
     if search is not None:
         conditions.append(live(_ServerFilters, search.now))
         if search.filter is not None:
-            conditions.append(compile_payload(search.filter, _ServerFilters))
+            conditions += compile_must(search.filter, _ServerFilters)
     for c in must:
         if c.any_of:
             match: Any = (
