@@ -293,3 +293,22 @@ def test_a_point_is_the_same_however_its_events_were_batched(parts: Parts) -> No
     assert 2 == len(apart) and apart == together
     memory = from_payload(next(p for p in together if p["kind"] == "knowledge"))
     assert 3 == len(memory["text_keys"])  # each text it had, the unsearched ones too
+
+
+def test_expired_points_are_hidden_at_once_and_swept_later(vectors: VectorProjection) -> None:
+    """A memory past its expiry is never found; one not yet expired is; the sweep
+    deletes the points whose time ran out and leaves the others."""
+    now = dt.datetime.now(dt.UTC)
+    vectors.apply([
+        (1, make(ev.KnowledgeStored, ts=now, memory_id="gone", domain="d",
+                 content="rotating keys", expires_at=now - dt.timedelta(minutes=1))),
+        (2, make(ev.KnowledgeStored, ts=now, memory_id="brief", domain="d",
+                 content="rotating keys", ttl_s=60)),
+        (3, make(ev.KnowledgeStored, ts=now, memory_id="kept", domain="d",
+                 content="rotating keys")),
+    ])  # fmt: skip
+    found = [h.ref for h in vectors.search("acme", "rotating keys", mode="keyword")]
+    assert ["brief", "kept"] == sorted(found)
+    assert 1 == vectors.sweep(now)
+    assert 1 == vectors.sweep(now + dt.timedelta(seconds=61))
+    assert 1 == vectors.store.count("acme")
