@@ -145,6 +145,17 @@ class _PayloadFold(MemoryFold[Payload]):
         return _texts_had(kind, {**_base(seq, e), **_scoped(e), "ref": e.memory_id, **own,
                                  "tags": list(e.tags), "metadata": e.metadata})  # fmt: skip
 
+    def stored_again(
+        self, record: Payload, seq: int, e: ev.KnowledgeStored | ev.SolutionStored
+    ) -> Payload:
+        again = self.created(seq, e)
+        again["created_epoch"] = record.get("created_epoch", again["created_epoch"])
+        again["text_keys"] = [
+            *record.get("text_keys", ()),
+            *(k for k in again["text_keys"] if k not in record.get("text_keys", ())),
+        ]
+        return again
+
     def revised(self, record: Payload, kind: str, seq: int, e: ev.MemoryRevised) -> Payload:
         base = _base(seq, e)
         revised = {**record, **revision(e, kind),
@@ -282,10 +293,13 @@ class VectorProjection:
             return Applied()
         acting = [(s, e) for s, e in fresh if e.type in _APPLIES]
         fresh, new_ids = self._first_applications(acting)
+        # The stored records the batch builds on: what it revises or erases, and what
+        # it stores again (which keeps its creation time, as in the history).
         wanted = [
             (e.tenant, e.memory_id)
             for _, e in fresh
-            if isinstance(e, ev.MemoryRevised) or (isinstance(e, ev.MemoryForgotten) and e.erase)
+            if isinstance(e, ev.MemoryRevised | ev.KnowledgeStored | ev.SolutionStored)
+            or (isinstance(e, ev.MemoryForgotten) and e.erase)
         ]
         fold = _PayloadFold(self._retrieve(wanted) if wanted else {})
         finished = {(e.tenant, e.task_id) for _, e in fresh if isinstance(e, _TaskEvent)}
