@@ -31,7 +31,7 @@ EVENTS_SQL = """
     INSERT INTO events SELECT
         seq, j.id, type, j.tenant, j.agent,
         make_timestamp(ts_us), j.task_id, j.correlation_id,
-        j.causation_id, coalesce(j.v, 1), body
+        j.causation_id, coalesce(j.v, 1), body, j.memory_id
     FROM _STAGED"""
 
 # Log tables, filled from the staging table by type.

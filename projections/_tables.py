@@ -44,7 +44,7 @@ TABLES: Final[dict[str, list[tuple[str, pa.DataType, str | None]]]] = {
         ("seq", _I, None), ("id", _S, None), ("type", _S, None),
         ("tenant", _S, None), ("agent", _S, None), ("ts", _T, None), ("task_id", _S, None),
         ("correlation_id", _S, None), ("causation_id", _S, None), ("v", _I, None),
-        ("body", _J, "JSON"),
+        ("body", _J, "JSON"), ("memory_id", _S, None),
     ],
     "knowledge": [
         ("tenant", _S, None), ("memory_id", _S, None), ("agent", _S, None),
@@ -131,6 +131,14 @@ def _ddl() -> str:
             for col, typ, override in cols
         )
         statements.append(f"CREATE TABLE IF NOT EXISTS {name} ({body})")
+    # A memory's events by its id (revisions), without parsing every body: added to a
+    # database made before, and filled from the bodies once.
+    statements += [
+        "ALTER TABLE events ADD COLUMN IF NOT EXISTS memory_id VARCHAR",
+        "UPDATE events SET memory_id = json_extract_string(body, '$.memory_id') "
+        "WHERE memory_id IS NULL AND type IN ('knowledge.stored', 'solution.stored', "
+        "'memory.revised', 'memory.forgotten')",
+    ]
     for table in ("knowledge", "solutions"):
         statements += [
             f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {_duck_type(typ)}"
@@ -142,8 +150,7 @@ def _ddl() -> str:
         statements.append(
             f"UPDATE {table} SET revision = 1 + (SELECT count(*) FROM events e "
             f"WHERE e.tenant = {table}.tenant AND e.type = 'memory.revised' "
-            f"AND e.seq > {table}.created_seq "
-            f"AND json_extract_string(e.body, '$.memory_id') = {table}.memory_id) "
+            f"AND e.seq > {table}.created_seq AND e.memory_id = {table}.memory_id) "
             "WHERE revision IS NULL"
         )
     return ";\n".join(statements)

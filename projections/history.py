@@ -193,8 +193,7 @@ class HistoryProjection:
             if isinstance(e, ev.MemoryForgotten) and e.erase:
                 rows = self.con.execute(
                     """DELETE FROM events
-                       WHERE tenant = ? AND seq < ? AND type IN (?, ?, ?)
-                         AND json_extract_string(body, '$.memory_id') = ?
+                       WHERE tenant = ? AND seq < ? AND type IN (?, ?, ?) AND memory_id = ?
                        RETURNING seq""",
                     [e.tenant, seq, *_ERASED_TYPES, e.memory_id],
                 ).fetchall()

@@ -239,8 +239,7 @@ def revisions(con: duckdb.DuckDBPyConnection, tenant: str, memory_id: str) -> li
     memory's earlier events are gone from the log, and so from here)."""
     rows = con.execute(
         """SELECT seq, ts, agent, type, body FROM events
-           WHERE tenant = $tenant AND list_contains($types, type)
-             AND json_extract_string(body, '$.memory_id') = $id
+           WHERE tenant = $tenant AND memory_id = $id AND list_contains($types, type)
            ORDER BY seq""",
         {"tenant": tenant, "types": list(_REVISION_TYPES), "id": memory_id},
     ).fetchall()

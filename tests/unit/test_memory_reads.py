@@ -12,7 +12,7 @@ import pytest
 
 from projections import memories
 from projections.history import HistoryProjection
-from projections.memories import get_memory, list_memories
+from projections.memories import get_memory, list_memories, revisions
 from schemas import events as ev
 from schemas.filters import parse_filter
 
@@ -108,6 +108,7 @@ def test_a_database_from_before_gains_the_columns_and_counts_revisions(tmp_path:
         p.apply([(seq, ev.MemoryRevised(id=f"e{seq}", tenant="acme", agent="a", ts=T0,
                                         memory_id="m", content=f"v{seq}"))])  # fmt: skip
     # As the previous release left it: no index, none of the added columns.
+    p.con.execute("ALTER TABLE events DROP COLUMN memory_id")
     for table in ("knowledge", "solutions"):
         p.con.execute(f"DROP INDEX {table}_memory_id")
         for column in ("task_id", "user_id", "run_id", "project", "expires_at", "revision"):
@@ -118,5 +119,6 @@ def test_a_database_from_before_gains_the_columns_and_counts_revisions(tmp_path:
         found = get_memory(p.cursor(), "acme", "m", NOW)
         assert found is not None
         assert ("v3", 3, None) == (found.content, found.revision, found.user_id)
+        assert [1, 2, 3] == [r.seq for r in revisions(p.cursor(), "acme", "m")]
     finally:
         p.close()
