@@ -372,6 +372,10 @@ class _RowFold(MemoryFold[Row]):
             "revision": (record["revision"] or 1) + 1,
         }
 
+    def expired(self, record: Row, at: dt.datetime) -> bool:
+        expires = record.get("expires_at")
+        return expires is not None and expires <= at
+
     def revised(self, record: Row, kind: str, seq: int, e: ev.MemoryRevised) -> Row:
         changes = revision(e, kind)
         if "metadata" in changes:

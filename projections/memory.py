@@ -2,13 +2,15 @@
 
 A memory lives in one kind at a time (``knowledge`` or ``solutions``): storing its id as
 the other kind moves it. A revision changes only the fields it carries, where the memory
-lives now; revising a memory that does not exist changes nothing. Forgetting removes it
+lives now; revising a memory that does not exist, or that expired before the revision's
+time, changes nothing (storing its id again makes it anew). Forgetting removes it
 from both kinds. Each projection says what a record is (a history row, a vector payload)
 by implementing :meth:`MemoryFold.created` and :meth:`MemoryFold.revised`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Final, Generic, TypeAlias, TypeVar
 
 from schemas import events as ev
@@ -76,6 +78,16 @@ class MemoryFold(Generic[R]):
     def forgotten(self, record: R, kind: str, e: ev.MemoryForgotten) -> None:
         """Told of each record a forget removes (before it goes)."""
 
+    def expired(self, record: R, at: dt.datetime) -> bool:
+        """Whether ``record`` had expired by ``at`` (an event's time)."""
+        return False
+
+    def live(self, kind: str, key: Key, at: dt.datetime) -> R | None:
+        """The record as an event at ``at`` finds it: an expired memory is gone, whether
+        or not a sweep has deleted it yet, so live ingest and a rebuild agree."""
+        record = self.current(kind, key)
+        return None if record is None or self.expired(record, at) else record
+
     def current(self, kind: str, key: Key) -> R | None:
         state = self.state[kind]
         return state[key] if key in state else self.stored[kind].get(key)
@@ -89,14 +101,14 @@ class MemoryFold(Generic[R]):
                     if isinstance(e, ev.KnowledgeStored)
                     else ("solutions", "knowledge")
                 )
-                before = self.current(kind, key)
+                before = self.live(kind, key, e.ts)
                 self.state[kind][key] = (
                     self.created(seq, e) if before is None else self.stored_again(before, seq, e)
                 )
                 self.state[other][key] = None
             case ev.MemoryRevised():
                 for kind in MEMORY_KINDS:
-                    record = self.current(kind, key)
+                    record = self.live(kind, key, e.ts)
                     if record is not None:
                         self.state[kind][key] = self.revised(record, kind, seq, e)
                         return

@@ -122,3 +122,22 @@ def test_a_database_from_before_gains_the_columns_and_counts_revisions(tmp_path:
         assert [1, 2, 3] == [r.seq for r in revisions(p.cursor(), "acme", "m")]
     finally:
         p.close()
+
+
+def test_an_expired_memory_is_not_revised_and_a_new_store_makes_it_anew(tmp_path: Path) -> None:
+    """Past its expiry a memory is gone for the events that follow, swept or not: a
+    revision changes nothing, and storing the id again creates it afresh."""
+    p = HistoryProjection(tmp_path / "history.duckdb")
+    at = [T0 + dt.timedelta(seconds=s) for s in (0, 20, 30)]
+    common = {"tenant": "acme", "agent": "a", "memory_id": "m"}
+    p.apply([
+        (1, ev.KnowledgeStored(id="e1", ts=at[0], domain="d", content="v1", ttl_s=10, **common)),
+        (2, ev.MemoryRevised(id="e2", ts=at[1], content="too late", **common)),
+    ])  # fmt: skip
+    row = p.con.execute("SELECT content, revision FROM knowledge").fetchone()
+    assert ("v1", 1) == row
+    p.apply([(3, ev.KnowledgeStored(id="e3", ts=at[2], domain="d", content="v2", **common))])
+    found = get_memory(p.cursor(), "acme", "m", NOW)
+    assert found is not None
+    assert ("v2", 1, at[2]) == (found.content, found.revision, found.created_at)
+    p.close()
