@@ -17,7 +17,7 @@ def role_help() -> str:
     """What each role runs and answers."""
     history, vectors = ops_served({"history"}), ops_served({"vectors"})
     return (
-        f"history: the DuckDB history, answering {', '.join(history)}. "
+        f"history: the DuckDB history, answering {', '.join(history)}, and watch. "
         f"vectors: the vector projection (with the embedded engine it also answers "
         f"{', '.join(vectors)} and recall). query: {', '.join(vectors)} and recall from a "
         "Qdrant server (MEMSTREAM_QDRANT_URL)."
