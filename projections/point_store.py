@@ -37,7 +37,14 @@ from typing import Any, Final, Literal, Protocol
 import qdrant_edge as edge
 
 from projections.files import ProjectionFiles
-from projections.filter_payload import EXPIRES, compile_must, live
+from projections.filter_payload import (
+    EXPIRES,
+    MAX_NUMBER_INDEXES,
+    META_NUM,
+    compile_must,
+    live,
+    numeric_paths,
+)
 from schemas.filters import Node
 
 __all__ = [
@@ -456,6 +463,8 @@ class EdgeStore:
         self.path = path
         self.generation = generation
         self._flushed = time.monotonic()
+        # The metadata paths with a float index (read from the shard at first need).
+        self._numbers: set[str] | None = None
         self._room()
         if path.exists() and any(path.iterdir()):
             self.shard = _load(path)
@@ -482,9 +491,26 @@ class EdgeStore:
                 f"waits for {EDGE_MIN_FREE_BYTES >> 20} MB",
             )
 
+    def _index_numbers(self, points: Sequence[StorePoint]) -> None:
+        """A float index for each numeric metadata path new to this shard (up to a cap)."""
+        if self._numbers is None:
+            schema = self.shard.info().payload_schema or {}
+            self._numbers = {k for k in schema if k.startswith(f"{META_NUM}.")}
+        for path in sorted(numeric_paths(p.payload for p in points)):
+            key = f"{META_NUM}.{path}"
+            if key in self._numbers or len(self._numbers) >= MAX_NUMBER_INDEXES:
+                continue
+            self.shard.update(
+                edge.UpdateOperation.create_field_index(
+                    key, edge.FloatIndexParams(enable_hnsw=False)
+                )
+            )
+            self._numbers.add(key)
+
     def upsert(self, points: Sequence[StorePoint]) -> None:
         if points:
             self._room()
+            self._index_numbers(points)
         # The engine holds the GIL for a whole call (~60 us a point): in chunks, a search
         # from another thread waits for one chunk at most, not for a batch of thousands.
         own = self.terms == TENANT_TERMS

@@ -12,7 +12,7 @@ import msgspec
 
 from projections.embedders import Vectors
 from projections.embedding_cache import CachedEmbedder
-from projections.filter_payload import META_KV, filter_copy, tokens
+from projections.filter_payload import META_KV, META_NUM, filter_copy, numbers, tokens
 from projections.point_store import Condition, Mode, PointStore, PointStores, Search, bm25_query
 from schemas.filters import Node
 
@@ -51,6 +51,9 @@ def to_payload(record: dict[str, Any]) -> dict[str, Any]:
         found = tokens(record["metadata"])
         if found:
             payload[META_KV] = found
+        numeric = numbers(record["metadata"])
+        if numeric:
+            payload[META_NUM] = numeric
     return payload
 
 
