@@ -357,18 +357,9 @@ class StatsResult(msgspec.Struct, frozen=True, kw_only=True):
     memories_by_kind: dict[str, int] = {}
 
 
-class Memory(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A memory as it is now. Its text is ``content`` (knowledge) or ``problem`` and
-    ``solution`` (solutions); ``revision`` 1 means never revised; ``seq`` is the stream
-    sequence of the event that last changed it."""
+class _MemoryFields(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a memory may have: its text, its place and scope, when it expires."""
 
-    kind: MemoryKind
-    memory_id: str
-    agent: str
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    revision: int
-    seq: int
     content: str | None = None
     domain: str | None = None
     problem: str | None = None
@@ -380,6 +371,20 @@ class Memory(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     run_id: str | None = None
     project: str | None = None
     expires_at: dt.datetime | None = None
+
+
+class Memory(_MemoryFields, frozen=True, kw_only=True, omit_defaults=True):
+    """A memory as it is now. Its text is ``content`` (knowledge) or ``problem`` and
+    ``solution`` (solutions); ``revision`` 1 means never revised; ``seq`` is the stream
+    sequence of the event that last changed it."""
+
+    kind: MemoryKind
+    memory_id: str
+    agent: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    revision: int
+    seq: int
 
 
 class ListResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -404,7 +409,7 @@ class RevisionsResult(msgspec.Struct, frozen=True, kw_only=True):
     revisions: list[Revision]
 
 
-class LinkNode(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class LinkNode(_MemoryFields, frozen=True, kw_only=True, omit_defaults=True):
     """A memory a link reaches: as ``get`` returns it, or only its id and
     ``missing: true`` where no memory has that id now (never stored, forgotten, expired)."""
 
@@ -416,17 +421,6 @@ class LinkNode(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     updated_at: dt.datetime | None = None
     revision: int | None = None
     seq: int | None = None
-    content: str | None = None
-    domain: str | None = None
-    problem: str | None = None
-    solution: str | None = None
-    tags: tuple[str, ...] = ()
-    metadata: dict[str, Any] = {}
-    task_id: str | None = None
-    user_id: str | None = None
-    run_id: str | None = None
-    project: str | None = None
-    expires_at: dt.datetime | None = None
 
 
 class WatchResult(msgspec.Struct, frozen=True, kw_only=True):
