@@ -46,6 +46,7 @@ from schemas.admin import (
     decode_admin_request,
 )
 from schemas.errors import MemstreamError, QueryError
+from schemas.partitions import WHOLE, Partition
 from schemas.replies import ErrorBody, error_reply, ok_reply
 from schemas.subjects import admin_subject
 
@@ -65,6 +66,7 @@ class AdminResponder:
         exclusive: bool = True,
         deployment: str = "",
         data_dir: Path | None = None,
+        partition: Partition = WHOLE,
     ) -> None:
         """``exclusive``: this process runs every projection there is, so it answers
         for one it does not have. Otherwise (one role of several) it stays silent on
@@ -74,6 +76,7 @@ class AdminResponder:
         which deployment and data dir it is, so the caller can tell)."""
         self.nc = nc
         self.services = services
+        self.partition = partition
         self.deployment = deployment
         self.data_dir = str(data_dir or "")
         self.exclusive = exclusive
@@ -139,8 +142,20 @@ class AdminResponder:
 
     async def _ping(self, msg: Msg, req: AdminRequest) -> bytes:
         checkpoints = {name: s.checkpoint for name, s in self.services.items()}
+        pending = {}
+        for name, service in self.services.items():
+            with contextlib.suppress(nats.errors.Error, RuntimeError):
+                pending[name] = await service.pending()
         return ok_reply(
-            PingResult(projections=checkpoints, deployment=self.deployment, data_dir=self.data_dir)
+            PingResult(
+                projections=checkpoints,
+                deployment=self.deployment,
+                data_dir=self.data_dir,
+                partition=self.partition.index,
+                partitions=self.partition.count,
+                roles=sorted(self.services),
+                pending=pending,
+            )
         )
 
     async def _sql(self, msg: Msg, req: SqlRequest) -> bytes | None:

@@ -31,11 +31,11 @@ import nats.errors
 
 from consumers.admin import AdminResponder
 from consumers.auth import TenantCredentials
-from consumers.deployment import Hold, hold
+from consumers.deployment import Hold, claim_partition, hold
 from consumers.indexer import IndexBuilder
 from consumers.log import get_logger
 from consumers.nats_server import NatsServer
-from consumers.query_worker import QUEUE, QueryWorker
+from consumers.query_worker import QUEUE, QueryWorker, check_query_mapping
 from consumers.roles import ALL_ROLES
 from consumers.service import ProjectionService
 from consumers.settings import Settings
@@ -48,6 +48,7 @@ from projections.embedding_cache import CachedEmbedder
 from projections.vector_search import VectorReader
 from schemas.errors import ConfigError, MemstreamError, NatsServerError
 from schemas.events import EventDecoder
+from schemas.partitions import Partition
 from schemas.queries import PROJECTIONS
 from schemas.subjects import durable_name
 
@@ -76,6 +77,8 @@ class UpInfo:
     auth: bool
     projections: dict[str, int]
     embedder: EmbedderStatus | None
+    partition: int = 0
+    partitions: int = 1
 
 
 class ProjectionFailed(MemstreamError):
@@ -92,6 +95,7 @@ async def run_up(
     roles: frozenset[str] = ALL_ROLES,
     auth: bool = False,
     stop_within: float | None = None,
+    partition: int | None = None,
 ) -> None:
     """Run until ``stop`` is set or SIGINT/SIGTERM arrives; cleans up what it started.
 
@@ -99,7 +103,14 @@ async def run_up(
     users (``consumers.auth``), and memstream connects as the service.
     ``stop_within``: for a process of its own (the CLI): seconds after a signal by which
     the process has ended, forced if need be; a second signal forces at once.
+    ``partition``: which of ``settings.partitions`` this process serves.
     """
+    part = Partition.of(partition, settings.partitions)
+    if not part.whole and not external_nats:
+        raise ConfigError(
+            "a partition serves its share of a deployment's tenants on a shared NATS: give "
+            "--nats-url (the embedded NATS of 'memstream up' serves one whole deployment)"
+        )
     if auth and external_nats:
         raise ConfigError(
             "--auth configures the embedded NATS; with --nats-url, the server's own "
@@ -113,6 +124,8 @@ async def run_up(
     data_dir = settings.data_path.resolve()
     # Before anything under the data dir is touched: a second process on it is refused.
     with hold(data_dir, sorted(roles)) as held:
+        claim_partition(data_dir, part)
+        held.partition = part
         await _run_held(
             settings,
             held,
@@ -198,7 +211,10 @@ async def _run_held(
                 consumers=tuple(
                     durable_name(p, held.deployment) for p in PROJECTIONS if p in roles
                 ),
+                partition=held.partition,
             )
+            if not held.partition.whole:
+                await check_query_mapping(queries_nc)
             log.info("streams_ready", streams=report.streams, consumers=report.consumers)
             await _serve(
                 nc,
@@ -218,6 +234,8 @@ async def _run_held(
                             provisioned=report,
                             projections={n: s.checkpoint for n, s in services.items()},
                             embedder=embedder,
+                            partition=held.partition.index,
+                            partitions=held.partition.count,
                         )
                     )
                 ),
@@ -326,6 +344,7 @@ class _Roles:
         self.services: dict[str, ProjectionService[Any]] = {}
         # Each instance consumes a durable of its own: a second one is a full replica.
         own = {p: durable_name(p, held.deployment) for p in PROJECTIONS}
+        tuning["partition"] = self.partition = held.partition
         if "history" in roles:
             self.services["history"] = ProjectionService(
                 nc, HistoryStorage(data_dir), consumer=own["history"], **tuning
@@ -354,10 +373,13 @@ class _Roles:
         roles = self.roles
         history, vectors = self.services.get("history"), self.services.get("vectors")
         local = not self.settings.qdrant_url
+        subjects = self.partition.query_subjects()
         if roles == ALL_ROLES:
-            return QueryWorker(nc, history=history, vectors=vectors, search_inline=local)
+            return QueryWorker(
+                nc, history=history, vectors=vectors, search_inline=local, subjects=subjects
+            )
         if roles == {"history"}:
-            return QueryWorker(nc, history=history, queue=f"{QUEUE}-history")
+            return QueryWorker(nc, history=history, queue=f"{QUEUE}-history", subjects=subjects)
         if roles == {"vectors"} and local:
             # Embedded engine: only this process can open the vectors, so it answers for them.
             return QueryWorker(
@@ -367,6 +389,7 @@ class _Roles:
                 answers_unknown=False,
                 queue=f"{QUEUE}-vectors",
                 search_inline=True,
+                subjects=subjects,
             )
         if self._reader is not None:
             reader = VectorReader(self._reader.stores, self._reader.embedder)
@@ -376,6 +399,7 @@ class _Roles:
                 remote_history=RemoteHistory(nc),
                 answers_unknown=False,
                 queue=f"{QUEUE}-vectors",
+                subjects=subjects,
             )
         return None
 
@@ -401,6 +425,7 @@ async def _serve(
         exclusive=roles == ALL_ROLES,
         deployment=held.deployment,
         data_dir=held.data_dir,
+        partition=held.partition,
     )
     started: list[ProjectionService[Any]] = []
     worker: QueryWorker | None = None

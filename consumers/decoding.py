@@ -11,7 +11,9 @@ from nats.aio.msg import Msg
 from schemas.dead_letters import DLQ_RETRY_FOR
 from schemas.errors import InvalidEvent, InvalidSubject, InvalidTenant
 from schemas.events import AnyEvent, EventDecoder, UnknownEvent, check_subject
-from schemas.subjects import parse_event_subject
+from schemas.ids import validate_tenant
+from schemas.partitions import WHOLE, Partition, slot_of
+from schemas.subjects import parse_event_subject, published_subject
 
 __all__ = ["DeadLetter", "Decoded", "MessageDecoder", "stream_seq"]
 
@@ -48,11 +50,20 @@ class Decoded:
 class MessageDecoder:
     """Messages to a batch of (seq, event) plus the dead letters among them."""
 
-    def __init__(self, projection: str, decoder: EventDecoder | None = None) -> None:
+    def __init__(
+        self,
+        projection: str,
+        decoder: EventDecoder | None = None,
+        partition: Partition = WHOLE,
+    ) -> None:
         """``projection``: whose batches these are; a dead letter retried for another
-        projection (``Memstream-Retry-For``) is passed by."""
+        projection (``Memstream-Retry-For``) is passed by. ``partition``: the tenants
+        this projection holds; of the events stored before the stream stamped slots
+        (which every partition reads), another partition's are passed by."""
         self.projection = projection
         self.decoder = decoder or EventDecoder()
+        self.partition = partition
+        self._theirs: dict[str, bool] = {}
         # subject -> (tenant, type): parsing validates the tenant token, which is not free
         # per message, and a stream has few distinct subjects.
         self._subjects: dict[str, tuple[str, str]] = {}
@@ -62,10 +73,31 @@ class MessageDecoder:
         if parsed is None:
             if len(self._subjects) > 65_536:
                 self._subjects.clear()
-            tenant, type_ = parse_event_subject(subject)
+            tenant, type_, slot = parse_event_subject(subject)
+            # A slot that is not the tenant's fails the check below, on every event.
+            if slot is not None and slot != slot_of(tenant):
+                tenant = ""
             parsed = self._subjects[subject] = (tenant, type_)
         if event.tenant != parsed[0] or event.type != parsed[1]:
             check_subject(event, subject)  # raises, with the message that says why
+
+    def _another_partitions(self, subject: str) -> bool:
+        """Whether an event stored without a slot belongs to another partition (one with
+        an unreadable tenant is partition 0's to dead-letter)."""
+        theirs = self._theirs.get(subject)
+        if theirs is None:
+            if len(self._theirs) > 65_536:
+                self._theirs.clear()
+            parts = subject.split(".")
+            if len(parts) != 4:
+                theirs = False  # stamped (a filter chose it for us), or partition 0's
+            else:
+                try:
+                    theirs = not self.partition.owns(validate_tenant(parts[1]))
+                except InvalidTenant:
+                    theirs = self.partition.index != 0
+            self._theirs[subject] = theirs
+        return theirs
 
     def decode(self, msgs: Sequence[Msg], seqs: Sequence[int] | None = None) -> Decoded:
         """``seqs``: the messages' stream sequences, when the caller parsed them already."""
@@ -75,12 +107,15 @@ class MessageDecoder:
         decode = self.decoder.decode
         check = self._check
         projection = self.projection
+        whole = self.partition.whole
         if seqs is None:
             seqs = [stream_seq(msg.reply)[0] for msg in msgs]
         for msg, seq in zip(msgs, seqs, strict=True):
             headers = msg.headers
             if headers and headers.get(DLQ_RETRY_FOR, projection) != projection:
                 continue  # another projection's retried dead letter
+            if not whole and self._another_partitions(msg.subject):
+                continue
             data = msg.data
             try:
                 event = decode(data)
@@ -94,7 +129,10 @@ class MessageDecoder:
                     reason = str(subject_err)
                 parts = msg.subject.split(".")
                 tenant = parts[1] if len(parts) > 1 else ""
-                dead.append(DeadLetter(seq, msg.subject, tenant, reason, msg.data))
+                # Filed under the subject it was published to: a retry publishes it again.
+                dead.append(
+                    DeadLetter(seq, published_subject(msg.subject), tenant, reason, msg.data)
+                )
                 continue
             batch.append((seq, event))
             bodies.append(data)

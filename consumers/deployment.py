@@ -24,11 +24,21 @@ from pathlib import Path
 from typing import IO, Any
 
 from schemas.errors import UsageError
+from schemas.partitions import Partition
 
-__all__ = ["AlreadyRunning", "Running", "deployment_id", "hold", "running"]
+__all__ = [
+    "AlreadyRunning",
+    "Running",
+    "claim_partition",
+    "deployment_id",
+    "hold",
+    "partition_of",
+    "running",
+]
 
 _IDENTITY = "deployment.json"
 _RUNNING = "running.json"
+_PARTITION = "partition.json"
 
 
 class AlreadyRunning(UsageError):
@@ -65,6 +75,38 @@ def deployment_id(data_dir: Path, *, create: bool = False) -> str | None:
     return str(json.loads(path.read_text())["id"])
 
 
+def partition_of(data_dir: Path) -> Partition:
+    """The partition whose tenants the data dir holds (every tenant, for one made before
+    partitions, or by a whole deployment)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+        body = json.loads((data_dir / _PARTITION).read_text())
+        return Partition(int(body["index"]), int(body["count"]))
+    return Partition()
+
+
+def claim_partition(data_dir: Path, partition: Partition) -> None:
+    """Record the partition a data dir holds, at its first start; refuse (one line) to
+    run it as another, since it holds another partition's tenants."""
+    path = data_dir / _PARTITION
+    if not path.exists():
+        # Projections written before partitions existed hold every tenant.
+        made_before = any((data_dir / p).exists() for p in ("history", "vectors"))
+        have = Partition() if made_before else partition
+        path.write_text(json.dumps({"index": have.index, "count": have.count}) + "\n")
+    have = partition_of(data_dir)
+    if have != partition:
+        raise UsageError(
+            f"{data_dir} holds the tenants of partition {have.label()}, not "
+            f"{partition.label()}: run it with "
+            + (
+                "MEMSTREAM_PARTITIONS=1 and no --partition"
+                if have.whole
+                else f"MEMSTREAM_PARTITIONS={have.count} --partition {have.index}"
+            )
+            + ", or give this partition a --data-dir of its own"
+        )
+
+
 def _describe(data_dir: Path, info: dict[str, Any] | None) -> str:
     if not info:
         return f"another memstream process runs on {data_dir}"
@@ -87,6 +129,8 @@ class Hold:
     def __init__(self, data_dir: Path, handle: IO[str], roles: list[str], deployment: str):
         self.data_dir = data_dir
         self.deployment = deployment
+        # The tenants this process serves (set once the data dir's partition is checked).
+        self.partition = Partition()
         self._handle = handle
         self._roles = roles
 

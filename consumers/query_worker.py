@@ -43,10 +43,11 @@ from consumers.sources import HistoryReads, LocalHistory, Source, read_history
 from projections import memories, reads
 from projections.recall import Part, compose, memory_part, task_part, turn_part
 from projections.vector_search import Hit
-from schemas.errors import MemstreamError, QueryError
+from schemas.errors import ConfigError, MemstreamError, QueryError
 from schemas.events import EVENT_TYPES
 from schemas.filters import Node, kinds_of, parse_filter
 from schemas.ids import new_id
+from schemas.partitions import QUERY_SLOT_MAPPING
 from schemas.queries import (
     OPS,
     PROJECTIONS,
@@ -93,11 +94,12 @@ from schemas.subjects import (
     QUERY_PREFIX,
     event_subject,
     parse_query_subject,
+    query_subject,
     reply_inbox_prefix,
     tenant_event_filter,
 )
 
-__all__ = ["QUEUE", "QueryWorker"]
+__all__ = ["QUEUE", "QueryWorker", "check_query_mapping"]
 
 log = get_logger("memstream.query")
 
@@ -112,6 +114,39 @@ QUERY_EMBEDDING_WITHIN_S = 5.0
 
 # The most characters of a memory's text a search hit carries.
 HIT_TEXT_CHARS: Final = 65_536
+
+
+# How long the check of the server's query mapping waits for its own message.
+_MAPPING_CHECK_S = 2.0
+
+
+async def check_query_mapping(nc: NatsClient) -> None:
+    """Raise ConfigError unless the server delivers queries with their tenant's slot
+    (``schemas.partitions``): without its mapping, a partition's workers would never
+    hear a query."""
+    probe = f"memstream-check-{new_id()[-12:].lower()}"
+    subject = query_subject(probe, "mapping")
+    arrived = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Msg) -> None:
+        if not arrived.done():
+            arrived.set_result(msg.subject)
+
+    sub = await nc.subscribe(f"{subject}.*", cb=on_msg)
+    try:
+        await nc.flush()
+        await nc.publish(subject, b"")
+        await asyncio.wait_for(arrived, _MAPPING_CHECK_S)
+    except TimeoutError:
+        src, dest = QUERY_SLOT_MAPPING
+        raise ConfigError(
+            f"the NATS server does not deliver queries to partitions: add the mapping "
+            f'"{src}": "{dest}" to every server\'s configuration (see the README, '
+            "Partitions), then reload it"
+        ) from None
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
 
 
 def _hit(h: Hit) -> SearchHit:
@@ -195,11 +230,15 @@ class QueryWorker:
         answers_unknown: bool = True,
         queue: str = QUEUE,
         search_inline: bool = False,
+        subjects: list[str] | None = None,
     ) -> None:
         """``remote_history``: the history another process serves, for recall.
         ``search_inline``: search on the event loop's thread rather than a worker
-        thread; right for the embedded engine (see :meth:`_vector_search`)."""
+        thread; right for the embedded engine (see :meth:`_vector_search`).
+        ``subjects``: what to answer, by default every tenant's queries
+        (``schemas.partitions.Partition.query_subjects``)."""
         self.nc = nc
+        self.subjects = subjects or [f"{QUERY_PREFIX}.>"]
         self.sources: dict[str, Source] = {
             name: source
             for name, source in (("history", history), ("vectors", vectors))
@@ -232,14 +271,15 @@ class QueryWorker:
         if vectors is not None and history is None and remote_history is not None:
             served.append("recall")  # with the history another process answers from
         self.ops = {op: handlers[op] for op in served}
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{QUERY_PREFIX}.>", queue=self.queue, cb=self._on_msg)
-        # The server has the subscription once this returns: "ready" means answering.
+        for subject in self.subjects:
+            self._subs.append(await self.nc.subscribe(subject, queue=self.queue, cb=self._on_msg))
+        # The server has the subscriptions once this returns: "ready" means answering.
         await self.nc.flush()
         log.info("query_worker_started", ops=sorted(self.ops), queue=self.queue)
 
@@ -247,10 +287,10 @@ class QueryWorker:
         """Stop taking requests and finish those in flight (those waiting for min_seq
         are answered ``unavailable`` at once)."""
         self._stopping.set()
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(nats.errors.Error, OSError):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await sub.unsubscribe()
+        self._subs = []
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -273,12 +313,13 @@ class QueryWorker:
         op = tenant = None
         try:
             parts = msg.subject.split(".")
-            op = parts[-1] if len(parts) == 3 else None
+            # memq.<tenant>.<op>, with the tenant's slot after it as the server maps it
+            op = parts[2] if len(parts) in (3, 4) else None
             if op is not None and op in OPS and op not in self.ops:
                 return  # another role's op: its workers answer it
             if not self.answers_unknown and op not in self.ops:
                 return
-            tenant, op = parse_query_subject(msg.subject)
+            tenant, op, _ = parse_query_subject(msg.subject)
             req = decode_request(op, msg.data)
             body = ok_reply(await self._serve(tenant, op, req))
         except QueryError as err:
@@ -492,7 +533,13 @@ class QueryWorker:
         config = ConsumerConfig(
             name=name,
             deliver_subject=req.deliver_to,
-            filter_subjects=[event_subject(tenant, t) for t in req.types] or None,
+            # As published (stored before slots were stamped) and as stored since.
+            filter_subjects=[
+                s
+                for t in req.types
+                for s in (event_subject(tenant, t), f"{event_subject(tenant, t)}.*")
+            ]
+            or None,
             filter_subject=None if req.types else tenant_event_filter(tenant),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
@@ -535,11 +582,19 @@ class QueryWorker:
                         floor = info.ack_floor.stream_seq if info.ack_floor else 0
                         applied[name] = min(applied.get(name, floor), floor)
         dlq = await js.stream_info(DLQ_STREAM, subjects_filter=f"{DLQ_PREFIX}.*.{tenant}")
+        lag = {name: max(0, last_seq - seq) for name, seq in applied.items()}
+        for held, source in self.sources.items():
+            partition = getattr(source, "partition", None)
+            if partition is not None and not partition.whole:
+                # A partition's checkpoint stops at its own last event: what it has not
+                # applied of its share is what its consumer still holds.
+                with contextlib.suppress(nats.errors.Error):
+                    lag[held] = await source.pending()  # type: ignore[attr-defined]
         return StatsResult(
             events_by_type=by_type,
             events_by_agent=by_agent,
             last_applied_seq=applied,
-            lag={name: max(0, last_seq - seq) for name, seq in applied.items()},
+            lag=lag,
             dlq_count=sum((dlq.state.subjects or {}).values()),
             memories_by_kind=live,
             health={

@@ -21,7 +21,8 @@ from consumers.runner import RunnerStats, erase_from_stream
 from projections.base import Applied, Projection
 from schemas.admin import ReplayProgress
 from schemas.events import EventDecoder
-from schemas.subjects import EVENT_PREFIX, EVENT_STREAM
+from schemas.partitions import WHOLE, Partition
+from schemas.subjects import EVENT_STREAM
 
 __all__ = ["replay"]
 
@@ -35,6 +36,7 @@ async def replay(
     on_progress: Callable[[ReplayProgress], None] | None = None,
     decoder: EventDecoder | None = None,
     eager: bool = False,
+    partition: Partition = WHOLE,
 ) -> RunnerStats:
     """Apply the whole stream to ``projection`` from an ordered consumer.
 
@@ -50,7 +52,7 @@ async def replay(
     info = await js.stream_info(EVENT_STREAM)
     total = info.state.messages
     stats = RunnerStats()
-    decoder_ = MessageDecoder(projection.name, decoder)
+    decoder_ = MessageDecoder(projection.name, decoder, partition)
     if total == 0 and (until is None or await until(projection.checkpoint)):
         return stats
     start = projection.checkpoint + 1
@@ -60,19 +62,26 @@ async def replay(
     # by itself if this process dies (inactive_threshold). A target that holds part of
     # the stream already (a copy of the projection) reads on from its checkpoint.
     name = f"replay-{secrets.token_hex(6)}"
-    await js.add_consumer(
+    filters = partition.event_filters()
+    created = await js.add_consumer(
         EVENT_STREAM,
         ConsumerConfig(
             name=name,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
             opt_start_seq=start if start > 1 else None,
             ack_policy=AckPolicy.NONE,
-            filter_subject=f"{EVENT_PREFIX}.>",
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=filters if len(filters) > 1 else None,
             inactive_threshold=30.0,
             mem_storage=True,
             max_waiting=4,
         ),
     )
+    if not created.num_pending and (until is None or await until(projection.checkpoint)):
+        # None of the partition's events are in the stream (yet): nothing to fetch.
+        with contextlib.suppress(nats.errors.Error):
+            await js.delete_consumer(EVENT_STREAM, name)
+        return stats
     puller = BatchPuller(nc, EVENT_STREAM, name, linger=0.02)
     await puller.start()
     loop = asyncio.get_running_loop()

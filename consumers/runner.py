@@ -28,6 +28,7 @@ from consumers.log import get_logger
 from consumers.streams import consumer_config
 from projections.base import Projection, StorageFailure
 from schemas.events import EventDecoder
+from schemas.partitions import WHOLE, Partition
 from schemas.subjects import EVENT_PREFIX, EVENT_STREAM
 
 __all__ = ["LiveRunner", "RunnerStats", "erase_from_stream"]
@@ -63,9 +64,11 @@ class LiveRunner:
         decoder: EventDecoder | None = None,
         on_applied: Callable[[], Awaitable[None]] | None = None,
         consumer: str | None = None,
+        partition: Partition = WHOLE,
     ) -> None:
         """``consumer``: the durable consumer this instance owns (see
-        ``schemas.subjects.durable_name``); the projection's name when not given."""
+        ``schemas.subjects.durable_name``); the projection's name when not given.
+        ``partition``: the tenants whose events it reads."""
         self.nc = nc
         self.js = nc.jetstream()
         # Told after each commit, so readers waiting for a sequence (min_seq) wake up.
@@ -80,7 +83,8 @@ class LiveRunner:
         self.unhealthy: str | None = None
         # Held around each apply; whoever swaps the projection (a replay) takes it too.
         self.lock = asyncio.Lock()
-        self._decoder = MessageDecoder(projection.name, decoder)
+        self.partition = partition
+        self._decoder = MessageDecoder(projection.name, decoder, partition)
         self._stopping = asyncio.Event()
         # tenant -> stream sequence: a purged tenant's events up to there, fetched before
         # the purge, are dropped rather than applied again.
@@ -124,7 +128,7 @@ class LiveRunner:
             return
         if info is not None:
             await self.js.delete_consumer(EVENT_STREAM, self.consumer)
-        config = consumer_config(self.consumer)
+        config = consumer_config(self.consumer, self.partition)
         if checkpoint:
             config = config.evolve(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=checkpoint + 1

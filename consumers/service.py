@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from consumers.log import get_logger
@@ -24,6 +25,8 @@ from projections.base import Projection
 from schemas.admin import RebuildResult, ReplayProgress
 from schemas.errors import RebuildBusy
 from schemas.events import EventDecoder, utc_now
+from schemas.partitions import WHOLE, Partition
+from schemas.subjects import EVENT_STREAM
 
 __all__ = ["ProjectionService", "rebuild_offline"]
 
@@ -52,12 +55,14 @@ class ProjectionService(Generic[P]):
         decoder: EventDecoder | None = None,
         consumer: str | None = None,
         sweep_every: float = 60.0,
+        partition: Partition = WHOLE,
     ) -> None:
         """``decoder``: how events are decoded, with the deployment's event size limit
         (MEMSTREAM_MAX_EVENT_BYTES), live and in a rebuild alike. ``consumer``: the
         durable consumer this instance owns. ``sweep_every``: seconds between sweeps of
         what has expired."""
         self.consumer = consumer
+        self.partition = partition
         self.sweep_every = sweep_every
         self._sweeper: asyncio.Task[None] | None = None
         self.nc = nc
@@ -93,6 +98,7 @@ class ProjectionService(Generic[P]):
             decoder=self.decoder,
             on_applied=self._notify_applied,
             consumer=self.consumer,
+            partition=self.partition,
         )
         task = asyncio.create_task(runner.run(), name=f"live-{self.name}")
         self._running = _Running(projection, runner, task)
@@ -151,17 +157,51 @@ class ProjectionService(Generic[P]):
 
     async def wait_applied(self, seq: int, within: float) -> bool:
         """Whether the projection has applied stream sequence ``seq``, waiting at most
-        ``within`` seconds for it (read-your-writes)."""
+        ``within`` seconds for it (read-your-writes). A partition's checkpoint is the
+        last of *its* events applied, so it has also applied ``seq`` once its consumer
+        has nothing pending and nothing unacknowledged, with ``seq`` in the stream."""
         if self.checkpoint >= seq:
             return True
-        async with self._applied:
-            try:
-                await asyncio.wait_for(
-                    self._applied.wait_for(lambda: self.checkpoint >= seq), within
-                )
-            except TimeoutError:
+        if self.partition.whole:
+            async with self._applied:
+                try:
+                    await asyncio.wait_for(
+                        self._applied.wait_for(lambda: self.checkpoint >= seq), within
+                    )
+                except TimeoutError:
+                    return False
+            return True
+        deadline = time.monotonic() + within
+        while True:
+            if self.checkpoint >= seq or await self._drained_past(seq):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-        return True
+            async with self._applied:
+                with contextlib.suppress(TimeoutError):
+                    # Woken by a commit, else looked at again: the consumer drains
+                    # without a commit of ours when the rest went to other partitions.
+                    await asyncio.wait_for(self._applied.wait(), min(left, 0.05))
+
+    async def pending(self) -> int:
+        """The events of this instance's share of the stream not yet applied (what its
+        consumer has not delivered, and what it delivered but has not had acked)."""
+        info = await self.nc.jetstream().consumer_info(EVENT_STREAM, self.running.runner.consumer)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def _drained_past(self, seq: int) -> bool:
+        """Whether the stream holds ``seq`` and this partition has applied all of its
+        events there are (asked of the server, stream first, then the consumer)."""
+        js = self.nc.jetstream()
+        try:
+            last = (await js.stream_info(EVENT_STREAM)).state.last_seq
+            if last < seq:
+                return False
+            info = await js.consumer_info(EVENT_STREAM, self.running.runner.consumer)
+        except nats.errors.Error:
+            return False  # the broker is away: not known to be applied
+        return not info.num_pending and not info.num_ack_pending
 
     async def purge_tenant(self, tenant: str, upto: int) -> dict[str, int]:
         """Remove ``tenant`` from the projection, between two batches; its events up to
@@ -245,6 +285,7 @@ class ProjectionService(Generic[P]):
                     on_progress=on_progress,
                     decoder=self.decoder,
                     eager=eager,
+                    partition=self.partition,
                 )
                 # Readers finish on the old target; from the same turn of the loop on,
                 # every reader and the runner take the new one. Only then is the old one

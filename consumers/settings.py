@@ -49,6 +49,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         DEFAULT_MAX_EVENT_BYTES
     )
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # How many partitions the tenants are spread over (schemas.partitions).
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
     batch_wait_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
 
@@ -86,6 +88,7 @@ ENV_VARS: dict[str, str] = {
     "nats_password": PASSWORD_VAR,
     "max_event_bytes": "MEMSTREAM_MAX_EVENT_BYTES",
     "stream_replicas": "MEMSTREAM_STREAM_REPLICAS",
+    "partitions": "MEMSTREAM_PARTITIONS",
     "batch_size": "MEMSTREAM_BATCH_SIZE",
     "batch_wait_ms": "MEMSTREAM_BATCH_WAIT_MS",
 }
@@ -128,6 +131,7 @@ _HINTS = {
     "embedding_dim": "expected a whole number from 8 to 65536",
     "max_event_bytes": "expected a whole number of bytes from 1024 to 67108864",
     "stream_replicas": "expected 1 to 5",
+    "partitions": "expected a whole number of partitions from 1 to 64",
     "batch_size": "expected a whole number of events from 1 to 100000",
     "batch_wait_ms": "expected a whole number of milliseconds from 1 to 60000",
 }

@@ -20,9 +20,11 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 
 from schemas.events import DEFAULT_MAX_EVENT_BYTES
+from schemas.partitions import EVENT_SLOT_TRANSFORM, WHOLE, Partition
 from schemas.queries import PROJECTIONS
 from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_PREFIX, EVENT_STREAM, LOCK_BUCKET
 
@@ -72,6 +74,9 @@ def stream_configs(
             name=EVENT_STREAM,
             description="memstream events: the source of truth for every projection",
             subjects=[f"{EVENT_PREFIX}.>"],
+            # Each event is stored with its tenant's slot, by the server's partition()
+            # (schemas.partitions): the partitions' consumers filter on it.
+            subject_transform=SubjectTransform(*EVENT_SLOT_TRANSFORM),
             **common,
         ),
         StreamConfig(
@@ -83,7 +88,9 @@ def stream_configs(
     ]
 
 
-def consumer_config(name: str) -> ConsumerConfig:
+def consumer_config(name: str, partition: Partition = WHOLE) -> ConsumerConfig:
+    """The durable consumer of one projection instance, of one partition's events."""
+    filters = partition.event_filters()
     return ConsumerConfig(
         durable_name=name,
         name=name,
@@ -97,7 +104,8 @@ def consumer_config(name: str) -> ConsumerConfig:
         max_deliver=-1,
         max_ack_pending=50_000,
         max_waiting=64,
-        filter_subject=f"{EVENT_PREFIX}.>",
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
     )
 
 
@@ -113,6 +121,7 @@ _STREAM_FIELDS = (
     "max_age",
     "allow_direct",
     "description",
+    "subject_transform",
 )
 _CONSUMER_FIELDS = (
     "deliver_policy",
@@ -122,6 +131,7 @@ _CONSUMER_FIELDS = (
     "max_ack_pending",
     "max_waiting",
     "filter_subject",
+    "filter_subjects",
     "description",
 )
 
@@ -159,6 +169,7 @@ async def ensure_streams(
     replicas: int = 1,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     consumers: tuple[str, ...] = PROJECTIONS,
+    partition: Partition = WHOLE,
 ) -> ProvisionReport:
     """Create or update the streams and durable consumers; returns what changed."""
     report = ProvisionReport()
@@ -179,7 +190,7 @@ async def ensure_streams(
             report.streams[name] = "unchanged"
     await _ensure_lock_bucket(js, replicas, report)
     for name in consumers:
-        want_c = consumer_config(name)
+        want_c = consumer_config(name, partition)
         try:
             have = await js.consumer_info(EVENT_STREAM, name)
         except nats.js.errors.NotFoundError:

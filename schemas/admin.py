@@ -55,6 +55,12 @@ class PingResult(msgspec.Struct, frozen=True, kw_only=True):
     # Where the answering process runs: its deployment id and data dir.
     deployment: str = ""
     data_dir: str = ""
+    # The partition it serves, of how many (0 of 1: every tenant); its roles; and per
+    # projection, the events of its partition not yet applied.
+    partition: int = 0
+    partitions: int = 1
+    roles: list[str] = []
+    pending: dict[str, int] = {}
 
 
 class SqlRequest(AdminRequest, frozen=True):

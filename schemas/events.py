@@ -16,7 +16,8 @@ import msgspec
 
 from schemas.errors import EventTooLarge, InvalidEvent, SubjectMismatch
 from schemas.ids import _PRINTABLE, _TENANT, AgentId, EventId, RefId, Tenant
-from schemas.subjects import parse_event_subject
+from schemas.partitions import slot_of
+from schemas.subjects import parse_event_subject, published_subject
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -439,6 +440,7 @@ def check_subject(event: Event | UnknownEvent, subject: str) -> None:
     """Raise SubjectMismatch unless tenant and type agree with ``mem.<tenant>.<type>``."""
     parsed = parse_event_subject(subject)
     event_type = event.type
+    stored, subject = subject, published_subject(subject)
     if event.tenant != parsed.tenant:
         raise SubjectMismatch(
             f"event tenant {event.tenant!r} disagrees with subject {subject!r}: the tenant "
@@ -447,5 +449,10 @@ def check_subject(event: Event | UnknownEvent, subject: str) -> None:
     if event_type != parsed.type:
         raise SubjectMismatch(
             f"event type {event_type!r} disagrees with subject {subject!r}: the type field "
-            "must equal the subject's last two tokens"
+            "must equal the subject's <family>.<name> tokens"
+        )
+    if parsed.slot is not None and parsed.slot != slot_of(parsed.tenant):
+        raise SubjectMismatch(
+            f"subject {stored!r} names slot {parsed.slot}, but tenant {parsed.tenant!r} is "
+            f"in slot {slot_of(parsed.tenant)}: publish to the subject without a slot"
         )

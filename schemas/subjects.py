@@ -25,6 +25,7 @@ __all__ = [
     "lock_key",
     "parse_event_subject",
     "parse_query_subject",
+    "published_subject",
     "query_subject",
     "reply_inbox_prefix",
     "tenant_event_filter",
@@ -44,11 +45,28 @@ _LOCK_NAME = re.compile(r"\A[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*\Z")
 class EventSubject(NamedTuple):
     tenant: str
     type: str
+    # The tenant's slot, as the stream stamped it (``schemas.partitions``); None on an
+    # event stored before the stream stamped slots.
+    slot: int | None = None
 
 
 class QuerySubject(NamedTuple):
     tenant: str
     op: str
+    slot: int | None = None
+
+
+# Slots are 0..63 (``schemas.partitions.SLOTS``), written in decimal.
+_SLOT = re.compile(r"\A(0|[1-9][0-9]?)\Z")
+
+
+def _slot(token: str, subject: str, kind: str, expected: str) -> int:
+    if not _SLOT.match(token) or int(token) >= 64:
+        raise InvalidSubject(
+            f"subject {subject!r} is not {kind} subject: expected '{expected}' "
+            f"(its last token {token!r} is not a slot)"
+        )
+    return int(token)
 
 
 def _check_token(kind: str, token: str) -> str:
@@ -75,14 +93,28 @@ def tenant_event_filter(tenant: str) -> str:
 
 
 def parse_event_subject(subject: str) -> EventSubject:
+    """An event's subject as published, or as stored with its slot after it."""
     parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != EVENT_PREFIX:
+    if len(parts) not in (4, 5) or parts[0] != EVENT_PREFIX:
         raise InvalidSubject(
             f"subject {subject!r} is not an event subject: expected "
             f"'{EVENT_PREFIX}.<tenant>.<family>.<name>'"
         )
     tenant = validate_tenant(parts[1])
-    return EventSubject(tenant, f"{parts[2]}.{parts[3]}")
+    slot = (
+        _slot(parts[4], subject, "an event", f"{EVENT_PREFIX}.<tenant>.<family>.<name>")
+        if len(parts) == 5
+        else None
+    )
+    return EventSubject(tenant, f"{parts[2]}.{parts[3]}", slot)
+
+
+def published_subject(subject: str) -> str:
+    """An event's subject as its publisher gave it: the stored one without its slot."""
+    parts = subject.split(".")
+    if len(parts) == 5 and parts[0] == EVENT_PREFIX and _SLOT.match(parts[4]):
+        return ".".join(parts[:4])
+    return subject
 
 
 def query_subject(tenant: str, op: str) -> str:
@@ -91,12 +123,19 @@ def query_subject(tenant: str, op: str) -> str:
 
 
 def parse_query_subject(subject: str) -> QuerySubject:
+    """A query's subject as requested, or as the server's mapping delivers it, with the
+    tenant's slot after it."""
     parts = subject.split(".")
-    if len(parts) != 3 or parts[0] != QUERY_PREFIX:
+    if len(parts) not in (3, 4) or parts[0] != QUERY_PREFIX:
         raise InvalidSubject(
             f"subject {subject!r} is not a query subject: expected '{QUERY_PREFIX}.<tenant>.<op>'"
         )
-    return QuerySubject(validate_tenant(parts[1]), parts[2])
+    slot = (
+        _slot(parts[3], subject, "a query", f"{QUERY_PREFIX}.<tenant>.<op>")
+        if len(parts) == 4
+        else None
+    )
+    return QuerySubject(validate_tenant(parts[1]), parts[2], slot)
 
 
 def reply_inbox_prefix(tenant: str) -> str:

@@ -50,6 +50,23 @@ def _print_embedder(status: EmbedderStatus | None) -> None:
         )
 
 
+def partition_options(f: Any) -> Any:
+    f = click.option(
+        "--partitions",
+        type=click.IntRange(1, 64),
+        default=None,
+        help="How many partitions the tenants are spread over [default: "
+        "$MEMSTREAM_PARTITIONS, else 1]. Every process of a deployment must agree.",
+    )(f)
+    return click.option(
+        "--partition",
+        type=click.IntRange(0, 63),
+        default=None,
+        help="The partition this process serves (0 to partitions-1), from a data dir of "
+        "its own; needs --nats-url.",
+    )(f)
+
+
 @click.command()
 @click.option(
     "--data-dir",
@@ -71,20 +88,29 @@ def _print_embedder(status: EmbedderStatus | None) -> None:
     help="Admit only memstream's service user and the tenants' users "
     "(memstream tenant add), each confined to its own subjects.",
 )
+@partition_options
 @json_option
 def up(
-    data_dir: str | None, nats_port: int, nats_url: str | None, auth: bool, as_json: bool
+    data_dir: str | None,
+    nats_port: int,
+    nats_url: str | None,
+    auth: bool,
+    partition: int | None,
+    partitions: int | None,
+    as_json: bool,
 ) -> None:
     """Run memstream on this machine: embedded NATS with JetStream, both projections
     (history in DuckDB, vectors in Qdrant) and the query worker, in one process."""
     from consumers.app import UpInfo, run_up
 
-    settings = load(service=True, data_dir=data_dir, nats_url=nats_url)
+    settings = load(service=True, data_dir=data_dir, nats_url=nats_url, partitions=partitions)
 
     def ready(info: UpInfo) -> None:
         if as_json:
             print_json(
                 {
+                    "partition": info.partition,
+                    "partitions": info.partitions,
                     "nats_url": info.nats_url,
                     "data_dir": str(info.data_dir),
                     "embedded": info.embedded,
@@ -100,6 +126,8 @@ def up(
         out.print("memstream is up")
         out.print(f"  NATS      {info.nats_url}" + ("" if info.embedded else " (external)"))
         out.print(f"  data dir  {info.data_dir}")
+        if info.partitions > 1:
+            out.print(f"  partition {info.partition} of {info.partitions}")
         for name, checkpoint in info.projections.items():
             out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
         _print_embedder(info.embedder)
@@ -126,6 +154,7 @@ def up(
             on_ready=ready,
             auth=auth,
             stop_within=STOP_WITHIN_S,
+            partition=partition,
         )
     )
 
@@ -139,19 +168,29 @@ def up(
 )
 @data_dir_option
 @nats_url_option
+@partition_options
 @json_option
-def serve(role: str, data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
+def serve(
+    role: str,
+    data_dir: str | None,
+    nats_url: str | None,
+    partition: int | None,
+    partitions: int | None,
+    as_json: bool,
+) -> None:
     """Run one role against an external NATS, for scale-out. Each role can run in several
     processes; a role's processes share its queries in a queue group."""
     from consumers.app import UpInfo, run_up
 
-    settings = load(service=True, data_dir=data_dir, nats_url=nats_url)
+    settings = load(service=True, data_dir=data_dir, nats_url=nats_url, partitions=partitions)
 
     def ready(info: UpInfo) -> None:
         if as_json:
             print_json(
                 {
                     "role": role,
+                    "partition": info.partition,
+                    "partitions": info.partitions,
                     "nats_url": info.nats_url,
                     "data_dir": str(info.data_dir),
                     "projections": info.projections,
@@ -159,7 +198,8 @@ def serve(role: str, data_dir: str | None, nats_url: str | None, as_json: bool) 
                 }
             )
             return
-        out.print(f"memstream serve: {role} role up on {info.nats_url}")
+        where = f", partition {info.partition} of {info.partitions}" if info.partitions > 1 else ""
+        out.print(f"memstream serve: {role} role up on {info.nats_url}{where}")
         for name, checkpoint in info.projections.items():
             out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
         _print_embedder(info.embedder)
@@ -172,5 +212,6 @@ def serve(role: str, data_dir: str | None, nats_url: str | None, as_json: bool) 
             roles=frozenset({role}),
             on_ready=ready,
             stop_within=STOP_WITHIN_S,
+            partition=partition,
         )
     )

@@ -17,6 +17,7 @@ from consumers.streams import ensure_streams
 from producers import MemoryClient
 from producers.connection import NoCredentials, connect_nats, denied
 from schemas.errors import ConnectError, PublishError, QueryError
+from schemas.partitions import slot_of
 from schemas.subjects import reply_inbox_prefix
 from tests.conftest import pid_alive
 from tests.waiting import wait_for
@@ -90,7 +91,8 @@ async def test_a_tenant_publishes_and_queries_only_its_own(
         assert "forbidden" == info.value.code
 
         state = (await service.jetstream().stream_info("MEMORY", subjects_filter=">")).state
-        assert {"mem.acme.knowledge.stored": 1} == state.subjects
+        # stored with acme's slot after the subject it was published to
+        assert {f"mem.acme.knowledge.stored.{slot_of('acme')}": 1} == state.subjects
     finally:
         await nc.close()
 

@@ -16,6 +16,7 @@ from producers import MemoryClient, SyncMemoryClient
 from schemas import events as ev
 from schemas.errors import ConnectError, EventTooLarge, InvalidEvent, PublishError
 from schemas.events import decode_event
+from schemas.partitions import slot_of
 
 
 async def _stored(nc: NatsClient, seq: int) -> tuple[str, dict[str, str], bytes]:
@@ -221,7 +222,8 @@ async def test_any_live_seed_of_a_list_will_do(nats_server: NatsServer, nc: Nats
     async with await MemoryClient.connect(seeds, tenant="acme", agent="a1") as mem:
         ack = await mem.store_knowledge("seeds are a list", domain="nats")
     subject, _, body = await _stored(nc, ack.seq)
-    assert ("mem.acme.knowledge.stored", ack.id) == (subject, decode_event(body).id)
+    stored = f"mem.acme.knowledge.stored.{slot_of('acme')}"
+    assert (stored, ack.id) == (subject, decode_event(body).id)
 
 
 async def test_a_publish_rides_out_a_moment_without_a_stream(

@@ -40,8 +40,11 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running(nats_server: NatsServer, data_dir: Path, **env: str) -> AsyncIterator[UpInfo]:
-    """memstream's whole stack (both projections, the query worker) on the test server."""
+async def running(
+    nats_server: NatsServer, data_dir: Path, partition: int | None = None, **env: str
+) -> AsyncIterator[UpInfo]:
+    """memstream's whole stack (both projections, the query worker) on the test server;
+    of one ``partition`` (of MEMSTREAM_PARTITIONS in ``env``) when given."""
     settings = load_settings(
         {"MEMSTREAM_EMBEDDER": "hash", "MEMSTREAM_BATCH_WAIT_MS": "20", **env},
         nats_url=nats_server.url,
@@ -50,7 +53,13 @@ async def running(nats_server: NatsServer, data_dir: Path, **env: str) -> AsyncI
     stop = asyncio.Event()
     ready: asyncio.Future[UpInfo] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        run_up(settings, external_nats=True, stop=stop, on_ready=ready.set_result)
+        run_up(
+            settings,
+            external_nats=True,
+            stop=stop,
+            on_ready=ready.set_result,
+            partition=partition,
+        )
     )
     done, _ = await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
     if task in done:

@@ -21,6 +21,7 @@ from projections.embedding_cache import text_key
 from projections.history import HistoryProjection
 from projections.vector_search import from_payload
 from schemas.errors import InvalidTenant
+from schemas.partitions import slot_of
 from tests.integration.test_query_worker import running, write_session
 
 
@@ -208,4 +209,4 @@ async def test_a_purge_with_nothing_running_works_on_the_files(
     assert ["beta"] == [p["tenant"] for p in vector_payloads(data)]
     assert 0 == cached(data, "acme")
     subjects = [s for s, _ in await stream_contents(nc, "MEMORY")]
-    assert ["mem.beta.knowledge.stored"] == subjects
+    assert [f"mem.beta.knowledge.stored.{slot_of('beta')}"] == subjects

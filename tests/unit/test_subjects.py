@@ -19,7 +19,18 @@ def test_event_subject_round_trip() -> None:
     """mem.<tenant>.<family>.<name> builds and parses back."""
     subject = event_subject("acme", "knowledge.stored")
     assert "mem.acme.knowledge.stored" == subject
-    assert ("acme", "knowledge.stored") == tuple(parse_event_subject(subject))
+    assert ("acme", "knowledge.stored", None) == tuple(parse_event_subject(subject))
+
+
+def test_event_subject_as_stored_carries_its_slot() -> None:
+    """The stream stores an event with its tenant's slot after it; anything else in
+    that place is not a subject memstream reads."""
+    assert ("acme", "knowledge.stored", 7) == tuple(
+        parse_event_subject("mem.acme.knowledge.stored.7")
+    )
+    for bad in ("x", "64", "07", "-1", ""):
+        with pytest.raises(InvalidSubject):
+            parse_event_subject(f"mem.acme.knowledge.stored.{bad}")
 
 
 @pytest.mark.parametrize("type_", ["knowledge", "a.b.c", "a.*", "a.>", ".b", "a. b"])
@@ -39,7 +50,7 @@ def test_event_subject_rejects_bad_tenant() -> None:
     "subject", ["mem.acme.knowledge", "mem.acme.a.b.c", "memq.acme.a.b", "x.acme.a.b"]
 )
 def test_parse_event_subject_rejects(subject: str) -> None:
-    """Only four-token mem.* subjects are event subjects."""
+    """Only four-token mem.* subjects (a slot after them, as stored) are event subjects."""
     with pytest.raises(InvalidSubject, match="is not an event subject"):
         parse_event_subject(subject)
 
@@ -47,7 +58,9 @@ def test_parse_event_subject_rejects(subject: str) -> None:
 def test_query_subjects() -> None:
     """memq.<tenant>.<op> builds and parses; the tenant comes from the subject alone."""
     assert "memq.acme.search" == query_subject("acme", "search")
-    assert ("acme", "search") == tuple(parse_query_subject("memq.acme.search"))
+    assert ("acme", "search", None) == tuple(parse_query_subject("memq.acme.search"))
+    # as the server's mapping delivers it, with the tenant's slot
+    assert ("acme", "search", 7) == tuple(parse_query_subject("memq.acme.search.7"))
     with pytest.raises(InvalidSubject):
         parse_query_subject("memq.acme")
     with pytest.raises(InvalidTenant):
