@@ -334,3 +334,109 @@ def _tail(path: Path, lines: int = 3) -> str:
     except OSError:
         return "(no log)"
     return " | ".join(text[-lines:]) or "(empty log)"
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    url: str
+    pid: int
+    alive: bool
+
+
+@dataclass
+class WorkerStatus:
+    partition: int
+    replica: int
+    data_dir: str
+    pid: int
+    alive: bool
+    answering: bool
+    applied: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterStatus:
+    nodes: list[NodeStatus]
+    stream_leader: str | None
+    stream_replicas: dict[str, bool]  # node -> current
+    last_seq: int
+    consumer_leaders: dict[str, str]  # durable consumer -> node
+    workers: list[WorkerStatus]
+    partitions: int
+    replicas: int
+
+
+def pid_alive(pid: int) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0] != "Z"
+    return True
+
+
+async def cluster_status(layout: ClusterLayout, nats_auth: dict[str, Any]) -> ClusterStatus:
+    """What the nodes, the stream and the workers of a cluster say of themselves."""
+    from consumers.ops import ping_all
+    from producers.connection import connect_nats
+    from schemas.subjects import EVENT_STREAM
+
+    nodes = [
+        NodeStatus(n.name, f"nats://127.0.0.1:{n.port}", n.pid, pid_alive(n.pid))
+        for n in layout.nodes
+    ]
+    nc = await connect_nats(layout.seeds, name="memstream:cluster-status", **nats_auth)
+    try:
+        js = nc.jetstream()
+        leader: str | None = None
+        replicas: dict[str, bool] = {}
+        last_seq = 0
+        consumer_leaders: dict[str, str] = {}
+        with contextlib.suppress(Exception):
+            info = await js.stream_info(EVENT_STREAM)
+            last_seq = info.state.last_seq
+            if info.cluster is not None:
+                leader = info.cluster.leader or None
+                if leader is not None:
+                    replicas[leader] = True
+                for peer in info.cluster.replicas or []:
+                    replicas[peer.name] = bool(peer.current)
+            for c in await js.consumers_info(EVENT_STREAM):
+                cluster = getattr(c, "cluster", None)
+                if cluster is not None and cluster.leader:
+                    consumer_leaders[c.name] = cluster.leader
+        answers = {p.data_dir: p for p in await ping_all(nc, wait=2.0, linger=0.5)}
+    finally:
+        await nc.close()
+    workers = []
+    for w in layout.workers:
+        found = answers.get(w.data_dir)
+        workers.append(
+            WorkerStatus(
+                w.partition,
+                w.replica,
+                w.data_dir,
+                w.pid,
+                pid_alive(w.pid),
+                found is not None,
+                dict(found.projections) if found else {},
+                dict(found.pending) if found else {},
+            )
+        )
+    return ClusterStatus(
+        nodes,
+        leader,
+        replicas,
+        last_seq,
+        consumer_leaders,
+        workers,
+        layout.partitions,
+        layout.replicas,
+    )

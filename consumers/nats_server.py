@@ -23,7 +23,7 @@ from types import TracebackType
 from schemas.errors import NatsServerError
 from schemas.partitions import server_mappings
 
-__all__ = ["NatsServer", "find_nats_server_binary", "terminate"]
+__all__ = ["NatsServer", "find_nats_server_binary", "port_is_taken", "terminate"]
 
 _BINARY_ENV = "MEMSTREAM_NATS_SERVER_BIN"
 
@@ -69,7 +69,7 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return proc.returncode
 
 
-def _port_is_taken(host: str, port: int) -> bool:
+def port_is_taken(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -154,7 +154,7 @@ class NatsServer:
     def start(self) -> NatsServer:
         if self.process is not None:
             raise NatsServerError("nats-server is already running")
-        if self.requested_port and _port_is_taken(self.host, self.requested_port):
+        if self.requested_port and port_is_taken(self.host, self.requested_port):
             raise NatsServerError(
                 f"port {self.requested_port} on {self.host} is already in use: stop whatever "
                 "holds it, or choose another with --nats-port (or connect to that server "

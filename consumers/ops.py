@@ -71,7 +71,7 @@ class Reach:
     answering: tuple[PingResult, ...] = ()
 
 
-async def _ping(nc: NatsClient, wait: float = 2.0, linger: float = 0.3) -> list[PingResult]:
+async def ping_all(nc: NatsClient, wait: float = 2.0, linger: float = 0.3) -> list[PingResult]:
     """Every memstream deployment answering admin requests on this NATS: each answers a
     ping with its deployment id and data dir. Waits ``wait`` for the first answer and
     ``linger`` more for the others."""
@@ -145,7 +145,7 @@ async def reach(
     if url_given:
         named = local if data_dir_given else None
         async with _connected(settings, settings.nats_url) as nc:
-            answering = await _ping(nc)
+            answering = await ping_all(nc)
             if not answering and here is not None:
                 raise AdminError(
                     f"memstream runs on {data_dir} with NATS {here.nats_url}, and nothing "

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import click
 
-from consumers.cli import demo, memories, operations, publishing, queries, server, tenants
+from consumers.cli import cluster, demo, memories, operations, publishing, queries, server, tenants
 from schemas.errors import MemstreamError
 
 __all__ = ["cli", "main"]
@@ -29,6 +29,7 @@ def cli() -> None:
 for _command in (
     server.up,
     server.serve,
+    cluster.cluster,
     publishing.publish,
     publishing.remember,
     publishing.revise,
