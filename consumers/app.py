@@ -41,7 +41,12 @@ from consumers.service import ProjectionService
 from consumers.settings import Settings
 from consumers.sources import ReaderSource, RemoteHistory
 from consumers.storage import HistoryStorage, VectorStorage, vector_storage_from_settings
-from consumers.streams import HEADER_ROOM, ProvisionReport, ensure_streams
+from consumers.streams import (
+    HEADER_ROOM,
+    ProvisionReport,
+    ensure_streams,
+    until_jetstream_answers,
+)
 from producers.connection import connect_nats
 from projections.embedders import EmbedderError
 from projections.embedding_cache import CachedEmbedder
@@ -204,14 +209,17 @@ async def _run_held(
         queries_nc = await connect_nats(url, name=f"{name}:queries", **settings.nats_auth)
         held.announce(url)
         try:
-            report = await ensure_streams(
-                nc.jetstream(),
-                replicas=settings.stream_replicas,
-                max_event_bytes=settings.max_event_bytes,
-                consumers=tuple(
-                    durable_name(p, held.deployment) for p in PROJECTIONS if p in roles
+            report = await until_jetstream_answers(
+                lambda: ensure_streams(
+                    nc.jetstream(),
+                    replicas=settings.stream_replicas,
+                    max_event_bytes=settings.max_event_bytes,
+                    consumers=tuple(
+                        durable_name(p, held.deployment) for p in PROJECTIONS if p in roles
+                    ),
+                    partition=held.partition,
                 ),
-                partition=held.partition,
+                "the streams",
             )
             if not held.partition.whole:
                 await check_query_mapping(queries_nc)
@@ -408,6 +416,28 @@ class _Roles:
             self._reader.close()
 
 
+async def _caught_up(services: list[ProjectionService[Any]], stop: asyncio.Event) -> bool:
+    """Until every service has applied its share of the stream as it is now; False when
+    stopped, or a service failed, first."""
+    if not services:
+        return True
+    log.info("catching_up", projections=[s.name for s in services])
+    catching: asyncio.Future[list[bool]] = asyncio.ensure_future(
+        asyncio.gather(*(s.caught_up(stop) for s in services))
+    )
+    others: list[asyncio.Future[Any]] = [s.wait_failed() for s in services]
+    others.append(asyncio.ensure_future(stop.wait()))
+    waiting: list[asyncio.Future[Any]] = [catching, *others]
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    for task in waiting:
+        if task not in done:
+            task.cancel()
+    if catching in done and all(catching.result()):
+        log.info("caught_up", projections=[s.name for s in services])
+        return True
+    return False
+
+
 async def _serve(
     nc: Any,
     queries_nc: Any,
@@ -440,14 +470,18 @@ async def _serve(
         for service in services.values():
             await service.start()
             started.append(service)
-        worker = parts.query_worker(queries_nc)
-        if worker is not None:
-            await worker.start()
         if parts.indexer is not None:
             parts.indexer.start()
         if services:
             await admin.start()
-        ready(services, status)
+        # A partition's new worker (a new replica, a new partition count) answers once
+        # it holds its share of the stream as it was at start: until then the workers
+        # already serving the partition answer alone.
+        if held.partition.whole or await _caught_up(started, stop):
+            worker = parts.query_worker(queries_nc)
+            if worker is not None:
+                await worker.start()
+            ready(services, status)
         watchers = [asyncio.create_task(stop.wait())]
         watchers += [s.wait_failed() for s in started]
         _, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)

@@ -407,7 +407,8 @@ async def cluster_status(layout: ClusterLayout, nats_auth: dict[str, Any]) -> Cl
                 if leader is not None:
                     replicas[leader] = True
                 for peer in info.cluster.replicas or []:
-                    replicas[peer.name] = bool(peer.current)
+                    if peer.name:
+                        replicas[peer.name] = bool(peer.current)
             for c in await js.consumers_info(EVENT_STREAM):
                 cluster = getattr(c, "cluster", None)
                 if cluster is not None and cluster.leader:

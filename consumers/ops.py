@@ -18,7 +18,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from consumers.deployment import deployment_id, hold, running
+from consumers.deployment import deployment_id, hold, partition_of, running
 from consumers.nats_server import NatsServer
 from consumers.service import rebuild_offline
 from consumers.settings import Settings
@@ -203,13 +203,19 @@ async def rebuild(
             result = await _rebuild_remote(where, projection, on_progress)
         else:
             decoder = EventDecoder(max_bytes=settings.max_event_bytes)
+            # A partition's data dir is rebuilt from its partition's events only.
+            part = partition_of(where.data_dir)
             if projection == "history":
                 history = HistoryStorage(where.data_dir)
                 history.set_aside_if_damaged()  # the rebuild is the way out of damage
-                result = await rebuild_offline(where.nc, history, on_progress, decoder=decoder)
+                result = await rebuild_offline(
+                    where.nc, history, on_progress, decoder=decoder, partition=part
+                )
             else:
                 vectors = vector_storage_from_settings(settings, set_aside_damaged=True)
-                result = await rebuild_offline(where.nc, vectors, on_progress, decoder=decoder)
+                result = await rebuild_offline(
+                    where.nc, vectors, on_progress, decoder=decoder, partition=part
+                )
             result = msgspec.structs.replace(result, data_dir=str(where.data_dir))
         return msgspec.structs.replace(result, nats_url=where.nats_url)
 

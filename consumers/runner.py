@@ -25,7 +25,7 @@ from consumers._pull import BatchPuller
 from consumers.dead_letters import publish_dead_letters
 from consumers.decoding import DeadLetter, Decoded, MessageDecoder, stream_seq
 from consumers.log import get_logger
-from consumers.streams import consumer_config
+from consumers.streams import consumer_config, until_jetstream_answers
 from projections.base import Projection, StorageFailure
 from schemas.events import EventDecoder
 from schemas.partitions import WHOLE, Partition
@@ -154,7 +154,7 @@ class LiveRunner:
             await self.sync_position()
 
     async def run(self) -> RunnerStats:
-        await self.sync_position()
+        await until_jetstream_answers(self.sync_position, f"the {self.name} consumer")
         puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer)
         await puller.start()
         in_flight: asyncio.Task[None] | None = None

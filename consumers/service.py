@@ -21,6 +21,7 @@ from consumers.log import get_logger
 from consumers.replay import replay
 from consumers.runner import LiveRunner, RunnerStats
 from consumers.storage import Storage
+from consumers.streams import until_jetstream_answers
 from projections.base import Projection
 from schemas.admin import RebuildResult, ReplayProgress
 from schemas.errors import RebuildBusy
@@ -155,6 +156,18 @@ class ProjectionService(Generic[P]):
     def checkpoint(self) -> int:
         return self.projection.checkpoint
 
+    async def caught_up(self, stop: asyncio.Event) -> bool:
+        """Wait until this instance has applied its share of the stream as it is now
+        (a new partition or replica, before it answers queries); False if stopped first."""
+        js = self.nc.jetstream()
+        last = (
+            await until_jetstream_answers(lambda: js.stream_info(EVENT_STREAM), "the stream")
+        ).state.last_seq
+        while not stop.is_set():
+            if await self.wait_applied(last, 1.0):
+                return True
+        return False
+
     async def wait_applied(self, seq: int, within: float) -> bool:
         """Whether the projection has applied stream sequence ``seq``, waiting at most
         ``within`` seconds for it (read-your-writes). A partition's checkpoint is the
@@ -191,17 +204,21 @@ class ProjectionService(Generic[P]):
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
     async def _drained_past(self, seq: int) -> bool:
-        """Whether the stream holds ``seq`` and this partition has applied all of its
-        events there are (asked of the server, stream first, then the consumer)."""
+        """Whether this partition has applied all of its events up to ``seq`` (asked of
+        the server): its consumer's ack floor is past it, or the stream holds ``seq``
+        and the consumer has nothing pending and nothing unacknowledged. Acks follow
+        commits, so what is acked is applied."""
         js = self.nc.jetstream()
         try:
-            last = (await js.stream_info(EVENT_STREAM)).state.last_seq
-            if last < seq:
-                return False
             info = await js.consumer_info(EVENT_STREAM, self.running.runner.consumer)
+            if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq:
+                return True
+            if info.num_pending or info.num_ack_pending:
+                return False
+            last = (await js.stream_info(EVENT_STREAM)).state.last_seq
         except nats.errors.Error:
             return False  # the broker is away: not known to be applied
-        return not info.num_pending and not info.num_ack_pending
+        return last >= seq
 
     async def purge_tenant(self, tenant: str, upto: int) -> dict[str, int]:
         """Remove ``tenant`` from the projection, between two batches; its events up to
@@ -315,12 +332,19 @@ async def rebuild_offline(
     on_progress: Callable[[ReplayProgress], None] | None = None,
     batch_size: int = 5000,
     decoder: EventDecoder | None = None,
+    partition: Partition = WHOLE,
 ) -> RebuildResult:
-    """Rebuild when no service runs: replay into a new target, then make it current."""
+    """Rebuild when no service runs: replay into a new target, then make it current;
+    of ``partition``'s events only, for a partition's data dir."""
     new = await asyncio.to_thread(storage.open_new)
     try:
         stats = await replay(
-            nc, new, batch_size=batch_size, on_progress=on_progress, decoder=decoder
+            nc,
+            new,
+            batch_size=batch_size,
+            on_progress=on_progress,
+            decoder=decoder,
+            partition=partition,
         )
         new.close()
         await asyncio.to_thread(storage.make_current, new)

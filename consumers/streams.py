@@ -6,9 +6,12 @@ updated in place, never duplicated. Each call reports what it did.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -23,6 +26,7 @@ from nats.js.api import (
     SubjectTransform,
 )
 
+from consumers.log import get_logger
 from schemas.events import DEFAULT_MAX_EVENT_BYTES
 from schemas.partitions import EVENT_SLOT_TRANSFORM, WHOLE, Partition
 from schemas.queries import PROJECTIONS
@@ -31,17 +35,50 @@ from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_PREFIX, EVENT_STREAM,
 __all__ = [
     "DUPLICATE_WINDOW_S",
     "HEADER_ROOM",
+    "JETSTREAM_SETTLING",
     "ProvisionReport",
     "consumer_config",
     "ensure_streams",
     "stream_configs",
+    "until_jetstream_answers",
 ]
 
 DUPLICATE_WINDOW_S: Final = 120.0
 # Room for headers (Nats-Msg-Id, DLQ reasons) on top of the largest event body.
 HEADER_ROOM: Final = 64 * 1024
 
+log = get_logger("memstream.streams")
+
 Action = Literal["created", "updated", "unchanged"]
+
+# What JetStream answers while a cluster elects its leaders (after a restart, a node
+# lost): nothing in time, nobody, or "unavailable". Worth waiting out, not an error.
+JETSTREAM_SETTLING: Final = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+T = TypeVar("T")
+
+
+async def until_jetstream_answers(
+    call: Callable[[], Awaitable[T]], what: str, within: float = 60.0
+) -> T:
+    """``call()``, again with backoff while JetStream is settling, for up to ``within``
+    seconds; then its error stands."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except JETSTREAM_SETTLING as err:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("jetstream_settling", waiting_for=what, error=repr(err), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 @dataclass

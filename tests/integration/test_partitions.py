@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 from consumers.app import UpInfo
 from consumers.nats_server import NatsServer
 from producers import MemoryClient
+from schemas import events as ev
 from schemas.errors import ConfigError, UsageError
 from schemas.partitions import SLOTS, Partition, slot_of
 from schemas.subjects import EVENT_STREAM
@@ -165,3 +166,20 @@ async def test_a_partition_refuses_a_server_that_does_not_map_queries(
     ):
         async with running(bare, tmp_path / "d", partition=0, **TWO):
             pass
+
+
+async def test_a_new_replica_answers_only_once_it_holds_its_share(
+    nc: NatsClient, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A worker added to a serving partition joins its queries once it has applied the
+    partition's events as the stream held them at its start, not from an empty file."""
+    async with running(nats_server, tmp_path / "p0r0", partition=0, **TWO):
+        gamma = MemoryClient(nc, tenant="gamma", agent="a1")
+        acks = await gamma.publish_many(
+            gamma.new_event(ev.KnowledgeStored, memory_id=f"m{i}", domain="d", content=f"fact {i}")
+            for i in range(3000)
+        )
+        await MemoryClient(nc, tenant="acme", agent="a1").store_knowledge("other", domain="d")
+        async with running(nats_server, tmp_path / "p0r1", partition=0, **TWO) as added:
+            assert acks[-1].seq == added.projections["history"]
+            assert acks[-1].seq == added.projections["vectors"]
