@@ -185,11 +185,16 @@ class AdminResponder:
 
     async def _purge(self, msg: Msg, req: PurgeRequest) -> bytes:
         """Purge a tenant from the stream and from the projections this process runs."""
-        report = PurgeReport(tenant=req.tenant, data_dirs=[self.data_dir])
+        # The stream, whoever answers (purging it twice removes nothing more); the
+        # projections, where this process's partition holds the tenant.
+        owns = self.partition.owns(req.tenant)
+        report = PurgeReport(tenant=req.tenant, data_dirs=[self.data_dir] if owns else [])
         upto = await purge_stream(self.nc, req.tenant, report)
-        for service in self.services.values():
-            await purge_projection(service, req.tenant, upto, report)
-        return ok_reply(PurgeResult(report=report, projections=sorted(self.services)))
+        if owns:
+            for service in self.services.values():
+                await purge_projection(service, req.tenant, upto, report)
+        projections = sorted(self.services) if owns else []
+        return ok_reply(PurgeResult(report=report, projections=projections))
 
     async def _rebuild(self, service: ProjectionService[Any], inbox: str | None) -> None:
         last_sent = 0.0

@@ -294,6 +294,41 @@ async def sql(
     return QueryResult(result.columns, [tuple(r) for r in result.rows], result.truncated)
 
 
+async def sql_all(settings: Settings, query: str, max_rows: int) -> QueryResult:
+    """Read-only SQL on every partition, through one worker of each, the rows merged
+    (a first column says which partition each came from)."""
+    async with _connected(settings, settings.nats_url) as nc:
+        answering = [p for p in await ping_all(nc) if "history" in p.roles]
+        if not answering:
+            raise AdminError(f"no memstream history answers at {settings.nats_url}", "unavailable")
+        # While the partition count changes, two generations answer: the larger one that
+        # is complete.
+        by_count: dict[int, dict[int, PingResult]] = {}
+        for p in answering:
+            by_count.setdefault(p.partitions, {}).setdefault(p.partition, p)
+        complete = [n for n, parts in by_count.items() if len(parts) == n]
+        if not complete:
+            have = ", ".join(f"{sorted(parts)} of {n}" for n, parts in by_count.items())
+            raise AdminError(
+                f"not every partition answers at {settings.nats_url} (partitions {have})",
+                "unavailable",
+            )
+        chosen = by_count[max(complete)]
+
+        async def one(ping: PingResult) -> SqlResult:
+            request = SqlRequest(sql=query, max_rows=max_rows, deployment=ping.deployment)
+            msg = await nc.request(admin_subject("sql"), _encoder.encode(request), timeout=60)
+            return decode_admin_reply("sql", msg.data, SqlResult)
+
+        results = await asyncio.gather(*(one(chosen[k]) for k in sorted(chosen)))
+    rows: list[tuple[Any, ...]] = []
+    for k, result in zip(sorted(chosen), results, strict=True):
+        rows += [(k, *row) for row in result.rows]
+    columns = ["partition", *results[0].columns]
+    truncated = any(r.truncated for r in results) or len(rows) > max_rows
+    return QueryResult(columns, rows[:max_rows], truncated)
+
+
 async def purge_tenant(
     settings: Settings, tenant: str, url_given: bool, data_dir_given: bool = False
 ) -> PurgeReport:

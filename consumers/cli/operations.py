@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -27,6 +28,7 @@ from consumers.cli._common import (
 from consumers.settings import Settings
 from schemas.admin import ReplayProgress
 from schemas.dead_letters import DeadLetterInfo
+from schemas.errors import UsageError
 from schemas.subjects import DLQ_STREAM, EVENT_STREAM
 
 __all__ = ["asyncapi", "dlq", "replay", "sql_command", "status"]
@@ -179,6 +181,12 @@ def replay(projection: str, data_dir: str | None, nats_url: str | None, as_json:
     help="Output format.",
 )
 @click.option("--max-rows", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
+@click.option(
+    "--all-partitions",
+    is_flag=True,
+    help="Run it on every partition of the deployment at --nats-url, through one worker "
+    "of each, and merge the rows (a first column names the partition).",
+)
 @data_dir_option
 @nats_url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the same as --format json).")
@@ -186,15 +194,25 @@ def sql_command(
     query: str,
     fmt: str,
     max_rows: int,
+    all_partitions: bool,
     data_dir: str | None,
     nats_url: str | None,
     as_json: bool,
 ) -> None:
-    """Run one read-only SQL QUERY over the history (tables: events, knowledge, tasks, ...)."""
+    """Run one read-only SQL QUERY over the history (tables: events, knowledge, tasks, ...):
+    of the deployment at --data-dir (one partition's, for a partition's data dir), or of
+    every partition with --all-partitions."""
     from consumers import ops
 
     settings = load(data_dir=data_dir, nats_url=nats_url)
-    result = run(ops.sql(settings, query, url_given(nats_url), max_rows, data_dir_given(data_dir)))
+    if all_partitions:
+        if not url_given(nats_url) and not os.environ.get("MEMSTREAM_NATS_URL"):
+            raise UsageError("--all-partitions needs the deployment's NATS: give --nats-url")
+        result = run(ops.sql_all(settings, query, max_rows))
+    else:
+        result = run(
+            ops.sql(settings, query, url_given(nats_url), max_rows, data_dir_given(data_dir))
+        )
     print_rows(result.columns, result.rows, "json" if as_json else fmt)
     if result.truncated:
         sys.stderr.write(f"memstream: showing the first {max_rows} rows (--max-rows)\n")

@@ -11,8 +11,10 @@ import duckdb
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from consumers import ops
 from consumers.app import UpInfo
 from consumers.nats_server import NatsServer
+from consumers.settings import load_settings
 from producers import MemoryClient
 from schemas import events as ev
 from schemas.errors import ConfigError, UsageError
@@ -183,3 +185,37 @@ async def test_a_new_replica_answers_only_once_it_holds_its_share(
         async with running(nats_server, tmp_path / "p0r1", partition=0, **TWO) as added:
             assert acks[-1].seq == added.projections["history"]
             assert acks[-1].seq == added.projections["vectors"]
+
+
+async def test_sql_on_every_partition_and_a_purge_where_the_tenant_lives(
+    nc: NatsClient, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Operator SQL merges one worker's rows per partition; a purge reaches every
+    replica of the tenant's partition and leaves the other partition alone."""
+    settings = load_settings({}, nats_url=nats_server.url, data_dir=str(tmp_path / "none"))
+    async with contextlib.AsyncExitStack() as stack:
+        for k, r in ((0, 0), (1, 0), (1, 1)):
+            await stack.enter_async_context(
+                running(nats_server, tmp_path / f"p{k}r{r}", partition=k, **TWO)
+            )
+        last = 0
+        for t in ("gamma", "acme", "delta"):
+            mem = MemoryClient(nc, tenant=t, agent="a1")
+            for i in range(2):
+                last = (await mem.store_knowledge(f"{t} {i}", domain="d")).seq
+        for t in ("gamma", "acme", "delta"):
+            await MemoryClient(nc, tenant=t, agent="a").query("stats", dict, min_seq=last)
+        count = "SELECT tenant, count(*) FROM events GROUP BY tenant ORDER BY tenant"
+        result = await ops.sql_all(settings, count, 100)
+        assert ["partition", "tenant", "count_star()"] == result.columns
+        assert [(1, "acme", 2), (1, "delta", 2), (0, "gamma", 2)] == sorted(
+            result.rows, key=lambda r: str(r[1])
+        )
+
+        report = await ops.purge_tenant(settings, "acme", url_given=True)
+        assert sorted([str(tmp_path / "p1r0"), str(tmp_path / "p1r1")]) == sorted(report.data_dirs)
+        assert 2 == report.stream_messages
+        assert 4 == report.history_rows["events"]  # two in each replica
+        left = await ops.sql_all(settings, count, 100)
+        assert {"gamma", "delta"} == {row[1] for row in left.rows}
+    assert {"delta"} == tenants_in(tmp_path / "p1r0") == tenants_in(tmp_path / "p1r1")
