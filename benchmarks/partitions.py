@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -42,7 +43,7 @@ from benchmarks._common import broker, percentile
 from benchmarks._workload import mixed_events
 from consumers.cluster import LocalCluster
 from consumers.deployment import deployment_id
-from consumers.streams import ensure_streams
+from consumers.streams import ensure_streams, stream_configs
 from producers import MemoryClient
 from schemas.queries import PROJECTIONS
 from schemas.subjects import EVENT_STREAM, durable_name
@@ -174,11 +175,16 @@ async def one_config(
     return ingest, qps, statistics.median(times) * 1000, percentile(times, 0.99) * 1000
 
 
-async def publish_rate(url: str, replicas: int, events: int) -> float:
-    """Events per second one SDK publisher stores into a fresh stream of ``replicas``."""
+async def publish_rate(url: str, replicas: int, events: int, slots: bool = True) -> float:
+    """Events per second one SDK publisher stores into a fresh stream of ``replicas``;
+    ``slots``: with the stream's slot transform (without: as before partitions)."""
     nc = await nats.connect(url.split(","))
     try:
-        await ensure_streams(nc.jetstream(), replicas=replicas)
+        if slots:
+            await ensure_streams(nc.jetstream(), replicas=replicas)
+        else:
+            config = stream_configs(replicas=replicas)[0]
+            await nc.jetstream().add_stream(dataclasses.replace(config, subject_transform=None))
         client = MemoryClient(nc, tenant="pub", agent="agent")
         batch = mixed_events(client, events)
         started = time.perf_counter()
@@ -188,8 +194,11 @@ async def publish_rate(url: str, replicas: int, events: int) -> float:
         await nc.close()
 
 
-async def replica_groups(events: int) -> tuple[float, float]:
-    """Publishing into one node's stream (1 replica) and into a 3-node cluster's (3)."""
+async def replica_groups(events: int) -> tuple[float, float, float]:
+    """Publishing into one node's stream (1 replica), the same without the slot
+    transform, and into a 3-node cluster's (3 replicas)."""
+    with broker() as server:
+        plain = await publish_rate(server.url, 1, events, slots=False)
     with broker() as server:
         one = await publish_rate(server.url, 1, events)
     with tempfile.TemporaryDirectory(prefix="memstream-r3-") as tmp:
@@ -199,14 +208,15 @@ async def replica_groups(events: int) -> tuple[float, float]:
             three = await publish_rate(cluster.seeds, 3, events)
         finally:
             await asyncio.to_thread(cluster.stop)
-    return one, three
+    return one, plain, three
 
 
 async def main(args: argparse.Namespace) -> None:
-    r1, r3 = await replica_groups(args.publish)
+    r1, plain, r3 = await replica_groups(args.publish)
     print(
         f"stream throughput, one SDK publisher, {args.publish:,} events: 1 replica "
-        f"{r1:,.0f} events/s, 3 replicas on a 3-node cluster {r3:,.0f} events/s ({r3 / r1:.2f}x)"
+        f"{r1:,.0f} events/s ({plain:,.0f} without the slot transform, {r1 / plain:.2f}x); "
+        f"3 replicas on a 3-node cluster {r3:,.0f} events/s ({r3 / r1:.2f}x)"
     )
     with broker() as server, tempfile.TemporaryDirectory(prefix="memstream-parts-") as tmp:
         nc = await nats.connect(server.url)

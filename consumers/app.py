@@ -359,13 +359,17 @@ class _Roles:
             )
         self.indexer: IndexBuilder | None = None
         if "vectors" in roles:
-            vectors = vector_storage_from_settings(settings)
+            vectors = vector_storage_from_settings(settings, partition=held.partition)
             service = ProjectionService(nc, vectors, consumer=own["vectors"], **tuning)
             self.services["vectors"] = service
             if vectors.shards is not None:  # Edge: its indexes are built in the background
                 self.indexer = IndexBuilder(service, vectors, nats_auth=dict(settings.nats_auth))
         # The query role searches the vectors a Qdrant server holds.
-        self._reader = vector_storage_from_settings(settings) if roles == {"query"} else None
+        self._reader = (
+            vector_storage_from_settings(settings, partition=held.partition)
+            if roles == {"query"}
+            else None
+        )
 
     @property
     def embedder(self) -> CachedEmbedder | None:

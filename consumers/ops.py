@@ -212,7 +212,9 @@ async def rebuild(
                     where.nc, history, on_progress, decoder=decoder, partition=part
                 )
             else:
-                vectors = vector_storage_from_settings(settings, set_aside_damaged=True)
+                vectors = vector_storage_from_settings(
+                    settings, set_aside_damaged=True, partition=part
+                )
                 result = await rebuild_offline(
                     where.nc, vectors, on_progress, decoder=decoder, partition=part
                 )

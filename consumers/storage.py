@@ -41,6 +41,7 @@ from projections.point_store import (
 )
 from projections.vectors import VectorProjection
 from schemas.errors import MemstreamError
+from schemas.partitions import WHOLE, Partition
 
 __all__ = [
     "DamagedStore",
@@ -374,13 +375,15 @@ class EarlierVectors(MemstreamError):
     code = "unavailable"
 
 
-def _stores(settings: Settings, rebuilding: bool) -> tuple[PointStores, Path | None, Path | None]:
+def _stores(
+    settings: Settings, rebuilding: bool, partition: Partition = WHOLE
+) -> tuple[PointStores, Path | None, Path | None]:
     """The engine the settings ask for; with Edge, its directory and any vectors of an
     earlier memstream to replace. ``rebuilding``: a damaged shard in use is moved aside
     (the rebuild replaces it); otherwise opening it reports the damage."""
     if settings.qdrant_url:
         client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
-        return ServerStores(client), None, None
+        return ServerStores(client, partition.namespace), None, None
     data_dir = settings.data_path
     shards, legacy = data_dir / "vectors", data_dir / "qdrant"
     if legacy.exists() and not rebuilding:
@@ -409,13 +412,18 @@ def _cache(settings: Settings) -> EmbeddingCache:
 
 
 def vector_storage_from_settings(
-    settings: Settings, embedder: Embedder | None = None, *, set_aside_damaged: bool = False
+    settings: Settings,
+    embedder: Embedder | None = None,
+    *,
+    set_aside_damaged: bool = False,
+    partition: Partition = WHOLE,
 ) -> VectorStorage:
     """The vectors in the settings' engine (Qdrant Edge under the data dir, or a Qdrant
     server). ``set_aside_damaged``: for a rebuild, a shard that cannot be opened is moved
     aside, and vectors of an earlier memstream are replaced; otherwise each is one line
-    naming the way out."""
-    stores, shards, legacy = _stores(settings, set_aside_damaged)
+    naming the way out. ``partition``: whose vectors (on a Qdrant server, each partition
+    has collections of its own; under a data dir, the data dir is the partition's)."""
+    stores, shards, legacy = _stores(settings, set_aside_damaged, partition)
     settings.data_path.mkdir(parents=True, exist_ok=True)
     return VectorStorage(
         stores,

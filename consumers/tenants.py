@@ -13,6 +13,7 @@ from typing import Any
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
+from consumers.deployment import partition_of
 from consumers.log import get_logger
 from consumers.service import ProjectionService
 from consumers.settings import Settings
@@ -77,7 +78,8 @@ def purge_offline(settings: Settings, tenant: str, report: PurgeReport) -> None:
         finally:
             history.close()
     if settings.qdrant_url or (settings.data_path / "vectors").exists():
-        storage = vector_storage_from_settings(settings)
+        partition = partition_of(settings.data_path)
+        storage = vector_storage_from_settings(settings, partition=partition)
         try:
             vectors = storage.open_current()
             report.record(vectors.name, vectors.purge_tenant(tenant))

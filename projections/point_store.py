@@ -866,13 +866,13 @@ class _ServerKit:
 class ServerStore:
     """One generation: a collection on a Qdrant server."""
 
-    def __init__(self, client: Any, generation: str, dimensions: int) -> None:
+    def __init__(self, client: Any, generation: str, dimensions: int, prefix: str = "") -> None:
         from qdrant_client import models as m
         from qdrant_client.http.exceptions import UnexpectedResponse
 
         self.client = client
         self.generation = generation
-        self.name = _COLLECTION_PREFIX + generation
+        self.name = (prefix or _COLLECTION_PREFIX) + generation
         if client.collection_exists(self.name):
             self.terms = _terms_of(self.read_state())
             return
@@ -1035,25 +1035,28 @@ class ServerStore:
 
 class ServerStores:
     """Collections on a Qdrant server, ``ms_points__<generation>``, with the alias
-    ``ms_points`` on the one in use (switched in one atomic alias change)."""
+    ``ms_points`` on the one in use (switched in one atomic alias change). A partition
+    of a partitioned deployment has its own: ``ms_points_p<k>of<n>`` and its collections,
+    so that each keeps its own generations and checkpoint."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, namespace: str = "") -> None:
+        """``namespace``: ``""`` for every tenant, else ``_p<k>of<n>``."""
         self.client = client
+        self.alias = _ALIAS + namespace
+        self.prefix = f"{_ALIAS}{namespace}__"
 
     def current(self) -> str | None:
         for found in self.client.get_aliases().aliases:
-            if found.alias_name == _ALIAS:
-                return str(found.collection_name).removeprefix(_COLLECTION_PREFIX)
+            if found.alias_name == self.alias:
+                return str(found.collection_name).removeprefix(self.prefix)
         return None
 
     def generations(self) -> list[str]:
         names = [c.name for c in self.client.get_collections().collections]
-        return sorted(
-            n.removeprefix(_COLLECTION_PREFIX) for n in names if n.startswith(_COLLECTION_PREFIX)
-        )
+        return sorted(n.removeprefix(self.prefix) for n in names if n.startswith(self.prefix))
 
     def open(self, generation: str, dimensions: int) -> ServerStore:
-        return ServerStore(self.client, generation, dimensions)
+        return ServerStore(self.client, generation, dimensions, self.prefix)
 
     def make_current(self, generation: str) -> str | None:
         from qdrant_client import models as m
@@ -1061,14 +1064,14 @@ class ServerStores:
         old = self.current()
         ops: list[Any] = []
         if old is not None:
-            ops.append(m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=_ALIAS)))
-        create = m.CreateAlias(collection_name=_COLLECTION_PREFIX + generation, alias_name=_ALIAS)
+            ops.append(m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=self.alias)))
+        create = m.CreateAlias(collection_name=self.prefix + generation, alias_name=self.alias)
         ops.append(m.CreateAliasOperation(create_alias=create))
         self.client.update_collection_aliases(change_aliases_operations=ops)
         return old
 
     def drop(self, generation: str) -> None:
-        self.client.delete_collection(_COLLECTION_PREFIX + generation)
+        self.client.delete_collection(self.prefix + generation)
 
     def owe_purge(self, generation: str, tenant: str) -> bool:
         return False  # the server builds its indexes itself: nothing is lent out

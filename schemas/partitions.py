@@ -128,6 +128,12 @@ class Partition:
             return [f"{QUERY_PREFIX}.>"]
         return [f"{QUERY_PREFIX}.*.*.{s}" for s in self.slots]
 
+    @property
+    def namespace(self) -> str:
+        """What tells this partition's names apart where partitions share a place (the
+        collections on a Qdrant server): empty for every tenant."""
+        return "" if self.whole else f"_p{self.index}of{self.count}"
+
     def label(self) -> str:
         return "all" if self.whole else f"{self.index}/{self.count}"
 

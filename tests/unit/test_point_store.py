@@ -327,3 +327,23 @@ def test_a_shard_lent_to_another_process_is_not_opened_and_owes_its_purges(
     assert [] == stores.take_back("copy")
     assert ["k1"] == refs(stores.open("copy", DIMS), search("acme", "kept"))
     stores.close()
+
+
+def test_partitions_keep_their_own_collections_on_one_server(qdrant_url: str) -> None:
+    """Two partitions on one Qdrant server: each its own alias, generations and state."""
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(url=qdrant_url)
+    zero, one = ServerStores(client, "_p0of2"), ServerStores(client, "_p1of2")
+    for stores in (zero, one):
+        for generation in stores.generations():
+            stores.drop(generation)
+    a, b = new_generation(), new_generation()
+    zero.open(a, DIMS).write_state({"checkpoint": 7})
+    zero.make_current(a)
+    one.open(b, DIMS).write_state({"checkpoint": 9})
+    one.make_current(b)
+    assert ([a], a) == (zero.generations(), zero.current())
+    assert ([b], b) == (one.generations(), one.current())
+    assert 7 == zero.open(a, DIMS).read_state()["checkpoint"]
+    assert 9 == one.open(b, DIMS).read_state()["checkpoint"]
