@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import duckdb
@@ -15,12 +16,14 @@ from consumers import ops
 from consumers.app import UpInfo
 from consumers.nats_server import NatsServer
 from consumers.settings import load_settings
+from consumers.streams import ensure_streams
 from producers import MemoryClient
 from schemas import events as ev
 from schemas.errors import ConfigError, UsageError
 from schemas.partitions import SLOTS, Partition, slot_of
 from schemas.subjects import EVENT_STREAM
 from tests.integration.test_query_worker import running
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -222,3 +225,60 @@ async def test_sql_on_every_partition_and_a_purge_where_the_tenant_lives(
         left = await ops.sql_all(settings, count, 100)
         assert {"gamma", "delta"} == {row[1] for row in left.rows}
     assert {"delta"} == tenants_in(tmp_path / "p1r0") == tenants_in(tmp_path / "p1r1")
+
+
+async def test_events_stored_before_slots_reach_their_partition_alone(
+    nc: NatsClient, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A stream written by an earlier memstream holds events without a slot: each
+    partition applies its own tenants' among them, and no other's."""
+    js = nc.jetstream()
+    info = await js.stream_info(EVENT_STREAM)
+    await js.update_stream(dataclasses.replace(info.config, subject_transform=None))
+    for t in ("gamma", "acme"):
+        await MemoryClient(nc, tenant=t, agent="old").store_knowledge(f"{t} old", domain="d")
+    await ensure_streams(js)  # as this version starts: the transform is back
+    subjects = (await js.stream_info(EVENT_STREAM, subjects_filter=">")).state.subjects or {}
+    assert {"mem.gamma.knowledge.stored", "mem.acme.knowledge.stored"} == set(subjects)
+    for t in ("gamma", "acme"):
+        await MemoryClient(nc, tenant=t, agent="new").store_knowledge(f"{t} new", domain="d")
+    async with partitions(nats_server, tmp_path) as infos:
+        for t in ("gamma", "acme"):
+            stats = await MemoryClient(nc, tenant=t, agent="a").query(
+                "stats", dict, consistency="latest"
+            )
+            assert {"old": 1, "new": 1} == stats["events_by_agent"]
+        dirs = {k: info.data_dir for (k, _), info in infos.items()}
+    assert ({"gamma"}, {"acme"}) == (tenants_in(dirs[0]), tenants_in(dirs[1]))
+
+
+async def test_malformed_and_misplaced_events_become_one_dead_letter_each(
+    nc: NatsClient, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A subject no partition's slots cover is partition 0's to dead-letter (once, not
+    once per partition); an event published with another tenant's slot is a dead letter
+    of the partition that slot belongs to."""
+    js = nc.jetstream()
+    async with partitions(nats_server, tmp_path):
+        await js.publish("mem.acme.knowledge", b"{}")
+        mem = MemoryClient(nc, tenant="acme", agent="a")
+        _, body = mem.encode(
+            mem.new_event(ev.KnowledgeStored, memory_id="m", domain="d", content="x")
+        )
+        wrong = (slot_of("acme") + 1) % SLOTS
+        await js.publish(f"mem.acme.knowledge.stored.{wrong}", body)
+        ack = await mem.store_knowledge("fine", domain="d")
+        await mem.query("stats", dict, min_seq=ack.seq)
+        await MemoryClient(nc, tenant="gamma", agent="a").query("stats", dict, consistency="latest")
+
+        async def letters() -> dict[str, int]:
+            state = (await js.stream_info("MEMORY_DLQ", subjects_filter=">")).state
+            return dict(state.subjects or {})
+
+        # each is filed by both projections of the one partition that read it
+        await wait_for(lambda: _total(letters(), 4), 10, "the dead letters")
+        assert {"memdlq.history.acme": 2, "memdlq.vectors.acme": 2} == await letters()
+
+
+async def _total(found: Awaitable[dict[str, int]], n: int) -> bool:
+    return sum((await found).values()) >= n
