@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from consumers.log import get_logger
+from consumers.metrics import Health
 from consumers.service import ProjectionService
 from consumers.tenants import purge_projection, purge_stream
 from projections.analytics import SqlRejected, run_readonly
@@ -67,6 +68,7 @@ class AdminResponder:
         deployment: str = "",
         data_dir: Path | None = None,
         partition: Partition = WHOLE,
+        health: Health | None = None,
     ) -> None:
         """``exclusive``: this process runs every projection there is, so it answers
         for one it does not have. Otherwise (one role of several) it stays silent on
@@ -77,6 +79,7 @@ class AdminResponder:
         self.nc = nc
         self.services = services
         self.partition = partition
+        self.health = health
         self.deployment = deployment
         self.data_dir = str(data_dir or "")
         self.exclusive = exclusive
@@ -155,6 +158,7 @@ class AdminResponder:
                 partitions=self.partition.count,
                 roles=sorted(self.services),
                 pending=pending,
+                not_ready=self.health.reasons() if self.health is not None else [],
             )
         )
 

@@ -34,6 +34,7 @@ from consumers.auth import TenantCredentials
 from consumers.deployment import Hold, claim_partition, hold
 from consumers.indexer import IndexBuilder
 from consumers.log import get_logger
+from consumers.metrics import Health, MetricsServer, ProcessMetrics, refresh_health
 from consumers.nats_server import NatsServer
 from consumers.query_worker import QUEUE, QueryWorker, check_query_mapping
 from consumers.roles import ALL_ROLES
@@ -84,6 +85,8 @@ class UpInfo:
     embedder: EmbedderStatus | None
     partition: int = 0
     partitions: int = 1
+    metrics_url: str | None = None
+    nats_monitor_url: str | None = None
 
 
 class ProjectionFailed(MemstreamError):
@@ -101,6 +104,7 @@ async def run_up(
     auth: bool = False,
     stop_within: float | None = None,
     partition: int | None = None,
+    nats_monitor_port: int | None = None,
 ) -> None:
     """Run until ``stop`` is set or SIGINT/SIGTERM arrives; cleans up what it started.
 
@@ -109,6 +113,7 @@ async def run_up(
     ``stop_within``: for a process of its own (the CLI): seconds after a signal by which
     the process has ended, forced if need be; a second signal forces at once.
     ``partition``: which of ``settings.partitions`` this process serves.
+    ``nats_monitor_port``: the embedded nats-server's monitoring port (off if None).
     """
     part = Partition.of(partition, settings.partitions)
     if not part.whole and not external_nats:
@@ -141,6 +146,7 @@ async def run_up(
             roles,
             auth,
             stop_within,
+            nats_monitor_port,
         )
 
 
@@ -154,6 +160,7 @@ async def _run_held(
     roles: frozenset[str],
     auth: bool,
     stop_within: float | None,
+    nats_monitor_port: int | None = None,
 ) -> None:
     data_dir = held.data_dir
     loop = asyncio.get_running_loop()
@@ -192,6 +199,7 @@ async def _run_held(
                 port=nats_port,
                 max_payload=settings.max_event_bytes + HEADER_ROOM,
                 extra_config=extra,
+                monitor_port=nats_monitor_port,
             )
             # Starting the child blocks briefly; keep the loop free for signals.
             server = await asyncio.to_thread(embedded.start)
@@ -244,6 +252,8 @@ async def _run_held(
                             embedder=embedder,
                             partition=held.partition.index,
                             partitions=held.partition.count,
+                            metrics_url=held.metrics_url,
+                            nats_monitor_url=server.monitor_url if server else None,
                         )
                     )
                 ),
@@ -420,6 +430,27 @@ class _Roles:
             self._reader.close()
 
 
+def _live_counters(parts: _Roles, health: Health) -> dict[str, Any]:
+    """What a scrape reads of this process: its runners' and its embedder's counters,
+    and the lag the event loop last asked of NATS."""
+    found: dict[str, Any] = {
+        "applied": {},
+        "dead_letters": {},
+        "lag": {name: p for name, (_, p, _) in health.projections.items()},
+    }
+    for name, service in parts.services.items():
+        if service._running is not None:
+            stats = service.running.runner.stats
+            found["applied"][name] = stats.applied
+            found["dead_letters"][name] = stats.dead_letters
+    embedder = parts.embedder
+    if embedder is not None:
+        found["embedding_requests"] = embedder.stats.embedding_calls
+        found["cache_hits"] = embedder.stats.hits
+        found["cache_misses"] = embedder.stats.misses
+    return found
+
+
 async def _caught_up(services: list[ProjectionService[Any]], stop: asyncio.Event) -> bool:
     """Until every service has applied its share of the stream as it is now; False when
     stopped, or a service failed, first."""
@@ -453,6 +484,13 @@ async def _serve(
 ) -> None:
     parts = _Roles(nc, settings, held, roles)
     services = parts.services
+    metrics, health = (
+        ProcessMetrics(),
+        Health(nats_connected=lambda: bool(nc.is_connected and queries_nc.is_connected)),
+    )
+    metrics.add_source(lambda: _live_counters(parts, health))
+    for service in services.values():
+        service.on_publish_error = metrics.publish_errors.inc
     admin = AdminResponder(
         nc,
         services,
@@ -460,11 +498,24 @@ async def _serve(
         deployment=held.deployment,
         data_dir=held.data_dir,
         partition=held.partition,
+        health=health,
     )
     started: list[ProjectionService[Any]] = []
     worker: QueryWorker | None = None
     failed: list[ProjectionService[Any]] = []
+    server: MetricsServer | None = None
+    refresher: asyncio.Task[None] | None = None
     try:
+        if settings.metrics_port is not None:
+            server = MetricsServer(metrics, health, settings.metrics_port)
+            try:
+                server.start()
+            except OSError as taken:
+                raise ConfigError(
+                    f"--metrics-port {settings.metrics_port}: {taken.strerror or taken}: choose "
+                    "another port (0: any free one)"
+                ) from None
+            held.metrics_url = f"http://127.0.0.1:{server.port}"
         embedder = parts.embedder
         status = (
             await _check_embedder(embedder, settings.effective_embedder)
@@ -478,12 +529,14 @@ async def _serve(
             parts.indexer.start()
         if services:
             await admin.start()
+        refresher = asyncio.create_task(refresh_health(health, services, stop), name="health")
         # A partition's new worker (a new replica, a new partition count) answers once
         # it holds its share of the stream as it was at start: until then the workers
         # already serving the partition answer alone.
         if held.partition.whole or await _caught_up(started, stop):
             worker = parts.query_worker(queries_nc)
             if worker is not None:
+                worker.observe = metrics.observe_query
                 await worker.start()
             ready(services, status)
         watchers = [asyncio.create_task(stop.wait())]
@@ -494,6 +547,12 @@ async def _serve(
         failed = [s for s in started if s.failed is not None]
         log.info("stopping")
     finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        if server is not None:
+            server.stop()
         if parts.indexer is not None:
             await parts.indexer.stop()
         # Queries first (they read the projections), then the projections.

@@ -131,6 +131,8 @@ class Hold:
         self.deployment = deployment
         # The tenants this process serves (set once the data dir's partition is checked).
         self.partition = Partition()
+        # Where this process serves /metrics, /healthz and /readyz, if it does.
+        self.metrics_url: str | None = None
         self._handle = handle
         self._roles = roles
 

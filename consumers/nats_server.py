@@ -104,6 +104,7 @@ class NatsServer:
         extra_config: str = "",
         start_timeout: float = 15.0,
         query_mapping: bool = True,
+        monitor_port: int | None = None,
     ) -> None:
         """``query_mapping``: deliver queries with their tenant's slot, as partitions
         need (``schemas.partitions``); off only to show what a server without it does."""
@@ -114,6 +115,7 @@ class NatsServer:
         self.max_payload = max_payload
         self.extra_config = extra_config
         self.query_mapping = query_mapping
+        self.monitor_port = monitor_port
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self._binary = Path("nats-server")
@@ -140,16 +142,29 @@ class NatsServer:
         port = -1 if self.requested_port == 0 else self.requested_port
         store = self.data_dir / "nats" / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
+        monitoring = (
+            f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}\n"
+            if self.monitor_port is not None
+            else ""
+        )
         self.config_path.write_text(
             "# Written by memstream at each start; edit extra_config instead.\n"
             f"listen: {json.dumps(f'{self.host}:{port}')}\n"
             f"max_payload: {self.max_payload}\n"
             f"ports_file_dir: {json.dumps(str(ports_dir))}\n"
+            f"{monitoring}"
             f"jetstream {{ store_dir: {json.dumps(str(store))} }}\n"
             # Queries reach the partition of their tenant (schemas.partitions).
             f"{server_mappings() if self.query_mapping else ''}"
             f"{self.extra_config}\n"
         )
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The monitoring endpoints' base URL, when turned on."""
+        if self.monitor_port is None:
+            return None
+        return f"http://{self.host}:{self.monitor_port}"
 
     def start(self) -> NatsServer:
         if self.process is not None:

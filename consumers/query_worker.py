@@ -239,6 +239,8 @@ class QueryWorker:
         (``schemas.partitions.Partition.query_subjects``)."""
         self.nc = nc
         self.subjects = subjects or [f"{QUERY_PREFIX}.>"]
+        # Told each answered op and its seconds (the metrics' histogram).
+        self.observe: Callable[[str, float], None] | None = None
         self.sources: dict[str, Source] = {
             name: source
             for name, source in (("history", history), ("vectors", vectors))
@@ -343,6 +345,8 @@ class QueryWorker:
             )
         with contextlib.suppress(nats.errors.Error):
             await msg.respond(body)
+        if self.observe is not None and op in self.ops:
+            self.observe(op, time.perf_counter() - started)
         log.debug(
             "query_answered",
             op=op,

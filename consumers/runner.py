@@ -73,6 +73,7 @@ class LiveRunner:
         self.js = nc.jetstream()
         # Told after each commit, so readers waiting for a sequence (min_seq) wake up.
         self.on_applied = on_applied
+        self.on_publish_error: Callable[[], None] | None = None
         self.projection = projection
         self.name = projection.name
         self.consumer = consumer or projection.name
@@ -195,7 +196,12 @@ class LiveRunner:
             # event that fails without the storage failing becomes a dead letter.
             try:
                 if dead:
-                    await publish_dead_letters(self.js, self.name, dead)
+                    try:
+                        await publish_dead_letters(self.js, self.name, dead)
+                    except Exception:
+                        if self.on_publish_error is not None:
+                            self.on_publish_error()
+                        raise
                 async with self.lock:
                     if self._dropped:
                         decoded = self._without_dropped(decoded)

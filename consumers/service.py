@@ -64,6 +64,8 @@ class ProjectionService(Generic[P]):
         what has expired."""
         self.consumer = consumer
         self.partition = partition
+        # Told when a publish to JetStream fails (a dead letter's), for the metrics.
+        self.on_publish_error: Callable[[], None] | None = None
         self.sweep_every = sweep_every
         self._sweeper: asyncio.Task[None] | None = None
         self.nc = nc
@@ -101,6 +103,7 @@ class ProjectionService(Generic[P]):
             consumer=self.consumer,
             partition=self.partition,
         )
+        runner.on_publish_error = self.on_publish_error
         task = asyncio.create_task(runner.run(), name=f"live-{self.name}")
         self._running = _Running(projection, runner, task)
         self._sweeper = asyncio.create_task(self._sweep_periodically(), name=f"sweep-{self.name}")

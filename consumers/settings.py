@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     # How many partitions the tenants are spread over (schemas.partitions).
     partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # /metrics, /healthz and /readyz on this port (0: any free one); None: not served.
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
     batch_wait_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
 
@@ -89,6 +91,7 @@ ENV_VARS: dict[str, str] = {
     "max_event_bytes": "MEMSTREAM_MAX_EVENT_BYTES",
     "stream_replicas": "MEMSTREAM_STREAM_REPLICAS",
     "partitions": "MEMSTREAM_PARTITIONS",
+    "metrics_port": "MEMSTREAM_METRICS_PORT",
     "batch_size": "MEMSTREAM_BATCH_SIZE",
     "batch_wait_ms": "MEMSTREAM_BATCH_WAIT_MS",
 }
@@ -132,6 +135,7 @@ _HINTS = {
     "max_event_bytes": "expected a whole number of bytes from 1024 to 67108864",
     "stream_replicas": "expected 1 to 5",
     "partitions": "expected a whole number of partitions from 1 to 64",
+    "metrics_port": "expected a port number from 0 to 65535 (0: any free port)",
     "batch_size": "expected a whole number of events from 1 to 100000",
     "batch_wait_ms": "expected a whole number of milliseconds from 1 to 60000",
 }

@@ -61,6 +61,8 @@ class PingResult(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int = 1
     roles: list[str] = []
     pending: dict[str, int] = {}
+    # Why it is not ready for work (see /readyz); empty when it is.
+    not_ready: list[str] = []
 
 
 class SqlRequest(AdminRequest, frozen=True):

@@ -11,7 +11,17 @@ from typing import NoReturn
 
 import click
 
-from consumers.cli import cluster, demo, memories, operations, publishing, queries, server, tenants
+from consumers.cli import (
+    cluster,
+    demo,
+    mcp,
+    memories,
+    operations,
+    publishing,
+    queries,
+    server,
+    tenants,
+)
 from schemas.errors import MemstreamError
 
 __all__ = ["cli", "main"]
@@ -54,6 +64,7 @@ for _command in (
     operations.asyncapi,
     tenants.tenant,
     demo.demo,
+    mcp.mcp,
 ):
     cli.add_command(_command)
 

@@ -77,7 +77,28 @@ async def _status(settings: Settings, nats_url_given: bool) -> dict[str, Any]:
                     }
                 )
             streams.append(entry)
-        return {"nats_url": url, "server_version": _version(nc), "streams": streams}
+        from consumers.ops import ping_all
+
+        workers = [
+            {
+                "data_dir": p.data_dir,
+                "deployment": p.deployment,
+                "roles": p.roles,
+                "partition": p.partition,
+                "partitions": p.partitions,
+                "applied_seq": p.projections,
+                "lag": p.pending,
+                "ready": not p.not_ready,
+                "not_ready": p.not_ready,
+            }
+            for p in await ping_all(nc)
+        ]
+        return {
+            "nats_url": url,
+            "server_version": _version(nc),
+            "streams": streams,
+            "workers": sorted(workers, key=lambda w: (w["partition"], w["data_dir"])),
+        }
     finally:
         await nc.close()
 
@@ -87,11 +108,17 @@ async def _status(settings: Settings, nats_url_given: bool) -> dict[str, Any]:
 @nats_url_option
 @json_option
 def status(data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
-    """Streams with their message counts, and consumers with what they have pending."""
+    """The workers answering on the NATS and whether each is ready, the streams with
+    their message counts, and the consumers with what they have pending. Exits 1 when
+    no worker answers or one is not ready."""
     settings = load(data_dir=data_dir, nats_url=nats_url)
     report = run(_status(settings, url_given(nats_url)))
+    workers = report["workers"]
+    healthy = bool(workers) and all(w["ready"] for w in workers)
     if as_json:
         print_json(report)
+        if not healthy:
+            raise SystemExit(1)
         return
     out.print(f"NATS {report['nats_url']} (server {report['server_version']})")
     table = Table("stream", "messages", "bytes", "first seq", "last seq")
@@ -110,6 +137,16 @@ def status(data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
     out.print(table)
     if consumers.row_count:
         out.print(consumers)
+    if not workers:
+        out.print("workers: none answers: start memstream with 'memstream up'")
+        raise SystemExit(1)
+    for w in workers:
+        where = f" partition {w['partition']} of {w['partitions']}" if w["partitions"] > 1 else ""
+        roles = "+".join(w["roles"]) or "admin"
+        state = "ready" if w["ready"] else "NOT READY: " + "; ".join(w["not_ready"])
+        out.print(f"worker {w['data_dir']} ({roles}{where}): {state}")
+    if not healthy:
+        raise SystemExit(1)
 
 
 @click.command()

@@ -16,6 +16,7 @@ from consumers.cli._common import (
     run,
 )
 from consumers.roles import ROLES, role_help
+from schemas.errors import UsageError
 
 if TYPE_CHECKING:
     from consumers.app import EmbedderStatus
@@ -48,6 +49,16 @@ def _print_embedder(status: EmbedderStatus | None) -> None:
             f"            NOT ANSWERING: {status.problem}. The vectors wait for it and "
             "search answers 'unavailable'; the history is unaffected.",
         )
+
+
+def metrics_option(f: Any) -> Any:
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Serve /metrics, /healthz and /readyz on this port (0: any free one) "
+        "[default: $MEMSTREAM_METRICS_PORT, else not served].",
+    )(f)
 
 
 def partition_options(f: Any) -> Any:
@@ -88,22 +99,43 @@ def partition_options(f: Any) -> Any:
     help="Admit only memstream's service user and the tenants' users "
     "(memstream tenant add), each confined to its own subjects.",
 )
+@click.option(
+    "--nats-monitor-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Turn on the embedded nats-server's monitoring endpoints (/varz, /jsz, ...) on "
+    "this port of 127.0.0.1.",
+)
 @partition_options
+@metrics_option
 @json_option
 def up(
     data_dir: str | None,
     nats_port: int,
     nats_url: str | None,
     auth: bool,
+    nats_monitor_port: int | None,
     partition: int | None,
     partitions: int | None,
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """Run memstream on this machine: embedded NATS with JetStream, both projections
     (history in DuckDB, vectors in Qdrant) and the query worker, in one process."""
     from consumers.app import UpInfo, run_up
 
-    settings = load(service=True, data_dir=data_dir, nats_url=nats_url, partitions=partitions)
+    if nats_monitor_port is not None and nats_url is not None:
+        raise UsageError(
+            "--nats-monitor-port turns on the embedded NATS's monitoring; with --nats-url, "
+            "turn it on in that server's configuration (http_port)"
+        )
+    settings = load(
+        service=True,
+        data_dir=data_dir,
+        nats_url=nats_url,
+        partitions=partitions,
+        metrics_port=metrics_port,
+    )
 
     def ready(info: UpInfo) -> None:
         if as_json:
@@ -111,6 +143,8 @@ def up(
                 {
                     "partition": info.partition,
                     "partitions": info.partitions,
+                    "metrics_url": info.metrics_url,
+                    "nats_monitor_url": info.nats_monitor_url,
                     "nats_url": info.nats_url,
                     "data_dir": str(info.data_dir),
                     "embedded": info.embedded,
@@ -126,6 +160,10 @@ def up(
         out.print("memstream is up")
         out.print(f"  NATS      {info.nats_url}" + ("" if info.embedded else " (external)"))
         out.print(f"  data dir  {info.data_dir}")
+        if info.metrics_url:
+            out.print(f"  metrics   {info.metrics_url}/metrics, /healthz, /readyz")
+        if info.nats_monitor_url:
+            out.print(f"  NATS monitoring {info.nats_monitor_url}/varz, /jsz, /connz")
         if info.partitions > 1:
             out.print(f"  partition {info.partition} of {info.partitions}")
         for name, checkpoint in info.projections.items():
@@ -155,6 +193,7 @@ def up(
             auth=auth,
             stop_within=STOP_WITHIN_S,
             partition=partition,
+            nats_monitor_port=nats_monitor_port,
         )
     )
 
@@ -169,6 +208,7 @@ def up(
 @data_dir_option
 @nats_url_option
 @partition_options
+@metrics_option
 @json_option
 def serve(
     role: str,
@@ -176,19 +216,27 @@ def serve(
     nats_url: str | None,
     partition: int | None,
     partitions: int | None,
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """Run one role against an external NATS, for scale-out. Each role can run in several
     processes; a role's processes share its queries in a queue group."""
     from consumers.app import UpInfo, run_up
 
-    settings = load(service=True, data_dir=data_dir, nats_url=nats_url, partitions=partitions)
+    settings = load(
+        service=True,
+        data_dir=data_dir,
+        nats_url=nats_url,
+        partitions=partitions,
+        metrics_port=metrics_port,
+    )
 
     def ready(info: UpInfo) -> None:
         if as_json:
             print_json(
                 {
                     "role": role,
+                    "metrics_url": info.metrics_url,
                     "partition": info.partition,
                     "partitions": info.partitions,
                     "nats_url": info.nats_url,
@@ -200,6 +248,8 @@ def serve(
             return
         where = f", partition {info.partition} of {info.partitions}" if info.partitions > 1 else ""
         out.print(f"memstream serve: {role} role up on {info.nats_url}{where}")
+        if info.metrics_url:
+            out.print(f"  metrics   {info.metrics_url}/metrics, /healthz, /readyz")
         for name, checkpoint in info.projections.items():
             out.print(f"  {name:<9} projecting (applied up to seq {checkpoint})")
         _print_embedder(info.embedder)
