@@ -4,6 +4,8 @@ and variable it uses exists."""
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import socket
 import subprocess
@@ -24,6 +26,8 @@ from schemas.events import DEFAULT_MAX_EVENT_BYTES
 from tests.waiting import wait_for_sync
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose.yaml"
+DOCKERFILE = COMPOSE.with_name("Dockerfile")
+MEMSTREAM_IMAGE = "memstream:local"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +41,8 @@ def nats_command(compose: dict[str, Any], tmp_path: Path) -> list[str]:
     """The nats service's command line, its configs written where it reads them."""
     service = compose["services"]["nats"]
     command = [str(arg) for arg in service["command"]]
+    if command[0] == "nats-server":
+        command = command[1:]
     for config in service.get("configs", []):
         local = tmp_path / Path(config["target"]).name
         local.write_text(compose["configs"][config["source"]]["content"])
@@ -69,11 +75,13 @@ def compose_nats(nats_command: list[str], tmp_path: Path) -> Iterator[str]:
     text = config.read_text()
     assert "store_dir: /data" in text
     config.write_text(text.replace("store_dir: /data", f"store_dir: {tmp_path / 'store'}"))
-    with socket.socket() as s:
+    with socket.socket() as s, socket.socket() as m:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        m.bind(("127.0.0.1", 0))
+        port, monitor = s.getsockname()[1], m.getsockname()[1]
     process = subprocess.Popen(
-        [str(find_nats_server_binary()), *nats_command, "-a", "127.0.0.1", "-p", str(port)],
+        [str(find_nats_server_binary()), *nats_command, "-a", "127.0.0.1", "-p", str(port),
+         "-m", str(monitor)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -101,11 +109,21 @@ async def test_the_compose_nats_takes_memstreams_largest_event(compose_nats: str
         await nc.close()
 
 
+def _expand(arg: str) -> str:
+    """Compose's ``${VAR:-default}``, as compose fills it in with VAR unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", arg)
+
+
 def _memstream_commands(compose: dict[str, Any]) -> list[list[str]]:
+    """The command lines of the services that run the memstream image (its entrypoint
+    is ``memstream``), and of any that call ``memstream`` in a shell."""
     found = []
     for service in compose["services"].values():
         command = service.get("command")
         if not command:
+            continue
+        if service.get("image") == MEMSTREAM_IMAGE:
+            found.append([_expand(str(arg)) for arg in command])
             continue
         line = command[-1] if command[0] == "sh" else shlex.join(command)
         for part in line.split("&&"):
@@ -144,3 +162,52 @@ def test_every_memstream_variable_in_compose_is_known(compose: dict[str, Any]) -
     for service in [compose["x-memstream"], *compose["services"].values()]:
         for name in service.get("environment", {}):
             assert name in known, f"{name} is not a memstream setting"
+
+
+def _dockerfile() -> dict[str, str]:
+    """The Dockerfile's last stage: instruction -> its argument (line continuations
+    joined; ENV gathered)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    last = text[text.rindex("\nFROM ") :]
+    found: dict[str, str] = {}
+    for line in last.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word.isupper() and word:
+            found[word] = (found.get(word, "") + " " + rest).strip() if word == "ENV" else rest
+    return found
+
+
+def test_the_image_runs_memstream_unprivileged_and_checks_readyz() -> None:
+    image = _dockerfile()
+    assert ["memstream"] == json.loads(image["ENTRYPOINT"])
+    _parse(json.loads(image["CMD"]))
+    user = image["USER"]
+    assert user not in ("root", "0")
+    port = re.search(r"MEMSTREAM_METRICS_PORT=(\d+)", image["ENV"])
+    assert port is not None
+    assert f"127.0.0.1:{port.group(1)}/readyz" in image["HEALTHCHECK"]
+    assert port.group(1) in image["EXPOSE"].split()
+
+
+def test_every_port_in_compose_is_one_the_service_serves(compose: dict[str, Any]) -> None:
+    """Each published port of a memstream service is its metrics port or the port its
+    command serves; the health checks ask ports that are configured."""
+    base_env = compose["x-memstream"]["environment"]
+    for name, service in compose["services"].items():
+        published = {int(p.rsplit(":", 1)[1]) for p in service.get("ports", [])}
+        if service.get("image") != MEMSTREAM_IMAGE:
+            continue
+        command = [_expand(str(a)) for a in service["command"]]
+        served = {int(base_env["MEMSTREAM_METRICS_PORT"])}
+        for flag in ("--http", "--metrics-port"):
+            if flag in command:
+                served.add(int(command[command.index(flag) + 1]))
+        assert published <= served, (
+            f"{name} publishes {published - served}, which it does not serve"
+        )
+    nats_conf = compose["configs"]["nats_conf"]["content"]
+    monitor = re.search(r"http_port: (\d+)", nats_conf)
+    assert monitor is not None
+    nats_check = " ".join(compose["services"]["nats"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{monitor.group(1)}/healthz" in nats_check
+    assert "memq.*.*" in nats_conf  # the query mapping partitions need
