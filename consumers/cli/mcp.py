@@ -100,7 +100,13 @@ async def _serve(
             health = Health(nats_connected=lambda: bool(client.nc.is_connected))
             metrics_server = MetricsServer(metrics, health, settings.metrics_port)
             metrics_server.start()
-        await server.run_streamable_http_async(host=host, port=http_port)
+        import uvicorn
+
+        app = server.streamable_http_app(host=host)
+        # Uvicorn's own logging setup writes to stdout: leave logging to memstream's
+        # (stderr), and leave out a line per request.
+        config = uvicorn.Config(app, host=host, port=http_port, log_config=None, access_log=False)
+        await uvicorn.Server(config).serve()
     finally:
         if metrics_server is not None:
             metrics_server.stop()

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 from consumers.mcp_server import TOOLS
 from consumers.nats_server import NatsServer
 from tests.integration.test_query_worker import running
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -204,3 +209,57 @@ def test_a_missing_tenant_is_one_line(nats_server: NatsServer) -> None:
     assert 2 == done.returncode
     assert "memstream: error: say whose memory this is" in done.stderr
     assert "" == done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn_http(url: str, port: int, metrics: int) -> subprocess.Popen[bytes]:
+    params = server_params(url)
+    return subprocess.Popen(
+        [params.command, *params.args, "--http", str(port), "--metrics-port", str(metrics)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=params.env,
+    )
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return reply.status, json.load(reply)
+
+
+async def test_streamable_http_with_its_health(nats_server: NatsServer, tmp_path: Path) -> None:
+    """`mcp --http`: a real client over streamable HTTP, and /readyz beside it."""
+    port, metrics = free_port(), free_port()
+    process = spawn_http(nats_server.url, port, metrics)
+    try:
+
+        def up() -> bool:
+            assert process.poll() is None, process.communicate()[1]
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        await wait_for(up, 30, "the MCP server to listen")
+        async with running(nats_server, tmp_path / "data"):
+            url = f"http://127.0.0.1:{port}/mcp"
+            async with (
+                streamable_http_client(url) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                assert set(TOOLS) == {t.name for t in (await session.list_tools()).tools}
+                stored = await call(session, "remember", content="over http", domain="web")
+                hits = (await call(session, "search_memory", query="over http"))["hits"]
+                assert stored["memory_id"] == hits[0]["memory_id"]
+            status, body = await asyncio.to_thread(get_json, f"http://127.0.0.1:{metrics}/readyz")
+            assert (200, True) == (status, body["ready"])
+    finally:
+        process.terminate()
+        process.wait(15)
+    assert process.stdout is not None
+    assert b"" == process.stdout.read()  # over HTTP too, nothing on stdout

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.request
 from pathlib import Path
 
 import nats
@@ -83,3 +85,19 @@ async def test_data_survives_a_restart(tmp_path: Path) -> None:
         msg = await nc.jetstream().get_msg("T", 1)
         await nc.close()
     assert b"kept" == msg.data
+
+
+def test_the_monitoring_port_is_served_when_asked(tmp_path: Path) -> None:
+    """--nats-monitor-port: the embedded server's own /healthz and /varz, on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with NatsServer(tmp_path, port=0, monitor_port=port) as server:
+        assert f"http://127.0.0.1:{port}" == server.monitor_url
+        with urllib.request.urlopen(f"{server.monitor_url}/varz", timeout=5) as reply:
+            varz = json.load(reply)
+        assert server.port == varz["port"]
+        assert varz["jetstream"]["config"]["store_dir"].startswith(str(tmp_path))
+    with NatsServer(tmp_path, port=0) as plain:
+        assert plain.monitor_url is None
+        assert "http:" not in plain.config_path.read_text()
