@@ -15,7 +15,7 @@ from schemas.ids import validate_tenant
 from schemas.partitions import WHOLE, Partition, slot_of
 from schemas.subjects import parse_event_subject, published_subject
 
-__all__ = ["DeadLetter", "Decoded", "MessageDecoder", "stream_seq"]
+__all__ = ["DeadLetter", "Decoded", "MessageDecoder", "delivery_seq", "stream_seq"]
 
 
 def stream_seq(reply: str) -> tuple[int, int]:
@@ -29,6 +29,14 @@ def stream_seq(reply: str) -> tuple[int, int]:
         return int(tokens[5]), int(tokens[8])
     # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
     return int(tokens[7]), int(tokens[10])
+
+
+def delivery_seq(reply: str) -> int:
+    """The consumer's delivery sequence of a JetStream delivery: one more for every
+    message the consumer delivers, redeliveries included, so a gap means deliveries
+    were lost on the way (a node or a route died with them in flight)."""
+    tokens = reply.split(".")
+    return int(tokens[6] if len(tokens) == 9 else tokens[8])
 
 
 @dataclass(frozen=True)

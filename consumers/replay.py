@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers._pull import BatchPuller
-from consumers.decoding import MessageDecoder, stream_seq
+from consumers.decoding import MessageDecoder, delivery_seq, stream_seq
 from consumers.runner import RunnerStats, erase_from_stream
 from projections.base import Applied, Projection
 from schemas.admin import ReplayProgress
@@ -25,6 +26,14 @@ from schemas.partitions import WHOLE, Partition
 from schemas.subjects import EVENT_STREAM
 
 __all__ = ["replay"]
+
+
+def _gap(msgs: list[Msg], expected: int) -> int | None:
+    """Where the consumer's delivery sequence skips in ``msgs``, or None."""
+    for i, msg in enumerate(msgs):
+        if delivery_seq(msg.reply) != expected + i:
+            return i
+    return None
 
 
 async def replay(
@@ -61,23 +70,30 @@ async def replay(
     # An ephemeral pull consumer with no acks: in order, nothing redelivered, and gone
     # by itself if this process dies (inactive_threshold). A target that holds part of
     # the stream already (a copy of the projection) reads on from its checkpoint.
-    name = f"replay-{secrets.token_hex(6)}"
     filters = partition.event_filters()
-    created = await js.add_consumer(
-        EVENT_STREAM,
-        ConsumerConfig(
-            name=name,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
-            opt_start_seq=start if start > 1 else None,
-            ack_policy=AckPolicy.NONE,
-            filter_subject=filters[0] if len(filters) == 1 else None,
-            filter_subjects=filters if len(filters) > 1 else None,
-            inactive_threshold=30.0,
-            mem_storage=True,
-            max_waiting=4,
-        ),
-    )
-    if not created.num_pending and (until is None or await until(projection.checkpoint)):
+
+    async def reader(start: int) -> tuple[str, int]:
+        """A new ephemeral consumer from stream sequence ``start``: its name, and how
+        many of the partition's events it has to deliver."""
+        name = f"replay-{secrets.token_hex(6)}"
+        created = await js.add_consumer(
+            EVENT_STREAM,
+            ConsumerConfig(
+                name=name,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+                opt_start_seq=start if start > 1 else None,
+                ack_policy=AckPolicy.NONE,
+                filter_subject=filters[0] if len(filters) == 1 else None,
+                filter_subjects=filters if len(filters) > 1 else None,
+                inactive_threshold=30.0,
+                mem_storage=True,
+                max_waiting=4,
+            ),
+        )
+        return name, int(created.num_pending or 0)
+
+    name, to_deliver = await reader(start)
+    if not to_deliver and (until is None or await until(projection.checkpoint)):
         # None of the partition's events are in the stream (yet): nothing to fetch.
         with contextlib.suppress(nats.errors.Error):
             await js.delete_consumer(EVENT_STREAM, name)
@@ -89,40 +105,63 @@ async def replay(
     erased: list[int] = []
     done = 0
     asked = eager
+    expected = 1  # the next delivery sequence of the consumer
     try:
         while True:
             msgs = await puller.fetch(batch_size, timeout=1.0)
             if not msgs:
                 continue
-            seqs = []
+            gap = _gap(msgs, expected)
+            if gap is not None:
+                # Deliveries were lost in flight (a node or a route died with them): with
+                # no acks nothing brings them back, so what came before the gap is applied
+                # and the replay reads again from there.
+                msgs = msgs[:gap]
+            else:
+                expected = delivery_seq(msgs[-1].reply) + 1
             pending = 0
-            for msg in msgs:
-                seq, pending = stream_seq(msg.reply)
-                seqs.append(seq)
-            decoded = decoder_.decode(msgs, seqs)
-            stats.dead_letters += len(decoded.dead)
-            if in_flight is not None:
-                erased += (await in_flight).erased
-            last_seq = seqs[-1]
-            # Submitted to the thread now, not when this coroutine next yields: the next
-            # batch may already be buffered, and decoding it does not yield.
-            in_flight = loop.run_in_executor(
-                None, projection.apply, decoded.batch, last_seq, decoded.bodies
-            )
-            done += len(msgs)
-            stats.applied += len(decoded.batch)
-            if on_progress:
-                elapsed = time.monotonic() - stats.started
-                on_progress(
-                    ReplayProgress(
-                        done=done,
-                        total=max(total, done + pending),
-                        last_seq=last_seq,
-                        rate=done / elapsed if elapsed else 0.0,
-                    )
+            if msgs:
+                seqs = []
+                for msg in msgs:
+                    seq, pending = stream_seq(msg.reply)
+                    seqs.append(seq)
+                decoded = decoder_.decode(msgs, seqs)
+                stats.dead_letters += len(decoded.dead)
+                if in_flight is not None:
+                    erased += (await in_flight).erased
+                last_seq = seqs[-1]
+                # Submitted to the thread now, not when this coroutine next yields: the
+                # next batch may already be buffered, and decoding it does not yield.
+                in_flight = loop.run_in_executor(
+                    None, projection.apply, decoded.batch, last_seq, decoded.bodies
                 )
+                done += len(msgs)
+                stats.applied += len(decoded.batch)
+                if on_progress:
+                    elapsed = time.monotonic() - stats.started
+                    on_progress(
+                        ReplayProgress(
+                            done=done,
+                            total=max(total, done + pending),
+                            last_seq=last_seq,
+                            rate=done / elapsed if elapsed else 0.0,
+                        )
+                    )
+            if gap is not None:
+                if in_flight is not None:
+                    erased += (await in_flight).erased
+                    in_flight = None
+                await puller.stop()
+                with contextlib.suppress(nats.errors.Error):
+                    await js.delete_consumer(EVENT_STREAM, name)
+                name, _ = await reader(projection.checkpoint + 1)
+                puller = BatchPuller(nc, EVENT_STREAM, name, linger=0.02)
+                await puller.start()
+                expected = 1
+                continue
             if pending == 0 or asked:
-                erased += (await in_flight).erased
+                if in_flight is not None:
+                    erased += (await in_flight).erased
                 in_flight = None
                 if until is None or await until(last_seq):
                     break

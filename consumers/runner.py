@@ -23,7 +23,7 @@ from nats.js.api import DeliverPolicy
 
 from consumers._pull import BatchPuller
 from consumers.dead_letters import publish_dead_letters
-from consumers.decoding import DeadLetter, Decoded, MessageDecoder, stream_seq
+from consumers.decoding import DeadLetter, Decoded, MessageDecoder, delivery_seq, stream_seq
 from consumers.log import get_logger
 from consumers.streams import consumer_config, until_jetstream_answers
 from projections.base import Projection, StorageFailure
@@ -90,6 +90,8 @@ class LiveRunner:
         # tenant -> stream sequence: a purged tenant's events up to there, fetched before
         # the purge, are dropped rather than applied again.
         self._dropped: dict[str, int] = {}
+        # The delivery sequence the consumer's next delivery must have (None: not known).
+        self._next_delivery: int | None = None
 
     def stop(self) -> None:
         """Finish the batch in flight, ack it, and return from :meth:`run`."""
@@ -110,7 +112,7 @@ class LiveRunner:
             [decoded.batch[i] for i in keep], [decoded.bodies[i] for i in keep], decoded.dead
         )
 
-    async def sync_position(self) -> None:
+    async def sync_position(self, force: bool = False) -> None:
         """Make the durable consumer deliver in order from the projection's checkpoint + 1.
 
         The projection's checkpoint is the truth. A consumer that delivered past it (a
@@ -125,7 +127,8 @@ class LiveRunner:
             info = None
         delivered = info.delivered.stream_seq if info and info.delivered else 0
         checkpoint = self.projection.checkpoint
-        if info is not None and delivered <= checkpoint:
+        if info is not None and delivered <= checkpoint and not force:
+            self._next_delivery = (info.delivered.consumer_seq or 0) + 1 if info.delivered else 1
             return
         if info is not None:
             await self.js.delete_consumer(EVENT_STREAM, self.consumer)
@@ -135,6 +138,7 @@ class LiveRunner:
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=checkpoint + 1
             )
         await self.js.add_consumer(EVENT_STREAM, config)
+        self._next_delivery = 1
         log.info(
             "consumer_repositioned",
             projection=self.name,
@@ -142,6 +146,27 @@ class LiveRunner:
             delivered=delivered,
             start=checkpoint + 1,
         )
+
+    def _before_gap(self, msgs: list[Msg]) -> int | None:
+        """Where in ``msgs`` the consumer's delivery sequence skips (deliveries lost in
+        flight when a node, a route or a consumer leader went away), or None. A
+        sequence that goes back (a new consumer leader delivering again) is no loss:
+        what was applied is skipped by the projection."""
+        expected = self._next_delivery
+        for i, msg in enumerate(msgs):
+            got = delivery_seq(msg.reply)
+            if expected is not None and got > expected:
+                log.warning(
+                    "deliveries_lost",
+                    projection=self.name,
+                    expected=expected,
+                    got=got,
+                    checkpoint=self.projection.checkpoint,
+                )
+                return i
+            expected = got + 1
+        self._next_delivery = expected
+        return None
 
     async def _recover(self, puller: BatchPuller) -> None:
         """The server cancelled our pull (the consumer deleted, a leader change): wait a
@@ -168,6 +193,22 @@ class LiveRunner:
                 if not msgs:
                     if puller.last_status is not None:
                         await self._recover(puller)
+                    continue
+                gap = self._before_gap(msgs)
+                if gap is not None:
+                    # Acking past a lost delivery would ack it too (AckPolicy.ALL): apply
+                    # what came before the gap, then read again from the checkpoint.
+                    if in_flight is not None:
+                        await in_flight
+                        in_flight = None
+                    if gap:
+                        await self._apply_and_ack(msgs[:gap], self._decoder.decode(msgs[:gap]))
+                    # A puller of its own for the new consumer: deliveries of the old one
+                    # still on their way go to an inbox nobody reads.
+                    await puller.stop()
+                    await self.sync_position(force=True)
+                    puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer)
+                    await puller.start()
                     continue
                 decoded = self._decoder.decode(msgs)
                 if in_flight is not None:

@@ -279,3 +279,47 @@ async def test_expired_context_is_swept_from_the_table(nc: NatsClient, tmp_path:
         assert ["forever", "long"] == keys()
     finally:
         await service.stop()
+
+
+async def test_a_delivery_lost_in_flight_is_not_acked_past(nc: NatsClient, tmp_path: Path) -> None:
+    """A delivery that never reaches the runner (as when a node dies with it in flight;
+    here another reader takes it) leaves a gap in the consumer's delivery sequence.
+    Acking the next batch would ack the lost one too (AckPolicy.ALL) and it would never
+    be applied: the runner applies up to the gap and reads again from its checkpoint."""
+    projection = HistoryProjection(tmp_path / "gap.duckdb")
+    runner = LiveRunner(nc, projection, batch_size=100, max_wait=0.05, consumer="history-gap")
+    task = asyncio.create_task(runner.run())
+    mem = MemoryClient(nc, tenant="acme", agent="a")
+    try:
+        first = await mem.store_knowledge("before", domain="d")
+        await wait_for(lambda: projection.checkpoint >= first.seq, what="the first event")
+        # Another reader asks the runner's consumer for one message and never acks it.
+        taken: list[int] = []
+
+        async def take(msg: Any) -> None:
+            if msg.data:
+                taken.append(int(msg.reply.split(".")[5]))
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=take)
+        await nc.publish(
+            "$JS.API.CONSUMER.MSG.NEXT.MEMORY.history-gap",
+            msgspec.json.encode({"batch": 1, "expires": 30_000_000_000}),
+            reply=inbox,
+        )
+        await nc.flush()
+        acks = [await mem.store_knowledge(f"after {i}", domain="d") for i in range(6)]
+        await wait_for(lambda: bool(taken), what="the other reader to take one")
+        await wait_for(
+            lambda: projection.checkpoint >= acks[-1].seq, what="the runner past the gap"
+        )
+        stored = {
+            seq for (seq,) in projection.cursor().execute("SELECT seq FROM events").fetchall()
+        }
+        assert taken[0] in stored  # the one taken elsewhere was applied all the same
+        assert {first.seq, *(a.seq for a in acks)} == stored
+        await sub.unsubscribe()
+    finally:
+        runner.stop()
+        await task
+        projection.close()
