@@ -323,3 +323,39 @@ async def test_a_delivery_lost_in_flight_is_not_acked_past(nc: NatsClient, tmp_p
         runner.stop()
         await task
         projection.close()
+
+
+async def test_a_replay_reads_again_past_a_lost_delivery(nc: NatsClient, tmp_path: Path) -> None:
+    """A replay's consumer acks nothing, so a delivery lost in flight would never come
+    back: the replay notices the gap in the delivery sequence and reads again from
+    what it applied."""
+    await publish_mixed(nc, 300)
+    projection = HistoryProjection(tmp_path / "replayed.duckdb")
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    taken: list[int] = []
+
+    async def take(msg: Any) -> None:
+        if msg.data:
+            taken.append(int(msg.reply.split(".")[5]))
+
+    sub = await nc.subscribe(inbox, cb=take)
+    stealing: list[asyncio.Task[None]] = []
+
+    async def steal() -> None:
+        (name,) = [
+            c.name for c in await js.consumers_info("MEMORY") if c.name.startswith("replay-")
+        ]
+        body = msgspec.json.encode({"batch": 1, "expires": 5_000_000_000})
+        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.MEMORY.{name}", body, reply=inbox)
+
+    def on_progress(_: object) -> None:
+        if not stealing:
+            stealing.append(asyncio.get_running_loop().create_task(steal()))
+
+    await replay(nc, projection, batch_size=20, on_progress=on_progress)
+    await sub.unsubscribe()
+    assert taken, "the other reader took nothing: the test did not cause a loss"
+    stored = [seq for (seq,) in projection.cursor().execute("SELECT seq FROM events").fetchall()]
+    assert list(range(1, 301)) == sorted(stored)
+    projection.close()
