@@ -8,6 +8,7 @@ applied that sequence, so an agent reads its own writes. A reply's error is rais
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
@@ -15,6 +16,7 @@ from typing import Any, Literal, TypedDict, TypeVar, Unpack
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from producers._watch import Change, follow
 from producers.connection import or_denied
@@ -38,6 +40,9 @@ from schemas.queries import (
 )
 from schemas.replies import TypedReply
 from schemas.subjects import query_subject
+
+# How long a query keeps asking while no worker answers at all, before it says so.
+_NO_WORKER_GRACE_S = 0.8
 
 __all__ = ["QueryMethods", "SearchFilters"]
 
@@ -88,11 +93,7 @@ class QueryMethods:
         subject = query_subject(self.tenant, op)
         wait_ms = fields.get("wait_ms") or 2000
         try:
-            msg = await or_denied(
-                self.nc,
-                subject,
-                self.nc.request(subject, body, timeout=self.query_timeout + wait_ms / 1000),
-            )
+            msg = await self._request(subject, body, self.query_timeout + wait_ms / 1000)
         except Forbidden as err:
             raise QueryError(
                 "forbidden", f"these credentials may not query {subject} ({err})"
@@ -117,6 +118,27 @@ class QueryMethods:
         if reply.result is None:
             raise QueryError("internal", f"the reply to {op} carries no result")
         return reply.result
+
+    async def _request(self, subject: str, body: bytes, timeout: float) -> Msg:  # noqa: ASYNC109
+        """One request; "no responders" is asked again a few times within
+        ``_NO_WORKER_GRACE_S`` before it stands. Workers come and go (a restart, a node
+        failing over), and nats-server has been seen answering "no responders" for a
+        moment on a connection that reached earlier workers of a mapped subject, with the
+        new ones subscribed."""
+        delay = 0.05
+        waited = 0.0
+        while True:
+            try:
+                reply: Msg = await or_denied(
+                    self.nc, subject, self.nc.request(subject, body, timeout=timeout)
+                )
+                return reply
+            except nats.errors.NoRespondersError:
+                if waited + delay > _NO_WORKER_GRACE_S:
+                    raise
+            await asyncio.sleep(delay)
+            waited += delay
+            delay *= 2
 
     async def search(self, query: str, **filters: Unpack[SearchFilters]) -> list[SearchHit]:
         """The tenant's memories and collaborations most like ``query``, best first."""

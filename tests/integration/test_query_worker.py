@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -34,7 +35,16 @@ class Stack:
         return MemoryClient(self.nc, tenant=tenant, agent=agent)
 
     async def ask(self, subject: str, body: bytes) -> dict[str, Any]:
-        msg = await self.nc.request(subject, body, timeout=10)
+        # As the SDK does: "no responders" for a moment, from a server that answered this
+        # connection's earlier requests through workers now gone, is asked again.
+        for delay in (0.05, 0.1, 0.2, 0.4, 0):
+            try:
+                msg = await self.nc.request(subject, body, timeout=10)
+                break
+            except nats.errors.NoRespondersError:
+                if not delay:
+                    raise
+                await asyncio.sleep(delay)
         reply: dict[str, Any] = msgspec.json.decode(msg.data)
         return reply
 
