@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from consumers.cli._common import nats_url_option, run
 from schemas.errors import UsageError
 from schemas.ids import validate_tenant
+
+if TYPE_CHECKING:
+    from consumers.settings import Settings
 
 __all__ = ["mcp"]
 
@@ -78,14 +82,12 @@ def mcp(
 
 
 async def _serve(
-    settings: object, tenant: str, agent: str, http_port: int | None, host: str
+    settings: Settings, tenant: str, agent: str, http_port: int | None, host: str
 ) -> None:
     from consumers.mcp_server import build_server
     from consumers.metrics import Health, MetricsServer, ProcessMetrics
-    from consumers.settings import Settings
     from producers.client import MemoryClient
 
-    assert isinstance(settings, Settings)
     client = await MemoryClient.connect(
         settings.nats_url, tenant=tenant, agent=agent, **settings.nats_auth
     )
