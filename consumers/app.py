@@ -439,8 +439,8 @@ def _live_counters(parts: _Roles, health: Health) -> dict[str, Any]:
         "lag": {name: p for name, (_, p, _) in health.projections.items()},
     }
     for name, service in parts.services.items():
-        if service._running is not None:
-            stats = service.running.runner.stats
+        stats = service.stats
+        if stats is not None:
             found["applied"][name] = stats.applied
             found["dead_letters"][name] = stats.dead_letters
     embedder = parts.embedder

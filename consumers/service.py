@@ -159,6 +159,11 @@ class ProjectionService(Generic[P]):
     def checkpoint(self) -> int:
         return self.projection.checkpoint
 
+    @property
+    def stats(self) -> RunnerStats | None:
+        """What the live runner has applied and dead-lettered since start (None before)."""
+        return self._running.runner.stats if self._running is not None else None
+
     async def caught_up(self, stop: asyncio.Event) -> bool:
         """Wait until this instance has applied its share of the stream as it is now
         (a new partition or replica, before it answers queries); False if stopped first."""
