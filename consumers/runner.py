@@ -35,6 +35,8 @@ __all__ = ["LiveRunner", "RunnerStats", "erase_from_stream"]
 
 # Failed attempts at a whole batch before it is applied event by event.
 _ISOLATE_AFTER = 3
+# The longest wait between two tries of a batch whose storage failed.
+_STORAGE_RETRY_MAX_S = 5.0
 
 log = get_logger("memstream.runner")
 
@@ -263,23 +265,27 @@ class LiveRunner:
                 if self.unhealthy is None:
                     log.error("projection_unhealthy", projection=self.name, reason=str(err))
                 self.unhealthy = str(err)
+                # Asking a storage again costs little: the batch commits within seconds
+                # of its coming back, not after a long backoff.
+                wait = min(delay, _STORAGE_RETRY_MAX_S)
                 log.warning(
-                    "storage_failed", projection=self.name, last_seq=last_seq, retry_in_s=delay
+                    "storage_failed", projection=self.name, last_seq=last_seq, retry_in_s=wait
                 )
             except Exception as err:
                 if self._stopping.is_set():
                     raise
                 failures += 1
+                wait = delay
                 log.error(
                     "batch_failed",
                     projection=self.name,
                     last_seq=last_seq,
                     error=repr(err),
-                    retry_in_s=delay,
+                    retry_in_s=wait,
                 )
             # A stop ends the wait: the batch is not acked, and is delivered again.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                await asyncio.wait_for(self._stopping.wait(), wait)
             if self._stopping.is_set():
                 log.warning("stopped_while_retrying", projection=self.name, last_seq=last_seq)
                 return
@@ -322,6 +328,9 @@ class LiveRunner:
             except StorageFailure:
                 raise  # the storage, not this event: the batch is retried whole
             except Exception as err:
+                # Only an event that fails while its storage is fine is a dead letter: a
+                # failing storage raises StorageFailure here, and the batch is retried.
+                await asyncio.to_thread(self.projection.check_storage)
                 letter = DeadLetter(
                     seq,
                     f"{EVENT_PREFIX}.{event.tenant}.{event.type}",

@@ -122,7 +122,11 @@ ARROW_SCHEMAS: Final[dict[str, pa.Schema]] = {
 def _ddl() -> str:
     statements = [
         "CREATE TABLE IF NOT EXISTS projection_state "
-        "(name VARCHAR PRIMARY KEY, last_seq BIGINT NOT NULL, updated_at TIMESTAMP)"
+        "(name VARCHAR PRIMARY KEY, last_seq BIGINT NOT NULL, updated_at TIMESTAMP)",
+        # The ids of events an erase deleted from ``events``: still applied, so the same
+        # id republished later is still a repeat and brings no erased text back.
+        "CREATE TABLE IF NOT EXISTS erased_ids "
+        "(tenant VARCHAR NOT NULL, id VARCHAR NOT NULL, seq BIGINT NOT NULL)",
     ]
     for name, cols in TABLES.items():
         keys = KEYS.get(name, ())

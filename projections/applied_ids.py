@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from projections.base import check_writable
+
 __all__ = ["AppliedIds"]
 
 Key = tuple[str, str]
@@ -38,6 +40,13 @@ class AppliedIds:
                 " generation TEXT NOT NULL, tenant TEXT NOT NULL, id TEXT NOT NULL,"
                 " PRIMARY KEY (generation, tenant, id)) WITHOUT ROWID"
             )
+
+    def check(self) -> None:
+        """Raise when the file cannot be read or take a write now."""
+        if self.path != ":memory:":
+            check_writable("applied event ids", Path(self.path).parent)
+        with self._lock:
+            self._con.execute("SELECT 1").fetchall()
 
     def known(self, generation: str, keys: Sequence[Key]) -> set[Key]:
         """Those of ``keys`` the generation has applied."""

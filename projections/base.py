@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from schemas.errors import MemstreamError
 from schemas.events import AnyEvent, UnknownEvent
 
-__all__ = ["Applied", "Batch", "Projection", "StorageFailure"]
+__all__ = [
+    "Applied",
+    "Batch",
+    "Projection",
+    "StorageFailure",
+    "check_writable",
+    "storage_guard",
+]
 
 Batch: TypeAlias = Sequence[tuple[int, AnyEvent | UnknownEvent]]
 """(stream sequence, event) pairs in stream order."""
@@ -38,6 +49,45 @@ class StorageFailure(MemstreamError):
     code = "unavailable"
 
 
+@contextlib.contextmanager
+def storage_guard(
+    projection: str, part_of: Callable[[BaseException], str | None]
+) -> Iterator[None]:
+    """Turn a failure of the projection's storage into :class:`StorageFailure`.
+
+    ``part_of`` names the part of the storage an error belongs to ("embedder", "vector
+    engine", ...), or None when the error is not the storage's: then it is the event's,
+    and goes on as it is. Each projection declares its parts once, in its ``part_of``;
+    the runner decides from the exception's class alone, and never dead-letters a
+    StorageFailure.
+    """
+    try:
+        yield
+    except StorageFailure:
+        raise
+    except Exception as err:
+        part = part_of(err)
+        if part is None:
+            raise
+        raise StorageFailure(f"the {projection} projection's {part} failed: {err}") from err
+
+
+# Below this, a file under the directory may not take one more page: a commit would fail.
+_MIN_FREE_BYTES = 1 << 20
+
+
+def check_writable(what: str, directory: Path, min_free: int = _MIN_FREE_BYTES) -> None:
+    """Raise StorageFailure when ``directory`` cannot take a write now: a read-only
+    mount, or a disk with less than ``min_free`` bytes left."""
+    if not os.access(directory, os.W_OK):
+        raise StorageFailure(f"the {what} under {directory} is not writable")
+    free = shutil.disk_usage(directory).free
+    if free < min_free:
+        raise StorageFailure(
+            f"the {what} under {directory} has {free >> 10} KB free: free some space"
+        )
+
+
 @runtime_checkable
 class Projection(Protocol):
     """Applies batches in stream order with exactly-once effect.
@@ -59,6 +109,12 @@ class Projection(Protocol):
 
     def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> Applied:
         """``bodies``: the events' JSON as published, aligned with ``batch``, if known."""
+        ...
+
+    def check_storage(self) -> None:
+        """Raise :class:`StorageFailure` if the storage fails now. Asked before an event
+        that failed on its own becomes a dead letter: only an event that fails while its
+        storage is fine is one. Cheap, and writes nothing a query could see."""
         ...
 
     def purge_tenant(self, tenant: str) -> dict[str, int]:

@@ -29,6 +29,7 @@ from schemas.errors import MemstreamError
 __all__ = [
     "Embedder",
     "EmbedderError",
+    "EmbeddingRefused",
     "HashEmbedder",
     "OpenAIEmbedder",
     "SentenceTransformerEmbedder",
@@ -39,7 +40,14 @@ Vectors = npt.NDArray[np.float32]
 
 
 class EmbedderError(MemstreamError):
+    """The embedder failed: down, failing, or refusing its key (an outage)."""
+
     code = "unavailable"
+
+
+class EmbeddingRefused(EmbedderError):
+    """The embeddings server refused a request (400): the texts may be at fault, or the
+    server's settings; which, a request with a known-good text tells."""
 
 
 @runtime_checkable
@@ -261,7 +269,9 @@ class OpenAIEmbedder:
                     "MEMSTREAM_EMBEDDING_MODEL to a model it serves"
                 ) from None
             except openai.BadRequestError as err:
-                raise EmbedderError(f"the embeddings server refused the request: {err}") from None
+                raise EmbeddingRefused(
+                    f"the embeddings server refused the request: {err}"
+                ) from None
             except (
                 openai.RateLimitError,
                 openai.InternalServerError,

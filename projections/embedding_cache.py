@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from projections.base import check_writable
 from projections.embedders import Embedder, Vectors
 
 __all__ = ["CacheStats", "CachedEmbedder", "EmbeddingCache", "text_key"]
@@ -56,6 +57,13 @@ class EmbeddingCache:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+    def check(self) -> None:
+        """Raise when the file cannot be read or take a write now."""
+        if self.path != ":memory:":
+            check_writable("embedding cache", Path(self.path).parent)
+        with self._lock:
+            self._con.execute("SELECT 1").fetchall()
 
     def get_many(
         self, tenant: str, model: str, dims: int, keys: Sequence[bytes]

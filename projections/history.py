@@ -29,7 +29,7 @@ import pyarrow as pa
 from projections._history_sql import EVENTS_SQL, LOG_SQL, PARSE_SQL, STAGING, STATE_SQL
 from projections._idindex import Hashes, IdIndex
 from projections._tables import ARROW_SCHEMAS, DDL, KEYS, TABLES
-from projections.base import Applied, Batch, StorageFailure
+from projections.base import Applied, Batch, check_writable, storage_guard
 from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
 from schemas import events as ev
 from schemas.events import UnknownEvent
@@ -127,7 +127,8 @@ class HistoryProjection:
             # DuckDB's hash(), not one of ours: the index is rebuilt from the table by the
             # same DuckDB that hashes new batches, so the two always agree.
             hashes = self.con.execute(
-                "SELECT (hash(tenant, id) & 9223372036854775807)::BIGINT AS h FROM events"
+                "SELECT (hash(tenant, id) & 9223372036854775807)::BIGINT AS h FROM "
+                "(SELECT tenant, id FROM events UNION ALL SELECT tenant, id FROM erased_ids)"
             ).fetchnumpy()
             self._ids = IdIndex(hashes["h"])
         return self._ids
@@ -149,10 +150,17 @@ class HistoryProjection:
         each event is encoded again (same fields, unknown ones lost). A failure of the
         database file itself is a StorageFailure; nothing of the batch is committed.
         """
-        try:
+        with storage_guard(self.name, self._part_of):
             return self._apply(batch, upto, bodies)
-        except _STORAGE_ERRORS as err:
-            raise StorageFailure(f"the history database {self.path} failed: {err}") from err
+
+    def _part_of(self, err: BaseException) -> str | None:
+        """The part of the storage ``err`` belongs to (the database file), or None."""
+        return f"database {self.path}" if isinstance(err, _STORAGE_ERRORS) else None
+
+    def check_storage(self) -> None:
+        with storage_guard(self.name, self._part_of):
+            check_writable("history database", self.path.parent)
+            self.con.execute("SELECT last_seq FROM projection_state").fetchall()
 
     def _apply(self, batch: Batch, upto: int, bodies: Sequence[bytes] | None) -> Applied:
         if bodies is None:
@@ -194,10 +202,12 @@ class HistoryProjection:
                 rows = self.con.execute(
                     """DELETE FROM events
                        WHERE tenant = ? AND seq < ? AND type IN (?, ?, ?) AND memory_id = ?
-                       RETURNING seq""",
+                       RETURNING tenant, id, seq""",
                     [e.tenant, seq, *_ERASED_TYPES, e.memory_id],
                 ).fetchall()
-                erased += sorted(r[0] for r in rows)
+                if rows:
+                    self.con.executemany("INSERT INTO erased_ids VALUES (?, ?, ?)", rows)
+                erased += sorted(r[2] for r in rows)
         return erased
 
     def sweep(self, now: dt.datetime) -> int:
@@ -218,6 +228,7 @@ class HistoryProjection:
         the rows removed per table."""
         removed: dict[str, int] = {}
         with self._transaction():
+            self.con.execute("DELETE FROM erased_ids WHERE tenant = ?", [tenant])
             for table in TABLES:
                 (n,) = self.con.execute(
                     f"SELECT count(*) FROM {table} WHERE tenant = ?", [tenant]
@@ -259,7 +270,9 @@ class HistoryProjection:
             {
                 (r[0], r[1])
                 for r in self.con.execute(
-                    "SELECT tenant, id FROM events WHERE list_contains(?, id)", [candidates]
+                    "SELECT tenant, id FROM events WHERE list_contains($1, id) UNION ALL "
+                    "SELECT tenant, id FROM erased_ids WHERE list_contains($1, id)",
+                    [candidates],
                 ).fetchall()
             }
             if candidates

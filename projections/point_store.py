@@ -26,6 +26,7 @@ import datetime as dt
 import errno
 import hashlib
 import json
+import os
 import shutil
 import time
 import uuid
@@ -288,6 +289,10 @@ class PointStore(Protocol):
 
     def read_state(self) -> dict[str, Any]: ...
 
+    def check(self) -> None:
+        """Raise when the store cannot take a write now (its disk, its server)."""
+        ...
+
     def write_state(self, state: dict[str, Any]) -> None:
         """Durable once it returns, with every point written before it."""
         ...
@@ -482,7 +487,17 @@ class EdgeStore:
             self.shard.update(edge.UpdateOperation.create_field_index(name, schema))
         self.write_state({"dimensions": dimensions, "checkpoint": 0})
 
+    def check(self) -> None:
+        self._room()
+        self.read_state()
+
     def _room(self) -> None:
+        """Refuse a write the engine would crash on: with its disk full or read-only, the
+        engine's memory-mapped files take the process down (SIGBUS), not the call."""
+        if not os.access(self.path.parent, os.W_OK):
+            raise OSError(
+                errno.EROFS, f"{self.path.parent} is not writable: the vector engine waits"
+            )
         free = shutil.disk_usage(self.path.parent).free
         if free < EDGE_MIN_FREE_BYTES:
             raise OSError(
@@ -1015,6 +1030,9 @@ class ServerStore:
             with_payload=True,
         )
         return _found(result.points)
+
+    def check(self) -> None:
+        self.read_state()  # a round trip to the server
 
     def read_state(self) -> dict[str, Any]:
         records = self.client.retrieve(self.name, ids=[STATE_ID])

@@ -20,8 +20,8 @@ import msgspec
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from projections.applied_ids import AppliedIds
-from projections.base import Applied, Batch
-from projections.embedders import EmbedderError, Vectors
+from projections.base import Applied, Batch, storage_guard
+from projections.embedders import EmbedderError, EmbeddingRefused, Vectors
 from projections.embedding_cache import CachedEmbedder, text_key
 from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
 from projections.point_store import (
@@ -58,15 +58,33 @@ def _text(kind: str, p: dict[str, Any]) -> str:
     return f"{p['task_description']}\n{outcome}" if outcome else str(p["task_description"])
 
 
-# The embedder down, the Qdrant server unreachable or failing, the disk full or
-# read-only under the engine, the embedding cache or the applied ids (SQLite) failing.
-_STORAGE_ERRORS: Final = (
-    OSError,
-    sqlite3.Error,
-    EmbedderError,
-    ResponseHandlingException,
-    UnexpectedResponse,
-)
+def _part_of(err: BaseException) -> str | None:
+    """The part of the vector projection's storage ``err`` belongs to, or None when it
+    is not the storage's. The embedder down, failing or refusing its key; the disk full
+    or read-only under the engine (its free-space guard), the embedding cache or the
+    applied ids; SQLite failing; the Qdrant server unreachable or failing; the embedded
+    engine's own errors. An embedder that refuses one text (400) is not here: it may be
+    the text's fault, which the runner settles with :meth:`VectorProjection.check_storage`
+    before it dead-letters anything."""
+    if isinstance(err, EmbeddingRefused):
+        return None
+    if isinstance(err, EmbedderError):
+        return "embedder"
+    if isinstance(err, sqlite3.Error):
+        return "SQLite files (embedding cache, applied ids)"
+    if isinstance(err, OSError):
+        return "disk"
+    if isinstance(err, ResponseHandlingException | UnexpectedResponse):
+        return "Qdrant server"
+    # Qdrant Edge raises plain Exceptions ("Service runtime error: ...", "Service
+    # internal error: ..."); an event of ours it cannot take is a ValueError or TypeError.
+    if type(err) is Exception:
+        return "vector engine"
+    return None
+
+
+# What the embedder is asked when the storage is checked: not cached, so it reaches it.
+_PROBE_TEXT: Final = "memstream checks that the embedder answers"
 Payload = dict[str, Any]
 _TASK_TYPES: Final = frozenset({"task.created", "task.completed", "task.failed"})
 # The event types that change points.
@@ -286,7 +304,22 @@ class VectorProjection:
 
     def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> Applied:
         """Fold the batch's memory events in order, embed what changed, write, then save
-        the checkpoint. Points are idempotent, so a batch applied twice changes nothing."""
+        the checkpoint. Points are idempotent, so a batch applied twice changes nothing.
+        Everything an event decides (the fold, the texts, the payloads) is done before
+        the first write, so an event that fails on its own leaves no effect. A failure of
+        the storage raises StorageFailure with the checkpoint unchanged."""
+        with storage_guard(self.name, _part_of):
+            return self._apply(batch, upto)
+
+    def check_storage(self) -> None:
+        """The engine takes writes, the SQLite files take writes, the embedder answers."""
+        with storage_guard(self.name, _part_of):
+            self.store.check()
+            self.embedder.cache.check()
+            self.applied.check()
+            self.embedder.embedder.embed([_PROBE_TEXT], within=30.0)
+
+    def _apply(self, batch: Batch, upto: int) -> Applied:
         fresh = [(s, e) for s, e in batch if s > self._checkpoint]
         last_seq = max(fresh[-1][0] if fresh else 0, upto)
         if last_seq <= self._checkpoint:

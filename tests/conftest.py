@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from consumers.nats_server import NatsServer
+# The contract suites live outside test modules: their asserts explain themselves too.
+pytest.register_assert_rewrite("tests.projection_contract")
+
+from consumers.nats_server import NatsServer  # noqa: E402
 
 
 def pid_alive(pid: int) -> bool:

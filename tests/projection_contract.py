@@ -1,0 +1,220 @@
+"""The contract every projection keeps, written once and proven per backend.
+
+A backend's test module subclasses :class:`ProjectionContract` and gives it a ``backend``
+fixture: how to open the projection on its storage, how to read its whole state (rows,
+points), and how to cause each failure of its storage for real (a full disk, an embedder
+that refuses its key, ...). The rules:
+
+- a batch at or below the checkpoint changes nothing;
+- an event id applied twice, in one batch or long after, applies once;
+- a failure midway through a batch leaves no effect and no checkpoint move;
+- each failure of the storage raises StorageFailure with the checkpoint unchanged, is
+  seen by ``check_storage``, and once it is gone the same batch applies once;
+- a live projection and a rebuild from the stream are equal, row for row, point for point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from consumers.replay import replay
+from consumers.runner import LiveRunner
+from producers import MemoryClient
+from projections.base import Applied, Projection, StorageFailure
+from schemas import events as ev
+from schemas.subjects import EVENT_STREAM
+from tests.samples import sample_events
+from tests.waiting import wait_for
+
+__all__ = ["Backend", "ProjectionContract", "contract_events"]
+
+Numbered = list[tuple[int, Any]]
+
+
+def contract_events(tenant: str) -> list[ev.Event]:
+    """Every event type, then more of what changes a memory: stores, revisions, a
+    store-again, a forget with erase, links, turns."""
+    events: list[ev.Event] = list(sample_events(tenant))
+    base = events[0]
+    n = itertools.count()
+
+    def common() -> dict[str, Any]:
+        return {"id": f"{base.id}-more-{next(n)}", "tenant": tenant, "agent": "a2", "ts": base.ts}
+
+    events += [
+        ev.KnowledgeStored(**common(), memory_id="m2", domain="ops",
+                           content="the gateway gives up after 30 s", tags=("gateway",)),
+        ev.SolutionStored(**common(), memory_id="s2", problem="gateway 504",
+                          solution="raise the upstream timeout to 60 s"),
+        ev.MemoryRevised(**common(), memory_id="m2", content="the gateway gives up after 45 s"),
+        ev.MemoryRevised(**common(), memory_id="s2", solution="raise it to 90 s", tags=("x",)),
+        ev.KnowledgeStored(**common(), memory_id="m2", domain="ops",
+                           content="the gateway gives up after 60 s"),
+        ev.KnowledgeStored(**common(), memory_id="gone", domain="ops", content="a secret"),
+        ev.MemoryRevised(**common(), memory_id="gone", content="a second secret"),
+        ev.MemoryForgotten(**common(), memory_id="gone", erase=True),
+        ev.MemoryLinked(**common(), from_id="m2", to_id="s2", relation="explains"),
+        ev.ConversationTurn(**common(), session_id="sess1", role="assistant",
+                            content="the gateway gives up after 60 s now"),
+        ev.TaskCreated(**common(), task_id="t9", title="tune the gateway"),
+        ev.TaskCompleted(**common(), task_id="t9", output="done"),
+    ]  # fmt: skip
+    return events
+
+
+def numbered(events: Sequence[Any], start: int = 1, step: int = 1) -> Numbered:
+    return [(start + i * step, e) for i, e in enumerate(events)]
+
+
+class Backend:
+    """One projection backend's storage, for the contract. Subclasses fill it in."""
+
+    # The failures of the storage this backend can cause, by name.
+    faults: ClassVar[tuple[str, ...]] = ()
+
+    def open(self) -> Projection:
+        """The projection on this backend's storage (the same storage every time)."""
+        raise NotImplementedError
+
+    def other(self) -> Projection:
+        """Another, empty projection on storage of its own (a reference to compare with)."""
+        raise NotImplementedError
+
+    def state(self, projection: Projection) -> Any:
+        """Everything a reader could see: every row, or every point, in a fixed order."""
+        raise NotImplementedError
+
+    def cause(self, fault: str) -> contextlib.AbstractContextManager[None]:
+        """The storage failing in this way while inside."""
+        raise NotImplementedError
+
+    def midway(self) -> contextlib.AbstractContextManager[None]:
+        """The storage failing after part of the next batch's work is done."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the backend opened."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each contract test that takes ``fault`` runs once per fault of its backend."""
+    if "fault" in metafunc.fixturenames and metafunc.cls is not None:
+        faults = metafunc.cls.backend_class.faults
+        metafunc.parametrize("fault", faults, ids=[f.replace(" ", "-") for f in faults])
+
+
+class ProjectionContract:
+    """The rules above, for the backend the subclass's ``backend`` fixture gives."""
+
+    backend_class: ClassVar[type[Backend]]
+
+    @pytest.fixture
+    def backend(self) -> Iterator[Backend]:
+        raise NotImplementedError
+
+    def test_a_batch_at_or_below_the_checkpoint_changes_nothing(self, backend: Backend) -> None:
+        """Applied again whole, or in part, an applied batch changes no row or point."""
+        projection = backend.open()
+        batch = numbered(contract_events("acme") + contract_events("beta"))
+        assert 0 < projection.apply(batch).events
+        before = backend.state(projection)
+        assert batch[-1][0] == projection.checkpoint
+        assert Applied() == projection.apply(batch)
+        assert Applied() == projection.apply(batch[:5], upto=batch[4][0])
+        assert before == backend.state(projection)
+        assert batch[-1][0] == projection.checkpoint
+
+    def test_an_event_id_applied_twice_applies_once(self, backend: Backend) -> None:
+        """Repeated in one batch (inside the duplicate window), and republished long
+        after at new sequences, before and after a reopen, each event applies once."""
+        events = contract_events("acme")
+        reference = backend.other()
+        once = numbered(events, start=2, step=2)
+        first_time = reference.apply(once).events
+        projection = backend.open()
+        # Each event, and a copy of it at the next sequence.
+        twice: Numbered = [item for seq, e in once for item in ((seq, e), (seq + 1, e))]
+        applied = projection.apply(twice)
+        assert (first_time, first_time) == (applied.events, applied.duplicates)
+        assert 0 == projection.apply(numbered(events, start=1000)).events
+        assert backend.state(reference) == backend.state(projection)
+        projection.close()
+        again = backend.open()
+        assert 0 == again.apply(numbered(events, start=2000)).events
+        assert 2000 + len(events) - 1 == again.checkpoint
+        assert backend.state(reference) == backend.state(again)
+
+    def test_a_failure_midway_through_a_batch_leaves_no_effect(self, backend: Backend) -> None:
+        """The storage fails after part of a batch's work: nothing of the batch is seen,
+        the checkpoint stays; applied again once it is back, it applies once."""
+        first = numbered(contract_events("acme"))
+        second = numbered(contract_events("beta") + contract_events("gamma"), start=100)
+        projection = backend.open()
+        projection.apply(first)
+        before = backend.state(projection)
+        with backend.midway(), pytest.raises(StorageFailure):
+            projection.apply(second)
+        assert first[-1][0] == projection.checkpoint
+        assert before == backend.state(projection)
+        projection.apply(second)
+        reference = backend.other()
+        reference.apply(first)
+        reference.apply(second)
+        assert backend.state(reference) == backend.state(projection)
+        assert second[-1][0] == projection.checkpoint
+
+    def test_a_failing_storage_is_a_storage_failure_and_loses_nothing(
+        self, backend: Backend, fault: str
+    ) -> None:
+        """While the storage fails, ``apply`` raises StorageFailure (never another error,
+        which the runner would take for a bad event), the checkpoint stays, and
+        ``check_storage`` says so. Once it is back, the same batch applies once."""
+        first = numbered(contract_events("acme"))
+        second = numbered(contract_events("beta"), start=100)
+        projection = backend.open()
+        projection.apply(first)
+        projection.check_storage()
+        with backend.cause(fault):
+            with pytest.raises(StorageFailure) as failed:
+                projection.apply(second)
+            assert first[-1][0] == projection.checkpoint
+            with pytest.raises(StorageFailure):
+                projection.check_storage()
+        assert str(failed.value)
+        projection.check_storage()
+        reference = backend.other()
+        reference.apply(first)
+        assert reference.apply(second).events == projection.apply(second).events
+        assert Applied() == projection.apply(second)
+        assert backend.state(reference) == backend.state(projection)
+
+    async def test_a_live_projection_equals_a_rebuild(
+        self, backend: Backend, nc: NatsClient
+    ) -> None:
+        """Fed live from its durable consumer in small batches, or replayed from the
+        stream in one, the projection comes out the same, erasures included."""
+        for tenant in ("acme", "beta"):
+            mem = MemoryClient(nc, tenant=tenant, agent="a1")
+            for e in contract_events(tenant):
+                await mem.publish(e)
+        last = (await nc.jetstream().stream_info(EVENT_STREAM)).state.last_seq
+        live = backend.open()
+        runner = LiveRunner(nc, live, batch_size=7, max_wait=0.05, consumer="contract")
+        task = asyncio.create_task(runner.run())
+        try:
+            await wait_for(lambda: live.checkpoint >= last, what="the live projection")
+        finally:
+            runner.stop()
+            await task
+        assert 0 == runner.stats.dead_letters
+        rebuilt = backend.other()
+        await replay(nc, rebuilt)
+        assert live.checkpoint == rebuilt.checkpoint
+        assert backend.state(live) == backend.state(rebuilt)
