@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -195,3 +196,24 @@ async def wait_acked(nc: nats.NATS, projection: str, seq: int, what: str) -> flo
             return time.perf_counter() - start
         print(f"  {what}: {done:,}/{seq:,}", file=sys.stderr, end="\r")
         await asyncio.sleep(1)
+
+
+def arguments(parser: argparse.ArgumentParser, smoke: dict[str, Any]) -> argparse.Namespace:
+    """The command line, with ``--smoke``: the sizes in ``smoke`` (where not given on the
+    command line) and one round, so a benchmark proves in seconds that it still runs.
+    A smoke run measures nothing worth reporting."""
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="tiny sizes and one round, to check that the benchmark runs (no figures)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.smoke:
+        for name, value in smoke.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    return args
+
+
+def exit_code(on_target: bool, args: argparse.Namespace) -> int:
+    """0 when the figures are on target; a smoke run's tiny sizes judge nothing."""
+    return 0 if on_target or args.smoke else 1

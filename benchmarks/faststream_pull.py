@@ -18,7 +18,7 @@ import nats
 from faststream import Context
 from faststream.nats import JStream, NatsBroker, PullSub
 
-from benchmarks._common import broker
+from benchmarks._common import arguments, broker
 from benchmarks._workload import fill
 from benchmarks.ingest_history import raw_loop
 from consumers._runtime import tune_for_throughput
@@ -77,5 +77,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--batch", type=int, default=2000)
-    args = parser.parse_args()
+    args = arguments(parser, smoke=dict(events=2000, batch=500))
     asyncio.run(main(args.events, args.batch))

@@ -23,7 +23,7 @@ import msgspec
 import nats
 from faststream.nats import NatsBroker, NatsMessage
 
-from benchmarks._common import broker, percentile
+from benchmarks._common import arguments, broker, percentile
 from consumers._runtime import tune_for_throughput
 
 REQUEST = b'{"query": "how do I retry 503s?", "top_k": 5}'
@@ -106,5 +106,5 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
-    args = parser.parse_args()
+    args = arguments(parser, smoke=dict(requests=200))
     asyncio.run(main(args.requests))

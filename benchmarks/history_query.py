@@ -26,7 +26,14 @@ from typing import Any
 
 import nats
 
-from benchmarks._common import broker, memstream_process, percentile, wait_acked
+from benchmarks._common import (
+    arguments,
+    broker,
+    exit_code,
+    memstream_process,
+    percentile,
+    wait_acked,
+)
 from benchmarks._workload import fill
 from consumers.log import configure_logging
 from consumers.storage import HistoryStorage
@@ -159,5 +166,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=100)
-    args = parser.parse_args()
-    sys.exit(0 if main(args.events, args.repeat) else 1)
+    args = arguments(parser, smoke=dict(events=5000, repeat=5))
+    sys.exit(exit_code(main(args.events, args.repeat), args))

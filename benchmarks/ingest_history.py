@@ -20,7 +20,7 @@ import nats
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from benchmarks._common import compare_on_filled_stream
+from benchmarks._common import arguments, compare_on_filled_stream, exit_code
 from consumers.runner import LiveRunner
 from projections.history import HistoryProjection
 from schemas.events import EventDecoder
@@ -81,5 +81,5 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    sys.exit(0 if asyncio.run(main(args.events, args.batch, args.rounds)) else 1)
+    args = arguments(parser, smoke=dict(events=5000, rounds=1))
+    sys.exit(exit_code(asyncio.run(main(args.events, args.batch, args.rounds)), args))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import qdrant_edge as edge
 
-from benchmarks._common import percentile, report
+from benchmarks._common import arguments, exit_code, percentile, report
 from consumers._runtime import tune_for_throughput
 from projections.embedders import HashEmbedder
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
@@ -148,5 +148,5 @@ if __name__ == "__main__":
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--per-tenant", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=500)
-    args = parser.parse_args()
-    sys.exit(0 if main(args.tenants, args.per_tenant, args.queries) else 1)
+    args = arguments(parser, smoke=dict(tenants=2, per_tenant=500, queries=20))
+    sys.exit(exit_code(main(args.tenants, args.per_tenant, args.queries), args))

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._common import median_round, time_searches
+from benchmarks._common import arguments, median_round, time_searches
 from benchmarks.ingest_vectors import memory_text
 from consumers._runtime import tune_for_throughput
 from projections.embedders import HashEmbedder
@@ -234,6 +234,6 @@ if __name__ == "__main__":
         help="skip building the indexes (an hour and more at 1,000,000 points on 2 cores): "
         "search is then exact",
     )  # fmt: skip
-    args = parser.parse_args()
+    args = arguments(parser, smoke=dict(scenarios="2x500", queries=20, rounds=1, max_ingest_s=20))
     main(args.scenarios.split(","), args.queries, args.rounds, args.max_ingest_s,
          not args.no_index)  # fmt: skip

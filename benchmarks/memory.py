@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nats
 
-from benchmarks._common import broker, wait_acked
+from benchmarks._common import arguments, broker, exit_code, wait_acked
 from benchmarks._workload import fill
 from consumers.log import configure_logging
 from consumers.streams import ensure_streams
@@ -107,5 +107,5 @@ def main(events: int) -> bool:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    args = parser.parse_args()
-    sys.exit(0 if main(args.events) else 1)
+    args = arguments(parser, smoke=dict(events=5000))
+    sys.exit(exit_code(main(args.events), args))

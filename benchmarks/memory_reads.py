@@ -27,7 +27,14 @@ from typing import Any
 
 import nats
 
-from benchmarks._common import broker, memstream_process, percentile, wait_acked
+from benchmarks._common import (
+    arguments,
+    broker,
+    exit_code,
+    memstream_process,
+    percentile,
+    wait_acked,
+)
 from consumers.log import configure_logging
 from consumers.storage import HistoryStorage
 from consumers.streams import ensure_streams
@@ -158,5 +165,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memories", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=100)
-    args = parser.parse_args()
-    sys.exit(0 if main(args.memories, args.repeat) else 1)
+    args = arguments(parser, smoke=dict(memories=5000, repeat=5))
+    sys.exit(exit_code(main(args.memories, args.repeat), args))

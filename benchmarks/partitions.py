@@ -39,7 +39,7 @@ import msgspec
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from benchmarks._common import broker, percentile
+from benchmarks._common import arguments, broker, percentile
 from benchmarks._workload import mixed_events
 from consumers.cluster import LocalCluster
 from consumers.deployment import deployment_id
@@ -267,4 +267,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--publish", type=int, default=50_000, help="events for the replica figure")
-    asyncio.run(main(parser.parse_args()))
+    args = arguments(
+        parser, smoke=dict(events=2000, tenants=4, clients=2, seconds=1.0, rounds=1, publish=2000)
+    )
+    asyncio.run(main(args))

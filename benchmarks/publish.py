@@ -16,7 +16,7 @@ import time
 
 import nats
 
-from benchmarks._common import broker, median, report
+from benchmarks._common import arguments, broker, exit_code, median, report
 from consumers.streams import ensure_streams
 from producers import MemoryClient
 from schemas import events as ev
@@ -92,5 +92,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    sys.exit(0 if asyncio.run(main(args.events, args.rounds)) else 1)
+    args = arguments(parser, smoke=dict(events=2000, rounds=1))
+    sys.exit(exit_code(asyncio.run(main(args.events, args.rounds)), args))

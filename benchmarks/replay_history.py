@@ -18,7 +18,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from benchmarks._common import compare_on_filled_stream
+from benchmarks._common import arguments, compare_on_filled_stream, exit_code
 from consumers.replay import replay
 from projections.history import HistoryProjection
 from schemas.events import EventDecoder
@@ -72,5 +72,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    sys.exit(0 if asyncio.run(main(args.events, args.rounds)) else 1)
+    args = arguments(parser, smoke=dict(events=5000, rounds=1))
+    sys.exit(exit_code(asyncio.run(main(args.events, args.rounds)), args))

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._common import arguments
 from projections.embedders import Embedder, HashEmbedder
 from projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from projections.point_store import EdgeStores
@@ -271,5 +272,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--distractors", type=int, default=3000)
     parser.add_argument("--embedder", choices=("minilm", "hash"), default="minilm")
-    args = parser.parse_args()
+    args = arguments(parser, smoke=dict(distractors=200, embedder="hash"))
     main(args.distractors, args.embedder)

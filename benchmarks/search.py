@@ -32,7 +32,9 @@ from pathlib import Path
 import nats
 
 from benchmarks._common import (
+    arguments,
     broker,
+    exit_code,
     median_round,
     memstream_process,
     percentile,
@@ -85,21 +87,24 @@ async def _indexed(shards: Path) -> float:
     return time.perf_counter() - start
 
 
-async def searchable(nc: nats.NATS, last: int, shards: Path) -> None:
-    """Wait until the vectors projected up to ``last`` and swapped in a built index."""
+async def searchable(nc: nats.NATS, last: int, shards: Path, indexed: bool = True) -> None:
+    """Wait until the vectors projected up to ``last`` and (``indexed``) swapped in a
+    built index. A smoke run's few memories are searched exactly: no index is built."""
     took = await wait_acked(nc, "vectors", last, "projecting")
     print(f"  projected {last:,} memories in {took:.0f} s", file=sys.stderr)
+    if not indexed:
+        return
     took = await _indexed(shards)
     print(f"  index built aside and swapped in {took:.0f} s later", file=sys.stderr)
 
 
 async def _request_reply(
     url: str, tenant: str, texts: list[str], last: int, rounds: int, shards: Path,
-    flt: dict[str, object] | None,
+    flt: dict[str, object] | None, indexed: bool,
 ) -> list[list[float]]:  # fmt: skip
     nc = await nats.connect(url)
     try:
-        await searchable(nc, last, shards)
+        await searchable(nc, last, shards, indexed)
         mem = MemoryClient(nc, tenant=tenant, agent="bench")
         extra = {"filter": flt} if flt else {}
         for text in texts:  # warm: each query's embedding lands in the cache
@@ -140,7 +145,9 @@ def _raw(
         stores.close()
 
 
-def main(tenants: int, per_tenant: int, queries: int, rounds: int, filtered: bool) -> bool:
+def main(
+    tenants: int, per_tenant: int, queries: int, rounds: int, filtered: bool, smoke: bool = False
+) -> bool:
     configure_logging("console", "warning")
     tune_for_throughput()  # the runtime settings memstream's worker runs with
     probe = f"t{tenants // 2}"
@@ -151,7 +158,9 @@ def main(tenants: int, per_tenant: int, queries: int, rounds: int, filtered: boo
         env = {"MEMSTREAM_EMBEDDER": "hash", "MEMSTREAM_EMBEDDING_DIM": "384"}
         with memstream_process("up", "--nats-url", server.url, "--data-dir", tmp, env=env):
             shards = Path(tmp) / "vectors"
-            ours = asyncio.run(_request_reply(server.url, probe, texts, last, rounds, shards, flt))
+            ours = asyncio.run(
+                _request_reply(server.url, probe, texts, last, rounds, shards, flt, not smoke)
+            )
         raw = _raw(Path(tmp) / "vectors", probe, texts, rounds, flt)
     for r, (mine, theirs) in enumerate(zip(ours, raw, strict=True)):
         print(
@@ -183,6 +192,6 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--filter", action="store_true", help="a selective metadata filter")
-    args = parser.parse_args()
-    ok = main(args.tenants, args.per_tenant, args.queries, args.rounds, args.filter)
-    sys.exit(0 if ok else 1)
+    args = arguments(parser, smoke=dict(tenants=2, per_tenant=500, queries=20, rounds=1))
+    ok = main(args.tenants, args.per_tenant, args.queries, args.rounds, args.filter, args.smoke)
+    sys.exit(exit_code(ok, args))

@@ -44,7 +44,15 @@ from pathlib import Path
 
 import nats
 
-from benchmarks._common import broker, cpu_seconds, memstream_process, percentile, wait_acked
+from benchmarks._common import (
+    arguments,
+    broker,
+    cpu_seconds,
+    exit_code,
+    memstream_process,
+    percentile,
+    wait_acked,
+)
 from benchmarks._workload import mixed_events
 from benchmarks.ingest_vectors import memory_text
 from benchmarks.search import _publish, searchable
@@ -220,7 +228,7 @@ async def _run(
 ) -> list[Round]:
     nc = await nats.connect(url)
     try:
-        await searchable(nc, last, shards)
+        await searchable(nc, last, shards, indexed=not args.smoke)
         for c in range(args.tenants):  # each question's embedding lands in the cache
             mem = MemoryClient(nc, tenant=f"t{c}", agent="bench")
             for text in texts[c :: args.clients]:
@@ -250,7 +258,7 @@ def main(args: argparse.Namespace) -> bool:
     configure_logging("console", "warning")
     texts = [memory_text(i * 37 + 5) for i in range(500)]
     with broker() as server, tempfile.TemporaryDirectory(prefix="memstream-bench-") as tmp:
-        last = asyncio.run(_publish(server.url, args.tenants, args.per_tenant))
+        last = asyncio.run(_publish(server.url, args.tenants, args.per_tenant, False))
         env = {"MEMSTREAM_EMBEDDER": "hash", "MEMSTREAM_EMBEDDING_DIM": "384"}
         pids: dict[str, list[int]] = {"memstream": [], "nats-server": [server.pid or 0]}
         with contextlib.ExitStack() as processes:
@@ -326,4 +334,10 @@ if __name__ == "__main__":
         "--processes", choices=("one", "per-role"), default="one",
         help="memstream up (one process), or serve --role history and vectors",
     )  # fmt: skip
-    sys.exit(0 if main(parser.parse_args()) else 1)
+    args = arguments(
+        parser,
+        smoke=dict(
+            tenants=2, per_tenant=300, clients=4, rate=200, search_rate=20.0, seconds=1.0, rounds=1
+        ),
+    )
+    sys.exit(exit_code(main(args), args))

@@ -7,20 +7,27 @@ unreachable), and a loopback server that takes connections and never answers.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import signal
 import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from producers import MemoryClient
 from tests.conftest import pid_alive
 from tests.e2e.conftest import Up, logs, run_cli, start_up
-from tests.waiting import wait_for_sync
+from tests.embedding_server import EmbeddingServer
+from tests.faults.findable import every_memory_is_found, publish_memories
+from tests.waiting import wait_for, wait_for_sync
 
 
 def _openai_env(url: str) -> dict[str, str]:
@@ -175,3 +182,67 @@ def test_a_stop_that_cannot_finish_is_forced_within_10_s_or_at_a_second_ctrl_c(
         assert 2 == len(json.loads(history.stdout)["events"]), history.stderr
     finally:
         again.stop()
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as reply:
+            return bool(reply.status == 200)
+    except urllib.error.HTTPError as err:
+        if err.code == 503:
+            return False
+        raise
+
+
+async def test_an_embedder_outage_dead_letters_nothing_and_every_memory_is_found(
+    tmp_path: Path,
+) -> None:
+    """While memories arrive, the embeddings server rejects the API key for 20 s, fails
+    with 500 for 10 s, refuses connections for 10 s, then answers again. An outage, not
+    bad events: nothing is dead-lettered, /readyz says not ready in each part of it and
+    ready after, and every memory is found by search."""
+    server = EmbeddingServer(dimensions=64)
+    running = start_up(tmp_path / "data", "--metrics-port", "0", env=server.env)
+    base = running.info["metrics_url"]
+    seen: dict[str, set[bool]] = {}
+    phase = ["before"]  # the part of the outage /readyz is being asked in
+    published: list[int] = []
+    try:
+        async with await MemoryClient.connect(running.url, tenant="acme", agent="a1") as mem:
+
+            async def publish() -> None:
+                for start in itertools.count(0, 5):
+                    published.append(await publish_memories(mem, range(start, start + 5)))
+                    await asyncio.sleep(0.2)
+
+            async def watch() -> None:
+                while True:
+                    seen.setdefault(phase[0], set()).add(await asyncio.to_thread(_ready, base))
+                    await asyncio.sleep(0.1)
+
+            await wait_for(lambda: _ready(base), timeout=30, what="ready at start")
+            tasks = [asyncio.create_task(publish()), asyncio.create_task(watch())]
+            try:
+                for part, mode, seconds in (("401", 401, 20), ("500", 500, 10),
+                                            ("down", "down", 10)):  # fmt: skip
+                    phase[0] = part
+                    server.set(mode)
+                    await asyncio.sleep(seconds)  # how long the outage lasts
+                server.set("ok")
+                phase[0] = "after"
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            count = len(published) * 5
+            await every_memory_is_found(mem, range(count), published[-1])
+            await wait_for(lambda: _ready(base), timeout=60, what="ready again")
+            stats = await mem.stats(min_seq=published[-1], wait_ms=30_000)
+            assert 0 == stats.dlq_count
+            assert {"history": "ok", "vectors": "ok"} == stats.health
+        for part in ("401", "500", "down"):
+            assert False in seen[part], f"/readyz said ready all through the {part} outage"
+        assert count > 300
+    finally:
+        running.stop()
+        server.close()
