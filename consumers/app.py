@@ -437,12 +437,14 @@ def _live_counters(parts: _Roles, health: Health) -> dict[str, Any]:
         "applied": {},
         "dead_letters": {},
         "lag": {name: p for name, (_, p, _) in health.projections.items()},
+        "healthy": {},
     }
     for name, service in parts.services.items():
         stats = service.stats
         if stats is not None:
             found["applied"][name] = stats.applied
             found["dead_letters"][name] = stats.dead_letters
+            found["healthy"][name] = 0 if service.unhealthy else 1
     embedder = parts.embedder
     if embedder is not None:
         found["embedding_requests"] = embedder.stats.embedding_calls

@@ -103,7 +103,7 @@ class ProcessMetrics:
 
     def add_source(self, read: Callable[[], dict[str, Any]]) -> None:
         """A reader of live counters, called at each scrape; returns any of
-        ``applied``/``dead_letters``/``lag`` (projection -> number) and
+        ``applied``/``dead_letters``/``lag``/``healthy`` (projection -> number) and
         ``embedding_requests``/``cache_hits``/``cache_misses`` (numbers)."""
         self._sources.append(read)
 
@@ -130,6 +130,12 @@ class _Live(Collector):
             "Events of its share of the stream a projection has not applied yet.",
             labels=["projection"],
         )
+        healthy = GaugeMetricFamily(
+            "memstream_projection_healthy",
+            "1 while a projection's storage works; 0 while it fails (the projection retries "
+            "its batch and does not advance).",
+            labels=["projection"],
+        )
         requests = CounterMetricFamily(
             "memstream_embedding_requests", "Calls to the embedder (cache misses batched)."
         )
@@ -149,12 +155,14 @@ class _Live(Collector):
                     dead.add_metric([name], value)
                 for name, value in found.get("lag", {}).items():
                     lag.add_metric([name], value)
+                for name, value in found.get("healthy", {}).items():
+                    healthy.add_metric([name], value)
                 for key in totals:
                     totals[key] += found.get(key, 0)
         requests.add_metric([], totals["embedding_requests"])
         hits.add_metric([], totals["cache_hits"])
         misses.add_metric([], totals["cache_misses"])
-        yield from (applied, dead, lag, requests, hits, misses)
+        yield from (applied, dead, lag, healthy, requests, hits, misses)
 
 
 class MetricsServer:

@@ -106,7 +106,7 @@ async def test_readyz_says_why_a_projection_is_not_applying(
     nc: NatsClient, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     """An embedder that fails stalls the vectors: /readyz answers 503 with the reason,
-    and memstream status says the worker is not ready."""
+    the health gauge says 0, and memstream status says the worker is not ready."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
@@ -132,6 +132,9 @@ async def test_readyz_says_why_a_projection_is_not_applying(
         assert not any("history" in r for r in reasons)
         status, _ = await fetch(f"{base}/healthz")
         assert 200 == status  # alive, only not ready
+        found = await samples(base)
+        assert 0 == value(found, "memstream_projection_healthy", projection="vectors")
+        assert 1 == value(found, "memstream_projection_healthy", projection="history")
         done = await asyncio.to_thread(run_cli, "status", "--nats-url", nats_server.url)
         assert 1 == done.returncode
         assert "NOT READY: the vectors projection is not applying" in done.stdout
