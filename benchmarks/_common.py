@@ -20,11 +20,11 @@ from typing import Any
 import nats
 
 from benchmarks._workload import fill
-from consumers._runtime import tune_for_throughput
-from consumers.log import configure_logging
-from consumers.nats_server import NatsServer
-from consumers.streams import ensure_streams
-from producers import MemoryClient
+from memstream.consumers._runtime import tune_for_throughput
+from memstream.consumers.log import configure_logging
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
 
 
 @contextmanager

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from producers import MemoryClient
-from schemas import events as ev
+from memstream.producers import MemoryClient
+from memstream.schemas import events as ev
 
 CHUNK = 20_000
 

@@ -21,10 +21,10 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from benchmarks._common import arguments, broker
 from benchmarks._workload import fill
 from benchmarks.ingest_history import raw_loop
-from consumers._runtime import tune_for_throughput
-from consumers.streams import ensure_streams
-from producers import MemoryClient
-from schemas.events import EventDecoder
+from memstream.consumers._runtime import tune_for_throughput
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
+from memstream.schemas.events import EventDecoder
 
 MESSAGE = Context("message")  # FastStream injects the batch message here
 

@@ -24,7 +24,7 @@ import nats
 from faststream.nats import NatsBroker, NatsMessage
 
 from benchmarks._common import arguments, broker, percentile
-from consumers._runtime import tune_for_throughput
+from memstream.consumers._runtime import tune_for_throughput
 
 REQUEST = b'{"query": "how do I retry 503s?", "top_k": 5}'
 _decode = msgspec.json.Decoder(dict[str, Any]).decode

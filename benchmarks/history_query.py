@@ -35,12 +35,12 @@ from benchmarks._common import (
     wait_acked,
 )
 from benchmarks._workload import fill
-from consumers.log import configure_logging
-from consumers.storage import HistoryStorage
-from consumers.streams import ensure_streams
-from producers import MemoryClient
-from projections import reads
-from projections.history import HistoryProjection
+from memstream.consumers.log import configure_logging
+from memstream.consumers.storage import HistoryStorage
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
+from memstream.projections import reads
+from memstream.projections.history import HistoryProjection
 
 TENANT = "bench"
 

@@ -21,9 +21,9 @@ import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from benchmarks._common import arguments, compare_on_filled_stream, exit_code
-from consumers.runner import LiveRunner
-from projections.history import HistoryProjection
-from schemas.events import EventDecoder
+from memstream.consumers.runner import LiveRunner
+from memstream.projections.history import HistoryProjection
+from memstream.schemas.events import EventDecoder
 
 
 async def raw_loop(js: nats.js.JetStreamContext, n: int, batch: int) -> float:

@@ -23,10 +23,10 @@ from pathlib import Path
 import qdrant_edge as edge
 
 from benchmarks._common import arguments, exit_code, percentile, report
-from consumers._runtime import tune_for_throughput
-from projections.embedders import HashEmbedder
-from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.point_store import (
+from memstream.consumers._runtime import tune_for_throughput
+from memstream.projections.embedders import HashEmbedder
+from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from memstream.projections.point_store import (
     DENSE,
     SPARSE,
     Condition,
@@ -38,9 +38,9 @@ from projections.point_store import (
     new_generation,
     point_id,
 )
-from projections.vector_search import from_payload
-from projections.vectors import VectorProjection
-from schemas import events as ev
+from memstream.projections.vector_search import from_payload
+from memstream.projections.vectors import VectorProjection
+from memstream.schemas import events as ev
 
 WORDS = (  # noqa: SIM905 - a sentence reads better than a list of 31 strings
     "asyncio gather task retry backoff duckdb arrow insert qdrant vector search tenant "

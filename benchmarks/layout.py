@@ -35,9 +35,9 @@ from pathlib import Path
 
 from benchmarks._common import arguments, median_round, time_searches
 from benchmarks.ingest_vectors import memory_text
-from consumers._runtime import tune_for_throughput
-from projections.embedders import HashEmbedder
-from projections.point_store import (
+from memstream.consumers._runtime import tune_for_throughput
+from memstream.projections.embedders import HashEmbedder
+from memstream.projections.point_store import (
     Condition,
     EdgeStore,
     Mode,

@@ -26,9 +26,9 @@ import nats
 
 from benchmarks._common import arguments, broker, exit_code, wait_acked
 from benchmarks._workload import fill
-from consumers.log import configure_logging
-from consumers.streams import ensure_streams
-from producers import MemoryClient
+from memstream.consumers.log import configure_logging
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:

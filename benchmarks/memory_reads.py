@@ -35,14 +35,14 @@ from benchmarks._common import (
     percentile,
     wait_acked,
 )
-from consumers.log import configure_logging
-from consumers.storage import HistoryStorage
-from consumers.streams import ensure_streams
-from producers import MemoryClient
-from projections.history import HistoryProjection
-from projections.memories import get_memory, list_memories
-from schemas import events as ev
-from schemas.filters import parse_filter
+from memstream.consumers.log import configure_logging
+from memstream.consumers.storage import HistoryStorage
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
+from memstream.projections.history import HistoryProjection
+from memstream.projections.memories import get_memory, list_memories
+from memstream.schemas import events as ev
+from memstream.schemas.filters import parse_filter
 
 TENANT = "bench"
 SELECTIVE = {"user_id": "u17", "metadata.priority": {"$gte": 5}}

@@ -41,12 +41,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from benchmarks._common import arguments, broker, percentile
 from benchmarks._workload import mixed_events
-from consumers.cluster import LocalCluster
-from consumers.deployment import deployment_id
-from consumers.streams import ensure_streams, stream_configs
-from producers import MemoryClient
-from schemas.queries import PROJECTIONS
-from schemas.subjects import EVENT_STREAM, durable_name
+from memstream.consumers.cluster import LocalCluster
+from memstream.consumers.deployment import deployment_id
+from memstream.consumers.streams import ensure_streams, stream_configs
+from memstream.producers import MemoryClient
+from memstream.schemas.queries import PROJECTIONS
+from memstream.schemas.subjects import EVENT_STREAM, durable_name
 
 TEXTS = ("what the agent learned", "the task", "a tool call", "the session")
 

@@ -17,11 +17,11 @@ import time
 import nats
 
 from benchmarks._common import arguments, broker, exit_code, median, report
-from consumers.streams import ensure_streams
-from producers import MemoryClient
-from schemas import events as ev
-from schemas.events import encode_event
-from schemas.subjects import event_subject
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
+from memstream.schemas import events as ev
+from memstream.schemas.events import encode_event
+from memstream.schemas.subjects import event_subject
 
 WINDOW = 512
 

@@ -19,9 +19,9 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from benchmarks._common import arguments, compare_on_filled_stream, exit_code
-from consumers.replay import replay
-from projections.history import HistoryProjection
-from schemas.events import EventDecoder
+from memstream.consumers.replay import replay
+from memstream.projections.history import HistoryProjection
+from memstream.schemas.events import EventDecoder
 
 
 async def raw_loop(nc: nats.NATS, n: int) -> float:

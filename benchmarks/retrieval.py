@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 from benchmarks._common import arguments
-from projections.embedders import Embedder, HashEmbedder
-from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.point_store import EdgeStores
-from projections.vectors import VectorProjection
-from schemas import events as ev
+from memstream.projections.embedders import Embedder, HashEmbedder
+from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from memstream.projections.point_store import EdgeStores
+from memstream.projections.vectors import VectorProjection
+from memstream.schemas import events as ev
 
 TENANT = "bench"
 KS = (1, 5, 10)

@@ -42,14 +42,14 @@ from benchmarks._common import (
     wait_acked,
 )
 from benchmarks.ingest_vectors import memory_text
-from consumers._runtime import tune_for_throughput
-from consumers.log import configure_logging
-from consumers.streams import ensure_streams
-from producers import MemoryClient
-from projections.embedders import HashEmbedder
-from projections.point_store import Condition, EdgeStores, Search, bm25_query
-from schemas import events as ev
-from schemas.filters import parse_filter
+from memstream.consumers._runtime import tune_for_throughput
+from memstream.consumers.log import configure_logging
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
+from memstream.projections.embedders import HashEmbedder
+from memstream.projections.point_store import Condition, EdgeStores, Search, bm25_query
+from memstream.schemas import events as ev
+from memstream.schemas.filters import parse_filter
 
 SELECTIVE = {"metadata.team": "team7", "metadata.priority": {"$gte": 5}}
 

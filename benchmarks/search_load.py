@@ -56,8 +56,8 @@ from benchmarks._common import (
 from benchmarks._workload import mixed_events
 from benchmarks.ingest_vectors import memory_text
 from benchmarks.search import _publish, searchable
-from consumers.log import configure_logging
-from producers import MemoryClient
+from memstream.consumers.log import configure_logging
+from memstream.producers import MemoryClient
 
 PROJECTIONS = ("history", "vectors")
 

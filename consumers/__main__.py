@@ -1,3 +1,3 @@
-from consumers.cli import main
+from memstream.consumers.cli import main
 
 main()

@@ -26,12 +26,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from consumers.log import get_logger
-from consumers.metrics import Health
-from consumers.service import ProjectionService
-from consumers.tenants import purge_projection, purge_stream
-from projections.analytics import SqlRejected, run_readonly
-from schemas.admin import (
+from memstream.consumers.log import get_logger
+from memstream.consumers.metrics import Health
+from memstream.consumers.service import ProjectionService
+from memstream.consumers.tenants import purge_projection, purge_stream
+from memstream.projections.analytics import SqlRejected, run_readonly
+from memstream.schemas.admin import (
     ADMIN_OPS,
     AdminRequest,
     PingResult,
@@ -46,10 +46,10 @@ from schemas.admin import (
     SqlResult,
     decode_admin_request,
 )
-from schemas.errors import MemstreamError, QueryError
-from schemas.partitions import WHOLE, Partition
-from schemas.replies import ErrorBody, error_reply, ok_reply
-from schemas.subjects import admin_subject
+from memstream.schemas.errors import MemstreamError, QueryError
+from memstream.schemas.partitions import WHOLE, Partition
+from memstream.schemas.replies import ErrorBody, error_reply, ok_reply
+from memstream.schemas.subjects import admin_subject
 
 __all__ = ["ADMIN_QUEUE", "AdminResponder"]
 

@@ -29,34 +29,34 @@ from typing import Any
 import msgspec
 import nats.errors
 
-from consumers.admin import AdminResponder
-from consumers.auth import TenantCredentials
-from consumers.deployment import Hold, claim_partition, hold
-from consumers.indexer import IndexBuilder
-from consumers.log import get_logger
-from consumers.metrics import Health, MetricsServer, ProcessMetrics, refresh_health
-from consumers.nats_server import NatsServer
-from consumers.query_worker import QUEUE, QueryWorker, check_query_mapping
-from consumers.roles import ALL_ROLES
-from consumers.service import ProjectionService
-from consumers.settings import Settings
-from consumers.sources import ReaderSource, RemoteHistory
-from consumers.storage import HistoryStorage, VectorStorage, vector_storage_from_settings
-from consumers.streams import (
+from memstream.consumers.admin import AdminResponder
+from memstream.consumers.auth import TenantCredentials
+from memstream.consumers.deployment import Hold, claim_partition, hold
+from memstream.consumers.indexer import IndexBuilder
+from memstream.consumers.log import get_logger
+from memstream.consumers.metrics import Health, MetricsServer, ProcessMetrics, refresh_health
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.query_worker import QUEUE, QueryWorker, check_query_mapping
+from memstream.consumers.roles import ALL_ROLES
+from memstream.consumers.service import ProjectionService
+from memstream.consumers.settings import Settings
+from memstream.consumers.sources import ReaderSource, RemoteHistory
+from memstream.consumers.storage import HistoryStorage, VectorStorage, vector_storage_from_settings
+from memstream.consumers.streams import (
     HEADER_ROOM,
     ProvisionReport,
     ensure_streams,
     until_jetstream_answers,
 )
-from producers.connection import connect_nats
-from projections.embedders import EmbedderError
-from projections.embedding_cache import CachedEmbedder
-from projections.vector_search import VectorReader
-from schemas.errors import ConfigError, MemstreamError, NatsServerError
-from schemas.events import EventDecoder
-from schemas.partitions import Partition
-from schemas.queries import PROJECTIONS
-from schemas.subjects import durable_name
+from memstream.producers.connection import connect_nats
+from memstream.projections.embedders import EmbedderError
+from memstream.projections.embedding_cache import CachedEmbedder
+from memstream.projections.vector_search import VectorReader
+from memstream.schemas.errors import ConfigError, MemstreamError, NatsServerError
+from memstream.schemas.events import EventDecoder
+from memstream.schemas.partitions import Partition
+from memstream.schemas.queries import PROJECTIONS
+from memstream.schemas.subjects import durable_name
 
 __all__ = ["EmbedderStatus", "UpInfo", "run_up"]
 

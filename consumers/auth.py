@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import MemstreamError
-from schemas.ids import validate_tenant
-from schemas.subjects import EVENT_PREFIX, LOCK_BUCKET, QUERY_PREFIX, reply_inbox_prefix
+from memstream.schemas.errors import MemstreamError
+from memstream.schemas.ids import validate_tenant
+from memstream.schemas.subjects import EVENT_PREFIX, LOCK_BUCKET, QUERY_PREFIX, reply_inbox_prefix
 
 __all__ = [
     "SERVICE_USER",

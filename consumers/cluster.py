@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumers.nats_server import NatsServer, terminate
-from consumers.streams import HEADER_ROOM
-from schemas.errors import ConfigError, NatsServerError
-from schemas.events import DEFAULT_MAX_EVENT_BYTES
+from memstream.consumers.nats_server import NatsServer, terminate
+from memstream.consumers.streams import HEADER_ROOM
+from memstream.schemas.errors import ConfigError, NatsServerError
+from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["ClusterLayout", "LocalCluster", "NodeInfo", "WorkerInfo", "node_config", "read_layout"]
 
@@ -384,9 +384,9 @@ def pid_alive(pid: int) -> bool:
 
 async def cluster_status(layout: ClusterLayout, nats_auth: dict[str, Any]) -> ClusterStatus:
     """What the nodes, the stream and the workers of a cluster say of themselves."""
-    from consumers.ops import ping_all
-    from producers.connection import connect_nats
-    from schemas.subjects import EVENT_STREAM
+    from memstream.consumers.ops import ping_all
+    from memstream.producers.connection import connect_nats
+    from memstream.schemas.subjects import EVENT_STREAM
 
     nodes = [
         NodeStatus(n.name, f"nats://127.0.0.1:{n.port}", n.pid, pid_alive(n.pid))

@@ -11,16 +11,16 @@ from typing import Any
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
-from consumers.decoding import DeadLetter
-from consumers.log import get_logger
-from schemas.dead_letters import (
+from memstream.consumers.decoding import DeadLetter
+from memstream.consumers.log import get_logger
+from memstream.schemas.dead_letters import (
     DeadLetterInfo,
     dead_letter_headers,
     read_dead_letter,
     retry_headers,
 )
-from schemas.errors import UsageError
-from schemas.subjects import DLQ_STREAM, dlq_subject
+from memstream.schemas.errors import UsageError
+from memstream.schemas.subjects import DLQ_STREAM, dlq_subject
 
 __all__ = ["list_dead_letters", "publish_dead_letters", "retry_dead_letters"]
 

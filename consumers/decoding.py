@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
-from schemas.dead_letters import DLQ_RETRY_FOR
-from schemas.errors import InvalidEvent, InvalidSubject, InvalidTenant
-from schemas.events import AnyEvent, EventDecoder, UnknownEvent, check_subject
-from schemas.ids import validate_tenant
-from schemas.partitions import WHOLE, Partition, slot_of
-from schemas.subjects import parse_event_subject, published_subject
+from memstream.schemas.dead_letters import DLQ_RETRY_FOR
+from memstream.schemas.errors import InvalidEvent, InvalidSubject, InvalidTenant
+from memstream.schemas.events import AnyEvent, EventDecoder, UnknownEvent, check_subject
+from memstream.schemas.ids import validate_tenant
+from memstream.schemas.partitions import WHOLE, Partition, slot_of
+from memstream.schemas.subjects import parse_event_subject, published_subject
 
 __all__ = ["DeadLetter", "Decoded", "MessageDecoder", "delivery_seq", "stream_seq"]
 

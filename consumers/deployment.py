@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from schemas.errors import UsageError
-from schemas.partitions import Partition
+from memstream.schemas.errors import UsageError
+from memstream.schemas.partitions import Partition
 
 __all__ = [
     "AlreadyRunning",

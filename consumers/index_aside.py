@@ -2,7 +2,7 @@
 
 Run by the vectors service (:mod:`consumers.indexer`) as::
 
-    python -m consumers.index_aside SHARD_DIR --consumer NAME --model M --dims N
+    python -m memstream.consumers.index_aside SHARD_DIR --consumer NAME --model M --dims N
         --cache FILE --applied FILE
 
 with the NATS URL and credentials in ``MEMSTREAM_NATS_*``. It builds the copy's indexes
@@ -33,16 +33,16 @@ from typing import Final
 import numpy as np
 from nats.aio.client import Client as NatsClient
 
-from consumers.log import configure_logging
-from consumers.replay import replay
-from producers.connection import connect_nats
-from projections.applied_ids import AppliedIds
-from projections.edge_index import build_index
-from projections.embedders import EmbedderError, Vectors
-from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.point_store import EdgeStores
-from projections.vectors import VectorProjection
-from schemas.subjects import EVENT_STREAM
+from memstream.consumers.log import configure_logging
+from memstream.consumers.replay import replay
+from memstream.producers.connection import connect_nats
+from memstream.projections.applied_ids import AppliedIds
+from memstream.projections.edge_index import build_index
+from memstream.projections.embedders import EmbedderError, Vectors
+from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from memstream.projections.point_store import EdgeStores
+from memstream.projections.vectors import VectorProjection
+from memstream.schemas.subjects import EVENT_STREAM
 
 __all__ = ["CachedOnly", "catch_up", "main"]
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consumers.index_aside")
+    parser = argparse.ArgumentParser(prog="python -m memstream.consumers.index_aside")
     parser.add_argument("shard")
     parser.add_argument("--consumer", required=True)
     parser.add_argument("--model", required=True)

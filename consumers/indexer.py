@@ -27,11 +27,11 @@ import os
 import sys
 from typing import Any, Final
 
-from consumers.log import get_logger
-from consumers.service import ProjectionService
-from consumers.storage import VectorStorage
-from producers.connection import CREDS_VAR, PASSWORD_VAR, URL_VAR, USER_VAR
-from projections.vectors import VectorProjection
+from memstream.consumers.log import get_logger
+from memstream.consumers.service import ProjectionService
+from memstream.consumers.storage import VectorStorage
+from memstream.producers.connection import CREDS_VAR, PASSWORD_VAR, URL_VAR, USER_VAR
+from memstream.projections.vectors import VectorProjection
 
 __all__ = ["IndexBuilder", "due"]
 
@@ -137,7 +137,7 @@ class IndexBuilder:
         if url is not None:  # the server this process reached (of a cluster's seeds)
             env[URL_VAR] = url.geturl()
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consumers.index_aside", path,
+            sys.executable, "-m", "memstream.consumers.index_aside", path,
             "--consumer", runner.consumer, "--model", embedder.model,
             "--dims", str(embedder.dimensions), "--cache", storage.cache.path,
             "--applied", storage.applied.path,

@@ -18,10 +18,10 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from consumers.metrics import ProcessMetrics
-from producers.client import MemoryClient
-from schemas.errors import MemstreamError, PublishError
-from schemas.ids import new_id
+from memstream.consumers.metrics import ProcessMetrics
+from memstream.producers.client import MemoryClient
+from memstream.schemas.errors import MemstreamError, PublishError
+from memstream.schemas.ids import new_id
 
 __all__ = ["TOOLS", "build_server"]
 

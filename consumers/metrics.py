@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from consumers.log import get_logger
+from memstream.consumers.log import get_logger
 
 __all__ = ["Health", "MetricsServer", "ProcessMetrics"]
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from schemas.errors import NatsServerError
-from schemas.partitions import server_mappings
+from memstream.schemas.errors import NatsServerError
+from memstream.schemas.partitions import server_mappings
 
 __all__ = ["NatsServer", "find_nats_server_binary", "port_is_taken", "terminate"]
 

@@ -18,20 +18,20 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from consumers.deployment import deployment_id, hold, partition_of, running
-from consumers.nats_server import NatsServer
-from consumers.service import rebuild_offline
-from consumers.settings import Settings
-from consumers.storage import (
+from memstream.consumers.deployment import deployment_id, hold, partition_of, running
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.service import rebuild_offline
+from memstream.consumers.settings import Settings
+from memstream.consumers.storage import (
     HistoryStorage,
     open_history,
     vector_storage_from_settings,
 )
-from consumers.streams import HEADER_ROOM
-from consumers.tenants import purge_offline, purge_stream
-from producers.connection import connect_nats
-from projections.analytics import QueryResult, run_readonly
-from schemas.admin import (
+from memstream.consumers.streams import HEADER_ROOM
+from memstream.consumers.tenants import purge_offline, purge_stream
+from memstream.producers.connection import connect_nats
+from memstream.projections.analytics import QueryResult, run_readonly
+from memstream.schemas.admin import (
     PingRequest,
     PingResult,
     PurgeReport,
@@ -46,10 +46,10 @@ from schemas.admin import (
     SqlResult,
     decode_admin_reply,
 )
-from schemas.errors import AdminError
-from schemas.events import EventDecoder
-from schemas.ids import validate_tenant
-from schemas.subjects import admin_subject
+from memstream.schemas.errors import AdminError
+from memstream.schemas.events import EventDecoder
+from memstream.schemas.ids import validate_tenant
+from memstream.schemas.subjects import admin_subject
 
 __all__ = ["Reach", "purge_tenant", "reach", "rebuild", "sql"]
 

@@ -38,17 +38,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from consumers.log import get_logger
-from consumers.sources import HistoryReads, LocalHistory, Source, read_history
-from projections import memories, reads
-from projections.recall import Part, compose, memory_part, task_part, turn_part
-from projections.vector_search import Hit
-from schemas.errors import ConfigError, MemstreamError, QueryError
-from schemas.events import EVENT_TYPES
-from schemas.filters import Node, kinds_of, parse_filter
-from schemas.ids import new_id
-from schemas.partitions import QUERY_SLOT_MAPPING
-from schemas.queries import (
+from memstream.consumers.log import get_logger
+from memstream.consumers.sources import HistoryReads, LocalHistory, Source, read_history
+from memstream.projections import memories, reads
+from memstream.projections.recall import Part, compose, memory_part, task_part, turn_part
+from memstream.projections.vector_search import Hit
+from memstream.schemas.errors import ConfigError, MemstreamError, QueryError
+from memstream.schemas.events import EVENT_TYPES
+from memstream.schemas.filters import Node, kinds_of, parse_filter
+from memstream.schemas.ids import new_id
+from memstream.schemas.partitions import QUERY_SLOT_MAPPING
+from memstream.schemas.queries import (
     OPS,
     PROJECTIONS,
     SERVED_BY,
@@ -86,8 +86,8 @@ from schemas.queries import (
     decode_request,
     ops_served,
 )
-from schemas.replies import error_reply, ok_reply
-from schemas.subjects import (
+from memstream.schemas.replies import error_reply, ok_reply
+from memstream.schemas.subjects import (
     DLQ_PREFIX,
     DLQ_STREAM,
     EVENT_STREAM,

@@ -16,14 +16,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from consumers._pull import BatchPuller
-from consumers.decoding import MessageDecoder, delivery_seq, stream_seq
-from consumers.runner import RunnerStats, erase_from_stream
-from projections.base import Applied, Projection
-from schemas.admin import ReplayProgress
-from schemas.events import EventDecoder
-from schemas.partitions import WHOLE, Partition
-from schemas.subjects import EVENT_STREAM
+from memstream.consumers._pull import BatchPuller
+from memstream.consumers.decoding import MessageDecoder, delivery_seq, stream_seq
+from memstream.consumers.runner import RunnerStats, erase_from_stream
+from memstream.projections.base import Applied, Projection
+from memstream.schemas.admin import ReplayProgress
+from memstream.schemas.events import EventDecoder
+from memstream.schemas.partitions import WHOLE, Partition
+from memstream.schemas.subjects import EVENT_STREAM
 
 __all__ = ["replay"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from schemas.queries import PROJECTIONS, ops_served
+from memstream.schemas.queries import PROJECTIONS, ops_served
 
 __all__ = ["ALL_ROLES", "ROLES", "role_help"]
 

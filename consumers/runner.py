@@ -21,15 +21,21 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from consumers._pull import BatchPuller
-from consumers.dead_letters import publish_dead_letters
-from consumers.decoding import DeadLetter, Decoded, MessageDecoder, delivery_seq, stream_seq
-from consumers.log import get_logger
-from consumers.streams import consumer_config, until_jetstream_answers
-from projections.base import Projection, StorageFailure
-from schemas.events import EventDecoder
-from schemas.partitions import WHOLE, Partition
-from schemas.subjects import EVENT_PREFIX, EVENT_STREAM
+from memstream.consumers._pull import BatchPuller
+from memstream.consumers.dead_letters import publish_dead_letters
+from memstream.consumers.decoding import (
+    DeadLetter,
+    Decoded,
+    MessageDecoder,
+    delivery_seq,
+    stream_seq,
+)
+from memstream.consumers.log import get_logger
+from memstream.consumers.streams import consumer_config, until_jetstream_answers
+from memstream.projections.base import Projection, StorageFailure
+from memstream.schemas.events import EventDecoder
+from memstream.schemas.partitions import WHOLE, Partition
+from memstream.schemas.subjects import EVENT_PREFIX, EVENT_STREAM
 
 __all__ = ["LiveRunner", "RunnerStats", "erase_from_stream"]
 

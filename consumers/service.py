@@ -17,17 +17,17 @@ from typing import Any, Generic, TypeVar
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from consumers.log import get_logger
-from consumers.replay import replay
-from consumers.runner import LiveRunner, RunnerStats
-from consumers.storage import Storage
-from consumers.streams import until_jetstream_answers
-from projections.base import Projection
-from schemas.admin import RebuildResult, ReplayProgress
-from schemas.errors import RebuildBusy
-from schemas.events import EventDecoder, utc_now
-from schemas.partitions import WHOLE, Partition
-from schemas.subjects import EVENT_STREAM
+from memstream.consumers.log import get_logger
+from memstream.consumers.replay import replay
+from memstream.consumers.runner import LiveRunner, RunnerStats
+from memstream.consumers.storage import Storage
+from memstream.consumers.streams import until_jetstream_answers
+from memstream.projections.base import Projection
+from memstream.schemas.admin import RebuildResult, ReplayProgress
+from memstream.schemas.errors import RebuildBusy
+from memstream.schemas.events import EventDecoder, utc_now
+from memstream.schemas.partitions import WHOLE, Partition
+from memstream.schemas.subjects import EVENT_STREAM
 
 __all__ = ["ProjectionService", "rebuild_offline"]
 

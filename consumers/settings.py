@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from producers.connection import (
+from memstream.producers.connection import (
     CREDS_VAR,
     DEFAULT_URL,
     PASSWORD_VAR,
@@ -18,8 +18,8 @@ from producers.connection import (
     USER_VAR,
     NatsAuth,
 )
-from schemas.errors import ConfigError
-from schemas.events import DEFAULT_MAX_EVENT_BYTES
+from memstream.schemas.errors import ConfigError
+from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["ENV_VARS", "Settings", "load_settings"]
 

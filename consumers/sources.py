@@ -13,13 +13,13 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from projections import memories, reads
-from projections.history import HistoryProjection
-from projections.vector_search import VectorReader
-from schemas.errors import QueryError
-from schemas.queries import ConversationResult, Link, LinksResult, TaskResult, Turn
-from schemas.replies import TypedReply
-from schemas.subjects import query_subject
+from memstream.projections import memories, reads
+from memstream.projections.history import HistoryProjection
+from memstream.projections.vector_search import VectorReader
+from memstream.schemas.errors import QueryError
+from memstream.schemas.queries import ConversationResult, Link, LinksResult, TaskResult, Turn
+from memstream.schemas.replies import TypedReply
+from memstream.schemas.subjects import query_subject
 
 __all__ = [
     "RECALL_TURNS",

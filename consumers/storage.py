@@ -18,30 +18,30 @@ from typing import Protocol, TypeVar
 import duckdb
 from qdrant_client import QdrantClient
 
-from consumers.log import get_logger
-from consumers.settings import Settings
-from projections.applied_ids import AppliedIds
-from projections.base import Projection
-from projections.embedders import (
+from memstream.consumers.log import get_logger
+from memstream.consumers.settings import Settings
+from memstream.projections.applied_ids import AppliedIds
+from memstream.projections.base import Projection
+from memstream.projections.embedders import (
     Embedder,
     EmbedderError,
     HashEmbedder,
     OpenAIEmbedder,
     SentenceTransformerEmbedder,
 )
-from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.files import ProjectionFiles
-from projections.history import HistoryProjection
-from projections.point_store import (
+from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from memstream.projections.files import ProjectionFiles
+from memstream.projections.history import HistoryProjection
+from memstream.projections.point_store import (
     EdgeStore,
     EdgeStores,
     PointStores,
     ServerStores,
     new_generation,
 )
-from projections.vectors import VectorProjection
-from schemas.errors import MemstreamError
-from schemas.partitions import WHOLE, Partition
+from memstream.projections.vectors import VectorProjection
+from memstream.schemas.errors import MemstreamError
+from memstream.schemas.partitions import WHOLE, Partition
 
 __all__ = [
     "DamagedStore",

@@ -26,11 +26,17 @@ from nats.js.api import (
     SubjectTransform,
 )
 
-from consumers.log import get_logger
-from schemas.events import DEFAULT_MAX_EVENT_BYTES
-from schemas.partitions import EVENT_SLOT_TRANSFORM, WHOLE, Partition
-from schemas.queries import PROJECTIONS
-from schemas.subjects import DLQ_PREFIX, DLQ_STREAM, EVENT_PREFIX, EVENT_STREAM, LOCK_BUCKET
+from memstream.consumers.log import get_logger
+from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
+from memstream.schemas.partitions import EVENT_SLOT_TRANSFORM, WHOLE, Partition
+from memstream.schemas.queries import PROJECTIONS
+from memstream.schemas.subjects import (
+    DLQ_PREFIX,
+    DLQ_STREAM,
+    EVENT_PREFIX,
+    EVENT_STREAM,
+    LOCK_BUCKET,
+)
 
 __all__ = [
     "DUPLICATE_WINDOW_S",

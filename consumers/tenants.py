@@ -13,14 +13,14 @@ from typing import Any
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
-from consumers.deployment import partition_of
-from consumers.log import get_logger
-from consumers.service import ProjectionService
-from consumers.settings import Settings
-from consumers.storage import open_history, vector_storage_from_settings
-from schemas.admin import PurgeReport
-from schemas.ids import validate_tenant
-from schemas.subjects import (
+from memstream.consumers.deployment import partition_of
+from memstream.consumers.log import get_logger
+from memstream.consumers.service import ProjectionService
+from memstream.consumers.settings import Settings
+from memstream.consumers.storage import open_history, vector_storage_from_settings
+from memstream.schemas.admin import PurgeReport
+from memstream.schemas.ids import validate_tenant
+from memstream.schemas.subjects import (
     DLQ_PREFIX,
     DLQ_STREAM,
     EVENT_STREAM,

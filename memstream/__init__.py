@@ -4,7 +4,7 @@ The public face of the SDK: ``from memstream import MemoryClient``. It re-export
 agent uses (the clients, the event types, the errors) and holds nothing of its own.
 """
 
-from producers import (
+from memstream.producers import (
     Causality,
     Change,
     Lock,
@@ -15,7 +15,7 @@ from producers import (
     SyncMemoryClient,
     Trace,
 )
-from schemas.errors import (
+from memstream.schemas.errors import (
     ConnectError,
     EventTooLarge,
     Forbidden,
@@ -29,7 +29,7 @@ from schemas.errors import (
     PublishError,
     QueryError,
 )
-from schemas.events import (
+from memstream.schemas.events import (
     AnyEvent,
     CollabMessage,
     CollabRecorded,
@@ -50,7 +50,7 @@ from schemas.events import (
     ToolUsed,
     UnknownEvent,
 )
-from schemas.queries import (
+from memstream.schemas.queries import (
     AnalyticsResult,
     ContextResult,
     ConversationResult,

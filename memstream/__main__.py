@@ -13,7 +13,7 @@ _SERVER_MODULES = frozenset(
 
 def main() -> None:
     try:
-        from consumers.cli import main as cli_main
+        from memstream.consumers.cli import main as cli_main
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in _SERVER_MODULES:
             raise

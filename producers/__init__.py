@@ -1,10 +1,10 @@
 """What an agent imports: the memstream producer SDK (publish and query)."""
 
-from producers._events import Causality, PublishAck, Scope, Trace
-from producers._watch import Change
-from producers.client import MemoryClient
-from producers.locks import Lock
-from producers.sync import SyncLock, SyncMemoryClient
+from memstream.producers._events import Causality, PublishAck, Scope, Trace
+from memstream.producers._watch import Change
+from memstream.producers.client import MemoryClient
+from memstream.producers.locks import Lock
+from memstream.producers.sync import SyncLock, SyncMemoryClient
 
 __all__ = [
     "Causality",

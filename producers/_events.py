@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack
 
 import msgspec
 
-from schemas import events as ev
-from schemas.events import Event
-from schemas.ids import new_id
+from memstream.schemas import events as ev
+from memstream.schemas.events import Event
+from memstream.schemas.ids import new_id
 
 __all__ = [
     "GENERATED_IDS",

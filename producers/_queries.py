@@ -18,10 +18,10 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from producers._watch import Change, follow
-from producers.connection import or_denied
-from schemas.errors import Forbidden, QueryError
-from schemas.queries import (
+from memstream.producers._watch import Change, follow
+from memstream.producers.connection import or_denied
+from memstream.schemas.errors import Forbidden, QueryError
+from memstream.schemas.queries import (
     AnalyticsResult,
     ContextResult,
     ConversationResult,
@@ -38,8 +38,8 @@ from schemas.queries import (
     TaskResult,
     WatchResult,
 )
-from schemas.replies import TypedReply
-from schemas.subjects import query_subject
+from memstream.schemas.replies import TypedReply
+from memstream.schemas.subjects import query_subject
 
 # How long a query keeps asking while no worker answers at all, before it says so.
 _NO_WORKER_GRACE_S = 0.8

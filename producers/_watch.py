@@ -18,9 +18,9 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from schemas.events import AnyEvent, UnknownEvent, decode_event
-from schemas.queries import WatchResult
-from schemas.subjects import reply_inbox_prefix
+from memstream.schemas.events import AnyEvent, UnknownEvent, decode_event
+from memstream.schemas.queries import WatchResult
+from memstream.schemas.subjects import reply_inbox_prefix
 
 __all__ = ["Change", "follow"]
 

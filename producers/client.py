@@ -13,15 +13,15 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck
 
-from producers._events import EventMethods, PublishAck
-from producers._queries import QueryMethods
-from producers.connection import connect_nats, denied, or_denied
-from producers.locks import Lock
-from schemas import events as ev
-from schemas.errors import Forbidden, InvalidEvent, PublishError
-from schemas.events import DEFAULT_MAX_EVENT_BYTES, Event
-from schemas.ids import validate_agent, validate_ref_id, validate_tenant
-from schemas.subjects import event_subject, reply_inbox_prefix
+from memstream.producers._events import EventMethods, PublishAck
+from memstream.producers._queries import QueryMethods
+from memstream.producers.connection import connect_nats, denied, or_denied
+from memstream.producers.locks import Lock
+from memstream.schemas import events as ev
+from memstream.schemas.errors import Forbidden, InvalidEvent, PublishError
+from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES, Event
+from memstream.schemas.ids import validate_agent, validate_ref_id, validate_tenant
+from memstream.schemas.subjects import event_subject, reply_inbox_prefix
 
 __all__ = ["MemoryClient"]
 

@@ -18,7 +18,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from schemas.errors import ConnectError, Forbidden
+from memstream.schemas.errors import ConnectError, Forbidden
 
 __all__ = [
     "CREDS_VAR",

@@ -25,8 +25,8 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from schemas.errors import LockHeld, LockLost
-from schemas.subjects import LOCK_BUCKET, lock_key
+from memstream.schemas.errors import LockHeld, LockLost
+from memstream.schemas.subjects import LOCK_BUCKET, lock_key
 
 __all__ = ["Lock"]
 

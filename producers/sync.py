@@ -13,12 +13,12 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from producers._events import PublishAck
-from producers._queries import R
-from producers._watch import Change
-from producers.client import MemoryClient
-from producers.locks import Lock
-from schemas.events import Event
+from memstream.producers._events import PublishAck
+from memstream.producers._queries import R
+from memstream.producers._watch import Change
+from memstream.producers.client import MemoryClient
+from memstream.producers.locks import Lock
+from memstream.schemas.events import Event
 
 __all__ = ["SyncLock", "SyncMemoryClient"]
 

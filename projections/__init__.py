@@ -4,6 +4,6 @@ A projection takes decoded events with their stream sequence and is handed its s
 it never talks to NATS and reads no settings.
 """
 
-from projections.base import Applied, Batch, Projection, StorageFailure
+from memstream.projections.base import Applied, Batch, Projection, StorageFailure
 
 __all__ = ["Applied", "Batch", "Projection", "StorageFailure"]

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import duckdb
 
-from schemas.errors import MemstreamError
+from memstream.schemas.errors import MemstreamError
 
 __all__ = ["ANALYTICS", "QueryResult", "SqlRejected", "run_analytics", "run_readonly"]
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from projections.base import check_writable
+from memstream.projections.base import check_writable
 
 __all__ = ["AppliedIds"]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeAlias, runtime_checkable
 
-from schemas.errors import MemstreamError
-from schemas.events import AnyEvent, UnknownEvent
+from memstream.schemas.errors import MemstreamError
+from memstream.schemas.events import AnyEvent, UnknownEvent
 
 __all__ = [
     "Applied",

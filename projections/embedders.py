@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from schemas.errors import MemstreamError
+from memstream.schemas.errors import MemstreamError
 
 __all__ = [
     "Embedder",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from projections.base import check_writable
-from projections.embedders import Embedder, Vectors
+from memstream.projections.base import check_writable
+from memstream.projections.embedders import Embedder, Vectors
 
 __all__ = ["CacheStats", "CachedEmbedder", "EmbeddingCache", "text_key"]
 

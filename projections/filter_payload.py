@@ -23,7 +23,7 @@ import datetime as dt
 import re
 from typing import Any, Final, Protocol
 
-from schemas.filters import And, Cond, Node, Not, Or
+from memstream.schemas.filters import And, Cond, Node, Not, Or
 
 __all__ = [
     "EXPIRES",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
-from schemas.filters import And, Cond, Node, Not, Or
+from memstream.schemas.filters import And, Cond, Node, Not, Or
 
 __all__ = ["compile_sql"]
 

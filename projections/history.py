@@ -26,13 +26,13 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from projections._history_sql import EVENTS_SQL, LOG_SQL, PARSE_SQL, STAGING, STATE_SQL
-from projections._idindex import Hashes, IdIndex
-from projections._tables import ARROW_SCHEMAS, DDL, KEYS, TABLES
-from projections.base import Applied, Batch, check_writable, storage_guard
-from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
-from schemas import events as ev
-from schemas.events import UnknownEvent
+from memstream.projections._history_sql import EVENTS_SQL, LOG_SQL, PARSE_SQL, STAGING, STATE_SQL
+from memstream.projections._idindex import Hashes, IdIndex
+from memstream.projections._tables import ARROW_SCHEMAS, DDL, KEYS, TABLES
+from memstream.projections.base import Applied, Batch, check_writable, storage_guard
+from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
+from memstream.schemas import events as ev
+from memstream.schemas.events import UnknownEvent
 
 __all__ = ["HistoryProjection"]
 

@@ -17,10 +17,10 @@ from typing import Any, Final
 import duckdb
 import msgspec
 
-from projections.filter_sql import compile_sql
-from schemas.errors import QueryError
-from schemas.filters import Node
-from schemas.queries import Link, LinkNode, LinksResult, Memory, Revision
+from memstream.projections.filter_sql import compile_sql
+from memstream.schemas.errors import QueryError
+from memstream.schemas.filters import Node
+from memstream.schemas.queries import Link, LinkNode, LinksResult, Memory, Revision
 
 __all__ = [
     "MEMORY_COLUMNS",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final, Generic, TypeAlias, TypeVar
 
-from schemas import events as ev
+from memstream.schemas import events as ev
 
 __all__ = ["MEMORY_KINDS", "MEMORY_TYPES", "REVISABLE_TEXT", "Key", "MemoryFold", "revision"]
 

@@ -37,8 +37,8 @@ from typing import Any, Final, Literal, Protocol
 
 import qdrant_edge as edge
 
-from projections.files import ProjectionFiles
-from projections.filter_payload import (
+from memstream.projections.files import ProjectionFiles
+from memstream.projections.filter_payload import (
     EXPIRES,
     MAX_NUMBER_INDEXES,
     META_NUM,
@@ -46,7 +46,7 @@ from projections.filter_payload import (
     live,
     numeric_paths,
 )
-from schemas.filters import Node
+from memstream.schemas.filters import Node
 
 __all__ = [
     "DENSE",

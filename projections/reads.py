@@ -17,8 +17,8 @@ from typing import Any, Final
 import duckdb
 import msgspec
 
-from projections.analytics import QueryResult, run_analytics
-from schemas.queries import ContextResult, TaskResult, Turn
+from memstream.projections.analytics import QueryResult, run_analytics
+from memstream.schemas.queries import ContextResult, TaskResult, Turn
 
 __all__ = [
     "BUNDLE_LIMIT",

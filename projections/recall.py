@@ -23,7 +23,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from schemas.queries import TaskResult, Turn
+from memstream.schemas.queries import TaskResult, Turn
 
 __all__ = ["Part", "compose"]
 

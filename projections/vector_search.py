@@ -10,11 +10,18 @@ from typing import Any, Final
 
 import msgspec
 
-from projections.embedders import Vectors
-from projections.embedding_cache import CachedEmbedder
-from projections.filter_payload import META_KV, META_NUM, filter_copy, numbers, tokens
-from projections.point_store import Condition, Mode, PointStore, PointStores, Search, bm25_query
-from schemas.filters import Node
+from memstream.projections.embedders import Vectors
+from memstream.projections.embedding_cache import CachedEmbedder
+from memstream.projections.filter_payload import META_KV, META_NUM, filter_copy, numbers, tokens
+from memstream.projections.point_store import (
+    Condition,
+    Mode,
+    PointStore,
+    PointStores,
+    Search,
+    bm25_query,
+)
+from memstream.schemas.filters import Node
 
 __all__ = ["KINDS", "Hit", "VectorReader", "from_payload", "search_store", "to_payload"]
 

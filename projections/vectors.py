@@ -19,12 +19,12 @@ from typing import Any, Final
 import msgspec
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from projections.applied_ids import AppliedIds
-from projections.base import Applied, Batch, storage_guard
-from projections.embedders import EmbedderError, EmbeddingRefused, Vectors
-from projections.embedding_cache import CachedEmbedder, text_key
-from projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
-from projections.point_store import (
+from memstream.projections.applied_ids import AppliedIds
+from memstream.projections.base import Applied, Batch, storage_guard
+from memstream.projections.embedders import EmbedderError, EmbeddingRefused, Vectors
+from memstream.projections.embedding_cache import CachedEmbedder, text_key
+from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
+from memstream.projections.point_store import (
     PointStore,
     PointStores,
     StorePoint,
@@ -32,9 +32,9 @@ from projections.point_store import (
     new_generation,
     point_id,
 )
-from projections.vector_search import Hit, from_payload, search_store, to_payload
-from schemas import events as ev
-from schemas.errors import MemstreamError
+from memstream.projections.vector_search import Hit, from_payload, search_store, to_payload
+from memstream.schemas import events as ev
+from memstream.schemas.errors import MemstreamError
 
 __all__ = ["EmbeddingMismatch", "VectorProjection"]
 

@@ -1,6 +1,6 @@
 """The memstream wire contract: events, queries, subjects and identifiers. Pure: no I/O."""
 
-from schemas.errors import (
+from memstream.schemas.errors import (
     ConfigError,
     ConnectError,
     EventTooLarge,
@@ -14,7 +14,7 @@ from schemas.errors import (
     PublishError,
     SubjectMismatch,
 )
-from schemas.events import (
+from memstream.schemas.events import (
     DEFAULT_MAX_EVENT_BYTES,
     EVENT_TYPES,
     AnyEvent,
@@ -43,8 +43,8 @@ from schemas.events import (
     encode_event,
     utc_now,
 )
-from schemas.ids import new_id, validate_agent, validate_ref_id, validate_tenant
-from schemas.subjects import (
+from memstream.schemas.ids import new_id, validate_agent, validate_ref_id, validate_tenant
+from memstream.schemas.subjects import (
     DLQ_STREAM,
     EVENT_STREAM,
     dlq_subject,

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from schemas.errors import AdminError, QueryError
-from schemas.ids import Tenant
-from schemas.replies import ErrorBody, TypedReply
+from memstream.schemas.errors import AdminError, QueryError
+from memstream.schemas.ids import Tenant
+from memstream.schemas.replies import ErrorBody, TypedReply
 
 __all__ = [
     "ADMIN_OPS",

@@ -14,10 +14,10 @@ from typing import Any, Final
 
 import msgspec
 
-from schemas import queries as q
-from schemas.events import EVENT_TYPES
-from schemas.ids import TENANT_PATTERN
-from schemas.replies import ErrorBody
+from memstream.schemas import queries as q
+from memstream.schemas.events import EVENT_TYPES
+from memstream.schemas.ids import TENANT_PATTERN
+from memstream.schemas.replies import ErrorBody
 
 __all__ = ["asyncapi_document"]
 

@@ -14,10 +14,10 @@ from typing import Annotated, Any, ClassVar, Final, TypeAlias
 
 import msgspec
 
-from schemas.errors import EventTooLarge, InvalidEvent, SubjectMismatch
-from schemas.ids import _PRINTABLE, _TENANT, AgentId, EventId, RefId, Tenant
-from schemas.partitions import slot_of
-from schemas.subjects import parse_event_subject, published_subject
+from memstream.schemas.errors import EventTooLarge, InvalidEvent, SubjectMismatch
+from memstream.schemas.ids import _PRINTABLE, _TENANT, AgentId, EventId, RefId, Tenant
+from memstream.schemas.partitions import slot_of
+from memstream.schemas.subjects import parse_event_subject, published_subject
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",

@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from schemas.errors import QueryError
+from memstream.schemas.errors import QueryError
 
 __all__ = [
     "FIELDS",

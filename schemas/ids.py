@@ -10,7 +10,7 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.errors import InvalidId, InvalidTenant
+from memstream.schemas.errors import InvalidId, InvalidTenant
 
 __all__ = [
     "TENANT_PATTERN",

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from schemas.errors import ConfigError
-from schemas.subjects import EVENT_PREFIX, QUERY_PREFIX
+from memstream.schemas.errors import ConfigError
+from memstream.schemas.subjects import EVENT_PREFIX, QUERY_PREFIX
 
 __all__ = [
     "EVENT_SLOT_TRANSFORM",

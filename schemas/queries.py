@@ -12,8 +12,8 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from schemas.errors import QueryError
-from schemas.ids import AgentId, RefId
+from memstream.schemas.errors import QueryError
+from memstream.schemas.ids import AgentId, RefId
 
 __all__ = [
     "ANALYTICS_NAMES",

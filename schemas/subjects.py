@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from schemas.errors import InvalidSubject, InvalidTenant
-from schemas.ids import validate_tenant
+from memstream.schemas.errors import InvalidSubject, InvalidTenant
+from memstream.schemas.ids import validate_tenant
 
 __all__ = [
     "ADMIN_PREFIX",

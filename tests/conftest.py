@@ -13,7 +13,7 @@ import pytest
 # The contract suites live outside test modules: their asserts explain themselves too.
 pytest.register_assert_rewrite("tests.projection_contract")
 
-from consumers.nats_server import NatsServer  # noqa: E402
+from memstream.consumers.nats_server import NatsServer  # noqa: E402
 
 
 def pid_alive(pid: int) -> bool:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from projections.embedders import HashEmbedder
+from memstream.projections.embedders import HashEmbedder
 
 API_KEY = "sk-memstream-test"
 

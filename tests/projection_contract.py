@@ -24,12 +24,12 @@ from typing import Any, ClassVar
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.replay import replay
-from consumers.runner import LiveRunner
-from producers import MemoryClient
-from projections.base import Applied, Projection, StorageFailure
-from schemas import events as ev
-from schemas.subjects import EVENT_STREAM
+from memstream.consumers.replay import replay
+from memstream.consumers.runner import LiveRunner
+from memstream.producers import MemoryClient
+from memstream.projections.base import Applied, Projection, StorageFailure
+from memstream.schemas import events as ev
+from memstream.schemas.subjects import EVENT_STREAM
 from tests.samples import sample_events
 from tests.waiting import wait_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-from schemas import events as ev
-from schemas.events import Event
+from memstream.schemas import events as ev
+from memstream.schemas.events import Event
 
 TS = dt.datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=dt.UTC)
 

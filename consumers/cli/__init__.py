@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import click
 
-from consumers.cli import (
+from memstream.consumers.cli import (
     cluster,
     demo,
     mcp,
@@ -22,7 +22,7 @@ from consumers.cli import (
     server,
     tenants,
 )
-from schemas.errors import MemstreamError
+from memstream.schemas.errors import MemstreamError
 
 __all__ = ["cli", "main"]
 

@@ -16,16 +16,16 @@ from nats.aio.client import Client as NatsClient
 from rich.console import Console
 from rich.table import Column, Table
 
-from consumers._runtime import tune_for_throughput
-from consumers.auth import TenantCredentials
-from consumers.deployment import running
-from consumers.log import configure_logging
-from consumers.settings import Settings, load_settings
-from producers._events import PublishAck
-from producers.client import MemoryClient
-from producers.connection import DEFAULT_URL, URL_VAR, NoCredentials, connect_nats
-from schemas.errors import ConfigError, ConnectError, UsageError
-from schemas.events import Event
+from memstream.consumers._runtime import tune_for_throughput
+from memstream.consumers.auth import TenantCredentials
+from memstream.consumers.deployment import running
+from memstream.consumers.log import configure_logging
+from memstream.consumers.settings import Settings, load_settings
+from memstream.producers._events import PublishAck
+from memstream.producers.client import MemoryClient
+from memstream.producers.connection import DEFAULT_URL, URL_VAR, NoCredentials, connect_nats
+from memstream.schemas.errors import ConfigError, ConnectError, UsageError
+from memstream.schemas.events import Event
 
 __all__ = [
     "connect_operator",

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from consumers.cli._common import json_option, load, out, print_json, run
-from schemas.errors import UsageError
+from memstream.consumers.cli._common import json_option, load, out, print_json, run
+from memstream.schemas.errors import UsageError
 
 __all__ = ["cluster"]
 
@@ -61,9 +61,9 @@ def cluster_up(root: str, nodes: int, partitions: int, replicas: int, base_port:
     """Run NODES nats-server processes as one JetStream cluster on loopback, and
     REPLICAS workers for each of PARTITIONS partitions. A node or worker that dies is
     started again after a few seconds. Ctrl-C stops everything."""
-    from consumers.cluster import LocalCluster, pid_alive, read_layout
-    from consumers.nats_server import port_is_taken
-    from schemas.errors import ConfigError
+    from memstream.consumers.cluster import LocalCluster, pid_alive, read_layout
+    from memstream.consumers.nats_server import port_is_taken
+    from memstream.schemas.errors import ConfigError
 
     load(service=True)  # a bad MEMSTREAM_* setting is said now, not by every worker
     where = Path(root)
@@ -165,7 +165,7 @@ def _print_up(local: Any) -> None:
 def cluster_status_command(root: str, as_json: bool) -> None:
     """The nodes, the stream's leader and replicas, and every partition's workers with
     what they have applied and what they have not yet."""
-    from consumers.cluster import cluster_status, read_layout
+    from memstream.consumers.cluster import cluster_status, read_layout
 
     settings = load()
     layout = read_layout(Path(root))

@@ -19,10 +19,10 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from consumers.cli._common import load, nats_url_option, out, run
-from producers._events import PublishAck
-from producers.client import MemoryClient
-from producers.connection import NatsAuth, connect_nats
+from memstream.consumers.cli._common import load, nats_url_option, out, run
+from memstream.producers._events import PublishAck
+from memstream.producers.client import MemoryClient
+from memstream.producers.connection import NatsAuth, connect_nats
 
 __all__ = ["demo", "run_demo"]
 

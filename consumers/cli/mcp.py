@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from consumers.cli._common import nats_url_option, run
-from schemas.errors import UsageError
-from schemas.ids import validate_tenant
+from memstream.consumers.cli._common import nats_url_option, run
+from memstream.schemas.errors import UsageError
+from memstream.schemas.ids import validate_tenant
 
 if TYPE_CHECKING:
-    from consumers.settings import Settings
+    from memstream.consumers.settings import Settings
 
 __all__ = ["mcp"]
 
@@ -63,8 +63,8 @@ def mcp(
     context. Over stdio by default, for desktop agents; nothing but the protocol is
     written to stdout. Credentials: MEMSTREAM_NATS_USER/MEMSTREAM_NATS_PASSWORD (the
     tenant's, with up --auth) or MEMSTREAM_NATS_CREDS."""
-    from consumers.log import configure_logging
-    from consumers.settings import load_settings
+    from memstream.consumers.log import configure_logging
+    from memstream.consumers.settings import load_settings
 
     tenant = tenant or os.environ.get("MEMSTREAM_TENANT")
     if not tenant:
@@ -84,9 +84,9 @@ def mcp(
 async def _serve(
     settings: Settings, tenant: str, agent: str, http_port: int | None, host: str
 ) -> None:
-    from consumers.mcp_server import build_server
-    from consumers.metrics import Health, MetricsServer, ProcessMetrics
-    from producers.client import MemoryClient
+    from memstream.consumers.mcp_server import build_server
+    from memstream.consumers.metrics import Health, MetricsServer, ProcessMetrics
+    from memstream.producers.client import MemoryClient
 
     client = await MemoryClient.connect(
         settings.nats_url, tenant=tenant, agent=agent, **settings.nats_auth

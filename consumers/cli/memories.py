@@ -10,9 +10,9 @@ import click
 import msgspec
 from rich.table import Table
 
-from consumers.cli._common import id_column, out, parse_json_object, print_json
-from consumers.cli.queries import Ask, _short, _when, query_options
-from schemas.queries import Memory
+from memstream.consumers.cli._common import id_column, out, parse_json_object, print_json
+from memstream.consumers.cli.queries import Ask, _short, _when, query_options
+from memstream.schemas.queries import Memory
 
 __all__ = ["get", "links", "list_command", "revisions"]
 

@@ -12,7 +12,7 @@ import nats.js.errors
 from rich.console import Console
 from rich.table import Table
 
-from consumers.cli._common import (
+from memstream.consumers.cli._common import (
     connect_operator,
     data_dir_given,
     data_dir_option,
@@ -25,11 +25,11 @@ from consumers.cli._common import (
     run,
     url_given,
 )
-from consumers.settings import Settings
-from schemas.admin import ReplayProgress
-from schemas.dead_letters import DeadLetterInfo
-from schemas.errors import UsageError
-from schemas.subjects import DLQ_STREAM, EVENT_STREAM
+from memstream.consumers.settings import Settings
+from memstream.schemas.admin import ReplayProgress
+from memstream.schemas.dead_letters import DeadLetterInfo
+from memstream.schemas.errors import UsageError
+from memstream.schemas.subjects import DLQ_STREAM, EVENT_STREAM
 
 __all__ = ["asyncapi", "dlq", "replay", "sql_command", "status"]
 
@@ -77,7 +77,7 @@ async def _status(settings: Settings, nats_url_given: bool) -> dict[str, Any]:
                     }
                 )
             streams.append(entry)
-        from consumers.ops import ping_all
+        from memstream.consumers.ops import ping_all
 
         workers = [
             {
@@ -168,7 +168,7 @@ def replay(projection: str, data_dir: str | None, nats_url: str | None, as_json:
         TimeRemainingColumn,
     )
 
-    from consumers import ops
+    from memstream.consumers import ops
 
     settings = load(data_dir=data_dir, nats_url=nats_url)
     progress = Progress(
@@ -239,7 +239,7 @@ def sql_command(
     """Run one read-only SQL QUERY over the history (tables: events, knowledge, tasks, ...):
     of the deployment at --data-dir (one partition's, for a partition's data dir), or of
     every partition with --all-partitions."""
-    from consumers import ops
+    from memstream.consumers import ops
 
     settings = load(data_dir=data_dir, nats_url=nats_url)
     if all_partitions:
@@ -272,7 +272,7 @@ def dlq_list(limit: int, data_dir: str | None, nats_url: str | None, as_json: bo
     async def go() -> list[DeadLetterInfo]:
         nc = await connect_operator(settings, url_given(nats_url), "memstream:dlq")
         try:
-            from consumers.dead_letters import list_dead_letters
+            from memstream.consumers.dead_letters import list_dead_letters
 
             return await list_dead_letters(nc, limit)
         finally:
@@ -313,7 +313,7 @@ def dlq_retry(
     async def go() -> list[tuple[DeadLetterInfo, int]]:
         nc = await connect_operator(settings, url_given(nats_url), "memstream:dlq")
         try:
-            from consumers.dead_letters import retry_dead_letters
+            from memstream.consumers.dead_letters import retry_dead_letters
 
             return await retry_dead_letters(nc, set(seqs) if seqs else None)
         finally:
@@ -346,7 +346,7 @@ def asyncapi() -> None:
     """Print the wire contract (events, queries, replies) as an AsyncAPI 3.0 document."""
     from importlib.metadata import version
 
-    from schemas.asyncapi import asyncapi_document
+    from memstream.schemas.asyncapi import asyncapi_document
 
     sys.stdout.write(
         msgspec.json.format(_json.encode(asyncapi_document(version("memstream")))).decode() + "\n"

@@ -7,7 +7,7 @@ from typing import Any
 import click
 import msgspec
 
-from consumers.cli._common import (
+from memstream.consumers.cli._common import (
     json_option,
     load,
     nats_url_option,
@@ -16,10 +16,10 @@ from consumers.cli._common import (
     publish_one,
     tenant_agent_options,
 )
-from producers._events import GENERATED_IDS
-from producers.client import MemoryClient
-from schemas.errors import InvalidEvent, UsageError
-from schemas.events import (
+from memstream.producers._events import GENERATED_IDS
+from memstream.producers.client import MemoryClient
+from memstream.schemas.errors import InvalidEvent, UsageError
+from memstream.schemas.events import (
     EVENT_TYPES,
     Event,
     KnowledgeStored,
@@ -28,7 +28,7 @@ from schemas.events import (
     MemoryRevised,
     utc_now,
 )
-from schemas.ids import new_id
+from memstream.schemas.ids import new_id
 
 __all__ = ["forget", "link", "publish", "remember", "revise"]
 

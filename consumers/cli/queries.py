@@ -17,7 +17,7 @@ import click
 import msgspec
 from rich.table import Table
 
-from consumers.cli._common import (
+from memstream.consumers.cli._common import (
     id_column,
     json_option,
     load,
@@ -28,8 +28,8 @@ from consumers.cli._common import (
     print_rows,
     run,
 )
-from producers.client import MemoryClient
-from schemas.queries import ANALYTICS_NAMES
+from memstream.producers.client import MemoryClient
+from memstream.schemas.queries import ANALYTICS_NAMES
 
 __all__ = [
     "analytics",

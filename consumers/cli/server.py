@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from consumers.cli._common import (
+from memstream.consumers.cli._common import (
     data_dir_option,
     json_option,
     load,
@@ -15,11 +15,11 @@ from consumers.cli._common import (
     print_json,
     run,
 )
-from consumers.roles import ROLES, role_help
-from schemas.errors import UsageError
+from memstream.consumers.roles import ROLES, role_help
+from memstream.schemas.errors import UsageError
 
 if TYPE_CHECKING:
-    from consumers.app import EmbedderStatus
+    from memstream.consumers.app import EmbedderStatus
 
 __all__ = ["serve", "up"]
 
@@ -122,7 +122,7 @@ def up(
 ) -> None:
     """Run memstream on this machine: embedded NATS with JetStream, both projections
     (history in DuckDB, vectors in Qdrant) and the query worker, in one process."""
-    from consumers.app import UpInfo, run_up
+    from memstream.consumers.app import UpInfo, run_up
 
     if nats_monitor_port is not None and nats_url is not None:
         raise UsageError(
@@ -221,7 +221,7 @@ def serve(
 ) -> None:
     """Run one role against an external NATS, for scale-out. Each role can run in several
     processes; a role's processes share its queries in a queue group."""
-    from consumers.app import UpInfo, run_up
+    from memstream.consumers.app import UpInfo, run_up
 
     settings = load(
         service=True,

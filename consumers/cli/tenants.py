@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import msgspec
 
-from consumers.auth import TenantCredentials
-from consumers.cli._common import (
+from memstream.consumers.auth import TenantCredentials
+from memstream.consumers.cli._common import (
     data_dir_given,
     data_dir_option,
     json_option,
@@ -17,8 +17,8 @@ from consumers.cli._common import (
     run,
     url_given,
 )
-from consumers.settings import load_settings
-from schemas.errors import UsageError
+from memstream.consumers.settings import load_settings
+from memstream.schemas.errors import UsageError
 
 __all__ = ["tenant"]
 
@@ -105,7 +105,7 @@ def tenant_purge(
             f"purging {name} deletes everything it stored, for good: run again with --yes"
         )
     settings = load(data_dir=data_dir, nats_url=nats_url)
-    from consumers import ops
+    from memstream.consumers import ops
 
     report = run(ops.purge_tenant(settings, name, url_given(nats_url), data_dir_given(data_dir)))
     if as_json:

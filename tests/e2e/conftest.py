@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import pid_alive
 
 _script = Path(sys.executable).parent / "memstream"
-MEMSTREAM = [str(_script)] if _script.exists() else [sys.executable, "-m", "consumers"]
+MEMSTREAM = [str(_script)] if _script.exists() else [sys.executable, "-m", "memstream"]
 
 
 def run_cli(

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from consumers.cluster import pid_alive
+from memstream.consumers.cluster import pid_alive
 from tests.e2e.conftest import MEMSTREAM, run_cli
 from tests.waiting import wait_for_sync
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from producers import MemoryClient
+from memstream.producers import MemoryClient
 from tests.e2e.conftest import start_up
 
 

@@ -97,3 +97,81 @@ def test_the_command_without_the_server_extra_says_what_to_install(sdk_python: P
         "memstream: error: the memstream command needs the server extra (click is not "
         "installed): pip install 'memstream[server]'"
     ] == result.stderr.splitlines()
+
+
+def test_the_wheel_installs_one_top_level_name(sdk_python: Path) -> None:
+    """`memstream`, and nothing a user's own modules could be shadowed by."""
+    code = (
+        "import importlib.metadata as m, json;"
+        "print(json.dumps(sorted({str(f).split('/')[0] for f in m.files('memstream')"
+        " if not str(f).startswith('..')})))"
+    )
+    found = _run(sdk_python, "-c", code)
+    assert 0 == found.returncode, found.stderr
+    assert ["memstream", "memstream-0.1.0.dist-info"] == json.loads(found.stdout)
+
+
+@pytest.fixture(scope="module")
+def server_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh venv with the built wheel, its server extra's packages reached through
+    this interpreter's (a .pth line: the same versions, without downloading them)."""
+    where = tmp_path_factory.mktemp("server-wheel")
+    built = _run(
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        "--quiet", "-w", where / "dist", ROOT,
+    )  # fmt: skip
+    assert 0 == built.returncode, built.stderr
+    (wheel,) = (where / "dist").glob("memstream-*.whl")
+    assert 0 == _run(sys.executable, "-m", "venv", where / "venv").returncode
+    python = where / "venv" / "bin" / "python"
+    installed = _run(python, "-m", "pip", "install", "--quiet", "--no-deps", wheel)
+    assert 0 == installed.returncode, installed.stderr
+    site = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    ours = [p for p in sys.path if p.endswith("site-packages")]
+    (Path(site.stdout.strip()) / "memstream-test-deps.pth").write_text("\n".join(ours) + "\n")
+    yield python
+
+
+def test_a_users_own_schemas_and_consumers_modules_do_not_break_memstream(
+    server_python: Path, tmp_path: Path
+) -> None:
+    """From a project that has its own schemas.py, producers/, consumers.py and
+    projections.py: `memstream up` runs, and an agent publishes and searches."""
+    project = tmp_path / "agent-project"
+    (project / "producers").mkdir(parents=True)
+    (project / "producers" / "__init__.py").write_text("raise ImportError('the user producers')\n")
+    for name in ("schemas", "consumers", "projections"):
+        (project / f"{name}.py").write_text(f"raise ImportError('the user {name}')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
+    env["MEMSTREAM_LOG_FORMAT"] = "json"
+    up = subprocess.Popen(
+        [server_python, "-m", "memstream", "up", "--nats-port", "0",
+         "--data-dir", tmp_path / "data", "--json"],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        ready = up.stdout.readline()
+        assert ready, "memstream up exited before it was ready"
+        url = json.loads(ready)["nats_url"]
+        script = textwrap.dedent(
+            """
+            import asyncio, sys
+            from memstream import MemoryClient
+
+            async def main():
+                async with await MemoryClient.connect(sys.argv[1], tenant="acme", agent="a") as mem:
+                    ack = await mem.store_knowledge("names collide", domain="d", memory_id="k")
+                    hits = await mem.search("names collide", min_seq=ack.seq, wait_ms=20000)
+                    print([h.memory_id for h in hits])
+
+            asyncio.run(main())
+            """
+        )
+        done = _run(server_python, "-c", script, url, cwd=project, env=env)
+        assert 0 == done.returncode, done.stderr
+        assert "['k']" == done.stdout.strip()
+    finally:
+        up.terminate()
+        assert 0 == up.wait(60)

@@ -13,7 +13,7 @@ from typing import Any
 import nats
 import nats.errors
 
-from consumers.nats_server import NatsServer
+from memstream.consumers.nats_server import NatsServer
 from tests.conftest import pid_alive
 from tests.e2e.conftest import Up, run_cli, spawn_ready
 

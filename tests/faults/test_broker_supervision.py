@@ -11,8 +11,8 @@ from pathlib import Path
 
 import nats.errors
 
-from producers import MemoryClient
-from schemas.errors import QueryError
+from memstream.producers import MemoryClient
+from memstream.schemas.errors import QueryError
 from tests.conftest import pid_alive
 from tests.e2e.conftest import Up, logs
 from tests.waiting import wait_for, wait_for_sync

@@ -22,16 +22,16 @@ import duckdb
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.cluster import LocalCluster, cluster_status
-from consumers.service import rebuild_offline
-from consumers.storage import HistoryStorage
-from producers import MemoryClient
-from producers.connection import connect_nats
-from schemas import events as ev
-from schemas.errors import MemstreamError
-from schemas.ids import new_id
-from schemas.partitions import Partition
-from schemas.subjects import EVENT_STREAM
+from memstream.consumers.cluster import LocalCluster, cluster_status
+from memstream.consumers.service import rebuild_offline
+from memstream.consumers.storage import HistoryStorage
+from memstream.producers import MemoryClient
+from memstream.producers.connection import connect_nats
+from memstream.schemas import events as ev
+from memstream.schemas.errors import MemstreamError
+from memstream.schemas.ids import new_id
+from memstream.schemas.partitions import Partition
+from memstream.schemas.subjects import EVENT_STREAM
 from tests.conftest import pid_alive
 from tests.waiting import wait_for
 

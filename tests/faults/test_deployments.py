@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from producers import MemoryClient
-from schemas import events as ev
+from memstream.producers import MemoryClient
+from memstream.schemas import events as ev
 from tests.conftest import pid_alive
 from tests.e2e.conftest import Up, run_cli, spawn_ready, start_up
 from tests.waiting import wait_for_sync

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.nats_server import NatsServer
-from producers import MemoryClient
+from memstream.consumers.nats_server import NatsServer
+from memstream.producers import MemoryClient
 from tests.disks import SmallDisk, small_disk
 from tests.e2e.conftest import run_cli, start_up
 from tests.faults.findable import every_memory_is_found, publish_memories

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from producers import MemoryClient
+from memstream.producers import MemoryClient
 from tests.conftest import pid_alive
 from tests.e2e.conftest import Up, logs, run_cli, start_up
 from tests.embedding_server import EmbeddingServer

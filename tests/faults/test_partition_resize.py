@@ -18,11 +18,11 @@ import duckdb
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.nats_server import NatsServer
-from producers import MemoryClient
-from schemas import events as ev
-from schemas.errors import MemstreamError
-from schemas.partitions import Partition
+from memstream.consumers.nats_server import NatsServer
+from memstream.producers import MemoryClient
+from memstream.schemas import events as ev
+from memstream.schemas.errors import MemstreamError
+from memstream.schemas.partitions import Partition
 from tests.integration.test_query_worker import running
 from tests.waiting import wait_for
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import msgspec
 
-from consumers.nats_server import NatsServer
-from consumers.streams import ensure_streams
-from producers import MemoryClient
-from producers.connection import connect_nats
-from schemas import events as ev
-from schemas.errors import PublishError
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
+from memstream.producers.connection import connect_nats
+from memstream.schemas import events as ev
+from memstream.schemas.errors import PublishError
 from tests.waiting import wait_for
 
 Outcomes = dict[str, str]  # event id -> stored | not_stored | unknown

@@ -10,10 +10,10 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
-from consumers.service import rebuild_offline
-from consumers.storage import HistoryStorage
-from producers import MemoryClient, PublishAck
-from schemas import events as ev
+from memstream.consumers.service import rebuild_offline
+from memstream.consumers.storage import HistoryStorage
+from memstream.producers import MemoryClient, PublishAck
+from memstream.schemas import events as ev
 from tests.integration.test_history_runner import run_live
 from tests.integration.test_vectors_runner import storage as vector_storage
 

@@ -9,8 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from consumers.nats_server import NatsServer
-from producers import MemoryClient
+from memstream.consumers.nats_server import NatsServer
+from memstream.producers import MemoryClient
 from tests.waiting import wait_for
 
 

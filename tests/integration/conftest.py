@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.nats_server import NatsServer
-from consumers.streams import ensure_streams
-from producers.connection import connect_nats
-from schemas.subjects import DLQ_STREAM, EVENT_STREAM
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.streams import ensure_streams
+from memstream.producers.connection import connect_nats
+from memstream.schemas.subjects import DLQ_STREAM, EVENT_STREAM
 
 
 @pytest.fixture

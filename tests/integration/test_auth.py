@@ -10,15 +10,15 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.auth import TenantCredentials
-from consumers.nats_server import NatsServer
-from consumers.query_worker import QueryWorker
-from consumers.streams import ensure_streams
-from producers import MemoryClient
-from producers.connection import NoCredentials, connect_nats, denied
-from schemas.errors import ConnectError, PublishError, QueryError
-from schemas.partitions import slot_of
-from schemas.subjects import reply_inbox_prefix
+from memstream.consumers.auth import TenantCredentials
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.query_worker import QueryWorker
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
+from memstream.producers.connection import NoCredentials, connect_nats, denied
+from memstream.schemas.errors import ConnectError, PublishError, QueryError
+from memstream.schemas.partitions import slot_of
+from memstream.schemas.subjects import reply_inbox_prefix
 from tests.conftest import pid_alive
 from tests.waiting import wait_for
 

@@ -10,13 +10,13 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.nats_server import NatsServer
-from consumers.streams import ensure_streams
-from producers import MemoryClient, SyncMemoryClient
-from schemas import events as ev
-from schemas.errors import ConnectError, EventTooLarge, InvalidEvent, PublishError
-from schemas.events import decode_event
-from schemas.partitions import slot_of
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient, SyncMemoryClient
+from memstream.schemas import events as ev
+from memstream.schemas.errors import ConnectError, EventTooLarge, InvalidEvent, PublishError
+from memstream.schemas.events import decode_event
+from memstream.schemas.partitions import slot_of
 
 
 async def _stored(nc: NatsClient, seq: int) -> tuple[str, dict[str, str], bytes]:

@@ -18,11 +18,11 @@ import nats
 import pytest
 import yaml
 
-from consumers.cli import cli
-from consumers.nats_server import find_nats_server_binary
-from consumers.settings import ENV_VARS
-from consumers.streams import HEADER_ROOM
-from schemas.events import DEFAULT_MAX_EVENT_BYTES
+from memstream.consumers.cli import cli
+from memstream.consumers.nats_server import find_nats_server_binary
+from memstream.consumers.settings import ENV_VARS
+from memstream.consumers.streams import HEADER_ROOM
+from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
 from tests.waiting import wait_for_sync
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose.yaml"

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers import dead_letters
-from consumers.runner import LiveRunner
-from consumers.storage import HistoryStorage
-from producers import MemoryClient
-from projections.history import HistoryProjection
-from schemas.errors import UsageError
-from schemas.events import EventDecoder
+from memstream.consumers import dead_letters
+from memstream.consumers.runner import LiveRunner
+from memstream.consumers.storage import HistoryStorage
+from memstream.producers import MemoryClient
+from memstream.projections.history import HistoryProjection
+from memstream.schemas.errors import UsageError
+from memstream.schemas.events import EventDecoder
 from tests.integration.test_history_runner import run_live
 from tests.integration.test_vectors_runner import storage as vector_storage
 

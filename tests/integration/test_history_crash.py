@@ -10,15 +10,15 @@ from pathlib import Path
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
-from consumers.nats_server import NatsServer
-from consumers.replay import replay
-from consumers.settings import load_settings
-from consumers.storage import HistoryStorage, vector_storage_from_settings
-from producers import MemoryClient
-from projections.history import HistoryProjection
-from projections.memory import MEMORY_KINDS
-from projections.vector_search import from_payload
-from schemas.subjects import durable_name
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.replay import replay
+from memstream.consumers.settings import load_settings
+from memstream.consumers.storage import HistoryStorage, vector_storage_from_settings
+from memstream.producers import MemoryClient
+from memstream.projections.history import HistoryProjection
+from memstream.projections.memory import MEMORY_KINDS
+from memstream.projections.vector_search import from_payload
+from memstream.schemas.subjects import durable_name
 from tests.e2e.conftest import start_up
 from tests.integration.test_history_runner import dump, last_seq, publish_mixed
 from tests.waiting import wait_for

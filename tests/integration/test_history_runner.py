@@ -9,16 +9,16 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from consumers import dead_letters
-from consumers.replay import replay
-from consumers.runner import LiveRunner
-from consumers.service import ProjectionService, rebuild_offline
-from consumers.storage import HistoryStorage
-from producers import MemoryClient
-from projections._tables import TABLES
-from projections.history import HistoryProjection
-from schemas import events as ev
-from schemas.events import EventDecoder
+from memstream.consumers import dead_letters
+from memstream.consumers.replay import replay
+from memstream.consumers.runner import LiveRunner
+from memstream.consumers.service import ProjectionService, rebuild_offline
+from memstream.consumers.storage import HistoryStorage
+from memstream.producers import MemoryClient
+from memstream.projections._tables import TABLES
+from memstream.projections.history import HistoryProjection
+from memstream.schemas import events as ev
+from memstream.schemas.events import EventDecoder
 from tests.samples import sample_events
 from tests.waiting import wait_for
 

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 
-from consumers.nats_server import NatsServer
-from producers import MemoryClient
-from projections.base import Applied
-from projections.history import HistoryProjection
-from schemas import events as ev
-from schemas.queries import OPS
+from memstream.consumers.nats_server import NatsServer
+from memstream.producers import MemoryClient
+from memstream.projections.base import Applied
+from memstream.projections.history import HistoryProjection
+from memstream.schemas import events as ev
+from memstream.schemas.queries import OPS
 from tests.integration.test_history_runner import run_live
 from tests.integration.test_query_worker import running
 

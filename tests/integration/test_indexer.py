@@ -10,19 +10,19 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
-from consumers.index_aside import CachedOnly, catch_up
-from consumers.indexer import IndexBuilder
-from consumers.service import ProjectionService
-from consumers.settings import load_settings
-from consumers.storage import vector_storage_from_settings
-from consumers.tenants import purge_projection, purge_stream
-from producers import MemoryClient
-from projections.applied_ids import AppliedIds
-from projections.embedders import HashEmbedder
-from projections.embedding_cache import CachedEmbedder
-from projections.vectors import VectorProjection
-from schemas import events as ev
-from schemas.admin import PurgeReport
+from memstream.consumers.index_aside import CachedOnly, catch_up
+from memstream.consumers.indexer import IndexBuilder
+from memstream.consumers.service import ProjectionService
+from memstream.consumers.settings import load_settings
+from memstream.consumers.storage import vector_storage_from_settings
+from memstream.consumers.tenants import purge_projection, purge_stream
+from memstream.producers import MemoryClient
+from memstream.projections.applied_ids import AppliedIds
+from memstream.projections.embedders import HashEmbedder
+from memstream.projections.embedding_cache import CachedEmbedder
+from memstream.projections.vectors import VectorProjection
+from memstream.schemas import events as ev
+from memstream.schemas.admin import PurgeReport
 from tests.waiting import wait_for
 
 

@@ -9,10 +9,10 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.auth import TenantCredentials
-from consumers.nats_server import NatsServer
-from producers import MemoryClient
-from schemas.errors import LockHeld, LockLost
+from memstream.consumers.auth import TenantCredentials
+from memstream.consumers.nats_server import NatsServer
+from memstream.producers import MemoryClient
+from memstream.schemas.errors import LockHeld, LockLost
 from tests.integration.test_auth import _as, secured, service  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

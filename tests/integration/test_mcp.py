@@ -19,8 +19,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from consumers.mcp_server import TOOLS
-from consumers.nats_server import NatsServer
+from memstream.consumers.mcp_server import TOOLS
+from memstream.consumers.nats_server import NatsServer
 from tests.integration.test_query_worker import running
 from tests.waiting import wait_for
 
@@ -31,7 +31,7 @@ def server_params(url: str, tenant: str = "acme") -> StdioServerParameters:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
     return StdioServerParameters(
         command=sys.executable,
-        args=["-m", "consumers", "mcp", "--tenant", tenant, "--agent", "claude", "--nats-url", url],
+        args=["-m", "memstream", "mcp", "--tenant", tenant, "--agent", "claude", "--nats-url", url],
         env=env,
     )
 
@@ -199,7 +199,7 @@ def test_stdout_carries_only_the_protocol(nats_server: NatsServer) -> None:
 def test_a_missing_tenant_is_one_line(nats_server: NatsServer) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
     done = subprocess.run(
-        [sys.executable, "-m", "consumers", "mcp", "--nats-url", nats_server.url],
+        [sys.executable, "-m", "memstream", "mcp", "--nats-url", nats_server.url],
         capture_output=True,
         text=True,
         timeout=30,

@@ -13,11 +13,11 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.nats_server import NatsServer
-from consumers.service import ProjectionService
-from consumers.storage import HistoryStorage
-from producers import MemoryClient
-from schemas.errors import QueryError
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.service import ProjectionService
+from memstream.consumers.storage import HistoryStorage
+from memstream.producers import MemoryClient
+from memstream.schemas.errors import QueryError
 from tests.integration.test_query_worker import Stack, running
 from tests.waiting import wait_for
 

@@ -14,8 +14,8 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.nats_server import NatsServer
-from producers import MemoryClient
+from memstream.consumers.nats_server import NatsServer
+from memstream.producers import MemoryClient
 from tests.e2e.conftest import run_cli
 from tests.integration.test_query_worker import running
 from tests.waiting import wait_for

@@ -10,8 +10,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from consumers.nats_server import NatsServer, find_nats_server_binary
-from schemas.errors import NatsServerError
+from memstream.consumers.nats_server import NatsServer, find_nats_server_binary
+from memstream.schemas.errors import NatsServerError
 from tests.conftest import pid_alive
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from projections.embedders import EmbedderError, OpenAIEmbedder
+from memstream.projections.embedders import EmbedderError, OpenAIEmbedder
 from tests.waiting import wait_for_sync
 
 

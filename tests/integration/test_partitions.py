@@ -12,16 +12,16 @@ import duckdb
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers import ops
-from consumers.app import UpInfo
-from consumers.nats_server import NatsServer
-from consumers.settings import load_settings
-from consumers.streams import ensure_streams
-from producers import MemoryClient
-from schemas import events as ev
-from schemas.errors import ConfigError, UsageError
-from schemas.partitions import SLOTS, Partition, slot_of
-from schemas.subjects import EVENT_STREAM
+from memstream.consumers import ops
+from memstream.consumers.app import UpInfo
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.settings import load_settings
+from memstream.consumers.streams import ensure_streams
+from memstream.producers import MemoryClient
+from memstream.schemas import events as ev
+from memstream.schemas.errors import ConfigError, UsageError
+from memstream.schemas.partitions import SLOTS, Partition, slot_of
+from memstream.schemas.subjects import EVENT_STREAM
 from tests.integration.test_query_worker import running
 from tests.waiting import wait_for
 

@@ -15,14 +15,14 @@ from typing import Any, ClassVar
 
 import pytest
 
-from projections.applied_ids import AppliedIds
-from projections.base import Projection
-from projections.embedders import OpenAIEmbedder
-from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.history import HistoryProjection
-from projections.point_store import EdgeStores, PointStores, ServerStores
-from projections.vector_search import from_payload
-from projections.vectors import VectorProjection
+from memstream.projections.applied_ids import AppliedIds
+from memstream.projections.base import Projection
+from memstream.projections.embedders import OpenAIEmbedder
+from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from memstream.projections.history import HistoryProjection
+from memstream.projections.point_store import EdgeStores, PointStores, ServerStores
+from memstream.projections.vector_search import from_payload
+from memstream.projections.vectors import VectorProjection
 from tests.disks import SmallDisk
 from tests.docker import docker_unavailable
 from tests.embedding_server import API_KEY, EmbeddingServer

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from consumers.nats_server import NatsServer
-from consumers.settings import load_settings
-from consumers.storage import vector_storage_from_settings
-from projections.embedders import HashEmbedder
-from schemas import events as ev
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.settings import load_settings
+from memstream.consumers.storage import vector_storage_from_settings
+from memstream.projections.embedders import HashEmbedder
+from memstream.schemas import events as ev
 from tests.docker import docker_unavailable
 from tests.e2e.conftest import run_cli, spawn_ready
 from tests.samples import TS

@@ -15,13 +15,13 @@ import pytest
 import structlog
 from nats.aio.client import Client as NatsClient
 
-from consumers.app import UpInfo, run_up
-from consumers.nats_server import NatsServer
-from consumers.query_worker import QueryWorker
-from consumers.settings import load_settings
-from producers import MemoryClient, PublishAck
-from schemas import events as ev
-from schemas.errors import QueryError
+from memstream.consumers.app import UpInfo, run_up
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.query_worker import QueryWorker
+from memstream.consumers.settings import load_settings
+from memstream.producers import MemoryClient, PublishAck
+from memstream.schemas import events as ev
+from memstream.schemas.errors import QueryError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, RetentionPolicy, StorageType
 
-from consumers.streams import consumer_config, ensure_streams
+from memstream.consumers.streams import consumer_config, ensure_streams
 
 
 async def test_second_run_changes_nothing(nc: NatsClient) -> None:

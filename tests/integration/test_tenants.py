@@ -10,18 +10,18 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from consumers import ops
-from consumers.nats_server import NatsServer
-from consumers.service import rebuild_offline
-from consumers.settings import load_settings
-from consumers.storage import HistoryStorage, vector_storage_from_settings
-from producers import MemoryClient
-from projections._tables import TABLES
-from projections.embedding_cache import text_key
-from projections.history import HistoryProjection
-from projections.vector_search import from_payload
-from schemas.errors import InvalidTenant
-from schemas.partitions import slot_of
+from memstream.consumers import ops
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.service import rebuild_offline
+from memstream.consumers.settings import load_settings
+from memstream.consumers.storage import HistoryStorage, vector_storage_from_settings
+from memstream.producers import MemoryClient
+from memstream.projections._tables import TABLES
+from memstream.projections.embedding_cache import text_key
+from memstream.projections.history import HistoryProjection
+from memstream.projections.vector_search import from_payload
+from memstream.schemas.errors import InvalidTenant
+from memstream.schemas.partitions import slot_of
 from tests.integration.test_query_worker import running, write_session
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from consumers.service import rebuild_offline
-from consumers.settings import load_settings
-from consumers.storage import VectorStorage, vector_storage_from_settings
-from producers import MemoryClient
-from projections.embedders import HashEmbedder
-from projections.vectors import VectorProjection
+from memstream.consumers.service import rebuild_offline
+from memstream.consumers.settings import load_settings
+from memstream.consumers.storage import VectorStorage, vector_storage_from_settings
+from memstream.producers import MemoryClient
+from memstream.projections.embedders import HashEmbedder
+from memstream.projections.vectors import VectorProjection
 from tests.integration.test_history_runner import publish_mixed, run_live
 from tests.samples import sample_events
 

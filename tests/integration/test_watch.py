@@ -10,12 +10,12 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from consumers.auth import TenantCredentials
-from consumers.nats_server import NatsServer
-from consumers.query_worker import QueryWorker
-from producers import MemoryClient
-from producers._watch import Change
-from schemas.errors import QueryError
+from memstream.consumers.auth import TenantCredentials
+from memstream.consumers.nats_server import NatsServer
+from memstream.consumers.query_worker import QueryWorker
+from memstream.producers import MemoryClient
+from memstream.producers._watch import Change
+from memstream.schemas.errors import QueryError
 from tests.integration.test_auth import _as, secured, service  # noqa: F401  (fixtures)
 from tests.waiting import wait_for
 
@@ -106,10 +106,10 @@ async def test_a_bad_watch_is_a_bad_request(nc: NatsClient, worker: QueryWorker)
 
 def test_the_blocking_feed(nats_server: NatsServer) -> None:
     """SyncMemoryClient.watch yields the same changes, blocking."""
-    from producers import SyncMemoryClient
+    from memstream.producers import SyncMemoryClient
 
     async def serve(stop: asyncio.Event, ready: asyncio.Event) -> None:
-        from producers.connection import connect_nats
+        from memstream.producers.connection import connect_nats
 
         svc = await connect_nats(nats_server.url)
         w = QueryWorker(svc, history=None, vectors=None, answers_unknown=True)

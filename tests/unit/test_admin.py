@@ -5,15 +5,15 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas.admin import (
+from memstream.schemas.admin import (
     PurgeReport,
     PurgeResult,
     SqlResult,
     decode_admin_reply,
     decode_admin_request,
 )
-from schemas.errors import AdminError, QueryError
-from schemas.replies import error_reply, ok_reply
+from memstream.schemas.errors import AdminError, QueryError
+from memstream.schemas.replies import error_reply, ok_reply
 
 
 def test_a_reply_decodes_to_its_result_type() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from projections.analytics import ANALYTICS, SqlRejected, run_analytics, run_readonly
-from projections.history import HistoryProjection
-from schemas import events as ev
+from memstream.projections.analytics import ANALYTICS, SqlRejected, run_analytics, run_readonly
+from memstream.projections.history import HistoryProjection
+from memstream.schemas import events as ev
 from tests.unit.test_history import at, make
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from projections.applied_ids import AppliedIds
+from memstream.projections.applied_ids import AppliedIds
 
 
 def test_an_id_is_known_only_for_its_tenant_and_generation(tmp_path: Path) -> None:

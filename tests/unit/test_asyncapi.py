@@ -6,9 +6,9 @@ import json
 import re
 from typing import Any
 
-from schemas.asyncapi import asyncapi_document
-from schemas.events import EVENT_TYPES
-from schemas.queries import OPS
+from memstream.schemas.asyncapi import asyncapi_document
+from memstream.schemas.events import EVENT_TYPES
+from memstream.schemas.queries import OPS
 
 
 def _refs(node: Any) -> list[str]:

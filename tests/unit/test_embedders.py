@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from projections.embedders import EmbedderError, HashEmbedder, SentenceTransformerEmbedder
-from projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from memstream.projections.embedders import EmbedderError, HashEmbedder, SentenceTransformerEmbedder
+from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 
 
 def test_hash_vectors_are_normalised_and_sized() -> None:
@@ -27,7 +27,7 @@ def test_hash_is_the_same_in_every_process() -> None:
     """A fresh interpreter (another hash seed) gives exactly the same vector."""
     here = HashEmbedder(32).embed(["replays must find old memories"])[0]
     code = (
-        "from projections.embedders import HashEmbedder;"
+        "from memstream.projections.embedders import HashEmbedder;"
         "print(list(HashEmbedder(32).embed(['replays must find old memories'])[0]))"
     )
     out = subprocess.run(

@@ -10,9 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import events as ev
-from schemas.errors import EventTooLarge, InvalidEvent, SubjectMismatch
-from schemas.events import EVENT_TYPES, EventDecoder, UnknownEvent, decode_event, encode_event
+from memstream.schemas import events as ev
+from memstream.schemas.errors import EventTooLarge, InvalidEvent, SubjectMismatch
+from memstream.schemas.events import (
+    EVENT_TYPES,
+    EventDecoder,
+    UnknownEvent,
+    decode_event,
+    encode_event,
+)
 from tests.samples import sample_events
 
 
@@ -229,7 +235,7 @@ def test_any_valid_event_survives_the_wire(event: ev.Event) -> None:
 def test_nesting_is_bounded_and_brackets_in_strings_do_not_count() -> None:
     """An event may nest 64 levels (itself included); one more is InvalidEvent, from the
     decoder and from encode_event alike; brackets inside strings are text."""
-    from schemas.events import MAX_DEPTH, EventDecoder, check_depth
+    from memstream.schemas.events import MAX_DEPTH, EventDecoder, check_depth
 
     def body(levels: int, text: str = "c") -> bytes:
         inner = b'{"a":' * levels + b"{}" + b"}" * levels

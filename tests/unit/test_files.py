@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from projections._idindex import IdIndex
-from projections.files import ProjectionFiles
+from memstream.projections._idindex import IdIndex
+from memstream.projections.files import ProjectionFiles
 
 
 def test_first_use_creates_and_points(tmp_path: Path) -> None:

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from projections.embedders import HashEmbedder
-from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.history import HistoryProjection
-from projections.memories import list_memories
-from projections.point_store import EdgeStores
-from projections.vectors import VectorProjection
-from schemas import events as ev
-from schemas.errors import QueryError
-from schemas.filters import parse_filter
+from memstream.projections.embedders import HashEmbedder
+from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from memstream.projections.history import HistoryProjection
+from memstream.projections.memories import list_memories
+from memstream.projections.point_store import EdgeStores
+from memstream.projections.vectors import VectorProjection
+from memstream.schemas import events as ev
+from memstream.schemas.errors import QueryError
+from memstream.schemas.filters import parse_filter
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from projections.history import HistoryProjection
-from schemas import events as ev
-from schemas.events import UnknownEvent, decode_event
+from memstream.projections.history import HistoryProjection
+from memstream.schemas import events as ev
+from memstream.schemas.events import UnknownEvent, decode_event
 from tests.samples import sample_events
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)

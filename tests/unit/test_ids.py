@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from schemas.errors import InvalidId, InvalidTenant
-from schemas.ids import new_id, validate_agent, validate_ref_id, validate_tenant
+from memstream.schemas.errors import InvalidId, InvalidTenant
+from memstream.schemas.ids import new_id, validate_agent, validate_ref_id, validate_tenant
 
 
 @pytest.mark.parametrize("tenant", ["acme", "a", "0", "team_7-x", "a" * 63])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.indexer import INDEX_AFTER, due
+from memstream.consumers.indexer import INDEX_AFTER, due
 
 
 def test_a_small_shard_is_indexed_after_a_fixed_count() -> None:

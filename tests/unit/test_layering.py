@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("memstream", "schemas", "producers", "projections", "consumers")
+# The founding folders: at the repository's top, installed as memstream.<name>.
+PARTS = ("schemas", "producers", "projections", "consumers")
+PACKAGES = ("memstream", *PARTS)
 FORBIDDEN = ("nats", "faststream")
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
@@ -23,12 +25,29 @@ def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    if parts[0] in PARTS:
+        parts.insert(0, "memstream")
     return ".".join(parts)
 
 
 def _files(*packages: str) -> Iterator[Path]:
     for package in packages:
-        yield from sorted((ROOT / package).rglob("*.py"))
+        if package == "memstream":  # its own modules; the four parts are links to the top
+            own = ROOT / package
+            yield from sorted(
+                p for p in own.rglob("*.py") if p.relative_to(own).parts[0] not in PARTS
+            )
+        else:
+            yield from sorted((ROOT / package).rglob("*.py"))
+
+
+def _layer(module: str) -> str:
+    """What an import belongs to: one of PACKAGES for memstream's own, else the
+    distribution's top-level name."""
+    parts = module.split(".")
+    if parts[0] == "memstream" and len(parts) > 1 and parts[1] in PARTS:
+        return parts[1]
+    return parts[0]
 
 
 def _imports(path: Path) -> set[str]:
@@ -54,7 +73,10 @@ def _imports(path: Path) -> set[str]:
 
 
 def _path_of(module: str) -> Path | None:
-    base = ROOT.joinpath(*module.split("."))
+    parts = module.split(".")
+    if parts[0] == "memstream" and len(parts) > 1 and parts[1] in PARTS:
+        parts = parts[1:]
+    base = ROOT.joinpath(*parts)
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
@@ -66,7 +88,7 @@ def _bad_imports(package: str, allowed: set[str]) -> set[tuple[str, str]]:
         (str(path.relative_to(ROOT)), name)
         for path in _files(package)
         for name in _imports(path)
-        if name.split(".")[0] not in allowed
+        if _layer(name) not in allowed
     }
 
 
@@ -82,17 +104,27 @@ def test_no_nats_imports_in_source(package: str) -> None:
     assert set() == bad
 
 
-def test_no_nats_loaded_at_runtime() -> None:
-    """Importing schemas and projections loads neither nats nor faststream transitively."""
-    code = (
-        "import sys, schemas, projections, schemas.queries, schemas.events, schemas.admin;"
-        "import projections.history, projections.vectors;"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'nats', 'faststream'}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    assert "[]" == result.stdout.strip()
+def test_only_memstream_is_on_the_import_path() -> None:
+    """Every import of memstream's own code says memstream.<part>: the bare names
+    (schemas, producers, projections, consumers) are a user's, not ours, and the wheel
+    installs only memstream. Over the code, the tests and the benchmarks."""
+    bare = {
+        (str(path.relative_to(ROOT)), name)
+        for folder in (*PACKAGES, "tests", "benchmarks")
+        for path in _files(folder)
+        for name in _imports(path)
+        if name.split(".")[0] in PARTS
+    }
+    assert set() == bare
+
+
+def test_the_wheel_installs_one_top_level_name() -> None:
+    """pyproject.toml packages memstream alone, and each founding folder is reachable
+    inside it (a link from memstream/<part> to the folder at the top)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert ["memstream"] == project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    for part in PARTS:
+        assert (ROOT / "memstream" / part).resolve() == (ROOT / part).resolve()
 
 
 def test_schemas_depend_only_on_stdlib_and_msgspec() -> None:
@@ -125,7 +157,7 @@ def test_the_facade_only_re_exports() -> None:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue  # the docstring
         if isinstance(node, ast.ImportFrom):
-            assert (node.module or "").split(".")[0] in PACKAGES[1:], node.module
+            assert _layer(node.module or "") in PARTS, node.module
             imported |= {a.asname or a.name for a in node.names}
         elif isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__all__"]:  # type: ignore[attr-defined]
             exported = set(ast.literal_eval(node.value))
@@ -235,7 +267,7 @@ def test_every_third_party_import_is_declared(
     missing = set()
     for path in _files(*packages):
         for name in _imports(path):
-            top = name.split(".")[0]
+            top = _layer(name)
             if top in STDLIB or top in ours:
                 continue
             found = {_normal(d) for d in dists.get(top, [_normal(top.replace("_", "-"))])}

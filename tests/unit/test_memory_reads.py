@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from projections import memories
-from projections.history import HistoryProjection
-from projections.memories import get_memory, list_memories, revisions
-from schemas import events as ev
-from schemas.filters import parse_filter
+from memstream.projections import memories
+from memstream.projections.history import HistoryProjection
+from memstream.projections.memories import get_memory, list_memories, revisions
+from memstream.schemas import events as ev
+from memstream.schemas.filters import parse_filter
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

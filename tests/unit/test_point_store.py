@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import qdrant_edge as edge
 
-from projections.embedders import HashEmbedder
-from projections.point_store import (
+from memstream.projections.embedders import HashEmbedder
+from memstream.projections.point_store import (
     FULL_SCAN_KB,
     INDEXING_KB,
     SEARCH_THREADS,

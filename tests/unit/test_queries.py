@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas.errors import QueryError
-from schemas.queries import OPS, SERVED_BY, SearchRequest, decode_request, ops_served
-from schemas.replies import ErrorBody, Reply, encode_reply, error_reply
+from memstream.schemas.errors import QueryError
+from memstream.schemas.queries import OPS, SERVED_BY, SearchRequest, decode_request, ops_served
+from memstream.schemas.replies import ErrorBody, Reply, encode_reply, error_reply
 
 
 def test_every_op_has_a_request_type() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from projections import reads
-from projections.history import HistoryProjection
-from schemas import events as ev
+from memstream.projections import reads
+from memstream.projections.history import HistoryProjection
+from memstream.schemas import events as ev
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 TOTAL = 60_000

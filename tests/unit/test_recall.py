@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from projections.recall import Part, compose, memory_part, task_part
-from schemas.queries import TaskResult
+from memstream.projections.recall import Part, compose, memory_part, task_part
+from memstream.schemas.queries import TaskResult
 
 TASK = task_part(
     TaskResult(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.settings import load_settings
-from schemas.errors import ConfigError
+from memstream.consumers.settings import load_settings
+from memstream.schemas.errors import ConfigError
 
 
 def test_defaults() -> None:
@@ -84,7 +84,7 @@ def test_only_services_tune_the_interpreter(tmp_path: Path) -> None:
     """A one-shot command leaves the GC and the GIL switch interval as they were; up and
     serve (service=True) tune them for throughput."""
     script = (
-        "import gc, sys; from consumers.cli._common import load;"
+        "import gc, sys; from memstream.consumers.cli._common import load;"
         "before = (gc.get_threshold(), sys.getswitchinterval()); load();"
         "after_command = (gc.get_threshold(), sys.getswitchinterval()); load(service=True);"
         "print(before == after_command, before != (gc.get_threshold(), sys.getswitchinterval()))"

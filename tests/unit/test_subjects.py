@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.errors import InvalidSubject, InvalidTenant
-from schemas.subjects import (
+from memstream.schemas.errors import InvalidSubject, InvalidTenant
+from memstream.schemas.subjects import (
     dlq_subject,
     event_subject,
     parse_event_subject,

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from producers import MemoryClient, SyncMemoryClient
+from memstream.producers import MemoryClient, SyncMemoryClient
 
 # Not a twin's business: the async context protocol and the connection itself.
 _ASYNC_ONLY = {"connect", "close"}

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from projections.embedders import HashEmbedder
-from projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from projections.point_store import EdgeStores, point_id
-from projections.vector_search import VectorReader, from_payload
-from projections.vectors import VectorProjection
-from schemas import events as ev
+from memstream.projections.embedders import HashEmbedder
+from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
+from memstream.projections.point_store import EdgeStores, point_id
+from memstream.projections.vector_search import VectorReader, from_payload
+from memstream.projections.vectors import VectorProjection
+from memstream.schemas import events as ev
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 _ids = itertools.count()
@@ -317,7 +317,7 @@ def test_expired_points_are_hidden_at_once_and_swept_later(vectors: VectorProjec
 def test_storing_a_memory_again_keeps_when_it_was_created(vectors: VectorProjection) -> None:
     """A memory stored again (dedupe, or the same id) is revised, not created anew: a
     filter on created_at still finds it by its first storing."""
-    from schemas.filters import parse_filter
+    from memstream.schemas.filters import parse_filter
 
     later = T0 + dt.timedelta(days=3)
     vectors.apply([
