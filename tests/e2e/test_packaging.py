@@ -31,10 +31,8 @@ def _run(*args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.fixture(scope="module")
-def sdk_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The Python of a fresh venv with the built wheel installed, without extras."""
-    where = tmp_path_factory.mktemp("wheel")
+def _venv_with_the_wheel(where: Path, *pip_args: str) -> Path:
+    """Build the wheel, install it into a fresh venv under ``where``; its Python."""
     built = _run(
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
         "--quiet", "-w", where / "dist", ROOT,
@@ -44,9 +42,15 @@ def sdk_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     made = _run(sys.executable, "-m", "venv", where / "venv")
     assert 0 == made.returncode, made.stderr
     python = where / "venv" / "bin" / "python"
-    installed = _run(python, "-m", "pip", "install", "--quiet", wheel)
+    installed = _run(python, "-m", "pip", "install", "--quiet", *pip_args, wheel)
     assert 0 == installed.returncode, installed.stderr
-    yield python
+    return python
+
+
+@pytest.fixture(scope="module")
+def sdk_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The Python of a fresh venv with the built wheel installed, without extras."""
+    yield _venv_with_the_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def test_the_wheel_without_extras_installs_the_sdk_alone(sdk_python: Path) -> None:
@@ -115,17 +119,7 @@ def test_the_wheel_installs_one_top_level_name(sdk_python: Path) -> None:
 def server_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh venv with the built wheel, its server extra's packages reached through
     this interpreter's (a .pth line: the same versions, without downloading them)."""
-    where = tmp_path_factory.mktemp("server-wheel")
-    built = _run(
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-        "--quiet", "-w", where / "dist", ROOT,
-    )  # fmt: skip
-    assert 0 == built.returncode, built.stderr
-    (wheel,) = (where / "dist").glob("memstream-*.whl")
-    assert 0 == _run(sys.executable, "-m", "venv", where / "venv").returncode
-    python = where / "venv" / "bin" / "python"
-    installed = _run(python, "-m", "pip", "install", "--quiet", "--no-deps", wheel)
-    assert 0 == installed.returncode, installed.stderr
+    python = _venv_with_the_wheel(tmp_path_factory.mktemp("server-wheel"), "--no-deps")
     site = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     ours = [p for p in sys.path if p.endswith("site-packages")]
     (Path(site.stdout.strip()) / "memstream-test-deps.pth").write_text("\n".join(ours) + "\n")
