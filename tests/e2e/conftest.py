@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import pytest
 
+from memstream.testing import RunningMemstream, start_memstream
 from tests.conftest import pid_alive
 
 _script = Path(sys.executable).parent / "memstream"
@@ -85,18 +86,24 @@ def spawn_ready(
 
 
 _logs: dict[int, IO[str]] = {}
+_started: dict[int, RunningMemstream] = {}
 
 
 def logs(process: subprocess.Popen[str]) -> str:
-    """What a process started by spawn_ready has written on stderr so far."""
+    """What a process started by spawn_ready or start_up has written on stderr so far."""
+    if process.pid in _started:
+        return _started[process.pid].log()
     log = _logs[process.pid]
     log.seek(0)
     return log.read()
 
 
 def start_up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Up:
-    """``memstream up`` on a free port; returns once it is ready."""
-    return Up(*spawn_ready(["up", "--nats-port", "0", "--data-dir", str(data_dir), *extra], env))
+    """``memstream up`` on a free port, as memstream.testing starts it for users' tests;
+    returns once it is ready."""
+    running = start_memstream(data_dir, *extra, env=env)
+    _started[running.process.pid] = running
+    return Up(running.process, running.info)
 
 
 @pytest.fixture

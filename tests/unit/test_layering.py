@@ -19,6 +19,7 @@ PARTS = ("schemas", "producers", "projections", "consumers")
 PACKAGES = ("memstream", *PARTS)
 FORBIDDEN = ("nats", "faststream")
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+TESTING = ROOT / "memstream" / "testing.py"
 
 
 def _module_name(path: Path) -> str:
@@ -253,6 +254,7 @@ def _normal(name: str) -> str:
     [
         (("memstream", "schemas", "producers"), ("",)),
         (("projections", "consumers"), ("", "server", "local")),
+        (("memstream",), ("", "server", "dev")),
     ],
 )
 def test_every_third_party_import_is_declared(
@@ -266,6 +268,8 @@ def test_every_third_party_import_is_declared(
     ours = set(PACKAGES)
     missing = set()
     for path in _files(*packages):
+        if path == TESTING and "server" not in extras:
+            continue  # for users' tests: needs the server extra (and pytest for fixtures)
         for name in _imports(path):
             top = _layer(name)
             if top in STDLIB or top in ours:
