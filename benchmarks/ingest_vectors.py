@@ -35,10 +35,10 @@ from memstream.projections.point_store import (
     Search,
     bm25_document,
     bm25_query,
+    from_payload,
     new_generation,
     point_id,
 )
-from memstream.projections.vector_search import from_payload
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas import events as ev
 

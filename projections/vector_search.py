@@ -8,11 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgspec
-
 from memstream.projections.embedders import Vectors
 from memstream.projections.embedding_cache import CachedEmbedder
-from memstream.projections.filter_payload import META_KV, META_NUM, filter_copy, numbers, tokens
 from memstream.projections.point_store import (
     Condition,
     Mode,
@@ -20,53 +17,15 @@ from memstream.projections.point_store import (
     PointStores,
     Search,
     bm25_query,
+    from_payload,
 )
 from memstream.schemas.filters import Node
 
-__all__ = ["KINDS", "Hit", "VectorReader", "from_payload", "search_store", "to_payload"]
+__all__ = ["KINDS", "Hit", "VectorReader", "search_store"]
 
 # What a search looks in unless told: the memories and the collaborations. The vectors
 # also hold ``turns`` (conversation turns) and ``tasks`` (a task's title and outcome).
 KINDS: Final = ("knowledge", "solutions", "collaborations")
-# The record's fields the engine filters on, copied beside it when they have a value.
-_FILTERED: Final = (
-    "agent", "domain", "tags", "session_id", "task_id", "user_id", "run_id", "project",
-    "created_epoch", "expires_epoch",
-)  # fmt: skip
-# Keys sorted: a record is the same document however its fields were set (live, a task's
-# outcome is added to the stored record; in a rebuild, to a fresh one).
-_encode = msgspec.json.Encoder(order="sorted").encode
-_decode = msgspec.json.Decoder(dict[str, Any]).decode
-
-
-def to_payload(record: dict[str, Any]) -> dict[str, Any]:
-    """A memory's point payload: the fields searches filter on, and the whole record as
-    one JSON string. (Each payload value costs the engine's Python binding a few
-    microseconds to take in, measured here: a dozen of them cost more than the write.)"""
-    payload = {
-        "tenant": record["tenant"],
-        "kind": record["kind"],
-        "ts_epoch": record["ts_epoch"],
-        "doc": _encode(record).decode(),
-    }
-    for name in _FILTERED:
-        value = record.get(name)
-        if value:
-            payload[name] = value
-    if record.get("metadata"):
-        payload["metadata"] = filter_copy(record["metadata"])
-        found = tokens(record["metadata"])
-        if found:
-            payload[META_KV] = found
-        numeric = numbers(record["metadata"])
-        if numeric:
-            payload[META_NUM] = numeric
-    return payload
-
-
-def from_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """The record a point carries."""
-    return _decode(payload["doc"])
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,12 @@ from memstream.projections.point_store import (
     PointStores,
     StorePoint,
     bm25_document,
+    from_payload,
     new_generation,
     point_id,
+    to_payload,
 )
-from memstream.projections.vector_search import Hit, from_payload, search_store, to_payload
+from memstream.projections.vector_search import Hit, search_store
 from memstream.schemas import events as ev
 from memstream.schemas.errors import MemstreamError
 

@@ -17,7 +17,7 @@ from memstream.consumers.storage import HistoryStorage, vector_storage_from_sett
 from memstream.producers import MemoryClient
 from memstream.projections.history import HistoryProjection
 from memstream.projections.memory import MEMORY_KINDS
-from memstream.projections.vector_search import from_payload
+from memstream.projections.point_store import from_payload
 from memstream.schemas.subjects import durable_name
 from tests.e2e.conftest import start_up
 from tests.integration.test_history_runner import dump, last_seq, publish_mixed

@@ -20,8 +20,7 @@ from memstream.projections.base import Projection
 from memstream.projections.embedders import OpenAIEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.history import HistoryProjection
-from memstream.projections.point_store import EdgeStores, PointStores, ServerStores
-from memstream.projections.vector_search import from_payload
+from memstream.projections.point_store import EdgeStores, PointStores, ServerStores, from_payload
 from memstream.projections.vectors import VectorProjection
 from tests.disks import SmallDisk
 from tests.docker import docker_unavailable

@@ -19,7 +19,7 @@ from memstream.producers import MemoryClient
 from memstream.projections._tables import TABLES
 from memstream.projections.embedding_cache import text_key
 from memstream.projections.history import HistoryProjection
-from memstream.projections.vector_search import from_payload
+from memstream.projections.point_store import from_payload
 from memstream.schemas.errors import InvalidTenant
 from memstream.schemas.partitions import slot_of
 from tests.integration.test_query_worker import running, write_session

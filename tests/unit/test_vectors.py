@@ -12,8 +12,8 @@ import pytest
 
 from memstream.projections.embedders import HashEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
-from memstream.projections.point_store import EdgeStores, point_id
-from memstream.projections.vector_search import VectorReader, from_payload
+from memstream.projections.point_store import EdgeStores, from_payload, point_id
+from memstream.projections.vector_search import VectorReader
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas import events as ev
 
