@@ -43,7 +43,7 @@ from benchmarks._common import arguments, broker, percentile
 from benchmarks._workload import mixed_events
 from memstream.consumers.cluster import LocalCluster
 from memstream.consumers.deployment import deployment_id
-from memstream.consumers.streams import ensure_streams, stream_configs
+from memstream.consumers.streams import ensure_streams, stream_configs, until_jetstream_answers
 from memstream.producers import MemoryClient
 from memstream.schemas.queries import PROJECTIONS
 from memstream.schemas.subjects import EVENT_STREAM, durable_name
@@ -181,7 +181,11 @@ async def publish_rate(url: str, replicas: int, events: int, slots: bool = True)
     nc = await nats.connect(url.split(","))
     try:
         if slots:
-            await ensure_streams(nc.jetstream(), replicas=replicas)
+            # A cluster just started may not know all its peers yet: wait for it.
+            js = nc.jetstream()
+            await until_jetstream_answers(
+                lambda: ensure_streams(js, replicas=replicas), "the stream's replicas"
+            )
         else:
             config = stream_configs(replicas=replicas)[0]
             await nc.jetstream().add_stream(dataclasses.replace(config, subject_transform=None))

@@ -111,7 +111,7 @@ class IndexBuilder:
             return False
         log.info("index_build_started", unindexed=service.projection.unindexed)
         runner = service.running.runner
-        async with runner.lock:  # between two batches: the shard holds still for the copy
+        async with runner.paused():  # between two batches: the shard holds still for the copy
             path = await asyncio.to_thread(self.storage.copy_for_index, service.projection)
         try:
             await self._index(str(path))

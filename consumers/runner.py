@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,8 +90,8 @@ class LiveRunner:
         self.stats = RunnerStats()
         # Why the projection is not advancing (its storage failing), or None.
         self.unhealthy: str | None = None
-        # Held around each apply; whoever swaps the projection (a replay) takes it too.
-        self.lock = asyncio.Lock()
+        # Held around each apply; pause() takes it, so nothing else ever needs to.
+        self._lock = asyncio.Lock()
         self.partition = partition
         self._decoder = MessageDecoder(projection.name, decoder, partition)
         self._stopping = asyncio.Event()
@@ -104,6 +104,36 @@ class LiveRunner:
     def stop(self) -> None:
         """Finish the batch in flight, ack it, and return from :meth:`run`."""
         self._stopping.set()
+
+    @property
+    def checkpoint(self) -> int:
+        """The checkpoint of the projection it applies to."""
+        return self.projection.checkpoint
+
+    async def pause(self) -> None:
+        """Return once the batch in flight has committed; no batch is applied until
+        :meth:`resume`. Events keep arriving, and wait."""
+        await self._lock.acquire()
+
+    def resume(self) -> None:
+        self._lock.release()
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Between two batches for the block (a purge, a sweep, a copy of the shard)."""
+        await self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    def swap(self, projection: Projection) -> Projection:
+        """Apply to ``projection`` from the next batch on (a rebuild's target, caught up);
+        only while paused. Returns the one it applied to before."""
+        if not self._lock.locked():
+            raise RuntimeError("swap() needs the runner paused: a batch may be in flight")
+        old, self.projection = self.projection, projection
+        return old
 
     def drop_tenant(self, tenant: str, upto: int) -> None:
         """Apply none of ``tenant``'s events up to stream sequence ``upto`` (it was purged;
@@ -182,7 +212,7 @@ class LiveRunner:
         log.warning("pull_cancelled", projection=self.name, status=puller.last_status)
         puller.last_status = None
         await asyncio.sleep(1.0)
-        if self.lock.locked():
+        if self._lock.locked():
             return  # a rebuild holds the projection; the next pull tells us more
         with contextlib.suppress(nats.errors.Error):
             await self.sync_position()
@@ -251,7 +281,7 @@ class LiveRunner:
                         if self.on_publish_error is not None:
                             self.on_publish_error()
                         raise
-                async with self.lock:
+                async with self._lock:
                     if self._dropped:
                         decoded = self._without_dropped(decoded)
                     if failures < _ISOLATE_AFTER:

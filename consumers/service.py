@@ -133,7 +133,7 @@ class ProjectionService(Generic[P]):
     async def sweep(self) -> int:
         """Delete what has expired from the projection, between two batches."""
         running = self.running
-        async with running.runner.lock:
+        async with running.runner.paused():
             swept = await asyncio.to_thread(running.projection.sweep, utc_now())
         if swept:
             log.info("expired_swept", projection=self.name, removed=swept)
@@ -236,7 +236,7 @@ class ProjectionService(Generic[P]):
                 f"a rebuild of {self.name} is running: purge {tenant} once it has finished"
             )
         running = self.running
-        async with running.runner.lock:
+        async with running.runner.paused():
             running.runner.drop_tenant(tenant, upto)
             return await asyncio.to_thread(running.projection.purge_tenant, tenant)
 
@@ -297,9 +297,9 @@ class ProjectionService(Generic[P]):
                 nonlocal paused
                 if not paused:
                     # Pause live ingest after its batch in flight; the target stops moving.
-                    await runner.lock.acquire()
+                    await runner.pause()
                     paused = True
-                return last_seq >= runner.projection.checkpoint
+                return last_seq >= runner.checkpoint
 
             try:
                 stats = await replay(
@@ -317,12 +317,12 @@ class ProjectionService(Generic[P]):
                 # closed and the switch made on disk (where the old one is dropped): a
                 # reader never meets a closed target.
                 await self._no_readers.wait()
-                old = running.projection
-                running.projection = runner.projection = new
+                old = runner.swap(new)
+                running.projection = new
             except BaseException:
                 await asyncio.to_thread(self.storage.discard, new)
                 if paused:
-                    runner.lock.release()
+                    runner.resume()
                 raise
             try:
                 old.close()
@@ -330,7 +330,7 @@ class ProjectionService(Generic[P]):
                 await self._notify_applied()
             finally:
                 if paused:
-                    runner.lock.release()
+                    runner.resume()
         return _result(self.name, stats, new)
 
 

@@ -68,6 +68,17 @@ JETSTREAM_SETTLING: Final = (
 T = TypeVar("T")
 
 
+# "No suitable peers for placement": a cluster still forming does not know all its peers,
+# so a stream of 3 replicas cannot be placed yet (seen right after a cluster's start).
+_NO_PEERS_YET: Final = 10005
+
+
+def _settling(err: Exception) -> bool:
+    if isinstance(err, JETSTREAM_SETTLING):
+        return True
+    return getattr(err, "err_code", None) == _NO_PEERS_YET
+
+
 async def until_jetstream_answers(
     call: Callable[[], Awaitable[T]], what: str, within: float = 60.0
 ) -> T:
@@ -79,8 +90,8 @@ async def until_jetstream_answers(
     while True:
         try:
             return await call()
-        except JETSTREAM_SETTLING as err:
-            if loop.time() + delay > deadline:
+        except (*JETSTREAM_SETTLING, nats.js.errors.BadRequestError) as err:
+            if not _settling(err) or loop.time() + delay > deadline:
                 raise
             log.warning("jetstream_settling", waiting_for=what, error=repr(err), retry_in_s=delay)
             await asyncio.sleep(delay)
