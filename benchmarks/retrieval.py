@@ -31,6 +31,7 @@ from benchmarks._common import arguments
 from memstream.projections.embedders import Embedder, HashEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.point_store import EdgeStores
+from memstream.projections.vector_search import SearchSpec, embed_queries
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas import events as ev
 
@@ -245,9 +246,10 @@ def main(n: int, embedder_name: str) -> dict[tuple[str, str], dict[int, float]]:
             projection.apply(events[at : at + 500])
         print(f"  {len(events):,} memories embedded and projected in "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr)  # fmt: skip
-        vectors = cached.embed(TENANT, questions, keep=False)
+        vectors = embed_queries(cached, TENANT, questions)
         for mode in ("dense", "keyword", "hybrid"):
-            found = projection.search_vectors(TENANT, questions, vectors, mode=mode, top_k=max(KS))
+            spec = SearchSpec(mode=mode, top_k=max(KS))
+            found = projection.search_vectors(TENANT, questions, vectors, spec)
             ranks = [
                 (group, next((r for r, hit in enumerate(hits) if hit.ref == ref), None))
                 for (group, ref, _, _), hits in zip(facts, found, strict=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
@@ -42,7 +41,7 @@ from memstream.consumers.log import get_logger
 from memstream.consumers.sources import HistoryReads, LocalHistory, Source, read_history
 from memstream.projections import memories, reads
 from memstream.projections.recall import Part, compose, memory_part, task_part, turn_part
-from memstream.projections.vector_search import Hit
+from memstream.projections.vector_search import Hit, SearchSpec, embed_queries
 from memstream.schemas.errors import ConfigError, MemstreamError, QueryError
 from memstream.schemas.events import EVENT_TYPES
 from memstream.schemas.filters import Node, kinds_of, parse_filter
@@ -186,35 +185,6 @@ def _known_types(types: tuple[str, ...]) -> None:
 
 def _filter(req: SearchRequest | RecallRequest | ListRequest) -> Node | None:
     return parse_filter(req.filter) if req.filter is not None else None
-
-
-def _search_filters(req: SearchRequest | RecallRequest) -> dict[str, Any]:
-    if isinstance(req, RecallRequest):
-        # Nothing unrelated enters a prompt: a memory's meaning must be at least
-        # min_score similar to the query's (or share its words, on the keyword side).
-        return {
-            # Past tasks and turns of other conversations too: what was done before.
-            "kinds": kinds_of(node := _filter(req), ("knowledge", "solutions", "tasks", "turns")),
-            "top_k": _RECALL_MEMORIES,
-            "threshold": req.min_score,
-            "filter": node,
-        }
-    node = _filter(req)
-    return {
-        "kinds": kinds_of(node, req.kinds),
-        "filter": node,
-        "top_k": req.top_k,
-        "threshold": req.threshold,
-        "mode": req.mode,
-        "recency_half_life_days": req.recency_half_life_days,
-        "session_id": req.session_id,
-        "task_id": req.task_id,
-        "agent": req.agent,
-        "domain": req.domain,
-        "tags": req.tags,
-        "since": req.since,
-        "until": req.until,
-    }
 
 
 class QueryWorker:
@@ -389,7 +359,7 @@ class QueryWorker:
         return await read_history(self.sources["history"], fn, *args, **kwargs)
 
     async def _vector_search(
-        self, tenant: str, queries: list[str], filters: dict[str, Any]
+        self, tenant: str, queries: list[str], spec: SearchSpec
     ) -> list[list[Hit]]:
         """Qdrant Edge searches in this process and holds the GIL while it does, so a
         worker thread would buy no parallelism, only a GIL hand-off with the event loop
@@ -402,18 +372,14 @@ class QueryWorker:
             # that, the cause goes back as `unavailable` rather than a timeout.
             if embedder.remote:
                 matrix = await asyncio.to_thread(
-                    functools.partial(
-                        embedder.embed, tenant, queries, QUERY_EMBEDDING_WITHIN_S, keep=False
-                    )
+                    embed_queries, embedder, tenant, queries, QUERY_EMBEDDING_WITHIN_S
                 )
             else:
-                matrix = embedder.embed(tenant, queries, keep=False)
+                matrix = embed_queries(embedder, tenant, queries)
             if self.search_inline:
-                found: list[list[Hit]] = vectors.search_vectors(tenant, queries, matrix, **filters)
+                found: list[list[Hit]] = vectors.search_vectors(tenant, queries, matrix, spec)
                 return found
-            return await asyncio.to_thread(
-                vectors.search_vectors, tenant, queries, matrix, **filters
-            )
+            return await asyncio.to_thread(vectors.search_vectors, tenant, queries, matrix, spec)
 
     # --- ops: each returns the contract's result Struct ------------------------------
 
@@ -421,7 +387,7 @@ class QueryWorker:
         if (req.query is None) == (req.queries is None):
             raise QueryError("bad_request", "search takes either query or queries (a list)")
         queries = [req.query] if req.query is not None else list(req.queries or ())
-        found = await self._vector_search(tenant, queries, _search_filters(req))
+        found = await self._vector_search(tenant, queries, SearchSpec.of(req))
         lists = [[_hit(h) for h in hits] for hits in found]
         if req.with_links:
             lists = await self._with_links(tenant, lists)
@@ -622,7 +588,8 @@ class QueryWorker:
             turns = await history.turns(tenant, req.session_id, req.min_seq, req.wait_ms)
             parts += [turn_part(t, req.session_id) for t in turns]
         if req.query is not None:
-            (hits,) = await self._vector_search(tenant, [req.query], _search_filters(req))
+            spec = SearchSpec.of_recall(req, _RECALL_MEMORIES)
+            (hits,) = await self._vector_search(tenant, [req.query], spec)
             # The task and the conversation asked for are in the bundle already.
             hits = [
                 h

@@ -22,6 +22,7 @@ from memstream.producers._watch import Change, follow
 from memstream.producers.connection import or_denied
 from memstream.schemas.errors import Forbidden, QueryError
 from memstream.schemas.queries import (
+    OPS,
     AnalyticsResult,
     ContextResult,
     ConversationResult,
@@ -88,8 +89,10 @@ class QueryMethods:
     query_timeout: float = 10.0
 
     async def query(self, op: str, result: type[R], **fields: Any) -> R:
-        """Send one query; fields left as None are not sent (the worker's default holds)."""
-        body = _encoder.encode({k: v for k, v in fields.items() if v is not None})
+        """Send one query as the contract's request Struct for ``op``; fields left as
+        None take the request's default."""
+        request = OPS[op](**{k: v for k, v in fields.items() if v is not None})
+        body = _encoder.encode(request)
         subject = query_subject(self.tenant, op)
         wait_ms = fields.get("wait_ms") or 2000
         try:

@@ -34,7 +34,13 @@ from memstream.projections.point_store import (
     point_id,
     to_payload,
 )
-from memstream.projections.vector_search import Hit, search_store
+from memstream.projections.vector_search import (
+    Hit,
+    SearchSpec,
+    embed_queries,
+    request,
+    search_store,
+)
 from memstream.schemas import events as ev
 from memstream.schemas.errors import MemstreamError
 
@@ -434,17 +440,18 @@ class VectorProjection:
 
     # --- search ----------------------------------------------------------------------
 
-    def search(self, tenant: str, query: str, **filters: Any) -> list[Hit]:
-        """The tenant's best matches for one query across ``kinds``, best first."""
-        return self.search_many(tenant, [query], **filters)[0]
+    def search(self, tenant: str, query: str, **fields: Any) -> list[Hit]:
+        """The tenant's best matches for one query; ``fields`` are a SearchRequest's."""
+        return self.search_many(tenant, [query], **fields)[0]
 
-    def search_many(self, tenant: str, queries: Sequence[str], **filters: Any) -> list[list[Hit]]:
+    def search_many(self, tenant: str, queries: Sequence[str], **fields: Any) -> list[list[Hit]]:
         """One list of best matches per query; the queries are embedded together."""
-        vectors = self.embedder.embed(tenant, list(queries), keep=False)
-        return self.search_vectors(tenant, queries, vectors, **filters)
+        vectors = embed_queries(self.embedder, tenant, queries)
+        spec = SearchSpec.of(request(queries, **fields))
+        return self.search_vectors(tenant, queries, vectors, spec)
 
     def search_vectors(
-        self, tenant: str, queries: Sequence[str], vectors: Vectors, **filters: Any
+        self, tenant: str, queries: Sequence[str], vectors: Vectors, spec: SearchSpec
     ) -> list[list[Hit]]:
         """One list of best matches per query, given its embedding (a row of ``vectors``)."""
-        return search_store(self.store, tenant, queries, vectors, **filters)
+        return search_store(self.store, tenant, queries, vectors, spec)

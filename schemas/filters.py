@@ -43,6 +43,7 @@ __all__ = [
     "Scalar",
     "kinds_of",
     "parse_filter",
+    "with_fields",
 ]
 
 KINDS: Final = ("knowledge", "solutions", "collaborations", "turns", "tasks")
@@ -240,3 +241,33 @@ def kinds_of(node: Node | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
             wanted = c.value if isinstance(c.value, tuple) else (c.value,)
             kinds &= set(wanted)
     return tuple(k for k in allowed if k in kinds)
+
+
+def with_fields(
+    node: Node | None,
+    *,
+    agent: str | None = None,
+    domain: str | None = None,
+    tags: tuple[str, ...] = (),
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> Node | None:
+    """``node`` and the search fields that came before the filter language, folded into
+    one tree (here, once, for every engine): ``agent`` and ``domain`` equal, every one of
+    ``tags`` held, last changed (``updated_at``) at or after ``since`` and before
+    ``until``."""
+    conds: list[Node] = []
+    if agent:
+        conds.append(Cond("agent", "eq", agent))
+    if domain:
+        conds.append(Cond("domain", "eq", domain))
+    conds += [Cond("tags", "eq", tag) for tag in tags]
+    if since is not None:
+        conds.append(Cond("updated_at", "gte", since))
+    if until is not None:
+        conds.append(Cond("updated_at", "lt", until))
+    if not conds:
+        return node
+    if node is not None:
+        conds.insert(0, node)
+    return conds[0] if len(conds) == 1 else And(tuple(conds))

@@ -75,8 +75,13 @@ OrderBy: TypeAlias = Literal["created_at", "updated_at"]
 Consistency: TypeAlias = Literal["any", "latest"]
 
 
-class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Fields every request accepts: read-your-writes by stream sequence."""
+class Request(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """Fields every request accepts: read-your-writes by stream sequence.
+
+    Encoded without the fields left at their defaults: a newer client sends what it was
+    given, never a field an older worker (which refuses unknown fields) does not know."""
 
     # Wait until the serving projection has applied this stream sequence...
     min_seq: Seq | None = None

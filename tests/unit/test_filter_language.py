@@ -279,9 +279,8 @@ def listed(history: HistoryProjection, flt: dict[str, Any]) -> set[str]:
 
 def searched(vectors: VectorProjection, flt: dict[str, Any]) -> set[str]:
     (hits,) = vectors.search_many(
-        "acme", ["fact"], kinds=("knowledge", "solutions"), top_k=1000, mode="dense",
-        filter=parse_filter(flt),
-    )  # fmt: skip
+        "acme", ["fact"], kinds=("knowledge", "solutions"), top_k=1000, mode="dense", filter=flt
+    )
     return {h.ref for h in hits}
 
 

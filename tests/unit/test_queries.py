@@ -92,3 +92,24 @@ def test_an_error_code_outside_the_contract_is_sent_as_internal() -> None:
     """A reply never carries a code clients do not know."""
     error = msgspec.json.decode(error_reply("odd", "x"))["error"]
     assert ("internal", "x") == (error["code"], error["message"])
+
+
+def test_the_sdks_search_arguments_are_the_search_requests_fields() -> None:
+    """SearchFilters types the SDK's keyword arguments; the request it sends is the
+    contract's SearchRequest. The two name the same fields, so they cannot drift."""
+    from memstream.producers._queries import SearchFilters
+    from memstream.schemas.queries import SearchRequest
+
+    assert set(SearchRequest.__struct_fields__) - {"query", "queries"} == set(
+        SearchFilters.__annotations__
+    )
+
+
+def test_a_request_is_sent_without_its_defaults() -> None:
+    """A newer client never sends a field at its default: an older worker, which refuses
+    unknown fields, still answers it."""
+    import msgspec
+
+    from memstream.schemas.queries import SearchRequest
+
+    assert b'{"query":"q","top_k":3}' == msgspec.json.encode(SearchRequest(query="q", top_k=3))

@@ -317,13 +317,11 @@ def test_expired_points_are_hidden_at_once_and_swept_later(vectors: VectorProjec
 def test_storing_a_memory_again_keeps_when_it_was_created(vectors: VectorProjection) -> None:
     """A memory stored again (dedupe, or the same id) is revised, not created anew: a
     filter on created_at still finds it by its first storing."""
-    from memstream.schemas.filters import parse_filter
-
     later = T0 + dt.timedelta(days=3)
     vectors.apply([
         (1, make(ev.KnowledgeStored, memory_id="m", domain="d", content="first words")),
         (2, make(ev.KnowledgeStored, ts=later, memory_id="m", domain="d", content="new words")),
     ])  # fmt: skip
-    early = parse_filter({"created_at": {"$lt": (T0 + dt.timedelta(days=1)).isoformat()}})
+    early = {"created_at": {"$lt": (T0 + dt.timedelta(days=1)).isoformat()}}
     hits = vectors.search("acme", "new words", mode="keyword", filter=early)
     assert [("m", "new words")] == [(h.ref, h.text) for h in hits]
