@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from collections.abc import Callable
+from typing import Any, Final
 
 import msgspec
 import nats.errors
@@ -35,67 +34,26 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from memstream.consumers.endpoints import ENDPOINTS, Endpoint
 from memstream.consumers.log import get_logger
 from memstream.consumers.sources import HistoryReads, LocalHistory, Source, read_history
-from memstream.projections import memories, reads
-from memstream.projections.recall import Part, compose, memory_part, task_part, turn_part
-from memstream.projections.vector_search import Hit, SearchSpec, embed_queries
 from memstream.schemas.errors import ConfigError, MemstreamError, QueryError
-from memstream.schemas.events import EVENT_TYPES
-from memstream.schemas.filters import Node, kinds_of, parse_filter
 from memstream.schemas.ids import new_id
 from memstream.schemas.partitions import QUERY_SLOT_MAPPING
 from memstream.schemas.queries import (
     OPS,
-    PROJECTIONS,
     SERVED_BY,
-    AnalyticsRequest,
-    AnalyticsResult,
-    ContextRequest,
-    ContextResult,
-    ConversationRequest,
-    ConversationResult,
-    GetRequest,
-    HistoryRequest,
-    HistoryResult,
-    Link,
-    LinksRequest,
-    LinksResult,
-    ListRequest,
-    ListResult,
-    Memory,
-    RecallRequest,
-    RecallResult,
-    RecallSource,
     Request,
-    RevisionsRequest,
-    RevisionsResult,
-    SearchBatchResult,
-    SearchHit,
-    SearchRequest,
-    SearchResult,
-    StatsRequest,
-    StatsResult,
-    TaskRequest,
-    TaskResult,
-    WatchRequest,
-    WatchResult,
     decode_request,
     ops_served,
 )
 from memstream.schemas.replies import error_reply, ok_reply
 from memstream.schemas.subjects import (
-    DLQ_PREFIX,
-    DLQ_STREAM,
     EVENT_STREAM,
     QUERY_PREFIX,
-    event_subject,
     parse_query_subject,
     query_subject,
-    reply_inbox_prefix,
-    tenant_event_filter,
 )
 
 __all__ = ["QUEUE", "QueryWorker", "check_query_mapping"]
@@ -148,45 +106,6 @@ async def check_query_mapping(nc: NatsClient) -> None:
             await sub.unsubscribe()
 
 
-def _hit(h: Hit) -> SearchHit:
-    p = h.payload
-    return SearchHit(
-        kind=cast(Any, h.kind),
-        memory_id=h.ref,
-        score=h.score,
-        # A hit is a pointer with a preview: five near-1 MB memories would not fit in a
-        # reply. The history holds the whole text.
-        text=h.text[:HIT_TEXT_CHARS],
-        text_truncated=len(h.text) > HIT_TEXT_CHARS,
-        agent=p.get("agent", ""),
-        ts=dt.datetime.fromisoformat(p["ts"]),
-        tags=tuple(p.get("tags") or ()),
-        metadata=p.get("metadata") or {},
-        seq=p.get("seq", 0),
-        user_id=p.get("user_id"),
-        run_id=p.get("run_id"),
-        project=p.get("project"),
-        task_id=p.get("task_id"),
-        expires_at=(
-            dt.datetime.fromtimestamp(p["expires_epoch"], dt.UTC) if "expires_epoch" in p else None
-        ),
-    )
-
-
-def _known_types(types: tuple[str, ...]) -> None:
-    unknown = sorted(set(types) - set(EVENT_TYPES))
-    if unknown:
-        raise QueryError(
-            "bad_request",
-            f"unknown event type {', '.join(map(repr, unknown))} in types: use "
-            f"{', '.join(sorted(EVENT_TYPES))}",
-        )
-
-
-def _filter(req: SearchRequest | RecallRequest | ListRequest) -> Node | None:
-    return parse_filter(req.filter) if req.filter is not None else None
-
-
 class QueryWorker:
     """Answers the query ops it has sources for; see the module docstring."""
 
@@ -222,27 +141,14 @@ class QueryWorker:
         self.history_reads: HistoryReads | None = (
             LocalHistory(history) if history is not None else remote_history
         )
-        handlers: dict[str, Callable[[str, Any], Awaitable[Any]]] = {
-            "search": self._search,
-            "recall": self._recall,
-            "history": self._history,
-            "task": self._task,
-            "context": self._context,
-            "conversation": self._conversation,
-            "stats": self._stats,
-            "analytics": self._analytics,
-            "get": self._get,
-            "list": self._list,
-            "revisions": self._revisions,
-            "links": self._links,
-            "watch": self._watch,
+        # The ops this worker answers, from the contract's table alone: those whose first
+        # projection it holds (recall's history may be another process's), and, where it
+        # answers unknown ops, those that read none (watch: one worker per deployment).
+        self.ops: dict[str, Endpoint] = {
+            op: ENDPOINTS[op] for op in ops_served(set(self.sources), answers_unknown)
         }
-        served = ops_served(set(self.sources))
-        if answers_unknown:
-            served.append("watch")  # one worker per deployment, or feeds would double
-        if vectors is not None and history is None and remote_history is not None:
-            served.append("recall")  # with the history another process answers from
-        self.ops = {op: handlers[op] for op in served}
+        if "recall" in self.ops and self.history_reads is None:
+            del self.ops["recall"]  # no history to read the task and the turns from
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
@@ -333,7 +239,7 @@ class QueryWorker:
             source = self.sources.get(name)
             if source is not None:
                 await self._wait(source, name, req)
-        return await self.ops[op](tenant, req)
+        return await self.ops[op](self, tenant, req)
 
     async def _wait(self, source: Source, name: str, req: Request) -> None:
         if req.min_seq is None or source.checkpoint >= req.min_seq:
@@ -353,266 +259,7 @@ class QueryWorker:
                 f"min_seq {req.min_seq}, after waiting {req.wait_ms} ms: retry, or wait longer",
             )
 
-    async def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(cursor, *args, **kwargs)`` against the history (an op that reads it is
         only registered where the history is)."""
         return await read_history(self.sources["history"], fn, *args, **kwargs)
-
-    async def _vector_search(
-        self, tenant: str, queries: list[str], spec: SearchSpec
-    ) -> list[list[Hit]]:
-        """Qdrant Edge searches in this process and holds the GIL while it does, so a
-        worker thread would buy no parallelism, only a GIL hand-off with the event loop
-        (measured with the pure-Python engine before it: p99 14-18 ms in a thread against
-        9-10 ms inline). A Qdrant server is asked over the network: a thread."""
-        async with self.sources["vectors"].reading() as vectors:
-            embedder = vectors.embedder
-            # An embedder that answers over the network (or runs a model) is waited for
-            # off the loop, and only as long as the asker waits for its answer: past
-            # that, the cause goes back as `unavailable` rather than a timeout.
-            if embedder.remote:
-                matrix = await asyncio.to_thread(
-                    embed_queries, embedder, tenant, queries, QUERY_EMBEDDING_WITHIN_S
-                )
-            else:
-                matrix = embed_queries(embedder, tenant, queries)
-            if self.search_inline:
-                found: list[list[Hit]] = vectors.search_vectors(tenant, queries, matrix, spec)
-                return found
-            return await asyncio.to_thread(vectors.search_vectors, tenant, queries, matrix, spec)
-
-    # --- ops: each returns the contract's result Struct ------------------------------
-
-    async def _search(self, tenant: str, req: SearchRequest) -> SearchResult | SearchBatchResult:
-        if (req.query is None) == (req.queries is None):
-            raise QueryError("bad_request", "search takes either query or queries (a list)")
-        queries = [req.query] if req.query is not None else list(req.queries or ())
-        found = await self._vector_search(tenant, queries, SearchSpec.of(req))
-        lists = [[_hit(h) for h in hits] for hits in found]
-        if req.with_links:
-            lists = await self._with_links(tenant, lists)
-        if req.query is not None:
-            return SearchResult(hits=lists[0])
-        return SearchBatchResult(hits=lists)
-
-    async def _with_links(self, tenant: str, lists: list[list[SearchHit]]) -> list[list[SearchHit]]:
-        if self.history_reads is None:
-            raise QueryError("unavailable", "with_links needs the history, and none answers here")
-        ids = sorted({h.memory_id for hits in lists for h in hits})
-        by_id: dict[str, list[Link]] = {i: [] for i in ids}
-        for link in await self.history_reads.edges(tenant, ids):
-            for end in {link.from_id, link.to_id}:
-                if end in by_id:
-                    by_id[end].append(link)
-        return [
-            [msgspec.structs.replace(h, links=by_id[h.memory_id]) for h in hits] for hits in lists
-        ]
-
-    async def _history(self, tenant: str, req: HistoryRequest) -> HistoryResult:
-        _known_types(req.types)
-        page = await self._read(
-            reads.history,
-            tenant,
-            types=req.types,
-            agent=req.agent,
-            task_id=req.task_id,
-            since=req.since,
-            until=req.until,
-            after_seq=req.after_seq,
-            limit=req.limit,
-        )
-        # msgspec.Raw events: the producer's bytes, encoded into the reply as they are.
-        return HistoryResult(events=page.events, next_after_seq=page.next_after_seq)
-
-    async def _task(self, tenant: str, req: TaskRequest) -> TaskResult:
-        found: TaskResult | None = await self._read(reads.task, tenant, req.task_id)
-        if found is None:
-            raise QueryError("not_found", f"tenant {tenant} has no task {req.task_id!r}")
-        return found
-
-    async def _context(self, tenant: str, req: ContextRequest) -> ContextResult:
-        found: ContextResult | None = await self._read(
-            reads.context, tenant, req.key, dt.datetime.now(dt.UTC)
-        )
-        if found is None:
-            raise QueryError(
-                "not_found", f"context key {req.key!r} is not set (never set, cleared or expired)"
-            )
-        return found
-
-    async def _conversation(self, tenant: str, req: ConversationRequest) -> ConversationResult:
-        turns = await self._read(reads.conversation, tenant, req.session_id, req.last_n)
-        return ConversationResult(session_id=req.session_id, turns=turns)
-
-    async def _get(self, tenant: str, req: GetRequest) -> Memory:
-        found: Memory | None = await self._read(
-            memories.get_memory, tenant, req.memory_id, dt.datetime.now(dt.UTC)
-        )
-        if found is None:
-            raise QueryError(
-                "not_found",
-                f"tenant {tenant} has no memory {req.memory_id!r} (never stored, forgotten or "
-                "expired)",
-            )
-        return found
-
-    async def _list(self, tenant: str, req: ListRequest) -> ListResult:
-        page, cursor = await self._read(
-            memories.list_memories,
-            tenant,
-            dt.datetime.now(dt.UTC),
-            kinds=kinds_of(node := _filter(req), req.kinds),
-            filter=node,
-            order_by=req.order_by,
-            descending=req.descending,
-            limit=req.limit,
-            cursor=req.cursor,
-        )
-        return ListResult(memories=page, next_cursor=cursor)
-
-    async def _links(self, tenant: str, req: LinksRequest) -> LinksResult:
-        found: LinksResult = await self._read(
-            memories.links, tenant, req.memory_id, dt.datetime.now(dt.UTC),
-            direction=req.direction, relation=req.relation, depth=req.depth, limit=req.limit,
-        )  # fmt: skip
-        if found.nodes[0].missing and not found.edges:
-            raise QueryError(
-                "not_found",
-                f"tenant {tenant} has no memory {req.memory_id!r} and no link to or from it",
-            )
-        return found
-
-    async def _watch(self, tenant: str, req: WatchRequest) -> WatchResult:
-        """A push consumer of the tenant's events to the asker's inbox, made with the
-        service's rights: a tenant cannot be let create consumers itself, since the
-        consumer-create API would let it rewrite memstream's own durable consumers."""
-        inbox = reply_inbox_prefix(tenant) + "."
-        rest = req.deliver_to[len(inbox) :]
-        if not req.deliver_to.startswith(inbox) or not rest or any(c in rest for c in "*> \t"):
-            raise QueryError(
-                "bad_request",
-                f"watch: deliver_to must be a subject under {inbox} (an inbox of this "
-                f"tenant's connection), not {req.deliver_to!r}",
-            )
-        _known_types(req.types)
-        name = f"watch-{tenant}-{new_id()[-12:]}"
-        heartbeat = req.heartbeat_ms / 1000
-        js = self.nc.jetstream()
-        # "From now" as a sequence, so a feed that starts again misses nothing.
-        start = req.from_seq or (await js.stream_info(EVENT_STREAM)).state.last_seq + 1
-        config = ConsumerConfig(
-            name=name,
-            deliver_subject=req.deliver_to,
-            # As published (stored before slots were stamped) and as stored since.
-            filter_subjects=[
-                s
-                for t in req.types
-                for s in (event_subject(tenant, t), f"{event_subject(tenant, t)}.*")
-            ]
-            or None,
-            filter_subject=None if req.types else tenant_event_filter(tenant),
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
-            idle_heartbeat=heartbeat,
-            # Gone once nobody has listened on deliver_to for this long.
-            inactive_threshold=max(30.0, 3 * heartbeat),
-            mem_storage=True,
-            num_replicas=1,
-        )
-        await js.add_consumer(EVENT_STREAM, config)
-        return WatchResult(consumer=name, from_seq=start)
-
-    async def _revisions(self, tenant: str, req: RevisionsRequest) -> RevisionsResult:
-        found = await self._read(memories.revisions, tenant, req.memory_id)
-        if not found:
-            raise QueryError(
-                "not_found", f"tenant {tenant} has no event of a memory {req.memory_id!r}"
-            )
-        return RevisionsResult(memory_id=req.memory_id, revisions=found)
-
-    async def _analytics(self, tenant: str, req: AnalyticsRequest) -> AnalyticsResult:
-        result = await self._read(reads.analytics, tenant, req.name, req.params)
-        rows = [list(row) for row in result.rows]
-        return AnalyticsResult(name=req.name, columns=result.columns, rows=rows)
-
-    async def _stats(self, tenant: str, req: StatsRequest) -> StatsResult:
-        by_type, by_agent = await self._read(reads.counts, tenant)
-        live = await self._read(memories.live_counts, tenant, dt.datetime.now(dt.UTC))
-        js = self.nc.jetstream()
-        last_seq = (await js.stream_info(EVENT_STREAM)).state.last_seq
-        applied: dict[str, int] = {name: source.checkpoint for name, source in self.sources.items()}
-        remote = [name for name in PROJECTIONS if name not in self.sources]
-        if remote:
-            # Served by other processes: their durable consumers' ack floors say, the
-            # furthest behind of a projection's instances counting.
-            for info in await js.consumers_info(EVENT_STREAM):
-                for name in remote:
-                    if info.name.startswith(f"{name}-"):
-                        floor = info.ack_floor.stream_seq if info.ack_floor else 0
-                        applied[name] = min(applied.get(name, floor), floor)
-        dlq = await js.stream_info(DLQ_STREAM, subjects_filter=f"{DLQ_PREFIX}.*.{tenant}")
-        lag = {name: max(0, last_seq - seq) for name, seq in applied.items()}
-        for held, source in self.sources.items():
-            partition = getattr(source, "partition", None)
-            if partition is not None and not partition.whole:
-                # A partition's checkpoint stops at its own last event: what it has not
-                # applied of its share is what its consumer still holds.
-                with contextlib.suppress(nats.errors.Error):
-                    lag[held] = await source.pending()  # type: ignore[attr-defined]
-        return StatsResult(
-            events_by_type=by_type,
-            events_by_agent=by_agent,
-            last_applied_seq=applied,
-            lag=lag,
-            dlq_count=sum((dlq.state.subjects or {}).values()),
-            memories_by_kind=live,
-            health={
-                name: getattr(source, "unhealthy", None) or "ok"
-                for name, source in self.sources.items()
-            },
-        )
-
-    async def _recall(self, tenant: str, req: RecallRequest) -> RecallResult:
-        if req.query is None and req.session_id is None and req.task_id is None:
-            raise QueryError(
-                "bad_request", "recall needs at least one of query, session_id and task_id"
-            )
-        history = self.history_reads
-        parts: list[Part] = []
-        if req.task_id is not None and history is not None:
-            found = await history.task(tenant, req.task_id, req.min_seq, req.wait_ms)
-            if found is not None:
-                parts.append(task_part(found))
-        if req.session_id is not None and history is not None:
-            turns = await history.turns(tenant, req.session_id, req.min_seq, req.wait_ms)
-            parts += [turn_part(t, req.session_id) for t in turns]
-        if req.query is not None:
-            spec = SearchSpec.of_recall(req, _RECALL_MEMORIES)
-            (hits,) = await self._vector_search(tenant, [req.query], spec)
-            # The task and the conversation asked for are in the bundle already.
-            hits = [
-                h
-                for h in hits
-                if not (h.kind == "tasks" and h.ref == req.task_id)
-                and not (h.kind == "turns" and h.payload.get("session_id") == req.session_id)
-            ]
-            for h in hits:
-                ts = h.payload.get("ts")
-                parts.append(
-                    memory_part(
-                        h.kind,
-                        h.ref,
-                        h.text,
-                        h.score,
-                        h.payload.get("seq", 0),
-                        dt.datetime.fromisoformat(ts) if ts else None,
-                    )
-                )
-        text, used = compose(parts, req.budget_chars, req.strategy)
-        return RecallResult(
-            text=text,
-            chars=len(text),
-            strategy=req.strategy,
-            sources=[RecallSource(kind=p.kind, ref=p.ref, seq=p.seq, score=p.score) for p in used],
-        )

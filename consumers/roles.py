@@ -15,10 +15,11 @@ ALL_ROLES: Final = frozenset(ROLES)
 
 def role_help() -> str:
     """What each role runs and answers."""
-    history, vectors = ops_served({"history"}), ops_served({"vectors"})
+    history = ops_served({"history"}, answers_unknown=True)
+    vectors = ops_served({"vectors"})
     return (
-        f"history: the DuckDB history, answering {', '.join(history)}, and watch. "
+        f"history: the DuckDB history, answering {', '.join(history)}. "
         f"vectors: the vector projection (with the embedded engine it also answers "
-        f"{', '.join(vectors)} and recall). query: {', '.join(vectors)} and recall from a "
+        f"{', '.join(vectors)}). query: {', '.join(vectors)} from a "
         "Qdrant server (MEMSTREAM_QDRANT_URL)."
     )

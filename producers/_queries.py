@@ -90,9 +90,11 @@ class QueryMethods:
 
     async def query(self, op: str, result: type[R], **fields: Any) -> R:
         """Send one query as the contract's request Struct for ``op``; fields left as
-        None take the request's default."""
-        request = OPS[op](**{k: v for k, v in fields.items() if v is not None})
-        body = _encoder.encode(request)
+        None take the request's default. (An op this SDK does not know goes as its
+        fields: the worker says whether it knows it.)"""
+        given = {k: v for k, v in fields.items() if v is not None}
+        kind = OPS.get(op)
+        body = _encoder.encode(kind(**given) if kind is not None else given)
         subject = query_subject(self.tenant, op)
         wait_ms = fields.get("wait_ms") or 2000
         try:

@@ -248,10 +248,16 @@ SERVED_BY: Final[dict[str, tuple[ProjectionName, ...]]] = {
 }
 
 
-def ops_served(projections: frozenset[str] | set[str]) -> list[str]:
-    """The ops that can be answered from ``projections``, in the contract's order (those
-    that read none, such as ``watch``, are the unknown-op answerer's: see QueryWorker)."""
-    return [op for op, needs in SERVED_BY.items() if needs and set(needs) <= projections]
+def ops_served(projections: frozenset[str] | set[str], answers_unknown: bool = False) -> list[str]:
+    """The ops a worker holding ``projections`` answers, in the contract's order: those
+    whose first projection it holds (the others an op reads, such as recall's history,
+    may be read from another process), and, for the worker that answers unknown ops,
+    those that read none (``watch``)."""
+    return [
+        op
+        for op, needs in SERVED_BY.items()
+        if (needs[0] in projections if needs else answers_unknown)
+    ]
 
 
 # --- results ------------------------------------------------------------------------

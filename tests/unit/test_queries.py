@@ -80,12 +80,17 @@ def test_every_op_is_served_by_some_projection() -> None:
     assert {"history", "vectors"} == {p for needs in SERVED_BY.values() for p in needs}
 
 
-def test_ops_served_needs_every_projection_an_op_reads() -> None:
-    """recall reads both projections, so neither alone serves it."""
-    assert ["search"] == ops_served({"vectors"})
+def test_an_op_is_served_where_its_first_projection_is() -> None:
+    """The role -> ops table comes from SERVED_BY alone: recall is the vectors' (it reads
+    the history from wherever that is), never the history's; watch reads none and is
+    the unknown-op answerer's."""
+    assert ["search", "recall"] == ops_served({"vectors"})
     assert "recall" not in ops_served({"history"})
-    every = [op for op in OPS if op != "watch"]  # reads none: the unknown-op answerer's
-    assert every == sorted(ops_served({"history", "vectors"}), key=list(OPS).index)
+    assert "watch" not in ops_served({"history"})
+    assert "watch" in ops_served({"history"}, answers_unknown=True)
+    assert list(OPS) == sorted(
+        ops_served({"history", "vectors"}, answers_unknown=True), key=list(OPS).index
+    )
 
 
 def test_an_error_code_outside_the_contract_is_sent_as_internal() -> None:
