@@ -32,16 +32,14 @@ import nats.errors
 from memstream.consumers.admin import AdminResponder
 from memstream.consumers.auth import TenantCredentials
 from memstream.consumers.deployment import Hold, claim_partition, hold
-from memstream.consumers.indexer import IndexBuilder
 from memstream.consumers.log import get_logger
 from memstream.consumers.metrics import Health, MetricsServer, ProcessMetrics, refresh_health
 from memstream.consumers.nats_server import NatsServer
-from memstream.consumers.query_worker import QUEUE, QueryWorker, check_query_mapping
+from memstream.consumers.parts import RoleParts, caught_up, live_counters
+from memstream.consumers.query_worker import QueryWorker, check_query_mapping
 from memstream.consumers.roles import ALL_ROLES
 from memstream.consumers.service import ProjectionService
 from memstream.consumers.settings import Settings
-from memstream.consumers.sources import ReaderSource, RemoteHistory
-from memstream.consumers.storage import HistoryStorage, VectorStorage, vector_storage_from_settings
 from memstream.consumers.streams import (
     HEADER_ROOM,
     ProvisionReport,
@@ -51,9 +49,7 @@ from memstream.consumers.streams import (
 from memstream.producers.connection import connect_nats
 from memstream.projections.embedders import EmbedderError
 from memstream.projections.embedding_cache import CachedEmbedder
-from memstream.projections.vector_search import VectorReader
 from memstream.schemas.errors import ConfigError, MemstreamError, NatsServerError
-from memstream.schemas.events import EventDecoder
 from memstream.schemas.partitions import Partition
 from memstream.schemas.queries import PROJECTIONS
 from memstream.schemas.subjects import durable_name
@@ -347,134 +343,6 @@ async def _supervise(server: NatsServer, stop: asyncio.Event) -> str | None:
     return None
 
 
-class _Roles:
-    """The projection services of some roles, and the query worker that reads them."""
-
-    def __init__(self, nc: Any, settings: Settings, held: Hold, roles: frozenset[str]):
-        self.nc, self.settings, self.roles = nc, settings, roles
-        data_dir = held.data_dir
-        tuning: dict[str, Any] = {
-            "batch_size": settings.batch_size,
-            "max_wait": settings.batch_wait_ms / 1000,
-            # One event size limit everywhere: the SDK, the broker, the stream, the workers.
-            "decoder": EventDecoder(max_bytes=settings.max_event_bytes),
-        }
-        self.services: dict[str, ProjectionService[Any]] = {}
-        # Each instance consumes a durable of its own: a second one is a full replica.
-        own = {p: durable_name(p, held.deployment) for p in PROJECTIONS}
-        tuning["partition"] = self.partition = held.partition
-        if "history" in roles:
-            self.services["history"] = ProjectionService(
-                nc, HistoryStorage(data_dir), consumer=own["history"], **tuning
-            )
-        self.indexer: IndexBuilder | None = None
-        if "vectors" in roles:
-            vectors = vector_storage_from_settings(settings, partition=held.partition)
-            service = ProjectionService(nc, vectors, consumer=own["vectors"], **tuning)
-            self.services["vectors"] = service
-            if vectors.shards is not None:  # Edge: its indexes are built in the background
-                self.indexer = IndexBuilder(service, vectors, nats_auth=dict(settings.nats_auth))
-        # The query role searches the vectors a Qdrant server holds.
-        self._reader = (
-            vector_storage_from_settings(settings, partition=held.partition)
-            if roles == {"query"}
-            else None
-        )
-
-    @property
-    def embedder(self) -> CachedEmbedder | None:
-        """The embedder this process uses, if it embeds at all."""
-        if "vectors" in self.services:
-            storage: VectorStorage = self.services["vectors"].storage  # type: ignore[assignment]
-            return storage.embedder
-        return self._reader.embedder if self._reader is not None else None
-
-    def query_worker(self, nc: Any) -> QueryWorker | None:
-        """Built once the services have started, since it reads their projections;
-        answering on ``nc``."""
-        roles = self.roles
-        history, vectors = self.services.get("history"), self.services.get("vectors")
-        local = not self.settings.qdrant_url
-        subjects = self.partition.query_subjects()
-        if roles == ALL_ROLES:
-            return QueryWorker(
-                nc, history=history, vectors=vectors, search_inline=local, subjects=subjects
-            )
-        if roles == {"history"}:
-            return QueryWorker(nc, history=history, queue=f"{QUEUE}-history", subjects=subjects)
-        if roles == {"vectors"} and local:
-            # Embedded engine: only this process can open the vectors, so it answers for them.
-            return QueryWorker(
-                nc,
-                vectors=vectors,
-                remote_history=RemoteHistory(nc),
-                answers_unknown=False,
-                queue=f"{QUEUE}-vectors",
-                search_inline=True,
-                subjects=subjects,
-            )
-        if self._reader is not None:
-            reader = VectorReader(self._reader.stores, self._reader.embedder)
-            return QueryWorker(
-                nc,
-                vectors=ReaderSource(reader),
-                remote_history=RemoteHistory(nc),
-                answers_unknown=False,
-                queue=f"{QUEUE}-vectors",
-                subjects=subjects,
-            )
-        return None
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-
-
-def _live_counters(parts: _Roles, health: Health) -> dict[str, Any]:
-    """What a scrape reads of this process: its runners' and its embedder's counters,
-    and the lag the event loop last asked of NATS."""
-    found: dict[str, Any] = {
-        "applied": {},
-        "dead_letters": {},
-        "lag": {name: p for name, (_, p, _) in health.projections.items()},
-        "healthy": {},
-    }
-    for name, service in parts.services.items():
-        stats = service.stats
-        if stats is not None:
-            found["applied"][name] = stats.applied
-            found["dead_letters"][name] = stats.dead_letters
-            found["healthy"][name] = 0 if service.unhealthy else 1
-    embedder = parts.embedder
-    if embedder is not None:
-        found["embedding_requests"] = embedder.stats.embedding_calls
-        found["cache_hits"] = embedder.stats.hits
-        found["cache_misses"] = embedder.stats.misses
-    return found
-
-
-async def _caught_up(services: list[ProjectionService[Any]], stop: asyncio.Event) -> bool:
-    """Until every service has applied its share of the stream as it is now; False when
-    stopped, or a service failed, first."""
-    if not services:
-        return True
-    log.info("catching_up", projections=[s.name for s in services])
-    catching: asyncio.Future[list[bool]] = asyncio.ensure_future(
-        asyncio.gather(*(s.caught_up(stop) for s in services))
-    )
-    others: list[asyncio.Future[Any]] = [s.wait_failed() for s in services]
-    others.append(asyncio.ensure_future(stop.wait()))
-    waiting: list[asyncio.Future[Any]] = [catching, *others]
-    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    for task in waiting:
-        if task not in done:
-            task.cancel()
-    if catching in done and all(catching.result()):
-        log.info("caught_up", projections=[s.name for s in services])
-        return True
-    return False
-
-
 async def _serve(
     nc: Any,
     queries_nc: Any,
@@ -484,13 +352,13 @@ async def _serve(
     ready: Callable[[dict[str, ProjectionService[Any]], EmbedderStatus | None], Any],
     roles: frozenset[str] = ALL_ROLES,
 ) -> None:
-    parts = _Roles(nc, settings, held, roles)
+    parts = RoleParts(nc, settings, held, roles)
     services = parts.services
     metrics, health = (
         ProcessMetrics(),
         Health(nats_connected=lambda: bool(nc.is_connected and queries_nc.is_connected)),
     )
-    metrics.add_source(lambda: _live_counters(parts, health))
+    metrics.add_source(lambda: live_counters(parts, health))
     for service in services.values():
         service.on_publish_error = metrics.publish_errors.inc
     admin = AdminResponder(
@@ -535,7 +403,7 @@ async def _serve(
         # A partition's new worker (a new replica, a new partition count) answers once
         # it holds its share of the stream as it was at start: until then the workers
         # already serving the partition answer alone.
-        if held.partition.whole or await _caught_up(started, stop):
+        if held.partition.whole or await caught_up(started, stop):
             worker = parts.query_worker(queries_nc)
             if worker is not None:
                 worker.observe = metrics.observe_query
