@@ -159,7 +159,7 @@ def memstream_process(*args: str, env: dict[str, str] | None = None) -> Iterator
     its ready line; stopped with SIGTERM by its pid afterwards."""
     full_env = {"MEMSTREAM_LOG_LEVEL": "warning", **os.environ, **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "consumers", *args, "--json"],
+        [sys.executable, "-m", "memstream", *args, "--json"],
         stdout=subprocess.PIPE,
         text=True,
         env=full_env,

@@ -75,7 +75,7 @@ def main(events: int) -> bool:
     raw = bare_python_mb()
     with broker() as server, tempfile.TemporaryDirectory(prefix="memstream-bench-") as tmp:
         process = subprocess.Popen(
-            [sys.executable, "-m", "consumers", "up", "--nats-url", server.url,
+            [sys.executable, "-m", "memstream", "up", "--nats-url", server.url,
              "--data-dir", tmp, "--json"],
             stdout=subprocess.PIPE, text=True,
             env={**os.environ, "MEMSTREAM_EMBEDDER": "hash", "MEMSTREAM_LOG_LEVEL": "warning"},

@@ -140,7 +140,7 @@ def start_worker(url: str, data_dir: Path, count: int, index: int) -> subprocess
         "MEMSTREAM_LOG_LEVEL": "warning",
         "MEMSTREAM_PARTITIONS": str(count),
     }
-    args = [sys.executable, "-m", "consumers", "up", "--nats-url", url, "--data-dir", str(data_dir)]
+    args = [sys.executable, "-m", "memstream", "up", "--nats-url", url, "--data-dir", str(data_dir)]
     if count > 1:
         args += ["--partition", str(index)]
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)

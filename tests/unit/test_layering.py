@@ -117,6 +117,14 @@ def test_only_memstream_is_on_the_import_path() -> None:
         if name.split(".")[0] in PARTS
     }
     assert set() == bare
+    run_bare = re.compile(r"""["']-m["'],\s*["'](?:schemas|producers|projections|consumers)\b""")
+    spawned = {
+        str(path.relative_to(ROOT))
+        for folder in (*PACKAGES, "tests", "benchmarks")
+        for path in _files(folder)
+        if run_bare.search(path.read_text())
+    }
+    assert set() == spawned, "run python -m memstream..., not a bare name"
 
 
 def test_the_wheel_installs_one_top_level_name() -> None:
