@@ -98,6 +98,12 @@ TABLES: Final[dict[str, list[tuple[str, pa.DataType, str | None]]]] = {
         ("seq", _I, None), ("tenant", _S, None), ("session_id", _S, None),
         ("agent", _S, None), ("role", _S, None), ("content", _S, None), ("ts", _T, None),
     ],
+    # What was decided for each memory event (compare-and-set): the outcome op reads it.
+    "outcomes": [
+        ("seq", _I, None), ("tenant", _S, None), ("id", _S, None), ("type", _S, None),
+        ("memory_id", _S, None), ("outcome", _S, None), ("revision", _I, None),
+        ("current_revision", _I, None),
+    ],
     "tool_usage": [
         ("seq", _I, None), ("tenant", _S, None), ("agent", _S, None), ("tool", _S, None),
         ("args", _J, "JSON"), ("result", _J, "JSON"), ("duration_ms", _I, None),

@@ -181,6 +181,7 @@ class HistoryProjection:
                 self._insert_logs(items)
             for table, (stale, rows) in fold.replacements().items():
                 self._replace(table, stale, rows)
+            self._insert("outcomes", _outcomes(items, fold))
             erased = self._erase(items)
             self.con.execute(
                 "INSERT OR REPLACE INTO projection_state VALUES (?, ?, ?)",
@@ -207,6 +208,12 @@ class HistoryProjection:
                 ).fetchall()
                 if rows:
                     self.con.executemany("INSERT INTO erased_ids VALUES (?, ?, ?)", rows)
+                    # Their outcomes go with them, as from a rebuild, which never reads
+                    # them (the ids stay, in erased_ids).
+                    self.con.execute(
+                        "DELETE FROM outcomes WHERE tenant = ? AND list_contains(?, seq)",
+                        [e.tenant, [r[2] for r in rows]],
+                    )
                 erased += sorted(r[2] for r in rows)
         return erased
 
@@ -350,6 +357,17 @@ class HistoryProjection:
         self._insert(table, rows)
 
 
+def _outcomes(items: list[_Item], fold: MemoryFold[Any]) -> list[tuple[Any, ...]]:
+    """The outcome rows of the batch's memory events, in stream order."""
+    rows = []
+    for seq, e, _ in items:
+        decided = fold.decisions.get(seq)
+        if decided is not None:
+            rows.append((seq, e.tenant, e.id, e.type, e.memory_id, decided.outcome,  # type: ignore[union-attr]
+                         decided.revision, decided.current))  # fmt: skip
+    return rows
+
+
 class _RowFold(MemoryFold[Row]):
     """The memory fold over history rows: the batch's final knowledge and solutions
     rows, and the stored rows they replace."""
@@ -384,6 +402,9 @@ class _RowFold(MemoryFold[Row]):
             "created_at": record["created_at"],
             "revision": (record["revision"] or 1) + 1,
         }
+
+    def revision_of(self, record: Row) -> int | None:
+        return int(record["revision"] or 1)
 
     def expired(self, record: Row, at: dt.datetime) -> bool:
         expires = record.get("expires_at")

@@ -6,16 +6,32 @@ lives now; revising a memory that does not exist, or that expired before the rev
 time, changes nothing (storing its id again makes it anew). Forgetting removes it
 from both kinds. Each projection says what a record is (a history row, a vector payload)
 by implementing :meth:`MemoryFold.created` and :meth:`MemoryFold.revised`.
+
+Compare-and-set is decided here too, so both projections, live or rebuilt, decide
+alike: an event with ``expected_revision`` is applied only if the memory's revision is
+still that (0 on a store: no live memory has the id); else its outcome is ``conflict``.
+A revise or forget of a memory that is not live is ``not_found`` (a forget still clears
+an expired memory's leftovers). A forget with ``erase`` is applied whatever it finds (a
+rebuild never reads the events it erased), unless its expected revision conflicts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Final, Generic, TypeAlias, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 from memstream.schemas import events as ev
 
-__all__ = ["MEMORY_KINDS", "MEMORY_TYPES", "REVISABLE_TEXT", "Key", "MemoryFold", "revision"]
+__all__ = [
+    "MEMORY_KINDS",
+    "MEMORY_TYPES",
+    "REVISABLE_TEXT",
+    "Decision",
+    "Key",
+    "MemoryFold",
+    "revision",
+]
 
 MEMORY_KINDS: Final = ("knowledge", "solutions")
 # The event types the fold takes.
@@ -48,6 +64,17 @@ def revision(e: ev.MemoryRevised, kind: str) -> dict[str, Any]:
     return changes
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What the fold did with one memory event: ``revision`` is the memory's after it
+    (None when not applied), ``current`` what it was when the event was decided (0: no
+    live memory; None: not known, a record from before revisions were kept)."""
+
+    outcome: Literal["applied", "conflict", "not_found"]
+    revision: int | None
+    current: int | None
+
+
 class MemoryFold(Generic[R]):
     """Folds memory events in stream order into the final record of each memory.
 
@@ -60,6 +87,8 @@ class MemoryFold(Generic[R]):
     def __init__(self, stored: dict[str, dict[Key, R]] | None = None) -> None:
         self.stored: dict[str, dict[Key, R]] = stored or {k: {} for k in MEMORY_KINDS}
         self.state: dict[str, dict[Key, R | None]] = {k: {} for k in MEMORY_KINDS}
+        # stream sequence -> what was decided for the memory event there
+        self.decisions: dict[int, Decision] = {}
 
     def created(self, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> R:
         """The record a stored event makes."""
@@ -78,6 +107,11 @@ class MemoryFold(Generic[R]):
     def forgotten(self, record: R, kind: str, e: ev.MemoryForgotten) -> None:
         """Told of each record a forget removes (before it goes)."""
 
+    def revision_of(self, record: R) -> int | None:
+        """The record's revision (1 when stored, +1 at each revision or store again);
+        None when the record does not say."""
+        raise NotImplementedError
+
     def expired(self, record: R, at: dt.datetime) -> bool:
         """Whether ``record`` had expired by ``at`` (an event's time)."""
         return False
@@ -92,29 +126,64 @@ class MemoryFold(Generic[R]):
         state = self.state[kind]
         return state[key] if key in state else self.stored[kind].get(key)
 
-    def apply(self, seq: int, e: MemoryEvent) -> None:
+    def _live_anywhere(self, key: Key, at: dt.datetime) -> tuple[str, R] | None:
+        for kind in MEMORY_KINDS:
+            record = self.live(kind, key, at)
+            if record is not None:
+                return kind, record
+        return None
+
+    def _conflicts(self, expected: int | None, current: int | None) -> bool:
+        # A record that does not know its revision (written before revisions were kept
+        # in it) cannot be compared: the write is applied, as it was then.
+        return expected is not None and current is not None and expected != current
+
+    def apply(self, seq: int, e: MemoryEvent) -> Decision:
+        """Fold ``e`` in (or not), and say what was decided."""
+        decision = self._decide(seq, e)
+        self.decisions[seq] = decision
+        return decision
+
+    def _decide(self, seq: int, e: MemoryEvent) -> Decision:
         key = (e.tenant, e.memory_id)
+        found = self._live_anywhere(key, e.ts)
+        current = self.revision_of(found[1]) if found is not None else 0
         match e:
             case ev.KnowledgeStored() | ev.SolutionStored():
+                if self._conflicts(e.expected_revision, current):
+                    return Decision("conflict", None, current)
                 kind, other = (
                     ("knowledge", "solutions")
                     if isinstance(e, ev.KnowledgeStored)
                     else ("solutions", "knowledge")
                 )
-                before = self.live(kind, key, e.ts)
-                self.state[kind][key] = (
+                before = found[1] if found is not None and found[0] == kind else None
+                record = (
                     self.created(seq, e) if before is None else self.stored_again(before, seq, e)
                 )
+                self.state[kind][key] = record
                 self.state[other][key] = None
+                return Decision("applied", self.revision_of(record), current)
             case ev.MemoryRevised():
-                for kind in MEMORY_KINDS:
-                    record = self.live(kind, key, e.ts)
-                    if record is not None:
-                        self.state[kind][key] = self.revised(record, kind, seq, e)
-                        return
+                if found is None:
+                    return Decision("not_found", None, 0)
+                if self._conflicts(e.expected_revision, current):
+                    return Decision("conflict", None, current)
+                kind, record = found
+                record = self.state[kind][key] = self.revised(record, kind, seq, e)
+                return Decision("applied", self.revision_of(record), current)
             case ev.MemoryForgotten():
+                if found is not None and self._conflicts(e.expected_revision, current):
+                    return Decision("conflict", None, current)
                 for kind in MEMORY_KINDS:
-                    record = self.current(kind, key)
-                    if record is not None:
-                        self.forgotten(record, kind, e)
+                    left = self.current(kind, key)
+                    if left is not None:
+                        self.forgotten(left, kind, e)
                     self.state[kind][key] = None
+                if e.erase:
+                    # Applied whatever it finds: a rebuild reads none of the events it
+                    # erased, so it must decide the same without them.
+                    return Decision("applied", 0, None)
+                if found is None:
+                    return Decision("not_found", None, 0)
+                return Decision("applied", 0, current)

@@ -124,6 +124,7 @@ def _json(value: Any) -> str:
 
 
 _TaskEvent = ev.TaskCreated | ev.TaskCompleted | ev.TaskFailed
+_MemoryEvent = ev.KnowledgeStored | ev.SolutionStored | ev.MemoryRevised | ev.MemoryForgotten
 
 
 def _texts_had(kind: str, record: Payload) -> Payload:
@@ -153,6 +154,13 @@ def _task(record: Payload | None, seq: int, e: _TaskEvent) -> Payload:
     return _texts_had("tasks", record)
 
 
+def _next_revision(record: Payload) -> int | None:
+    """One more than the record's; None for a point written before points kept their
+    revision (a replay of the vectors gives every point its own)."""
+    revision = record.get("revision")
+    return revision + 1 if isinstance(revision, int) else None
+
+
 class _PayloadFold(MemoryFold[Payload]):
     """The memory fold over point payloads; also gathers the texts an erase removes."""
 
@@ -169,12 +177,14 @@ class _PayloadFold(MemoryFold[Payload]):
         )
         kind = "knowledge" if isinstance(e, ev.KnowledgeStored) else "solutions"
         return _texts_had(kind, {**_base(seq, e), **_scoped(e), "ref": e.memory_id, **own,
-                                 "tags": list(e.tags), "metadata": e.metadata})  # fmt: skip
+                                 "tags": list(e.tags), "metadata": e.metadata,
+                                 "revision": 1})  # fmt: skip
 
     def stored_again(
         self, record: Payload, seq: int, e: ev.KnowledgeStored | ev.SolutionStored
     ) -> Payload:
         again = self.created(seq, e)
+        again["revision"] = _next_revision(record)
         again["created_epoch"] = record.get("created_epoch", again["created_epoch"])
         again["text_keys"] = [
             *record.get("text_keys", ()),
@@ -184,12 +194,16 @@ class _PayloadFold(MemoryFold[Payload]):
 
     def revised(self, record: Payload, kind: str, seq: int, e: ev.MemoryRevised) -> Payload:
         base = _base(seq, e)
-        revised = {**record, **revision(e, kind),
+        revised = {**record, **revision(e, kind), "revision": _next_revision(record),
                    "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"]}  # fmt: skip
         expiry = e.expiry()
         if expiry is not None:
             revised["expires_epoch"] = expiry.timestamp()
         return _texts_had(kind, revised)
+
+    def revision_of(self, record: Payload) -> int | None:
+        revision: int | None = record.get("revision")
+        return revision
 
     def forgotten(self, record: Payload, kind: str, e: ev.MemoryForgotten) -> None:
         if e.erase:
@@ -334,14 +348,9 @@ class VectorProjection:
             return Applied()
         acting = [(s, e) for s, e in fresh if e.type in _APPLIES]
         fresh, new_ids = self._first_applications(acting)
-        # The stored records the batch builds on: what it revises or erases, and what
-        # it stores again (which keeps its creation time, as in the history).
-        wanted = [
-            (e.tenant, e.memory_id)
-            for _, e in fresh
-            if isinstance(e, ev.MemoryRevised | ev.KnowledgeStored | ev.SolutionStored)
-            or (isinstance(e, ev.MemoryForgotten) and e.erase)
-        ]
+        # The stored records the batch's memory events build on: each is decided against
+        # the memory's revision (compare-and-set), as the history decides it.
+        wanted = [(e.tenant, e.memory_id) for _, e in fresh if isinstance(e, _MemoryEvent)]
         fold = _PayloadFold(self._retrieve(wanted) if wanted else {})
         finished = {(e.tenant, e.task_id) for _, e in fresh if isinstance(e, _TaskEvent)}
         tasks = self._retrieve(sorted(finished), ("tasks",))["tasks"] if finished else {}

@@ -69,6 +69,10 @@ Metadata = dict[str, Any]
 Millis = Annotated[int, msgspec.Meta(ge=0)]
 Version = Annotated[int, msgspec.Meta(ge=1)]
 Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+# A memory's revision as a writer read it: applied only if the memory still has it (0
+# on a store: only if no live memory has the id). Left out, the write is applied as
+# before, last writer wins.
+Revision = Annotated[int, msgspec.Meta(ge=0)]
 
 
 def utc_now() -> dt.datetime:
@@ -135,6 +139,7 @@ class KnowledgeStored(Scoped, frozen=True, tag="knowledge.stored"):
     content: Text
     tags: Tags = ()
     metadata: Metadata = {}
+    expected_revision: Revision | None = None
 
 
 class SolutionStored(Scoped, frozen=True, tag="solution.stored"):
@@ -143,6 +148,7 @@ class SolutionStored(Scoped, frozen=True, tag="solution.stored"):
     solution: Text
     tags: Tags = ()
     metadata: Metadata = {}
+    expected_revision: Revision | None = None
 
 
 class MemoryRevised(Event, frozen=True, tag="memory.revised"):
@@ -158,6 +164,7 @@ class MemoryRevised(Event, frozen=True, tag="memory.revised"):
     # memory keeps the one it had.
     ttl_s: Seconds | None = None
     expires_at: Timestamp | None = None
+    expected_revision: Revision | None = None
 
     def expiry(self) -> dt.datetime | None:
         """The memory's new expiry, or None to keep the one it had."""
@@ -169,6 +176,7 @@ class MemoryForgotten(Event, frozen=True, tag="memory.forgotten"):
     reason: str | None = None
     # Also delete the memory's earlier events from the stream itself.
     erase: bool = False
+    expected_revision: Revision | None = None
 
 
 class MemoryLinked(Event, frozen=True, tag="memory.linked"):
