@@ -35,6 +35,7 @@ _RESULTS: Final[dict[str, type[Any]]] = {
     "list": q.ListResult,
     "revisions": q.RevisionsResult,
     "links": q.LinksResult,
+    "outcome": q.OutcomeResult,
     "watch": q.WatchResult,
 }
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 import msgspec
 
 from memstream.schemas.errors import QueryError
-from memstream.schemas.ids import AgentId, RefId
+from memstream.schemas.ids import AgentId, EventId, RefId
 from memstream.schemas.serving import PROJECTIONS, SERVED_BY, ops_served
 
 __all__ = [
@@ -37,6 +37,9 @@ __all__ = [
     "ListRequest",
     "ListResult",
     "Memory",
+    "Outcome",
+    "OutcomeRequest",
+    "OutcomeResult",
     "RecallRequest",
     "RecallResult",
     "RecallSource",
@@ -210,6 +213,14 @@ class AnalyticsRequest(Request, frozen=True):
     params: dict[str, str | int | float | bool | None] = {}
 
 
+class OutcomeRequest(Request, frozen=True):
+    """What became of one event: by its ``event_id``, or by its stream ``seq`` (then
+    answered once the history has applied it, within ``wait_ms``)."""
+
+    event_id: EventId | None = None
+    seq: Seq | None = None
+
+
 OPS: Final[dict[str, type[Request]]] = {
     "search": SearchRequest,
     "history": HistoryRequest,
@@ -224,6 +235,7 @@ OPS: Final[dict[str, type[Request]]] = {
     "revisions": RevisionsRequest,
     "links": LinksRequest,
     "watch": WatchRequest,
+    "outcome": OutcomeRequest,
 }
 
 # --- results ------------------------------------------------------------------------
@@ -416,6 +428,23 @@ class LinksResult(msgspec.Struct, frozen=True, kw_only=True):
     nodes: list[LinkNode]
     edges: list[Link]
     truncated: bool = False
+
+
+Outcome: TypeAlias = Literal["applied", "conflict", "not_found", "dead_lettered"]
+
+
+class OutcomeResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``applied``; ``conflict`` (its expected_revision was not the memory's: read
+    ``current_revision`` and try again); ``not_found`` (a revise or forget of a memory
+    that is not live); ``dead_lettered`` (it could not be applied: see the DLQ).
+    ``revision``: the memory's after the event, where it changed one."""
+
+    seq: int
+    type: str
+    memory_id: str | None = None
+    outcome: Outcome
+    revision: int | None = None
+    current_revision: int | None = None
 
 
 class AnalyticsResult(msgspec.Struct, frozen=True, kw_only=True):

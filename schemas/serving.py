@@ -26,6 +26,7 @@ SERVED_BY: Final[dict[str, tuple[ProjectionName, ...]]] = {
     "list": ("history",),
     "revisions": ("history",),
     "links": ("history",),
+    "outcome": ("history",),
     # Reads no projection: answered by the worker that answers unknown ops (one role).
     "watch": (),
 }

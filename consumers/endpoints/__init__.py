@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from memstream.consumers.endpoints import history, memories, search, stats, watch
+from memstream.consumers.endpoints import history, memories, outcome, search, stats, watch
 from memstream.consumers.endpoints._serving import Worker
 
 __all__ = ["ENDPOINTS", "Endpoint", "Worker"]
@@ -29,4 +29,5 @@ ENDPOINTS: Final[dict[str, Endpoint]] = {
     "revisions": memories.revisions,
     "links": memories.links,
     "watch": watch.watch,
+    "outcome": outcome.outcome,
 }

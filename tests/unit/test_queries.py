@@ -26,6 +26,7 @@ def test_every_op_has_a_request_type() -> None:
         "revisions",
         "links",
         "watch",
+        "outcome",
     }
     assert expected == set(OPS)
 
