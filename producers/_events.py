@@ -3,16 +3,21 @@ contract-conforming event (a UUIDv7 id, the time now) and publishing it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import inspect
+import random
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, TypeVar, Unpack
 
 import msgspec
 
 from memstream.schemas import events as ev
+from memstream.schemas.errors import EventDeadLettered, MemoryNotFound, QueryError, RevisionConflict
 from memstream.schemas.events import Event
 from memstream.schemas.ids import new_id
+from memstream.schemas.queries import Memory, OutcomeResult
 
 __all__ = [
     "GENERATED_IDS",
@@ -26,6 +31,8 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=Event)
+# How long a confirmed write waits for the history to decide it.
+_CONFIRM_WAIT_MS: Final = 10_000
 
 
 class PublishAck(msgspec.Struct, frozen=True):
@@ -37,6 +44,8 @@ class PublishAck(msgspec.Struct, frozen=True):
     # was stored and ``seq`` is the sequence of the first copy.
     duplicate: bool
     stream: str
+    # With confirm=True: what the projections decided (the outcome op's answer).
+    outcome: OutcomeResult | None = None
 
 
 class Causality(TypedDict, total=False):
@@ -95,6 +104,51 @@ class EventMethods:
 
         async def publish(self, event: Event) -> PublishAck: ...
 
+        async def outcome(
+            self,
+            event_id: str | None = None,
+            *,
+            seq: int | None = None,
+            min_seq: int | None = None,
+            wait_ms: int | None = None,
+        ) -> OutcomeResult: ...
+
+        async def get(
+            self,
+            memory_id: str,
+            *,
+            min_seq: int | None = None,
+            wait_ms: int | None = None,
+            consistency: Literal["any", "latest"] | None = None,
+        ) -> Memory: ...
+
+    async def _confirmed(self, ack: PublishAck, memory_id: str, confirm: bool) -> PublishAck:
+        """``ack``, with its outcome once the history has decided it (``confirm``); a
+        write that was not applied raises what says why."""
+        if not confirm:
+            return ack
+        found = await self.outcome(ack.id, min_seq=ack.seq, wait_ms=_CONFIRM_WAIT_MS)
+        if found.outcome == "conflict":
+            raise RevisionConflict(
+                f"memory {memory_id!r} of tenant {self.tenant} is at revision "
+                f"{found.current_revision}, not the one this write expected: read it again "
+                "(get) and retry",
+                memory_id,
+                found.current_revision,
+            )
+        if found.outcome == "not_found":
+            raise MemoryNotFound(
+                f"no memory {memory_id!r} in tenant {self.tenant} (never stored, forgotten "
+                "or expired): search or list first",
+                memory_id,
+            )
+        if found.outcome == "dead_lettered":
+            raise EventDeadLettered(
+                f"event {ack.id} (seq {ack.seq}) could not be applied and is in the "
+                "dead-letter stream: memstream dlq list says why"
+            )
+        return msgspec.structs.replace(ack, outcome=found)
+
     def new_event(self, cls: type[E], **fields: Any) -> E:
         """An event of ``cls`` from this client's tenant and agent, with a new id and ts."""
         fields.setdefault("id", new_id())
@@ -118,6 +172,8 @@ class EventMethods:
         metadata: dict[str, Any] | None = None,
         memory_id: str | None = None,
         dedupe: bool = False,
+        expected_revision: int | None = None,
+        confirm: bool = False,
         **scope: Unpack[Scope],
     ) -> PublishAck:
         """Store a piece of knowledge; ``memory_id`` is generated when omitted, or with
@@ -125,17 +181,18 @@ class EventMethods:
         one memory (revised), not two."""
         if dedupe and memory_id is None:
             memory_id = dedupe_id(self.tenant, "knowledge", content)
-        return await self.publish(
-            self.new_event(
-                ev.KnowledgeStored,
-                memory_id=memory_id or new_id(),
-                domain=domain,
-                content=content,
-                tags=tuple(tags),
-                metadata=metadata or {},
-                **scope,
-            )
+        event = self.new_event(
+            ev.KnowledgeStored,
+            memory_id=memory_id or new_id(),
+            domain=domain,
+            content=content,
+            tags=tuple(tags),
+            metadata=metadata or {},
+            expected_revision=expected_revision,
+            **scope,
         )
+        ack = await self.publish(event)
+        return await self._confirmed(ack, event.memory_id, confirm)
 
     async def store_solution(
         self,
@@ -146,23 +203,26 @@ class EventMethods:
         metadata: dict[str, Any] | None = None,
         memory_id: str | None = None,
         dedupe: bool = False,
+        expected_revision: int | None = None,
+        confirm: bool = False,
         **scope: Unpack[Scope],
     ) -> PublishAck:
         """Store how a problem was solved (``dedupe``: as for :meth:`store_knowledge`,
         from the problem and the solution)."""
         if dedupe and memory_id is None:
             memory_id = dedupe_id(self.tenant, "solutions", problem, solution)
-        return await self.publish(
-            self.new_event(
-                ev.SolutionStored,
-                memory_id=memory_id or new_id(),
-                problem=problem,
-                solution=solution,
-                tags=tuple(tags),
-                metadata=metadata or {},
-                **scope,
-            )
+        event = self.new_event(
+            ev.SolutionStored,
+            memory_id=memory_id or new_id(),
+            problem=problem,
+            solution=solution,
+            tags=tuple(tags),
+            metadata=metadata or {},
+            expected_revision=expected_revision,
+            **scope,
         )
+        ack = await self.publish(event)
+        return await self._confirmed(ack, event.memory_id, confirm)
 
     async def revise(
         self,
@@ -175,11 +235,15 @@ class EventMethods:
         metadata: dict[str, Any] | None = None,
         ttl_s: int | None = None,
         expires_at: dt.datetime | None = None,
+        expected_revision: int | None = None,
+        confirm: bool = False,
         **trace: Unpack[Trace],
     ) -> PublishAck:
         """Change a stored memory; fields left as None stay as they were (``ttl_s`` or
-        ``expires_at``: a new expiry)."""
-        return await self.publish(
+        ``expires_at``: a new expiry). ``expected_revision``: applied only if the memory
+        is still at it. ``confirm``: wait for the outcome; RevisionConflict or
+        MemoryNotFound when it was not applied."""
+        ack = await self.publish(
             self.new_event(
                 ev.MemoryRevised,
                 memory_id=memory_id,
@@ -190,9 +254,11 @@ class EventMethods:
                 metadata=metadata,
                 ttl_s=ttl_s,
                 expires_at=expires_at,
+                expected_revision=expected_revision,
                 **trace,
             )
         )
+        return await self._confirmed(ack, memory_id, confirm)
 
     async def forget(
         self,
@@ -200,24 +266,77 @@ class EventMethods:
         *,
         reason: str | None = None,
         erase: bool = False,
+        expected_revision: int | None = None,
+        confirm: bool = False,
         **trace: Unpack[Trace],
     ) -> PublishAck:
-        """Forget a memory; ``erase=True`` also removes its earlier events from the stream."""
-        return await self.publish(
+        """Forget a memory; ``erase=True`` also removes its earlier events from the
+        stream. ``expected_revision`` and ``confirm`` as for :meth:`revise`."""
+        ack = await self.publish(
             self.new_event(
-                ev.MemoryForgotten, memory_id=memory_id, reason=reason, erase=erase, **trace
+                ev.MemoryForgotten,
+                memory_id=memory_id,
+                reason=reason,
+                erase=erase,
+                expected_revision=expected_revision,
+                **trace,
             )
         )
+        return await self._confirmed(ack, memory_id, confirm)
 
     async def link(
-        self, from_id: str, to_id: str, relation: str, **trace: Unpack[Trace]
+        self,
+        from_id: str,
+        to_id: str,
+        relation: str,
+        *,
+        confirm: bool = False,
+        **trace: Unpack[Trace],
     ) -> PublishAck:
-        """Record a relation between two memories (e.g. ``refines``, ``contradicts``)."""
-        return await self.publish(
+        """Record a relation between two memories (e.g. ``refines``, ``contradicts``).
+        ``confirm``: wait until the history has applied it."""
+        ack = await self.publish(
             self.new_event(
                 ev.MemoryLinked, from_id=from_id, to_id=to_id, relation=relation, **trace
             )
         )
+        return await self._confirmed(ack, from_id, confirm)
+
+    async def edit(
+        self,
+        memory_id: str,
+        change: Callable[[Memory], Mapping[str, Any] | Awaitable[Mapping[str, Any]]],
+        *,
+        attempts: int = 10,
+    ) -> PublishAck:
+        """Read-modify-write with compare-and-set: read the memory, ask ``change`` (sync
+        or async) for the fields to revise given what was read, revise expecting that
+        revision; on a conflict, read again and ask again, at most ``attempts`` times.
+        Returns the applied revise's ack (its ``outcome.revision`` is the new one)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                memory = await self.get(memory_id, consistency="latest")
+            except QueryError as err:
+                if err.code != "not_found":
+                    raise
+                raise MemoryNotFound(
+                    f"no memory {memory_id!r} in tenant {self.tenant} (never stored, "
+                    "forgotten or expired): search or list first",
+                    memory_id,
+                ) from None
+            fields = change(memory)
+            if inspect.isawaitable(fields):
+                fields = await fields
+            try:
+                return await self.revise(
+                    memory_id, **dict(fields), expected_revision=memory.revision, confirm=True
+                )
+            except RevisionConflict:
+                if attempt == attempts:
+                    raise
+                # Writers that lost together do not retry together.
+                await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+        raise AssertionError("unreachable")
 
     # --- collaboration ------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from memstream.schemas.queries import (
     LinksResult,
     ListResult,
     Memory,
+    OutcomeResult,
     RecallResult,
     RevisionsResult,
     SearchBatchResult,
@@ -227,6 +228,21 @@ class QueryMethods:
             "recall", RecallResult, query=query, session_id=session_id, task_id=task_id,
             budget_chars=budget_chars, strategy=strategy, min_score=min_score, filter=filter,
             min_seq=min_seq, wait_ms=wait_ms,
+        )  # fmt: skip
+
+    async def outcome(
+        self,
+        event_id: str | None = None,
+        *,
+        seq: int | None = None,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+    ) -> OutcomeResult:
+        """What became of one event (by its id, or its stream ``seq``): applied,
+        conflict, not_found or dead_lettered; see :class:`OutcomeResult`."""
+        return await self.query(
+            "outcome", OutcomeResult, event_id=event_id, seq=seq, min_seq=min_seq,
+            wait_ms=wait_ms,
         )  # fmt: skip
 
     async def get(

@@ -186,6 +186,8 @@ class SyncMemoryClient:
     revise = _blocking(MemoryClient.revise)
     forget = _blocking(MemoryClient.forget)
     link = _blocking(MemoryClient.link)
+    edit = _blocking(MemoryClient.edit)
+    outcome = _blocking(MemoryClient.outcome)
     record_collaboration = _blocking(MemoryClient.record_collaboration)
     send_message = _blocking(MemoryClient.send_message)
     task_created = _blocking(MemoryClient.task_created)

@@ -12,6 +12,7 @@ __all__ = [
     "AdminError",
     "ConfigError",
     "ConnectError",
+    "EventDeadLettered",
     "EventTooLarge",
     "Forbidden",
     "InvalidEvent",
@@ -20,12 +21,14 @@ __all__ = [
     "InvalidTenant",
     "LockHeld",
     "LockLost",
+    "MemoryNotFound",
     "MemstreamError",
     "NatsServerError",
     "NotCaughtUp",
     "PublishError",
     "QueryError",
     "RebuildBusy",
+    "RevisionConflict",
     "SubjectMismatch",
     "UsageError",
 ]
@@ -186,3 +189,32 @@ class LockLost(MemstreamError):
     """The lock expired, or another holder took it, before this holder renewed it."""
 
     code = "unavailable"
+
+
+class RevisionConflict(MemstreamError):
+    """A write's expected_revision was not the memory's: another writer came first.
+    ``current_revision`` is what to read again (``get``) before retrying."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, memory_id: str, current_revision: int | None) -> None:
+        super().__init__(message)
+        self.memory_id = memory_id
+        self.current_revision = current_revision
+
+
+class MemoryNotFound(MemstreamError):
+    """A revise, forget or edit of a memory that is not live (never stored, forgotten,
+    or expired)."""
+
+    code = "not_found"
+
+    def __init__(self, message: str, memory_id: str) -> None:
+        super().__init__(message)
+        self.memory_id = memory_id
+
+
+class EventDeadLettered(MemstreamError):
+    """A confirmed write could not be applied and went to the dead-letter stream."""
+
+    code = "dead_lettered"

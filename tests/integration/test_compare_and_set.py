@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from memstream import Memory, MemoryNotFound, RevisionConflict, SyncMemoryClient
 from memstream.consumers.nats_server import NatsServer
 from memstream.consumers.replay import replay
 from memstream.projections.history import HistoryProjection
@@ -131,3 +132,61 @@ async def test_eight_writers_lose_no_increment(stack: Stack, tmp_path: Path) -> 
         rebuilt.close()
     assert 201 == sum(1 for _, o in decided if o == "applied")
     assert sorted(conflicts) == sorted(s for s, o in decided if o == "conflict")
+
+
+async def test_a_confirmed_write_says_what_happened(stack: Stack) -> None:
+    """confirm=True returns the ack with its outcome, or raises what says why it was not
+    applied: RevisionConflict with the revision to read, MemoryNotFound."""
+    mem = stack.client()
+    stored = await mem.store_knowledge("v1", domain="d", memory_id="doc", confirm=True)
+    assert stored.outcome is not None
+    assert ("applied", 1) == (stored.outcome.outcome, stored.outcome.revision)
+    revised = await mem.revise("doc", content="v2", expected_revision=1, confirm=True)
+    assert revised.outcome is not None and 2 == revised.outcome.revision
+    with pytest.raises(RevisionConflict) as conflict:
+        await mem.revise("doc", content="stale", expected_revision=1, confirm=True)
+    assert (2, "doc") == (conflict.value.current_revision, conflict.value.memory_id)
+    with pytest.raises(MemoryNotFound, match="no memory 'ghost' in tenant acme"):
+        await mem.revise("ghost", content="x", confirm=True)
+    with pytest.raises(MemoryNotFound):
+        await mem.forget("ghost", confirm=True)
+    with pytest.raises(RevisionConflict):
+        await mem.store_knowledge("again", domain="d", memory_id="doc", expected_revision=0,
+                                  confirm=True)  # fmt: skip
+    assert "v2" == (await mem.get("doc")).content
+
+
+async def test_edit_retries_until_its_change_applies(stack: Stack) -> None:
+    """Eight agents, each through edit(), append their name to one list memory at once:
+    every name is there once, and the revision counts every applied change."""
+    mem = stack.client()
+    await mem.store_knowledge("roster:", domain="d", memory_id="roster", confirm=True)
+
+    async def join(name: str) -> None:
+        def add(memory: Memory) -> dict[str, str]:
+            return {"content": " ".join([*memory.content.split(), name])}
+
+        await stack.client(agent=name).edit("roster", add)
+
+    names = [f"agent{i}" for i in range(8)]
+    await asyncio.gather(*(join(n) for n in names))
+    memory = await mem.get("roster", consistency="latest")
+    assert (sorted(names), 9) == (sorted(memory.content.split()[1:]), memory.revision)
+    with pytest.raises(MemoryNotFound):
+        await mem.edit("nobody", lambda m: {"content": "x"})
+
+
+async def test_the_blocking_client_confirms_and_edits(
+    nats_server: NatsServer, stack: Stack
+) -> None:
+    """The same from SyncMemoryClient, with a plain function as the change (in a thread
+    of its own, as a blocking agent runs beside this test's memstream)."""
+
+    def agent() -> tuple[int | None, str, str]:
+        with SyncMemoryClient.connect(nats_server.url, tenant="acme", agent="sync") as mem:
+            mem.store_knowledge("1", domain="d", memory_id="n", confirm=True)
+            ack = mem.edit("n", lambda m: {"content": str(int(m.content) + 1)})
+            assert ack.outcome is not None
+            return ack.outcome.revision, mem.get("n").content, mem.outcome(ack.id).outcome
+
+    assert (2, "2", "applied") == await asyncio.to_thread(agent)
