@@ -19,7 +19,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from memstream.consumers.metrics import ProcessMetrics
-from memstream.producers.client import MemoryClient
+from memstream.producers import MemoryClient, PublishAck
 from memstream.schemas.errors import MemstreamError, PublishError
 from memstream.schemas.ids import new_id
 
@@ -52,6 +52,12 @@ Filter = Annotated[
         "metadata.<key>."
     ),
 ]
+
+
+def _revision(ack: PublishAck) -> dict[str, Any]:
+    """A confirmed write's new revision, for the agent's next compare-and-set."""
+    found = ack.outcome
+    return {"revision": found.revision} if found is not None and found.revision else {}
 
 
 def _plain(value: Any) -> Any:
@@ -128,14 +134,14 @@ def build_server(
                 raise ToolError("a solution memory needs both problem and solution")
             if content is not None:
                 raise ToolError("give content (knowledge) or problem and solution, not both")
-            ack = await call(client.store_solution(problem, solution, **extra))
+            ack = await call(client.store_solution(problem, solution, **extra, confirm=True))
             kind = "solutions"
         elif content:
-            ack = await call(client.store_knowledge(content, domain=domain, **extra))
+            ack = await call(client.store_knowledge(content, domain=domain, **extra, confirm=True))
             kind = "knowledge"
         else:
             raise ToolError("nothing to remember: give content, or problem and solution")
-        return {"memory_id": memory_id, "kind": kind, **memory.published(ack.seq)}
+        return {"memory_id": memory_id, "kind": kind, **_revision(ack), **memory.published(ack.seq)}
 
     @server.tool(
         description="Search the team's memories by meaning and keywords; the best matches "
@@ -215,6 +221,10 @@ def build_server(
         solution: str | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        expected_revision: Annotated[
+            int | None,
+            Field(description="Change it only if it is still at this revision (get shows it)."),
+        ] = None,
     ) -> dict[str, Any]:
         if all(v is None for v in (content, problem, solution, tags, metadata)):
             raise ToolError("nothing to revise: give content, problem, solution, tags or metadata")
@@ -226,25 +236,35 @@ def build_server(
                 solution=solution,
                 tags=tags,
                 metadata=metadata,
+                expected_revision=expected_revision,
+                confirm=True,
             )
         )
-        return {"memory_id": memory_id, **memory.published(ack.seq)}
+        return {"memory_id": memory_id, **_revision(ack), **memory.published(ack.seq)}
 
     @server.tool(
         description="Forget a memory: searches and reads no longer return it. erase=true also "
         "removes its earlier events for good."
     )
     async def forget_memory(
-        memory_id: str, reason: str | None = None, erase: bool = False
+        memory_id: str,
+        reason: str | None = None,
+        erase: bool = False,
+        expected_revision: int | None = None,
     ) -> dict[str, Any]:
-        ack = await call(client.forget(memory_id, reason=reason, erase=erase))
+        ack = await call(
+            client.forget(
+                memory_id, reason=reason, erase=erase, expected_revision=expected_revision,
+                confirm=True,
+            )
+        )  # fmt: skip
         return {"memory_id": memory_id, "forgotten": True, **memory.published(ack.seq)}
 
     @server.tool(
         description="Link two memories with a relation, e.g. 'supersedes', 'explains', 'caused_by'."
     )
     async def link_memories(from_id: str, to_id: str, relation: str) -> dict[str, Any]:
-        ack = await call(client.link(from_id, to_id, relation))
+        ack = await call(client.link(from_id, to_id, relation, confirm=True))
         return {
             "from_id": from_id,
             "to_id": to_id,

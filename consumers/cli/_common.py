@@ -7,7 +7,7 @@ import csv
 import datetime as dt
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -163,10 +163,13 @@ def print_rows(columns: list[str], rows: Sequence[Sequence[Any]], fmt: str) -> N
         out.print(table)
 
 
-def publish_one(
-    settings: Settings, tenant: str, agent: str, build: Callable[[MemoryClient], Event]
+def write_one(
+    settings: Settings,
+    tenant: str,
+    agent: str,
+    write: Callable[[MemoryClient], Awaitable[PublishAck]],
 ) -> PublishAck:
-    """Connect as (tenant, agent), publish the event ``build`` makes, return its ack."""
+    """Connect as (tenant, agent), make the write ``write`` makes, return its ack."""
 
     async def go() -> PublishAck:
         async with await MemoryClient.connect(
@@ -176,9 +179,16 @@ def publish_one(
             max_event_bytes=settings.max_event_bytes,
             **settings.nats_auth,
         ) as client:
-            return await client.publish(build(client))
+            return await write(client)
 
     return run(go())
+
+
+def publish_one(
+    settings: Settings, tenant: str, agent: str, build: Callable[[MemoryClient], Event]
+) -> PublishAck:
+    """Connect as (tenant, agent), publish the event ``build`` makes, return its ack."""
+    return write_one(settings, tenant, agent, lambda client: client.publish(build(client)))
 
 
 def print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None:
@@ -194,6 +204,8 @@ def print_ack(ack: PublishAck, as_json: bool, type_: str, **extra: str) -> None:
         )
         return
     ids = "".join(f"  {k} {v}" for k, v in extra.items())
+    if ack.outcome is not None and ack.outcome.revision:
+        ids += f"  revision {ack.outcome.revision}"
     out.print(f"stored {type_} at seq {ack.seq}  id {ack.id}{ids}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
@@ -15,8 +16,9 @@ from memstream.consumers.cli._common import (
     print_ack,
     publish_one,
     tenant_agent_options,
+    write_one,
 )
-from memstream.producers._events import GENERATED_IDS
+from memstream.producers._events import GENERATED_IDS, PublishAck
 from memstream.producers.client import MemoryClient
 from memstream.schemas.errors import InvalidEvent, UsageError
 from memstream.schemas.events import (
@@ -114,6 +116,26 @@ def _publish(
     print_ack(ack, as_json, cls.type)
 
 
+_CONFIRM = click.option(
+    "--no-confirm", "no_confirm", is_flag=True,
+    help="Do not wait to learn whether it was applied (exit 0 once stored).",
+)  # fmt: skip
+_EXPECTED = click.option(
+    "--expected-revision", type=click.IntRange(0), default=None,
+    help="Apply only if the memory is still at this revision (get shows it).",
+)  # fmt: skip
+
+
+def _write(
+    nats_url: str | None, tenant: str, agent: str, as_json: bool, type_: str,
+    write: Callable[[MemoryClient], Awaitable[PublishAck]],
+) -> None:  # fmt: skip
+    """A write that says whether it was applied: not applied (a conflict, no such
+    memory) is one line and exit 1."""
+    settings = load(nats_url=nats_url)
+    print_ack(write_one(settings, tenant, agent, write), as_json, type_)
+
+
 @click.command()
 @click.argument("memory_id")
 @tenant_agent_options
@@ -123,14 +145,18 @@ def _publish(
 @click.option("--tag", "tags", multiple=True, help="The new tags (repeatable; replace the old).")
 @click.option("--metadata", default=None, help="The new metadata as JSON (replaces the old).")
 @click.option("--ttl-s", type=click.IntRange(1), default=None, help="Expire this many s from now.")
+@_EXPECTED
+@_CONFIRM
 @nats_url_option
 @json_option
 def revise(
     memory_id: str, tenant: str, agent: str, content: str | None, problem: str | None,
     solution: str | None, tags: tuple[str, ...], metadata: str | None, ttl_s: int | None,
-    nats_url: str | None, as_json: bool,
+    expected_revision: int | None, no_confirm: bool, nats_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Change MEMORY_ID: the fields given replace its own; the rest stay."""
+    """Change MEMORY_ID: the fields given replace its own; the rest stay. Waits to learn
+    whether it was applied: no such memory, or another revision than
+    --expected-revision, is one line and exit 1."""
     changes: dict[str, Any] = {
         "content": content, "problem": problem, "solution": solution,
         "tags": tags or None, "ttl_s": ttl_s,
@@ -141,7 +167,9 @@ def revise(
             "revise changes nothing: give --content, --problem, --solution, --tag, "
             "--metadata or --ttl-s"
         )
-    _publish(nats_url, tenant, agent, as_json, MemoryRevised, memory_id=memory_id, **changes)
+    _write(nats_url, tenant, agent, as_json, MemoryRevised.type, lambda c: c.revise(
+        memory_id, **changes, expected_revision=expected_revision, confirm=not no_confirm,
+    ))  # fmt: skip
 
 
 @click.command()
@@ -151,15 +179,20 @@ def revise(
 @click.option(
     "--erase", is_flag=True, help="Also delete its earlier events (its text) from the stream."
 )
+@_EXPECTED
+@_CONFIRM
 @nats_url_option
 @json_option
 def forget(
     memory_id: str, tenant: str, agent: str, reason: str | None, erase: bool,
-    nats_url: str | None, as_json: bool,
+    expected_revision: int | None, no_confirm: bool, nats_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Forget MEMORY_ID: no read returns it from then on."""
-    _publish(nats_url, tenant, agent, as_json, MemoryForgotten, memory_id=memory_id,
-             reason=reason, erase=erase)  # fmt: skip
+    """Forget MEMORY_ID: no read returns it from then on. Waits to learn whether it was
+    applied, as revise does."""
+    _write(nats_url, tenant, agent, as_json, MemoryForgotten.type, lambda c: c.forget(
+        memory_id, reason=reason, erase=erase, expected_revision=expected_revision,
+        confirm=not no_confirm,
+    ))  # fmt: skip
 
 
 @click.command()
@@ -167,12 +200,14 @@ def forget(
 @click.argument("relation")
 @click.argument("to_id")
 @tenant_agent_options
+@_CONFIRM
 @nats_url_option
 @json_option
 def link(
-    from_id: str, relation: str, to_id: str, tenant: str, agent: str, nats_url: str | None,
-    as_json: bool,
+    from_id: str, relation: str, to_id: str, tenant: str, agent: str, no_confirm: bool,
+    nats_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Record that FROM_ID is RELATION to TO_ID (e.g. refines, contradicts, depends_on)."""
-    _publish(nats_url, tenant, agent, as_json, MemoryLinked, from_id=from_id, to_id=to_id,
-             relation=relation)  # fmt: skip
+    """Record that FROM_ID is RELATION to TO_ID (e.g. refines, contradicts, depends_on);
+    waits until the history has applied it."""
+    _write(nats_url, tenant, agent, as_json, MemoryLinked.type,
+           lambda c: c.link(from_id, to_id, relation, confirm=not no_confirm))  # fmt: skip

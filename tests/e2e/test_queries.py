@@ -227,3 +227,26 @@ def test_revise_forget_link_and_links_commands(up: Up, tmp_path: Path) -> None:
     assert (1, 1) == (missing.returncode, len(missing.stderr.strip().splitlines()))
     nothing = run_cli("revise", "k1", *w)
     assert 2 == nothing.returncode and "revise changes nothing" in nothing.stderr
+
+
+def test_a_write_to_nothing_or_a_stale_revision_says_so(up: Up) -> None:
+    """revise, forget and link wait for their outcome: a memory that does not exist, or
+    another revision than --expected-revision, is one line on stderr and exit 1;
+    --no-confirm only stores the event."""
+    w = ("--nats-url", up.url, "-t", "acme", "-a", "coder")
+    made_up = run_cli("revise", "no-such-memory", *w, "--content", "x")
+    assert 1 == made_up.returncode
+    assert [
+        "memstream: error: no memory 'no-such-memory' in tenant acme (never stored, "
+        "forgotten or expired): search or list first"
+    ] == made_up.stderr.strip().splitlines()
+    assert 1 == run_cli("forget", "no-such-memory", *w).returncode
+    assert 0 == run_cli("revise", "no-such-memory", *w, "--content", "x", "--no-confirm").returncode
+    assert 0 == run_cli("remember", *w, "-d", "ops", "v1", "--memory-id", "doc").returncode
+    revised = run_cli("revise", "doc", *w, "--content", "v2", "--expected-revision", "1")
+    assert 0 == revised.returncode, revised.stderr
+    assert revised.stdout.strip().endswith("revision 2")
+    stale = run_cli("revise", "doc", *w, "--content", "v3", "--expected-revision", "1")
+    assert 1 == stale.returncode
+    (line,) = stale.stderr.strip().splitlines()
+    assert "is at revision 2, not the one this write expected" in line

@@ -91,10 +91,22 @@ async def every_tool(session: ClientSession) -> None:
     )
     assert "solutions" == solved["kind"]
 
-    # revise, then get shows the revision
-    await call(session, "revise_memory", memory_id=stored["memory_id"], content="use jitter too")
+    # revise, then get shows the revision; a stale revision or a made-up id says so
+    assert 1 == stored["revision"]
+    revised = await call(
+        session, "revise_memory", memory_id=stored["memory_id"], content="use jitter too",
+        expected_revision=1,
+    )  # fmt: skip
+    assert 2 == revised["revision"]
     memory = await call(session, "get_memory", memory_id=stored["memory_id"])
     assert ("use jitter too", 2) == (memory["content"], memory["revision"])
+    message = await error_of(
+        session, "revise_memory", memory_id=stored["memory_id"], content="stale",
+        expected_revision=1,
+    )  # fmt: skip
+    assert "is at revision 2" in message and "get" in message
+    message = await error_of(session, "revise_memory", memory_id="made-up", content="x")
+    assert "no memory 'made-up' in tenant acme" in message and "search or list first" in message
 
     # link, then related returns it
     await call(
