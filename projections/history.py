@@ -182,6 +182,13 @@ class HistoryProjection:
             for table, (stale, rows) in fold.replacements().items():
                 self._replace(table, stale, rows)
             self._insert("outcomes", _outcomes(items, fold))
+            # A link from a memory that is not live is not applied: its row goes.
+            unlinked = [
+                seq for seq, e, _ in items
+                if e.type == "memory.linked" and fold.decisions[seq].outcome != "applied"
+            ]  # fmt: skip
+            if unlinked:
+                self.con.execute("DELETE FROM memory_links WHERE list_contains(?, seq)", [unlinked])
             erased = self._erase(items)
             self.con.execute(
                 "INSERT OR REPLACE INTO projection_state VALUES (?, ?, ?)",
@@ -363,7 +370,8 @@ def _outcomes(items: list[_Item], fold: MemoryFold[Any]) -> list[tuple[Any, ...]
     for seq, e, _ in items:
         decided = fold.decisions.get(seq)
         if decided is not None:
-            rows.append((seq, e.tenant, e.id, e.type, e.memory_id, decided.outcome,  # type: ignore[union-attr]
+            memory_id = e.from_id if isinstance(e, ev.MemoryLinked) else e.memory_id  # type: ignore[union-attr]
+            rows.append((seq, e.tenant, e.id, e.type, memory_id, decided.outcome,
                          decided.revision, decided.current))  # fmt: skip
     return rows
 
@@ -380,6 +388,8 @@ class _RowFold(MemoryFold[Row]):
         for seq, e, _ in items:
             if e.type in MEMORY_TYPES:
                 self.apply(seq, e)  # type: ignore[arg-type]
+            elif isinstance(e, ev.MemoryLinked):
+                self.link(seq, e)
 
     def created(self, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> Row:
         row: Row = {
@@ -444,6 +454,7 @@ def _stored(
     """The stored rows of the memories the batch touches, where they may exist."""
     stored: dict[str, dict[Key, Row]] = {t: {} for t in MEMORY_KINDS}
     touched = {(e.tenant, e.memory_id) for _, e, _ in items if e.type in MEMORY_TYPES}  # type: ignore[union-attr]
+    touched |= {(e.tenant, e.from_id) for _, e, _ in items if isinstance(e, ev.MemoryLinked)}
     if not touched:
         return stored
     ordered = list(touched)

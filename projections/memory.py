@@ -10,7 +10,7 @@ by implementing :meth:`MemoryFold.created` and :meth:`MemoryFold.revised`.
 Compare-and-set is decided here too, so both projections, live or rebuilt, decide
 alike: an event with ``expected_revision`` is applied only if the memory's revision is
 still that (0 on a store: no live memory has the id); else its outcome is ``conflict``.
-A revise or forget of a memory that is not live is ``not_found`` (a forget still clears
+A revise, forget or link (from) a memory that is not live is ``not_found`` (a forget still clears
 an expired memory's leftovers). A forget with ``erase`` is applied whatever it finds (a
 rebuild never reads the events it erased), unless its expected revision conflicts.
 """
@@ -137,6 +137,17 @@ class MemoryFold(Generic[R]):
         # A record that does not know its revision (written before revisions were kept
         # in it) cannot be compared: the write is applied, as it was then.
         return expected is not None and current is not None and expected != current
+
+    def link(self, seq: int, e: ev.MemoryLinked) -> Decision:
+        """A link is applied when the memory it starts from is live; ``to_id`` may name
+        one not stored yet (another agent's, to come)."""
+        found = self._live_anywhere((e.tenant, e.from_id), e.ts)
+        if found is None:
+            decision = Decision("not_found", None, 0)
+        else:
+            decision = Decision("applied", None, self.revision_of(found[1]))
+        self.decisions[seq] = decision
+        return decision
 
     def apply(self, seq: int, e: MemoryEvent) -> Decision:
         """Fold ``e`` in (or not), and say what was decided."""

@@ -17,7 +17,7 @@ from memstream.consumers.nats_server import NatsServer
 from memstream.consumers.service import ProjectionService
 from memstream.consumers.storage import HistoryStorage
 from memstream.producers import MemoryClient
-from memstream.schemas.errors import QueryError
+from memstream.schemas.errors import MemoryNotFound, QueryError
 from tests.integration.test_query_worker import Stack, running
 from tests.waiting import wait_for
 
@@ -216,15 +216,21 @@ async def test_filtered_search_over_the_wire(stack: Stack) -> None:
 
 async def test_links_walk_the_neighbourhood_and_name_missing_ends(stack: Stack) -> None:
     """links returns the memories reached to a depth, with the links between them; a
-    link to an id no memory has is returned with that end missing; search can return
-    each hit's direct links."""
+    link to an id no memory has (yet), or from one forgotten since, is returned with
+    that end missing; a link from a memory that is not live is not applied; search can
+    return each hit's direct links."""
     mem = stack.client()
-    for memory_id, text in (("a", "alpha fact"), ("b", "beta fact"), ("c", "gamma fact")):
+    for memory_id, text in (("a", "alpha fact"), ("b", "beta fact"), ("c", "gamma fact"),
+                            ("z", "zeta fact")):  # fmt: skip
         await mem.store_knowledge(text, domain="d", memory_id=memory_id)
     await mem.link("a", "b", "refines")
     await mem.link("b", "c", "depends_on")
     await mem.link("c", "ghost", "cites")
-    last = await mem.link("z", "a", "contradicts")
+    await mem.link("z", "a", "contradicts")
+    await mem.forget("z")
+    with pytest.raises(MemoryNotFound):
+        await mem.link("nobody", "a", "cites", confirm=True)
+    last = await mem.link("c", "a", "cites", confirm=True)
 
     one = await ask(stack, "links", memory_id="a", direction="out", min_seq=last.seq)
     assert [("a", "b", "refines")] == [
@@ -235,7 +241,7 @@ async def test_links_walk_the_neighbourhood_and_name_missing_ends(stack: Stack) 
     assert [False, False, False, True] == [n.missing for n in deep.nodes]
     assert "gamma fact" == deep.nodes[2].content
     both = await mem.links("a")
-    assert {("a", "b"), ("z", "a")} == {(e.from_id, e.to_id) for e in both.edges}
+    assert {("a", "b"), ("z", "a"), ("c", "a")} == {(e.from_id, e.to_id) for e in both.edges}
     assert ["z"] == [n.memory_id for n in both.nodes if n.missing]
     only = await mem.links("b", relation="depends_on")
     assert [("b", "c")] == [(e.from_id, e.to_id) for e in only.edges]
