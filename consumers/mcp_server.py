@@ -20,6 +20,7 @@ from pydantic import Field
 
 from memstream.consumers.metrics import ProcessMetrics
 from memstream.producers import MemoryClient, PublishAck
+from memstream.producers._queries import no_events_hint
 from memstream.schemas.errors import MemstreamError, PublishError
 from memstream.schemas.ids import new_id
 
@@ -109,10 +110,17 @@ def build_server(
                 metrics.publish_errors.inc()
             raise ToolError(str(err)) from None
         except MemstreamError as err:
+            if client.tenant_has_no_events:
+                raise ToolError(f"{err}; {no_events_hint(client.tenant)}") from None
             raise ToolError(str(err)) from None
         finally:
             if metrics is not None:
                 metrics.observe_query(f"sdk:{name}", time.perf_counter() - started)
+
+    def hint() -> dict[str, str]:
+        """The hint for an answer about a tenant that has never stored anything."""
+        unseen = client.tenant_has_no_events
+        return {"hint": no_events_hint(client.tenant)} if unseen else {}
 
     @server.tool(
         description="Store a memory for the team: a piece of knowledge (content and domain), "
@@ -160,7 +168,7 @@ def build_server(
         if filter is not None:
             fields["filter"] = filter
         hits = await call(client.search(query, **fields))
-        return {"hits": [_plain(h) for h in hits]}
+        return {"hits": [_plain(h) for h in hits], **hint()}
 
     @server.tool(
         description="One prompt-ready bundle of what is relevant: memories like the query, "
@@ -183,7 +191,7 @@ def build_server(
                 **memory.fresh,
             )
         )
-        return _plain(result)  # type: ignore[no-any-return]
+        return {**_plain(result), **hint()}
 
     @server.tool(description="A memory as it is now, by its memory_id.")
     async def get_memory(memory_id: str) -> dict[str, Any]:
@@ -208,7 +216,7 @@ def build_server(
                 **memory.fresh,
             )
         )
-        return _plain(result)  # type: ignore[no-any-return]
+        return {**_plain(result), **hint()}
 
     @server.tool(
         description="Change a memory: its content (knowledge) or problem/solution, its tags "

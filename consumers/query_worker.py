@@ -50,6 +50,7 @@ from memstream.schemas.queries import (
 )
 from memstream.schemas.replies import error_reply, ok_reply
 from memstream.schemas.subjects import (
+    EVENT_PREFIX,
     EVENT_STREAM,
     QUERY_PREFIX,
     parse_query_subject,
@@ -106,6 +107,17 @@ async def check_query_mapping(nc: NatsClient) -> None:
             await sub.unsubscribe()
 
 
+def _empty(result: Any) -> bool:
+    """An answer with nothing in it: no hits, events, memories, turns or sources."""
+    for name in ("hits", "events", "memories", "turns", "sources", "events_by_type"):
+        found = getattr(result, name, None)
+        if found is not None:
+            return not found or (
+                name == "hits" and all(isinstance(h, list) and not h for h in found)
+            )
+    return False
+
+
 class QueryWorker:
     """Answers the query ops it has sources for; see the module docstring."""
 
@@ -153,6 +165,8 @@ class QueryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
         self._stopping = asyncio.Event()
+        # Tenants the stream was seen to hold events of (see _no_events).
+        self._seen: set[str] = set()
 
     async def start(self) -> None:
         for subject in self.subjects:
@@ -199,9 +213,12 @@ class QueryWorker:
                 return
             tenant, op, _ = parse_query_subject(msg.subject)
             req = decode_request(op, msg.data)
-            body = ok_reply(await self._serve(tenant, op, req))
+            result = await self._serve(tenant, op, req)
+            body = ok_reply(result, _empty(result) and await self._no_events(tenant))
         except QueryError as err:
-            body = error_reply(err.code, err.message)
+            unseen = err.code == "not_found" and tenant is not None
+            unseen = unseen and await self._no_events(tenant)  # type: ignore[arg-type]
+            body = error_reply(err.code, err.message, tenant_has_no_events=unseen)
         except MemstreamError as err:
             body = error_reply(err.code, str(err))
         except Exception:
@@ -229,6 +246,24 @@ class QueryWorker:
             tenant=tenant,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+    async def _no_events(self, tenant: str) -> bool:
+        """Whether the stream holds no event of ``tenant`` (asked only of an empty
+        answer; a tenant seen with events is remembered)."""
+        if tenant in self._seen:
+            return False
+        try:
+            info = await self.nc.jetstream().stream_info(
+                EVENT_STREAM, subjects_filter=f"{EVENT_PREFIX}.{tenant}.>"
+            )
+        except nats.errors.Error:
+            return False  # not known: say nothing
+        if info.state.subjects:
+            if len(self._seen) > 100_000:
+                self._seen.clear()
+            self._seen.add(tenant)
+            return False
+        return True
 
     async def _serve(self, tenant: str, op: str, req: Request) -> Any:
         if req.consistency == "latest":

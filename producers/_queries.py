@@ -46,7 +46,13 @@ from memstream.schemas.subjects import query_subject
 # How long a query keeps asking while no worker answers at all, before it says so.
 _NO_WORKER_GRACE_S = 0.8
 
-__all__ = ["QueryMethods", "SearchFilters"]
+__all__ = ["QueryMethods", "SearchFilters", "no_events_hint"]
+
+
+def no_events_hint(tenant: str) -> str:
+    """What to tell whoever asked about a tenant that has never stored anything."""
+    return f"tenant {tenant!r} has no events yet: check --tenant (or MEMSTREAM_TENANT)"
+
 
 R = TypeVar("R")
 _encoder = msgspec.json.Encoder()
@@ -88,6 +94,9 @@ class QueryMethods:
     tenant: str
     # How long a reply may take beyond the request's own wait_ms.
     query_timeout: float = 10.0
+    # Whether the last reply said this tenant has never stored anything (a mistyped
+    # tenant, most often): set by each query.
+    tenant_has_no_events: bool = False
 
     async def query(self, op: str, result: type[R], **fields: Any) -> R:
         """Send one query as the contract's request Struct for ``op``; fields left as
@@ -119,6 +128,7 @@ class QueryMethods:
             raise QueryError(
                 "internal", f"the reply to {op} is not what it should be: {err}"
             ) from None
+        self.tenant_has_no_events = reply.tenant_has_no_events
         if reply.error is not None:
             raise QueryError(reply.error.code, reply.error.message, reply.error.correlation_id)
         if reply.result is None:

@@ -32,11 +32,15 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {...}}``."""
+    """``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": {...}}``.
+
+    ``tenant_has_no_events``: the tenant asked about has never stored anything (sent,
+    as true, only with an empty result or ``not_found``): most often a mistyped tenant."""
 
     ok: bool
     result: Any = None
     error: ErrorBody | None = None
+    tenant_has_no_events: bool = False
 
 
 class TypedReply(msgspec.Struct, Generic[R], frozen=True, kw_only=True):
@@ -45,6 +49,7 @@ class TypedReply(msgspec.Struct, Generic[R], frozen=True, kw_only=True):
     ok: bool
     result: R | None = None
     error: ErrorBody | None = None
+    tenant_has_no_events: bool = False
 
 
 _encoder = msgspec.json.Encoder()
@@ -54,12 +59,17 @@ def encode_reply(reply: Reply) -> bytes:
     return _encoder.encode(reply)
 
 
-def ok_reply(result: Any) -> bytes:
-    return _encoder.encode(Reply(ok=True, result=result))
+def ok_reply(result: Any, tenant_has_no_events: bool = False) -> bytes:
+    return _encoder.encode(Reply(ok=True, result=result, tenant_has_no_events=tenant_has_no_events))
 
 
-def error_reply(code: str, message: str, correlation_id: str | None = None) -> bytes:
+def error_reply(
+    code: str,
+    message: str,
+    correlation_id: str | None = None,
+    tenant_has_no_events: bool = False,
+) -> bytes:
     """An error reply; a code outside the contract's is sent as ``internal``."""
     known: Any = code if code in ERROR_CODES else "internal"
     error = ErrorBody(code=known, message=message, correlation_id=correlation_id)
-    return _encoder.encode(Reply(ok=False, error=error))
+    return _encoder.encode(Reply(ok=False, error=error, tenant_has_no_events=tenant_has_no_events))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,7 +29,9 @@ from memstream.consumers.cli._common import (
     print_rows,
     run,
 )
+from memstream.producers._queries import no_events_hint
 from memstream.producers.client import MemoryClient
+from memstream.schemas.errors import QueryError
 from memstream.schemas.queries import ANALYTICS_NAMES
 
 __all__ = [
@@ -84,13 +87,23 @@ class Ask:
     def __call__(self, call: Callable[[MemoryClient], Awaitable[R]]) -> R:
         settings = load(nats_url=self.nats_url)
 
-        async def go() -> R:
+        async def go() -> tuple[R, bool]:
             async with await MemoryClient.connect(
                 settings.nats_url, tenant=self.tenant, agent=CLI_AGENT, **settings.nats_auth
             ) as client:
-                return await call(client)
+                try:
+                    return await call(client), client.tenant_has_no_events
+                except QueryError as err:
+                    if client.tenant_has_no_events:
+                        raise QueryError(
+                            err.code, f"{err.message}; {no_events_hint(self.tenant)}"
+                        ) from None
+                    raise
 
-        return run(go())
+        result, unseen = run(go())
+        if unseen:
+            sys.stderr.write(f"memstream: {no_events_hint(self.tenant)}\n")
+        return result
 
 
 def query_options(body: Callable[..., None]) -> Callable[..., None]:

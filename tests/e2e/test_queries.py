@@ -250,3 +250,21 @@ def test_a_write_to_nothing_or_a_stale_revision_says_so(up: Up) -> None:
     assert 1 == stale.returncode
     (line,) = stale.stderr.strip().splitlines()
     assert "is at revision 2, not the one this write expected" in line
+
+
+def test_a_tenant_that_has_stored_nothing_is_named(up: Up) -> None:
+    """A search of a mistyped tenant answers as before (nothing, exit 0) and says on
+    stderr, in one line, that the tenant has no events; a real tenant's empty answer
+    says nothing of the kind, and a not_found names it too."""
+    w = ("--nats-url", up.url, "-t", "acme", "-a", "coder")
+    assert 0 == run_cli("remember", *w, "-d", "ops", "the gateway times out").returncode
+    typo = run_cli("search", "--nats-url", up.url, "--tenant", "acme2", "gateway")
+    assert 0 == typo.returncode, typo.stderr
+    assert [
+        "memstream: tenant 'acme2' has no events yet: check --tenant (or MEMSTREAM_TENANT)"
+    ] == typo.stderr.strip().splitlines()
+    real = run_cli("search", "--nats-url", up.url, "--tenant", "acme", "zzzqqq", "--json")
+    assert (0, "") == (real.returncode, real.stderr.strip())
+    missing = run_cli("get", "--nats-url", up.url, "--tenant", "acme2", "m1")
+    assert 1 == missing.returncode
+    assert "tenant 'acme2' has no events yet" in missing.stderr

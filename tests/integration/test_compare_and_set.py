@@ -190,3 +190,17 @@ async def test_the_blocking_client_confirms_and_edits(
             return ack.outcome.revision, mem.get("n").content, mem.outcome(ack.id).outcome
 
     assert (2, "2", "applied") == await asyncio.to_thread(agent)
+
+
+async def test_a_reply_about_a_tenant_with_no_events_carries_the_flag(stack: Stack) -> None:
+    """The envelope says so, for an empty answer or a not_found; never for a tenant
+    that has events."""
+    await publish(stack.nc, "knowledge.stored", memory_id="m", domain="d", content="x")
+    unknown = await stack.ask("memq.nobody.search", msgspec.json.encode({"query": "x"}))
+    assert (True, []) == (unknown["tenant_has_no_events"], unknown["result"]["hits"])
+    missing = await stack.ask("memq.nobody.get", msgspec.json.encode({"memory_id": "m"}))
+    assert ("not_found", True) == (missing["error"]["code"], missing["tenant_has_no_events"])
+    known = await stack.ask(
+        "memq.acme.search", msgspec.json.encode({"query": "zzzqqq", "consistency": "latest"})
+    )
+    assert "tenant_has_no_events" not in known

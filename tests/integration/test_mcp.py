@@ -37,11 +37,11 @@ def server_params(url: str, tenant: str = "acme") -> StdioServerParameters:
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[ClientSession]:
+async def connected(url: str, tenant: str = "acme") -> AsyncIterator[ClientSession]:
     """A real MCP client session with `memstream mcp` started over stdio. (Entered and
     left in the test's own task, as the SDK's task groups require.)"""
     async with (
-        stdio_client(server_params(url)) as (read, write),
+        stdio_client(server_params(url, tenant)) as (read, write),
         ClientSession(read, write) as client,
     ):
         await client.initialize()
@@ -275,3 +275,16 @@ async def test_streamable_http_with_its_health(nats_server: NatsServer, tmp_path
         process.wait(15)
     assert process.stdout is not None
     assert b"" == process.stdout.read()  # over HTTP too, nothing on stdout
+
+
+async def test_a_tenant_with_no_events_gets_a_hint(nats_server: NatsServer, tmp_path: Path) -> None:
+    """An agent configured with a mistyped tenant is told so by the tools it calls."""
+    async with (
+        running(nats_server, tmp_path / "data"),
+        connected(nats_server.url, "acme2") as session,
+    ):
+        found = await call(session, "search_memory", query="gateway")
+        assert [] == found["hits"]
+        assert "tenant 'acme2' has no events yet" in found["hint"]
+        message = await error_of(session, "get_memory", memory_id="m1")
+        assert "tenant 'acme2' has no events yet" in message
