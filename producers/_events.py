@@ -124,7 +124,8 @@ class EventMethods:
 
     async def _confirmed(self, ack: PublishAck, memory_id: str, confirm: bool) -> PublishAck:
         """``ack``, with its outcome once the history has decided it (``confirm``); a
-        write that was not applied raises what says why."""
+        write that was not applied raises what says why. Every write takes ``confirm``:
+        for one that is not a memory's, it waits until the history has applied it."""
         if not confirm:
             return ack
         found = await self.outcome(ack.id, min_seq=ack.seq, wait_ms=_CONFIRM_WAIT_MS)
@@ -349,10 +350,11 @@ class EventMethods:
         outcome: str | None = None,
         metadata: dict[str, Any] | None = None,
         interaction_id: str | None = None,
+        confirm: bool = False,
         **scope: Unpack[Scope],
     ) -> PublishAck:
         """Record who worked with whom on what; the initiator defaults to this agent."""
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(
                 ev.CollabRecorded,
                 interaction_id=interaction_id or new_id(),
@@ -364,6 +366,7 @@ class EventMethods:
                 **scope,
             )
         )
+        return await self._confirmed(ack, "", confirm)
 
     async def send_message(
         self,
@@ -372,10 +375,11 @@ class EventMethods:
         *,
         recipients: Sequence[str],
         sender: str | None = None,
+        confirm: bool = False,
         **trace: Unpack[Trace],
     ) -> PublishAck:
         """Record a message within an interaction; the sender defaults to this agent."""
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(
                 ev.CollabMessage,
                 interaction_id=interaction_id,
@@ -386,7 +390,8 @@ class EventMethods:
             )
         )
 
-    # --- tasks and flows ----------------------------------------------------------
+        # --- tasks and flows ----------------------------------------------------------
+        return await self._confirmed(ack, "", confirm)
 
     async def task_created(
         self,
@@ -397,10 +402,11 @@ class EventMethods:
         parent_id: str | None = None,
         flow_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        confirm: bool = False,
         **causality: Unpack[Causality],
     ) -> PublishAck:
         """Create a task; ``task_id`` is generated when omitted (read it from the event)."""
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(
                 ev.TaskCreated,
                 task_id=task_id or new_id(),
@@ -412,9 +418,13 @@ class EventMethods:
                 **causality,
             )
         )
+        return await self._confirmed(ack, "", confirm)
 
-    async def task_started(self, task_id: str, **causality: Unpack[Causality]) -> PublishAck:
-        return await self.publish(self.new_event(ev.TaskStarted, task_id=task_id, **causality))
+    async def task_started(
+        self, task_id: str, *, confirm: bool = False, **causality: Unpack[Causality]
+    ) -> PublishAck:
+        ack = await self.publish(self.new_event(ev.TaskStarted, task_id=task_id, **causality))
+        return await self._confirmed(ack, "", confirm)
 
     async def task_completed(
         self,
@@ -422,10 +432,11 @@ class EventMethods:
         *,
         output: Any = None,
         metadata: dict[str, Any] | None = None,
+        confirm: bool = False,
         **causality: Unpack[Causality],
     ) -> PublishAck:
         """Complete a task; ``output`` is any JSON value."""
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(
                 ev.TaskCompleted,
                 task_id=task_id,
@@ -434,13 +445,15 @@ class EventMethods:
                 **causality,
             )
         )
+        return await self._confirmed(ack, "", confirm)
 
     async def task_failed(
-        self, task_id: str, error: str, **causality: Unpack[Causality]
+        self, task_id: str, error: str, *, confirm: bool = False, **causality: Unpack[Causality]
     ) -> PublishAck:
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(ev.TaskFailed, task_id=task_id, error=error, **causality)
         )
+        return await self._confirmed(ack, "", confirm)
 
     async def record_flow_run(
         self,
@@ -450,10 +463,11 @@ class EventMethods:
         run_id: str | None = None,
         duration_ms: int | None = None,
         data: Any = None,
+        confirm: bool = False,
         **trace: Unpack[Trace],
     ) -> PublishAck:
         """Record one run of a flow (a pipeline of tasks) with its status."""
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(
                 ev.FlowRunRecorded,
                 flow_id=flow_id,
@@ -465,7 +479,8 @@ class EventMethods:
             )
         )
 
-    # --- context, conversation, tools ---------------------------------------------
+        # --- context, conversation, tools ---------------------------------------------
+        return await self._confirmed(ack, "", confirm)
 
     async def set_context(
         self,
@@ -473,25 +488,37 @@ class EventMethods:
         data: dict[str, Any],
         *,
         ttl_s: float | None = None,
+        confirm: bool = False,
         **trace: Unpack[Trace],
     ) -> PublishAck:
         """Set shared context under ``key``; it expires ``ttl_s`` seconds after ``ts``."""
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(ev.ContextSet, key=key, data=data, ttl_s=ttl_s, **trace)
         )
+        return await self._confirmed(ack, "", confirm)
 
-    async def clear_context(self, key: str, **trace: Unpack[Trace]) -> PublishAck:
-        return await self.publish(self.new_event(ev.ContextCleared, key=key, **trace))
+    async def clear_context(
+        self, key: str, *, confirm: bool = False, **trace: Unpack[Trace]
+    ) -> PublishAck:
+        ack = await self.publish(self.new_event(ev.ContextCleared, key=key, **trace))
+        return await self._confirmed(ack, "", confirm)
 
     async def add_turn(
-        self, session_id: str, role: str, content: str, **trace: Unpack[Trace]
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        confirm: bool = False,
+        **trace: Unpack[Trace],
     ) -> PublishAck:
         """Append a conversation turn (``role``: user, assistant, system, tool, ...)."""
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(
                 ev.ConversationTurn, session_id=session_id, role=role, content=content, **trace
             )
         )
+        return await self._confirmed(ack, "", confirm)
 
     async def record_tool_use(
         self,
@@ -501,9 +528,10 @@ class EventMethods:
         result: Any = None,
         duration_ms: int | None = None,
         ok: bool | None = None,
+        confirm: bool = False,
         **trace: Unpack[Trace],
     ) -> PublishAck:
-        return await self.publish(
+        ack = await self.publish(
             self.new_event(
                 ev.ToolUsed,
                 tool=tool,
@@ -514,3 +542,4 @@ class EventMethods:
                 **trace,
             )
         )
+        return await self._confirmed(ack, "", confirm)

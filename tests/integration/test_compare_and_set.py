@@ -154,6 +154,11 @@ async def test_a_confirmed_write_says_what_happened(stack: Stack) -> None:
         await mem.store_knowledge("again", domain="d", memory_id="doc", expected_revision=0,
                                   confirm=True)  # fmt: skip
     assert "v2" == (await mem.get("doc")).content
+    # A write that is not a memory's waits until the history has applied it.
+    turn = await mem.add_turn("s1", "user", "hello", confirm=True)
+    assert turn.outcome is not None
+    assert ("applied", "conversation.turn") == (turn.outcome.outcome, turn.outcome.type)
+    assert ["hello"] == [t.content for t in (await mem.conversation("s1")).turns]
 
 
 async def test_edit_retries_until_its_change_applies(stack: Stack) -> None:
