@@ -20,7 +20,7 @@ import msgspec
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from memstream.projections.applied_ids import AppliedIds
-from memstream.projections.base import Applied, Batch, storage_guard
+from memstream.projections.base import Applied, Batch, StorageFailure, storage_guard
 from memstream.projections.embedders import EmbedderError, EmbeddingRefused, Vectors
 from memstream.projections.embedding_cache import CachedEmbedder, text_key
 from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
@@ -339,7 +339,13 @@ class VectorProjection:
             self.store.check()
             self.embedder.cache.check()
             self.applied.check()
-            self.embedder.embedder.embed([_PROBE_TEXT], within=30.0)
+            try:
+                self.embedder.embedder.embed([_PROBE_TEXT], within=30.0)
+            except EmbeddingRefused as err:
+                # It refuses a plain text too: its settings, not the event's text.
+                raise StorageFailure(
+                    f"the vectors projection's embedder refuses every text: {err}"
+                ) from err
 
     def _apply(self, batch: Batch, upto: int) -> Applied:
         fresh = [(s, e) for s, e in batch if s > self._checkpoint]
