@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,11 @@ from memstream import Memory, MemoryNotFound, RevisionConflict, SyncMemoryClient
 from memstream.consumers.nats_server import NatsServer
 from memstream.consumers.replay import replay
 from memstream.projections.history import HistoryProjection
-from tests.integration.test_query_worker import Stack, running
+from tests.integration.test_query_worker import Stack, stack
+
+__all__ = ["stack"]  # the fixture: memstream's whole stack on this module's server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture
-async def stack(nc: NatsClient, nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with running(nats_server, tmp_path / "data") as info:
-        yield Stack(nc, info)
 
 
 async def publish(nc: NatsClient, type_: str, **fields: Any) -> tuple[str, int]:
