@@ -13,7 +13,8 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck
 
-from memstream.producers._events import EventMethods, PublishAck
+from memstream.producers._events import PublishAck
+from memstream.producers._memory_writes import MemoryWrites
 from memstream.producers._queries import QueryMethods
 from memstream.producers.connection import connect_nats, denied, or_denied
 from memstream.producers.locks import Lock
@@ -30,7 +31,7 @@ __all__ = ["MemoryClient"]
 _validators = {tag: msgspec.json.Decoder(cls) for tag, cls in ev.EVENT_TYPES.items()}
 
 
-class MemoryClient(EventMethods, QueryMethods):
+class MemoryClient(MemoryWrites, QueryMethods):
     """Publishes one tenant's events as one agent. Create it with :meth:`connect`.
 
     Every typed method builds a contract-conforming event (id as UUIDv7, timestamp now),

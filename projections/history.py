@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import operator
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,11 +25,12 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from memstream.projections._history_fold import Item, RowFold, outcome_rows
 from memstream.projections._history_sql import EVENTS_SQL, LOG_SQL, PARSE_SQL, STAGING, STATE_SQL
 from memstream.projections._idindex import Hashes, IdIndex
 from memstream.projections._tables import ARROW_SCHEMAS, DDL, KEYS, TABLES
 from memstream.projections.base import Applied, Batch, check_writable, storage_guard
-from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
+from memstream.projections.memory import MEMORY_KINDS, Key
 from memstream.schemas import events as ev
 from memstream.schemas.events import UnknownEvent
 
@@ -43,7 +43,6 @@ _UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _US = dt.timedelta(microseconds=1)
 
-Row = dict[str, Any]
 # What DuckDB raises when the file, not an event, is the problem: I/O (a full or read-only
 # disk, a corrupt file), a commit that could not be written, an invalidated database.
 _STORAGE_ERRORS: Final = (
@@ -56,19 +55,10 @@ _STORAGE_ERRORS: Final = (
     duckdb.PermissionException,
     duckdb.ConnectionException,
 )
-_Item = tuple[int, "ev.AnyEvent | UnknownEvent", bytes]
-"""(seq, event, JSON body as published) of one event a batch applies."""
-
-# A row dict to the table's column order, in C.
-_ROW_GETTERS: Final = {t: operator.itemgetter(*(c for c, _, _ in TABLES[t])) for t in MEMORY_KINDS}
 
 
 def _body(event: ev.AnyEvent | UnknownEvent) -> bytes:
     return event.raw if isinstance(event, UnknownEvent) else _json.encode(event)
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else _json.encode(value).decode()
 
 
 def _naive(ts: dt.datetime) -> dt.datetime:
@@ -166,7 +156,7 @@ class HistoryProjection:
         if bodies is None:
             bodies = [_body(e) for _, e in batch]
         if batch and batch[0][0] > self._checkpoint:
-            fresh: list[_Item] = [(s, e, b) for (s, e), b in zip(batch, bodies, strict=True)]
+            fresh: list[Item] = [(s, e, b) for (s, e), b in zip(batch, bodies, strict=True)]
         else:
             fresh = [
                 (s, e, b) for (s, e), b in zip(batch, bodies, strict=True) if s > self._checkpoint
@@ -176,12 +166,12 @@ class HistoryProjection:
             return Applied()
         with self._transaction():
             items, hashes = self._stage(fresh) if fresh else ([], None)
-            fold = _RowFold(items, self._key_indexes(), self.con)
+            fold = RowFold(items, self._key_indexes(), self.con)
             if items:
                 self._insert_logs(items)
             for table, (stale, rows) in fold.replacements().items():
                 self._replace(table, stale, rows)
-            self._insert("outcomes", _outcomes(items, fold))
+            self._insert("outcomes", outcome_rows(items, fold))
             # A link from a memory that is not live is not applied: its row goes.
             unlinked = [
                 seq for seq, e, _ in items
@@ -201,7 +191,7 @@ class HistoryProjection:
             self._key_indexes()[table].add(keys)
         return Applied(events=len(items), duplicates=len(fresh) - len(items), erased=tuple(erased))
 
-    def _erase(self, items: list[_Item]) -> list[int]:
+    def _erase(self, items: list[Item]) -> list[int]:
         """Remove the earlier events of each memory forgotten with ``erase: true``: the
         bodies in ``events`` hold its text. Returns their stream sequences."""
         erased: list[int] = []
@@ -255,7 +245,7 @@ class HistoryProjection:
         self._keys = None
         return removed
 
-    def _stage(self, fresh: list[_Item]) -> tuple[list[_Item], Hashes]:
+    def _stage(self, fresh: list[Item]) -> tuple[list[Item], Hashes]:
         """Register the batch as ``_staging``, without ids applied before; their hashes."""
         events = [i[1] for i in fresh]
         staging = pa.Table.from_arrays(
@@ -304,7 +294,7 @@ class HistoryProjection:
         self.con.register("_staging", staging.filter(pa.array(mask)))
         return [i for i, k in zip(fresh, keep, strict=True) if k], hashes[mask]
 
-    def _insert_logs(self, items: list[_Item]) -> None:
+    def _insert_logs(self, items: list[Item]) -> None:
         types = {i[1].type for i in items}
         try:
             self.con.execute(PARSE_SQL)
@@ -362,130 +352,3 @@ class HistoryProjection:
             finally:
                 self.con.unregister("_keys")
         self._insert(table, rows)
-
-
-def _outcomes(items: list[_Item], fold: MemoryFold[Any]) -> list[tuple[Any, ...]]:
-    """The outcome rows of the batch's memory events, in stream order."""
-    rows = []
-    for seq, e, _ in items:
-        decided = fold.decisions.get(seq)
-        if decided is not None:
-            memory_id = e.from_id if isinstance(e, ev.MemoryLinked) else e.memory_id  # type: ignore[union-attr]
-            rows.append((seq, e.tenant, e.id, e.type, memory_id, decided.outcome,
-                         decided.revision, decided.current))  # fmt: skip
-    return rows
-
-
-class _RowFold(MemoryFold[Row]):
-    """The memory fold over history rows: the batch's final knowledge and solutions
-    rows, and the stored rows they replace."""
-
-    def __init__(
-        self, items: list[_Item], key_indexes: dict[str, IdIndex], con: duckdb.DuckDBPyConnection
-    ) -> None:
-        super().__init__(_stored(items, key_indexes, con))
-        self.new_keys: dict[str, list[int]] = {}
-        for seq, e, _ in items:
-            if e.type in MEMORY_TYPES:
-                self.apply(seq, e)  # type: ignore[arg-type]
-            elif isinstance(e, ev.MemoryLinked):
-                self.link(seq, e)
-
-    def created(self, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> Row:
-        row: Row = {
-            "tenant": e.tenant, "memory_id": e.memory_id, "agent": e.agent,
-            "tags": list(e.tags), "metadata": _dumps(e.metadata),
-            "created_seq": seq, "updated_seq": seq, "created_at": e.ts, "updated_at": e.ts,
-            "task_id": e.task_id, "user_id": e.user_id, "run_id": e.run_id,
-            "project": e.project, "expires_at": e.expiry(), "revision": 1,
-        }  # fmt: skip
-        if isinstance(e, ev.KnowledgeStored):
-            row.update(domain=e.domain, content=e.content)
-        else:
-            row.update(problem=e.problem, solution=e.solution)
-        return row
-
-    def stored_again(self, record: Row, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> Row:
-        return {
-            **self.created(seq, e),
-            "created_seq": record["created_seq"],
-            "created_at": record["created_at"],
-            "revision": (record["revision"] or 1) + 1,
-        }
-
-    def revision_of(self, record: Row) -> int | None:
-        return int(record["revision"] or 1)
-
-    def expired(self, record: Row, at: dt.datetime) -> bool:
-        expires = record.get("expires_at")
-        return expires is not None and expires <= at
-
-    def revised(self, record: Row, kind: str, seq: int, e: ev.MemoryRevised) -> Row:
-        changes = revision(e, kind)
-        if "metadata" in changes:
-            changes["metadata"] = _dumps(changes["metadata"])
-        expiry = e.expiry()
-        if expiry is not None:
-            changes["expires_at"] = expiry
-        return {
-            **record, **changes, "updated_seq": seq, "updated_at": e.ts,
-            "revision": (record["revision"] or 1) + 1,
-        }  # fmt: skip
-
-    def replacements(self) -> dict[str, tuple[list[Key], list[tuple[Any, ...]]]]:
-        """Per table: the stored keys to delete, and the rows to insert after."""
-        out: dict[str, tuple[list[Key], list[tuple[Any, ...]]]] = {}
-        for table, rows in self.state.items():
-            if not rows:
-                continue
-            stored = self.stored[table]
-            row_tuple = _ROW_GETTERS[table]
-            final = [row_tuple(r) for r in rows.values() if r is not None]
-            out[table] = ([k for k in rows if k in stored], final)
-            self.new_keys[table] = [
-                hash(k) for k, r in rows.items() if r is not None and k not in stored
-            ]
-        return out
-
-
-def _stored(
-    items: list[_Item], key_indexes: dict[str, IdIndex], con: duckdb.DuckDBPyConnection
-) -> dict[str, dict[Key, Row]]:
-    """The stored rows of the memories the batch touches, where they may exist."""
-    stored: dict[str, dict[Key, Row]] = {t: {} for t in MEMORY_KINDS}
-    touched = {(e.tenant, e.memory_id) for _, e, _ in items if e.type in MEMORY_TYPES}  # type: ignore[union-attr]
-    touched |= {(e.tenant, e.from_id) for _, e, _ in items if isinstance(e, ev.MemoryLinked)}
-    if not touched:
-        return stored
-    ordered = list(touched)
-    hashes = [hash(k) for k in ordered]
-    for table in MEMORY_KINDS:
-        maybe = key_indexes[table].contains(hashes)
-        candidates = {k for k, m in zip(ordered, maybe, strict=True) if m}
-        if candidates:
-            stored[table] = _load(con, table, candidates)
-    return stored
-
-
-def _load(con: duckdb.DuckDBPyConnection, table: str, keys: set[Key]) -> dict[Key, Row]:
-    a, b = KEYS[table]
-    key_table = pa.table({a: [k[0] for k in keys], b: [k[1] for k in keys]})
-    con.register("_want", key_table)
-    try:
-        cur = con.execute(
-            f"SELECT {table}.* FROM {table} SEMI JOIN _want "
-            f"ON {table}.{a} = _want.{a} AND {table}.{b} = _want.{b}"
-        )
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-    finally:
-        con.unregister("_want")
-    loaded: dict[Key, Row] = {}
-    for values in rows:
-        row = dict(zip(names, values, strict=True))
-        for name, value in row.items():
-            # Stored naive UTC; the fold compares with the events' aware timestamps.
-            if isinstance(value, dt.datetime):
-                row[name] = value.replace(tzinfo=_UTC)
-        loaded[(row[a], row[b])] = row
-    return loaded

@@ -16,14 +16,23 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
-import msgspec
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from memstream.projections._vector_records import (
+    MemoryEvent,
+    Payload,
+    PayloadFold,
+    TaskEvent,
+    base_record,
+    scoped,
+    task_record,
+    text_of,
+)
 from memstream.projections.applied_ids import AppliedIds
 from memstream.projections.base import Applied, Batch, StorageFailure, storage_guard
 from memstream.projections.embedders import EmbedderError, EmbeddingRefused, Vectors
 from memstream.projections.embedding_cache import CachedEmbedder, text_key
-from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
+from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key
 from memstream.projections.point_store import (
     PointStore,
     PointStores,
@@ -45,25 +54,6 @@ from memstream.schemas import events as ev
 from memstream.schemas.errors import MemstreamError
 
 __all__ = ["EmbeddingMismatch", "VectorProjection"]
-
-
-def _text(kind: str, p: dict[str, Any]) -> str:
-    """What a point's vector embeds."""
-    if kind == "knowledge":
-        return str(p["content"])
-    if kind == "solutions":
-        return f"{p['problem']}\n{p['solution']}"
-    if kind == "turns":
-        return f"{p['role']}: {p['content']}"
-    if kind == "tasks":
-        lines = [str(p.get("title") or p["ref"])]
-        if p.get("output") is not None:
-            lines.append(_json(p["output"]))
-        if p.get("error"):
-            lines.append(f"error: {p['error']}")
-        return "\n".join(lines)
-    outcome = p.get("outcome")
-    return f"{p['task_description']}\n{outcome}" if outcome else str(p["task_description"])
 
 
 def _part_of(err: BaseException) -> str | None:
@@ -93,123 +83,11 @@ def _part_of(err: BaseException) -> str | None:
 
 # What the embedder is asked when the storage is checked: not cached, so it reaches it.
 _PROBE_TEXT: Final = "memstream checks that the embedder answers"
-Payload = dict[str, Any]
 _TASK_TYPES: Final = frozenset({"task.created", "task.completed", "task.failed"})
 # The event types that change points.
 _APPLIES: Final = MEMORY_TYPES | _TASK_TYPES | {"collab.recorded", "conversation.turn"}
 # (kind, tenant, ref) -> the payload to write, or None to delete the point.
 _Changes = dict[tuple[str, str, str], Payload | None]
-
-
-def _base(seq: int, e: ev.Event) -> Payload:
-    epoch = e.ts.timestamp()
-    base = {"tenant": e.tenant, "agent": e.agent, "ts": e.ts.isoformat(),
-            "ts_epoch": epoch, "created_epoch": epoch, "seq": seq}  # fmt: skip
-    if e.task_id:
-        base["task_id"] = e.task_id
-    return base
-
-
-def _scoped(e: ev.Scoped) -> Payload:
-    """A memory's scope and expiry, where it has them."""
-    scope = {name: getattr(e, name) for name in ("user_id", "run_id", "project")}
-    expiry = e.expiry()
-    if expiry is not None:
-        scope["expires_epoch"] = expiry.timestamp()
-    return {k: v for k, v in scope.items() if v is not None}
-
-
-def _json(value: Any) -> str:
-    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
-
-
-_TaskEvent = ev.TaskCreated | ev.TaskCompleted | ev.TaskFailed
-_MemoryEvent = ev.KnowledgeStored | ev.SolutionStored | ev.MemoryRevised | ev.MemoryForgotten
-
-
-def _texts_had(kind: str, record: Payload) -> Payload:
-    """``record`` with its text's cache key among ``text_keys``: every text a point has
-    had, event by event, so an erase can clear their cache entries. Kept at each event,
-    not at each write, so a point comes out the same however its events were batched
-    (live or in a rebuild)."""
-    key = text_key(_text(kind, record)).hex()
-    if key not in record.get("text_keys", ()):
-        record["text_keys"] = [*record.get("text_keys", ()), key]
-    return record
-
-
-def _task(record: Payload | None, seq: int, e: _TaskEvent) -> Payload:
-    """A task's point as of ``e``: made by its creation, given its outcome later (an
-    outcome seen without the creation makes a point without a title)."""
-    record = dict(record) if record else {**_base(seq, e), "ref": e.task_id, "tags": []}
-    record.update(seq=seq, task_id=e.task_id)
-    if isinstance(e, ev.TaskCreated):
-        record.update(_base(seq, e), title=e.title, assignee=e.assignee, status="created",
-                      metadata=e.metadata)  # fmt: skip
-    elif isinstance(e, ev.TaskCompleted):
-        record.update(status="completed", output=e.output,
-                      metadata={**record.get("metadata", {}), **e.metadata})  # fmt: skip
-    elif isinstance(e, ev.TaskFailed):
-        record.update(status="failed", error=e.error)
-    return _texts_had("tasks", record)
-
-
-def _next_revision(record: Payload) -> int | None:
-    """One more than the record's; None for a point written before points kept their
-    revision (a replay of the vectors gives every point its own)."""
-    revision = record.get("revision")
-    return revision + 1 if isinstance(revision, int) else None
-
-
-class _PayloadFold(MemoryFold[Payload]):
-    """The memory fold over point payloads; also gathers the texts an erase removes."""
-
-    def __init__(self, stored: dict[str, dict[Key, Payload]]) -> None:
-        super().__init__(stored)
-        # tenant -> cache keys of every text an erased memory had.
-        self.erased: dict[str, set[bytes]] = {}
-
-    def created(self, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> Payload:
-        own: Payload = (
-            {"domain": e.domain, "content": e.content}
-            if isinstance(e, ev.KnowledgeStored)
-            else {"problem": e.problem, "solution": e.solution}
-        )
-        kind = "knowledge" if isinstance(e, ev.KnowledgeStored) else "solutions"
-        return _texts_had(kind, {**_base(seq, e), **_scoped(e), "ref": e.memory_id, **own,
-                                 "tags": list(e.tags), "metadata": e.metadata,
-                                 "revision": 1})  # fmt: skip
-
-    def stored_again(
-        self, record: Payload, seq: int, e: ev.KnowledgeStored | ev.SolutionStored
-    ) -> Payload:
-        again = self.created(seq, e)
-        again["revision"] = _next_revision(record)
-        again["created_epoch"] = record.get("created_epoch", again["created_epoch"])
-        again["text_keys"] = [
-            *record.get("text_keys", ()),
-            *(k for k in again["text_keys"] if k not in record.get("text_keys", ())),
-        ]
-        return again
-
-    def revised(self, record: Payload, kind: str, seq: int, e: ev.MemoryRevised) -> Payload:
-        base = _base(seq, e)
-        revised = {**record, **revision(e, kind), "revision": _next_revision(record),
-                   "seq": seq, "ts": base["ts"], "ts_epoch": base["ts_epoch"]}  # fmt: skip
-        expiry = e.expiry()
-        if expiry is not None:
-            revised["expires_epoch"] = expiry.timestamp()
-        return _texts_had(kind, revised)
-
-    def revision_of(self, record: Payload) -> int | None:
-        revision: int | None = record.get("revision")
-        return revision
-
-    def forgotten(self, record: Payload, kind: str, e: ev.MemoryForgotten) -> None:
-        if e.erase:
-            keys = self.erased.setdefault(e.tenant, set())
-            keys.update(bytes.fromhex(k) for k in record.get("text_keys", ()))
-            keys.add(text_key(_text(kind, record)))
 
 
 class EmbeddingMismatch(MemstreamError):
@@ -356,25 +234,25 @@ class VectorProjection:
         fresh, new_ids = self._first_applications(acting)
         # The stored records the batch's memory events build on: each is decided against
         # the memory's revision (compare-and-set), as the history decides it.
-        wanted = [(e.tenant, e.memory_id) for _, e in fresh if isinstance(e, _MemoryEvent)]
-        fold = _PayloadFold(self._retrieve(wanted) if wanted else {})
-        finished = {(e.tenant, e.task_id) for _, e in fresh if isinstance(e, _TaskEvent)}
+        wanted = [(e.tenant, e.memory_id) for _, e in fresh if isinstance(e, MemoryEvent)]
+        fold = PayloadFold(self._retrieve(wanted) if wanted else {})
+        finished = {(e.tenant, e.task_id) for _, e in fresh if isinstance(e, TaskEvent)}
         tasks = self._retrieve(sorted(finished), ("tasks",))["tasks"] if finished else {}
         changes: _Changes = {}
         for seq, e in fresh:
             if e.type in MEMORY_TYPES:
                 fold.apply(seq, e)  # type: ignore[arg-type]
-            elif isinstance(e, _TaskEvent):
+            elif isinstance(e, TaskEvent):
                 key = (e.tenant, e.task_id)
-                tasks[key] = changes[("tasks", *key)] = _task(tasks.get(key), seq, e)
+                tasks[key] = changes[("tasks", *key)] = task_record(tasks.get(key), seq, e)
             elif isinstance(e, ev.ConversationTurn):
                 changes[("turns", e.tenant, e.id)] = {
-                    **_base(seq, e), "ref": e.id, "session_id": e.session_id, "role": e.role,
+                    **base_record(seq, e), "ref": e.id, "session_id": e.session_id, "role": e.role,
                     "content": e.content, "tags": [],
                 }  # fmt: skip
             elif isinstance(e, ev.CollabRecorded):
                 changes[("collaborations", e.tenant, e.interaction_id)] = {
-                    **_base(seq, e), **_scoped(e), "ref": e.interaction_id,
+                    **base_record(seq, e), **scoped(e), "ref": e.interaction_id,
                     "initiator": e.initiator,
                     "participants": list(e.participants),
                     "task_description": e.task_description, "outcome": e.outcome,
@@ -432,7 +310,7 @@ class VectorProjection:
                 deletes.append(point_id(tenant, kind, ref))
                 continue
             payload["kind"] = kind
-            payload["text"] = _text(kind, payload)
+            payload["text"] = text_of(kind, payload)
             # Every text this memory has had, so an erase can clear their cache entries.
             key = text_key(payload["text"]).hex()
             if key not in payload.get("text_keys", ()):
