@@ -90,7 +90,10 @@ def start_memstream(
 ) -> RunningMemstream:
     """Start ``memstream up`` on a free port with ``data_dir``; returns once it is ready.
     ``args`` go to ``memstream up``; ``env`` adds variables (``MEMSTREAM_*``)."""
-    full_env = {"MEMSTREAM_EMBEDDER": "hash", **os.environ, "MEMSTREAM_LOG_FORMAT": "json"}
+    # None of the caller's own MEMSTREAM_* settings (a metrics port, an embedder, a
+    # tenant's credentials meant for the memstream they run): only what ``env`` says.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
+    full_env = {**inherited, "MEMSTREAM_EMBEDDER": "hash", "MEMSTREAM_LOG_FORMAT": "json"}
     full_env.update(env or {})
     # The log goes to a file, not a pipe nobody reads: a full pipe would block it.
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop()

@@ -91,6 +91,10 @@ class Backend:
         """Everything a reader could see: every row, or every point, in a fixed order."""
         raise NotImplementedError
 
+    def memories(self, projection: Projection) -> Any:
+        """What a reader sees of the memories alone (a log of every event aside)."""
+        return self.state(projection)
+
     def cause(self, fault: str) -> contextlib.AbstractContextManager[None]:
         """The storage failing in this way while inside."""
         raise NotImplementedError
@@ -194,6 +198,37 @@ class ProjectionContract:
         assert reference.apply(second).events == projection.apply(second).events
         assert Applied() == projection.apply(second)
         assert backend.state(reference) == backend.state(projection)
+
+    def test_a_write_that_is_not_applied_changes_nothing(self, backend: Backend) -> None:
+        """Compare-and-set, the same in every backend: a stale expected_revision, a
+        second create-if-absent and a revise or forget of a memory that does not exist
+        leave the memories as if they had never been published (the log keeps them)."""
+        base = contract_events("acme")[0]
+
+        def event(cls: type[ev.Event], n: int, **fields: Any) -> ev.Event:
+            return cls(id=f"{base.id}-cas-{n}", tenant="acme", agent="a3", ts=base.ts,
+                       **fields)  # type: ignore[arg-type]  # fmt: skip
+
+        applied = [
+            (1, event(ev.KnowledgeStored, 1, memory_id="plan", domain="d", content="v1",
+                      expected_revision=0)),
+            (2, event(ev.MemoryRevised, 2, memory_id="plan", content="v2", expected_revision=1)),
+        ]  # fmt: skip
+        refused = [
+            (3, event(ev.MemoryRevised, 3, memory_id="plan", content="stale",
+                      expected_revision=1)),
+            (4, event(ev.KnowledgeStored, 4, memory_id="plan", domain="d", content="again",
+                      expected_revision=0)),
+            (5, event(ev.MemoryForgotten, 5, memory_id="plan", expected_revision=1)),
+            (6, event(ev.MemoryRevised, 6, memory_id="ghost", content="x")),
+            (7, event(ev.MemoryForgotten, 7, memory_id="ghost")),
+        ]  # fmt: skip
+        projection = backend.open()
+        projection.apply([*applied, *refused])
+        reference = backend.other()
+        reference.apply(applied, upto=7)
+        assert backend.memories(reference) == backend.memories(projection)
+        assert 7 == projection.checkpoint
 
     async def test_a_live_projection_equals_a_rebuild(
         self, backend: Backend, nc: NatsClient

@@ -3,6 +3,9 @@ the module, stopped by its pid afterwards."""
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from memstream import SyncMemoryClient
@@ -51,3 +54,20 @@ async def test_the_fixtures_hand_out_a_server_and_a_client(
         hits = await mem.search("fixtures share", min_seq=ack.seq, wait_ms=20_000)
     assert ["fixtures share one memstream"] == [h.text for h in hits]
     assert "test" == memstream_client.tenant
+
+
+def test_the_callers_own_settings_do_not_leak_in(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A shell set up for the user's own memstream (its metrics port held, its data dir,
+    its embedder) does not reach the test's memstream."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        monkeypatch.setenv("MEMSTREAM_METRICS_PORT", str(held.getsockname()[1]))
+        monkeypatch.setenv("MEMSTREAM_DATA_DIR", str(tmp_path / "users"))
+        monkeypatch.setenv("MEMSTREAM_EMBEDDER", "openai")
+        with running_memstream() as ms:
+            assert "hash" == ms.info["embedder"]["kind"]
+            assert ms.info.get("metrics_url") is None
+    assert not (tmp_path / "users").exists()

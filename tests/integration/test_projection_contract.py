@@ -68,6 +68,10 @@ class HistoryBackend(Backend):
             t: projection.con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables
         }
 
+    def memories(self, projection: Projection) -> Any:
+        tables = self.state(projection)
+        return {t: tables[t] for t in ("knowledge", "solutions", "memory_links")}
+
     def cause(self, fault: str) -> contextlib.AbstractContextManager[None]:
         assert "disk full" == fault
         return self.disk.full()
