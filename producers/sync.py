@@ -133,6 +133,18 @@ class SyncMemoryClient:
         """Send one query; fields left as None are not sent (the worker's default holds)."""
         return self._runner.run(self._client.query(op, result, **fields))
 
+    def run(self, work: Callable[[MemoryClient], Coroutine[Any, Any, T]]) -> T:
+        """Block on ``work(client)``, run on this client's own loop with the async
+        client: for several calls that belong together, or a method with no twin."""
+        return self._runner.run(work(self._client))
+
+    async def arun(self, work: Callable[[MemoryClient], Coroutine[Any, Any, T]]) -> T:
+        """Await ``work(client)`` from any event loop: it runs on this client's own loop,
+        so one client serves code that calls ``asyncio.run`` many times (as some agent
+        frameworks do), where an async client would be tied to the loop it connected in."""
+        future = asyncio.run_coroutine_threadsafe(work(self._client), self._runner.loop)
+        return await asyncio.wrap_future(future)
+
     def lock(self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0) -> SyncLock:
         """The tenant's lock ``name``, for ``with``; see :meth:`MemoryClient.lock`."""
         return SyncLock(self._client.lock(name, ttl_s=ttl_s, wait_s=wait_s), self._runner)

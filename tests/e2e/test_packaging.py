@@ -103,6 +103,19 @@ def test_the_command_without_the_server_extra_says_what_to_install(sdk_python: P
     ] == result.stderr.splitlines()
 
 
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [("langgraph", "langgraph"), ("openai_agents", "openai-agents"), ("autogen", "autogen")],
+)
+def test_an_adapter_without_its_extra_says_what_to_install(
+    sdk_python: Path, module: str, extra: str
+) -> None:
+    """The SDK alone does not pull in a framework; importing its adapter names the extra."""
+    result = _run(sdk_python, "-c", f"import memstream.integrations.{module}")
+    assert 1 == result.returncode
+    assert f"pip install 'memstream[{extra}]'" in result.stderr.splitlines()[-1]
+
+
 def test_the_wheel_installs_one_top_level_name(sdk_python: Path) -> None:
     """`memstream`, and nothing a user's own modules could be shadowed by."""
     code = (

@@ -1,0 +1,271 @@
+"""The OpenAI Agents SDK on memstream: ``MemstreamSession``, a ``Session`` whose items are
+``conversation.turn`` events, and ``MemstreamHooks``, run hooks that record each agent's
+runs as tasks and its tool calls as ``tool.used``.
+
+    with SyncMemoryClient.connect(tenant="acme", agent="support") as mem:
+        session = MemstreamSession("customer-42", mem)
+        result = await Runner.run(agent, "hello", session=session, hooks=MemstreamHooks(mem))
+
+Each item is one turn of the session: its role is the item's ``role`` (or its ``type``,
+for tool calls and their outputs) and its content the item as JSON, so
+``get_items`` returns exactly the dicts that were added. ``pop_item`` and
+``clear_session`` publish what they remove as a ``context.set`` of the session's
+removals (key ``openai-agents.removed.<session>``): the turns stay in the log, and the
+session no longer reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Final
+
+import msgspec
+
+try:
+    from agents import Agent, RunContextWrapper, RunHooks, Tool
+    from agents.items import TResponseInputItem
+    from agents.memory.session_settings import SessionSettings
+    from agents.tool_context import ToolContext
+except ImportError as err:  # the extra is not installed
+    raise ImportError(
+        f"memstream.integrations.openai_agents needs the OpenAI Agents SDK ({err}): "
+        "pip install 'memstream[openai-agents]'"
+    ) from err
+
+from memstream.integrations._own_writes import OwnWrites
+from memstream.producers import MemoryClient, SyncMemoryClient
+from memstream.schemas import events as ev
+from memstream.schemas.errors import QueryError
+from memstream.schemas.ids import new_id
+
+__all__ = ["MemstreamHooks", "MemstreamSession"]
+
+# The most turns one conversation read returns.
+_MOST_TURNS: Final = 10_000
+_encode = msgspec.json.Encoder().encode
+
+
+def removals_key(session_id: str) -> str:
+    """The context key that holds what was removed from ``session_id``."""
+    key = f"openai-agents.removed.{session_id}"
+    if len(key) <= 128:
+        return key
+    return "openai-agents.removed.sha256:" + hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class MemstreamSession(OwnWrites):
+    """A ``Session`` of the OpenAI Agents SDK kept in memstream, one per ``session_id``;
+    sessions of other ids (other agents, other users) never see each other's items."""
+
+    session_settings: SessionSettings | None = None
+
+    def __init__(
+        self,
+        session_id: str,
+        client: SyncMemoryClient,
+        *,
+        session_settings: SessionSettings | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.client = client
+        self.session_settings = session_settings
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        """The session's items, oldest first; with ``limit``, the latest ``limit`` of them."""
+        if limit is None and self.session_settings is not None:
+            limit = self.session_settings.limit
+        items = [item for _, item in await self.client.arun(self._visible)]
+        return items if limit is None else items[-limit:] if limit > 0 else []
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        """Append ``items``, in order, as turns of the session."""
+        if not items:
+            return
+
+        async def add(mem: MemoryClient) -> None:
+            events = [
+                mem.new_event(
+                    ev.ConversationTurn,
+                    session_id=self.session_id,
+                    role=_role(item),
+                    content=_encode(item).decode(),
+                )
+                for item in items
+            ]
+            acks = await mem.publish_many(events)
+            self._wrote(max(ack.seq for ack in acks))
+
+        await self.client.arun(add)
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        """Remove the latest item and return it; None when the session is empty."""
+
+        async def pop(mem: MemoryClient) -> TResponseInputItem | None:
+            removed = await self._removed(mem)
+            visible = await self._visible(mem, removed)
+            if not visible:
+                return None
+            seq, item = visible[-1]
+            removed["seqs"] = [*removed.get("seqs", []), seq]
+            await self._save(mem, removed)
+            return item
+
+        return await self.client.arun(pop)
+
+    async def clear_session(self) -> None:
+        """Remove every item there is now; items added later are the session's again."""
+
+        async def clear(mem: MemoryClient) -> None:
+            removed = await self._removed(mem)
+            visible = await self._visible(mem, removed)
+            if visible:
+                # Past every turn there is now, popped ones included.
+                through = max(visible[-1][0], *removed.get("seqs", ()))
+                await self._save(mem, {"through_seq": through})
+
+        await self.client.arun(clear)
+
+    # --- reading the session's turns --------------------------------------------------
+
+    async def _removed(self, mem: MemoryClient) -> dict[str, Any]:
+        try:
+            return dict((await mem.context(removals_key(self.session_id), **self._reads())).data)
+        except QueryError as err:
+            if err.code == "not_found":
+                return {}
+            raise
+
+    async def _save(self, mem: MemoryClient, removed: dict[str, Any]) -> None:
+        ack = await mem.set_context(removals_key(self.session_id), removed)
+        self._wrote(ack.seq)
+
+    async def _visible(
+        self, mem: MemoryClient, removed: dict[str, Any] | None = None
+    ) -> list[tuple[int, TResponseInputItem]]:
+        if removed is None:
+            removed = await self._removed(mem)
+        through = int(removed.get("through_seq", 0))
+        popped = set(removed.get("seqs", ()))
+        turns = await mem.conversation(self.session_id, last_n=_MOST_TURNS, **self._reads())
+        return [
+            (turn.seq, msgspec.json.decode(turn.content))
+            for turn in turns.turns
+            if turn.seq > through and turn.seq not in popped
+        ]
+
+
+def _role(item: TResponseInputItem) -> str:
+    role = item.get("role") or item.get("type") or "item"
+    return str(role)[:32]
+
+
+class MemstreamHooks(RunHooks[Any]):
+    """Run hooks that record what the agents do, under each agent's own name: a run of
+    an agent is a task (``task.created`` and ``task.started`` when it starts,
+    ``task.completed`` with its output when it ends), and each tool call a
+    ``tool.used`` of that task, with its arguments, result and duration.
+
+    A run that raises ends no task: call :meth:`failed` with the error to record it."""
+
+    def __init__(self, client: SyncMemoryClient, *, title: str = "run of {agent}") -> None:
+        self.client = client
+        self.title = title
+        # agent name -> the task of its current run
+        self.tasks: dict[str, str] = {}
+        self._tool_started: dict[str, float] = {}
+
+    async def on_agent_start(self, context: RunContextWrapper[Any], agent: Agent[Any]) -> None:
+        task_id = self.tasks[agent.name] = new_id()
+        name = _agent(agent)
+        await self._publish(
+            ev.TaskCreated(
+                task_id=task_id,
+                title=self.title.format(agent=agent.name),
+                assignee=name,
+                **self._stamp(name),
+            ),
+            ev.TaskStarted(task_id=task_id, **self._stamp(name)),
+        )
+
+    async def on_agent_end(
+        self, context: RunContextWrapper[Any], agent: Agent[Any], output: Any
+    ) -> None:
+        task_id = self.tasks.pop(agent.name, None)
+        if task_id is not None:
+            await self._publish(
+                ev.TaskCompleted(
+                    task_id=task_id, output=_jsonable(output), **self._stamp(_agent(agent))
+                )
+            )
+
+    async def on_tool_start(
+        self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool
+    ) -> None:
+        self._tool_started[_call_id(context, tool)] = time.monotonic()
+
+    async def on_tool_end(
+        self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool, result: object
+    ) -> None:
+        started = self._tool_started.pop(_call_id(context, tool), None)
+        arguments = context.tool_arguments if isinstance(context, ToolContext) else None
+        await self._publish(
+            ev.ToolUsed(
+                tool=tool.name[:128],
+                args=_arguments(arguments),
+                result=_jsonable(result),
+                duration_ms=None if started is None else round((time.monotonic() - started) * 1000),
+                ok=True,
+                task_id=self.tasks.get(agent.name),
+                **self._stamp(_agent(agent)),
+            )
+        )
+
+    async def failed(self, agent: Agent[Any], error: BaseException | str) -> None:
+        """Record that ``agent``'s current run failed (``task.failed``)."""
+        task_id = self.tasks.pop(agent.name, None)
+        if task_id is not None:
+            await self._publish(
+                ev.TaskFailed(
+                    task_id=task_id,
+                    error=str(error) or type(error).__name__,
+                    **self._stamp(_agent(agent)),
+                )
+            )
+
+    def _stamp(self, agent: str) -> dict[str, Any]:
+        return {"id": new_id(), "tenant": self.client.tenant, "agent": agent, "ts": ev.utc_now()}
+
+    async def _publish(self, *events: ev.Event) -> None:
+        async def send(mem: MemoryClient) -> None:
+            await mem.publish_many(events)
+
+        await self.client.arun(send)
+
+
+def _agent(agent: Agent[Any]) -> str:
+    return agent.name[:128] or "agent"
+
+
+def _call_id(context: RunContextWrapper[Any], tool: Tool) -> str:
+    if isinstance(context, ToolContext):
+        return context.tool_call_id
+    return tool.name
+
+
+def _arguments(arguments: str | None) -> Any:
+    if not arguments:
+        return None
+    try:
+        return msgspec.json.decode(arguments)
+    except msgspec.DecodeError:
+        return arguments
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` if it is JSON as it is, else its text (a model's output may be any object)."""
+    try:
+        _encode(value)
+    except (TypeError, msgspec.EncodeError):
+        return str(value)
+    return value
