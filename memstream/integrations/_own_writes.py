@@ -17,6 +17,17 @@ class OwnWrites:
 
     _last_seq: int = 0
 
+    @property
+    def last_seq(self) -> int:
+        """The stream sequence of this adapter's last write (0 before the first): hand
+        it to an agent elsewhere, whose adapter's ``reads_after`` makes it see the write."""
+        return self._last_seq
+
+    def reads_after(self, seq: int) -> None:
+        """Make this adapter's reads wait until memstream has applied ``seq``, the
+        ``last_seq`` of another agent's adapter, so they see what it wrote."""
+        self._wrote(seq)
+
     def _wrote(self, seq: int) -> None:
         self._last_seq = max(self._last_seq, seq)
 
