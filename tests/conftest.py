@@ -15,6 +15,9 @@ pytest.register_assert_rewrite("tests.projection_contract")
 
 from memstream.consumers.nats_server import NatsServer  # noqa: E402
 
+# tests/crewai_env runs in CrewAI's own environment (tests/integrations/test_crewai.py).
+collect_ignore = ["crewai_env"]
+
 
 def pid_alive(pid: int) -> bool:
     try:

@@ -105,7 +105,12 @@ def test_the_command_without_the_server_extra_says_what_to_install(sdk_python: P
 
 @pytest.mark.parametrize(
     ("module", "extra"),
-    [("langgraph", "langgraph"), ("openai_agents", "openai-agents"), ("autogen", "autogen")],
+    [
+        ("langgraph", "langgraph"),
+        ("openai_agents", "openai-agents"),
+        ("autogen", "autogen"),
+        ("crewai", "crewai"),
+    ],
 )
 def test_an_adapter_without_its_extra_says_what_to_install(
     sdk_python: Path, module: str, extra: str

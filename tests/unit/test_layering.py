@@ -258,6 +258,7 @@ INTEGRATIONS = {
     "langgraph.py": "langgraph",
     "openai_agents.py": "openai-agents",
     "autogen.py": "autogen",
+    "crewai.py": "crewai",
 }
 
 
