@@ -28,7 +28,7 @@ except ImportError as err:  # the extra is not installed
         "pip install 'memstream[autogen]'"
     ) from err
 
-from memstream.integrations._own_writes import OwnWrites
+from memstream.integrations._common import OwnWrites
 from memstream.producers import MemoryClient, SyncMemoryClient
 
 __all__ = ["MemstreamMemory"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -27,6 +28,17 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 try:
+    from crewai.events import BaseEventListener
+    from crewai.events.event_bus import CrewAIEventsBus
+    from crewai.events.types.task_events import (
+        TaskCompletedEvent,
+        TaskFailedEvent,
+        TaskStartedEvent,
+    )
+    from crewai.events.types.tool_usage_events import (
+        ToolUsageErrorEvent,
+        ToolUsageFinishedEvent,
+    )
     from crewai.memory.types import MemoryRecord, ScopeInfo
     from crewai.rag.embeddings.providers.custom.embedding_callable import (
         CustomEmbeddingFunction,
@@ -36,12 +48,14 @@ except ImportError as err:  # the extra is not installed
         f"memstream.integrations.crewai needs CrewAI ({err}): pip install 'memstream[crewai]'"
     ) from err
 
-from memstream.integrations._own_writes import OwnWrites
+from memstream.integrations._common import OwnWrites, jsonable, stamp
 from memstream.producers import MemoryClient, SyncMemoryClient
+from memstream.schemas import events as ev
 from memstream.schemas.errors import QueryError
+from memstream.schemas.ids import new_id
 from memstream.schemas.queries import Memory
 
-__all__ = ["MemstreamEmbedding", "MemstreamStorage", "memstream_embedder"]
+__all__ = ["MemstreamCrewListener", "MemstreamEmbedding", "MemstreamStorage", "memstream_embedder"]
 
 # Dimensions of the word-hash vectors: enough for CrewAI's in-batch near-duplicate check.
 DIMENSIONS: Final = 256
@@ -49,6 +63,7 @@ DIMENSIONS: Final = 256
 _REMEMBERED: Final = 4096
 _MOST: Final = 1000
 _WORD = re.compile(r"\w+")
+_log = logging.getLogger(__name__)
 
 
 class _Texts:
@@ -391,3 +406,83 @@ def _children(path: str, records: list[MemoryRecord]) -> list[str]:
         if len(parts) > depth:
             children.add("/" + "/".join(parts[: depth + 1]))
     return sorted(children)
+
+
+class MemstreamCrewListener(BaseEventListener):  # type: ignore[misc]
+    """Records what a crew does, from CrewAI's event bus, under each agent's role: each
+    task's ``task.created``, ``task.started``, and ``task.completed`` (its raw output) or
+    ``task.failed``; each tool call's ``tool.used`` with its arguments, output, duration
+    and whether it failed. Create it once, before ``crew.kickoff()``; it stays
+    registered on the bus for the life of the process."""
+
+    def __init__(self, client: SyncMemoryClient) -> None:
+        self.client = client
+        super().__init__()
+
+    def setup_listeners(self, crewai_event_bus: CrewAIEventsBus) -> None:
+        bus = crewai_event_bus
+
+        @bus.on(TaskStartedEvent)  # type: ignore[untyped-decorator]
+        def started(source: Any, event: Any) -> None:
+            task_id, agent = _task_id(event), _role(event, self.client.agent)
+            title = (event.task_name or "a CrewAI task")[:4096]
+            self._publish(
+                ev.TaskCreated(
+                    task_id=task_id, title=title, assignee=agent, **stamp(self.client, agent)
+                ),
+                ev.TaskStarted(task_id=task_id, **stamp(self.client, agent)),
+            )
+
+        @bus.on(TaskCompletedEvent)  # type: ignore[untyped-decorator]
+        def completed(source: Any, event: Any) -> None:
+            agent = _role(event, self.client.agent)
+            output = getattr(event.output, "raw", None)
+            self._publish(ev.TaskCompleted(task_id=_task_id(event), output=output,
+                                           **stamp(self.client, agent)))  # fmt: skip
+
+        @bus.on(TaskFailedEvent)  # type: ignore[untyped-decorator]
+        def failed(source: Any, event: Any) -> None:
+            agent = _role(event, self.client.agent)
+            self._publish(ev.TaskFailed(task_id=_task_id(event), error=event.error or "failed",
+                                        **stamp(self.client, agent)))  # fmt: skip
+
+        @bus.on(ToolUsageFinishedEvent)  # type: ignore[untyped-decorator]
+        def tool_used(source: Any, event: Any) -> None:
+            took = (event.finished_at - event.started_at).total_seconds() * 1000
+            self._tool(event, jsonable(event.output), max(0, round(took)), event.failure is None)
+
+        @bus.on(ToolUsageErrorEvent)  # type: ignore[untyped-decorator]
+        def tool_failed(source: Any, event: Any) -> None:
+            self._tool(event, str(event.error), None, False)
+
+    def _tool(self, event: Any, result: Any, duration_ms: int | None, ok: bool) -> None:
+        agent = _role(event, self.client.agent)
+        self._publish(
+            ev.ToolUsed(
+                tool=event.tool_name[:128],
+                args=jsonable(event.tool_args),
+                result=result,
+                duration_ms=duration_ms,
+                ok=ok,
+                task_id=event.task_id,
+                **stamp(self.client, agent),
+            )
+        )
+
+    def _publish(self, *events: ev.Event) -> None:
+        # The bus runs handlers on its own threads; a lost record is better than a
+        # crew that stops because its memory is down, so failures are logged, not raised.
+        try:
+            self.client.publish_many(events)
+        except Exception:
+            _log.warning("memstream could not record a CrewAI event", exc_info=True)
+
+
+def _task_id(event: Any) -> str:
+    return str(event.task_id or getattr(getattr(event, "task", None), "id", None) or new_id())
+
+
+def _role(event: Any, default: str) -> str:
+    role = event.agent_role or getattr(getattr(getattr(event, "task", None), "agent", None),
+                                       "role", None)  # fmt: skip
+    return str(role or default)[:128]

@@ -49,7 +49,7 @@ except ImportError as err:  # the extra is not installed
         "pip install 'memstream[langgraph]'"
     ) from err
 
-from memstream.integrations._own_writes import OwnWrites
+from memstream.integrations._common import OwnWrites
 from memstream.producers import MemoryClient, SyncMemoryClient
 from memstream.schemas.errors import QueryError
 from memstream.schemas.queries import Memory, SearchHit

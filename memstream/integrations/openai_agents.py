@@ -33,7 +33,7 @@ except ImportError as err:  # the extra is not installed
         "pip install 'memstream[openai-agents]'"
     ) from err
 
-from memstream.integrations._own_writes import OwnWrites
+from memstream.integrations._common import OwnWrites, jsonable, stamp
 from memstream.producers import MemoryClient, SyncMemoryClient
 from memstream.schemas import events as ev
 from memstream.schemas.errors import QueryError
@@ -183,9 +183,9 @@ class MemstreamHooks(RunHooks[Any]):
                 task_id=task_id,
                 title=self.title.format(agent=agent.name),
                 assignee=name,
-                **self._stamp(name),
+                **stamp(self.client, name),
             ),
-            ev.TaskStarted(task_id=task_id, **self._stamp(name)),
+            ev.TaskStarted(task_id=task_id, **stamp(self.client, name)),
         )
 
     async def on_agent_end(
@@ -195,7 +195,7 @@ class MemstreamHooks(RunHooks[Any]):
         if task_id is not None:
             await self._publish(
                 ev.TaskCompleted(
-                    task_id=task_id, output=_jsonable(output), **self._stamp(_agent(agent))
+                    task_id=task_id, output=jsonable(output), **stamp(self.client, _agent(agent))
                 )
             )
 
@@ -213,11 +213,11 @@ class MemstreamHooks(RunHooks[Any]):
             ev.ToolUsed(
                 tool=tool.name[:128],
                 args=_arguments(arguments),
-                result=_jsonable(result),
+                result=jsonable(result),
                 duration_ms=None if started is None else round((time.monotonic() - started) * 1000),
                 ok=True,
                 task_id=self.tasks.get(agent.name),
-                **self._stamp(_agent(agent)),
+                **stamp(self.client, _agent(agent)),
             )
         )
 
@@ -229,12 +229,9 @@ class MemstreamHooks(RunHooks[Any]):
                 ev.TaskFailed(
                     task_id=task_id,
                     error=str(error) or type(error).__name__,
-                    **self._stamp(_agent(agent)),
+                    **stamp(self.client, _agent(agent)),
                 )
             )
-
-    def _stamp(self, agent: str) -> dict[str, Any]:
-        return {"id": new_id(), "tenant": self.client.tenant, "agent": agent, "ts": ev.utc_now()}
 
     async def _publish(self, *events: ev.Event) -> None:
         async def send(mem: MemoryClient) -> None:
@@ -260,12 +257,3 @@ def _arguments(arguments: str | None) -> Any:
         return msgspec.json.decode(arguments)
     except msgspec.DecodeError:
         return arguments
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` if it is JSON as it is, else its text (a model's output may be any object)."""
-    try:
-        _encode(value)
-    except (TypeError, msgspec.EncodeError):
-        return str(value)
-    return value

@@ -8,16 +8,25 @@ this file there with MEMSTREAM_NATS_URL pointing at it."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from crewai import Memory
+from crewai import Agent, Crew, Memory, Task
+from crewai.llms.base_llm import BaseLLM
 from crewai.memory.storage.backend import StorageBackend
 from crewai.memory.types import MemoryRecord
+from crewai.tools import tool
 
 from memstream import SyncMemoryClient
-from memstream.integrations.crewai import MemstreamStorage, memstream_embedder, word_vector
+from memstream.integrations.crewai import (
+    MemstreamCrewListener,
+    MemstreamStorage,
+    memstream_embedder,
+    word_vector,
+)
 
 
 @pytest.fixture
@@ -151,3 +160,54 @@ async def test_the_async_methods(storage: MemstreamStorage) -> None:
     found = await storage.asearch(vector, scope_prefix="/a")
     assert [record.id] == [r.id for r, _ in found]
     assert 1 == await storage.adelete(scope_prefix="/a")
+
+
+class ScriptedLLM(BaseLLM):
+    """Stands in for a model: each call answers with the next of ``steps`` (ReAct text)."""
+
+    def __init__(self, steps: list[str]) -> None:
+        super().__init__(model="scripted")
+        self._steps = list(steps)
+
+    def call(self, messages: Any, *args: Any, **kwargs: Any) -> str:
+        return self._steps.pop(0)
+
+    def supports_function_calling(self) -> bool:
+        return False
+
+
+@tool("lookup")
+def lookup(city: str) -> str:
+    """Look up the weather of a city."""
+    return f"sunny in {city}"
+
+
+def test_the_listener_records_a_crews_task_and_tool_call(mem: SyncMemoryClient) -> None:
+    """A real kickoff: the task's lifecycle and the tool call, under the agent's role."""
+    MemstreamCrewListener(mem)
+    llm = ScriptedLLM([
+        'Thought: look it up\nAction: lookup\nAction Input: {"city": "Paris"}',
+        "Thought: I know\nFinal Answer: It is sunny in Paris.",
+    ])  # fmt: skip
+    agent = Agent(role="forecaster", goal="tell the weather", backstory="a meteorologist",
+                  llm=llm, tools=[lookup])  # fmt: skip
+    task = Task(description="What is the weather in Paris?", expected_output="a sentence",
+                agent=agent)  # fmt: skip
+    assert "It is sunny in Paris." == Crew(agents=[agent], tasks=[task]).kickoff().raw
+
+    deadline = time.monotonic() + 30
+    while len(events := mem.history().events) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ["task.created", "task.started", "tool.used", "task.completed"] == [
+        e["type"] for e in events
+    ]
+    assert {"forecaster"} == {e["agent"] for e in events}
+    assert {str(task.id)} == {e["task_id"] for e in events}
+    tool_used = events[2]
+    assert ("lookup", {"city": "Paris"}, "sunny in Paris", True) == (
+        tool_used["tool"],
+        tool_used["args"],
+        tool_used["result"],
+        tool_used["ok"],
+    )
+    assert "It is sunny in Paris." == mem.task(str(task.id)).output

@@ -41,6 +41,17 @@ def crewai_python() -> Path:
     return python
 
 
+def _env(server: RunningMemstream) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEMSTREAM_", "OPENAI_"))}
+    return env | {
+        "MEMSTREAM_NATS_URL": server.url,
+        # CrewAI sends telemetry and traces by default; offline, each send waits 5 s.
+        "CREWAI_DISABLE_TELEMETRY": "true",
+        "OTEL_SDK_DISABLED": "true",
+        "CREWAI_TRACING_ENABLED": "false",
+    }
+
+
 def test_the_crewai_environment_has_crewai_1_15_and_no_server(crewai_python: Path) -> None:
     """What a CrewAI user gets from `pip install 'memstream[crewai]'`: crewai 1.15, the
     SDK, and none of the server's packages."""
@@ -60,14 +71,7 @@ def test_the_crewai_suite_passes_in_its_environment(
     crewai_python: Path, memstream_server: RunningMemstream
 ) -> None:
     """Every test of tests/crewai_env passes under crewai's own Memory, none skipped."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEMSTREAM_", "OPENAI_"))}
-    env |= {
-        "MEMSTREAM_NATS_URL": memstream_server.url,
-        # CrewAI sends telemetry and traces by default; offline, each send waits 5 s.
-        "CREWAI_DISABLE_TELEMETRY": "true",
-        "OTEL_SDK_DISABLED": "true",
-        "CREWAI_TRACING_ENABLED": "false",
-    }
+    env = _env(memstream_server)
     done = subprocess.run(
         [str(crewai_python), "-m", "pytest", "--noconftest", "-p", "no:cacheprovider", "-q",
          str(SUITE)],
@@ -76,4 +80,21 @@ def test_the_crewai_suite_passes_in_its_environment(
     assert 0 == done.returncode, done.stdout[-5000:] + done.stderr[-3000:]
     summary = done.stdout.strip().splitlines()[-1]
     tests = len(re.findall(r"^(?:async )?def test_", (SUITE / "test_crewai.py").read_text(), re.M))
-    assert re.match(rf"{tests} passed in ", summary), summary
+    assert re.match(rf"{tests} passed\b", summary), summary
+    assert not re.search(r"skipped|failed|error", summary), summary
+
+
+def test_the_readmes_crewai_block_runs_where_crewai_is(
+    crewai_python: Path, memstream_server: RunningMemstream
+) -> None:
+    """The README's CrewAI block (a ```py block: the README test's environment has no
+    crewai) runs as pasted in CrewAI's environment and prints what it remembered."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```py\n", readme.index("**CrewAI.**")) + len("```py\n")
+    block = readme[start : readme.index("```", start)]
+    done = subprocess.run(
+        [str(crewai_python), "-c", block], env=_env(memstream_server), capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert 0 == done.returncode, done.stderr[-3000:]
+    assert "the staging database is reset nightly" == done.stdout.strip().splitlines()[-1]

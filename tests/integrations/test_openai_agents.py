@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agents import Agent, ModelSettings, Runner, function_tool
+from agents import Agent, ModelSettings, Runner, function_tool, set_tracing_disabled
 from agents.items import ModelResponse, TResponseInputItem
 from agents.memory import Session
 from agents.models.interface import Model
@@ -22,6 +22,9 @@ from openai.types.responses import (
 from memstream import SyncMemoryClient
 from memstream.integrations.openai_agents import MemstreamHooks, MemstreamSession
 from tests.waiting import wait_for
+
+# Traces go to OpenAI, which these tests never reach.
+set_tracing_disabled(True)
 
 
 class ScriptedModel(Model):

@@ -1,11 +1,16 @@
-"""What every adapter does to read its own writes: remember the sequence of its last
-write and ask each read to wait for it."""
+"""What the adapters share: reading their own writes, and stamping the events that
+record what a framework's agents do."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
-__all__ = ["OwnWrites"]
+from memstream.producers import SyncMemoryClient
+from memstream.schemas import events as ev
+from memstream.schemas.ids import new_id
+
+__all__ = ["OwnWrites", "jsonable", "stamp"]
 
 # How long a read waits for the adapter's own last write to be applied.
 WAIT_MS: Final = 30_000
@@ -35,3 +40,20 @@ class OwnWrites:
         if not self._last_seq:
             return {}
         return {"min_seq": self._last_seq, "wait_ms": WAIT_MS}
+
+
+def stamp(client: SyncMemoryClient, agent: str) -> dict[str, Any]:
+    """The envelope of an event recorded for ``agent`` (a framework agent's own name, not
+    the client's): a new id, the client's tenant, now."""
+    return {"id": new_id(), "tenant": client.tenant, "agent": agent[:128] or client.agent,
+            "ts": ev.utc_now()}  # fmt: skip
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` if it is JSON as it is, else its text (a tool's or a model's output may
+    be any object)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
