@@ -24,11 +24,16 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 try:
+    from langchain_core.callbacks import BaseCallbackHandler
     from langgraph.store.base import (
         BaseStore,
         GetOp,
@@ -49,12 +54,13 @@ except ImportError as err:  # the extra is not installed
         "pip install 'memstream[langgraph]'"
     ) from err
 
-from memstream.integrations._common import OwnWrites
+from memstream.integrations._common import OwnWrites, jsonable, stamp
 from memstream.producers import MemoryClient, SyncMemoryClient
+from memstream.schemas import events as ev
 from memstream.schemas.errors import QueryError
 from memstream.schemas.queries import Memory, SearchHit
 
-__all__ = ["MemstreamStore"]
+__all__ = ["MemstreamCallbackHandler", "MemstreamStore"]
 
 # A search of one query or one page of a listing: the most the query worker returns.
 _MOST: Final = 1000
@@ -318,3 +324,104 @@ def _search_item(found: SearchHit | Memory) -> SearchItem | None:
         updated_at=updated,
         score=score,
     )
+
+
+_log = logging.getLogger(__name__)
+
+
+class MemstreamCallbackHandler(BaseCallbackHandler):
+    """Records what a graph does: each invocation is a task (``task.created`` and
+    ``task.started`` when it starts, ``task.completed`` with its output or
+    ``task.failed``), and each tool call a ``tool.used`` of that task, with its input,
+    output, duration and whether it failed, under the name of the graph node that made
+    it (the agent, in a graph of agents; ``agent`` when a call has no node).
+
+    Pass it in the config: ``graph.invoke(state, {"callbacks": [handler]})``."""
+
+    def __init__(self, client: SyncMemoryClient, *, agent: str | None = None) -> None:
+        self.client = client
+        self.agent = agent or client.agent
+        self._lock = threading.Lock()
+        self._roots: dict[uuid.UUID, uuid.UUID] = {}  # run -> the invocation it is part of
+        self._tools: dict[uuid.UUID, tuple[float, str, Any, str]] = {}
+
+    def on_chain_start(
+        self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: uuid.UUID,
+        parent_run_id: uuid.UUID | None = None, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        root = self._enter(run_id, parent_run_id)
+        if root == run_id:
+            name = kwargs.get("name") or (serialized or {}).get("name") or "graph"
+            task_id = str(run_id)
+            self._publish(
+                ev.TaskCreated(task_id=task_id, title=f"run of {name}"[:4096],
+                               assignee=self.agent, **stamp(self.client, self.agent)),
+                ev.TaskStarted(task_id=task_id, **stamp(self.client, self.agent)),
+            )  # fmt: skip
+
+    def on_chain_end(self, outputs: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+        if self._leave(run_id):
+            self._publish(ev.TaskCompleted(task_id=str(run_id), output=jsonable(outputs),
+                                           **stamp(self.client, self.agent)))  # fmt: skip
+
+    def on_chain_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+        if self._leave(run_id):
+            self._publish(ev.TaskFailed(task_id=str(run_id), error=str(error) or repr(error),
+                                        **stamp(self.client, self.agent)))  # fmt: skip
+
+    def on_tool_start(
+        self, serialized: dict[str, Any] | None, input_str: str, *, run_id: uuid.UUID,
+        parent_run_id: uuid.UUID | None = None, metadata: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        self._enter(run_id, parent_run_id)
+        name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
+        agent = str((metadata or {}).get("langgraph_node") or self.agent)
+        with self._lock:
+            self._tools[run_id] = (time.monotonic(), name, inputs or input_str, agent)
+
+    def on_tool_end(self, output: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+        self._tool(run_id, jsonable(getattr(output, "content", output)), ok=True)
+
+    def on_tool_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+        self._tool(run_id, str(error) or repr(error), ok=False)
+
+    def _tool(self, run_id: uuid.UUID, result: Any, *, ok: bool) -> None:
+        with self._lock:
+            started = self._tools.pop(run_id, None)
+            root = self._roots.pop(run_id, None)
+        if started is None:
+            return
+        began, name, arguments, agent = started
+        self._publish(
+            ev.ToolUsed(
+                tool=name[:128],
+                args=jsonable(arguments),
+                result=result,
+                ok=ok,
+                duration_ms=round((time.monotonic() - began) * 1000),
+                task_id=None if root is None else str(root),
+                **stamp(self.client, agent),
+            )
+        )
+
+    def _enter(self, run_id: uuid.UUID, parent: uuid.UUID | None) -> uuid.UUID:
+        with self._lock:
+            root = self._roots.get(parent, run_id) if parent is not None else run_id
+            self._roots[run_id] = root
+            return root
+
+    def _leave(self, run_id: uuid.UUID) -> bool:
+        """Forget the run; whether it was an invocation (a task)."""
+        with self._lock:
+            root = self._roots.pop(run_id, None)
+            if root == run_id:
+                self._roots = {r: t for r, t in self._roots.items() if t != run_id}
+            return root == run_id
+
+    def _publish(self, *events: ev.Event) -> None:
+        # A graph whose memory is down still runs: the record is lost, and logged.
+        try:
+            self.client.publish_many(events)
+        except Exception:
+            _log.warning("memstream could not record a LangGraph run", exc_info=True)

@@ -11,11 +11,19 @@ import textwrap
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.prebuilt import ToolNode
 from langgraph.store.base import BaseStore, GetOp, Item, PutOp, SearchOp
 
 from memstream import SyncMemoryClient
-from memstream.integrations.langgraph import MemstreamStore, memory_id_of
+from memstream.integrations.langgraph import (
+    MemstreamCallbackHandler,
+    MemstreamStore,
+    memory_id_of,
+)
 from memstream.testing import RunningMemstream
 from tests.waiting import wait_for_sync
 
@@ -246,3 +254,77 @@ def test_graphs_in_two_processes_share_memory(
     found: list[Any] = []
     wait_for_sync(lambda: bool(found.extend(store.search(("shared",), query="ship")) or found))
     assert {"text": "ship on friday"} == found[0].value
+
+
+class Chat(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+@tool
+def lookup(city: str) -> str:
+    """The weather of a city."""
+    if city == "Atlantis":
+        raise ValueError("no such city")
+    return f"sunny in {city}"
+
+
+def graph_with_a_tool(city: str) -> Any:
+    """A planner node that asks for the tool (as a model would), then LangGraph's ToolNode."""
+
+    def planner(state: Chat) -> dict[str, Any]:
+        call = {"name": "lookup", "args": {"city": city}, "id": "call-1", "type": "tool_call"}
+        return {"messages": [AIMessage(content="", tool_calls=[call])]}
+
+    builder = StateGraph(Chat)
+    builder.add_node("planner", planner)
+    builder.add_node("tools", ToolNode([lookup], handle_tool_errors=False))
+    builder.add_edge(START, "planner")
+    builder.add_edge("planner", "tools")
+    builder.add_edge("tools", END)
+    return builder.compile()
+
+
+def recorded(mem: SyncMemoryClient, count: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        events[:] = mem.history().events
+        return len(events) >= count
+
+    wait_for_sync(enough, timeout=15)
+    return events
+
+
+def test_the_callback_handler_records_the_run_and_its_tool_call(mem: SyncMemoryClient) -> None:
+    """An invocation is a task; the tool call is tool.used under the node's name."""
+    handler = MemstreamCallbackHandler(mem, agent="weather-graph")
+    state = graph_with_a_tool("Paris").invoke(
+        {"messages": [HumanMessage("weather?")]}, {"callbacks": [handler]}
+    )
+    assert "sunny in Paris" == state["messages"][-1].content
+    events = recorded(mem, 4)
+    assert ["task.created", "task.started", "tool.used", "task.completed"] == [
+        e["type"] for e in events
+    ]
+    tool_used = events[2]
+    assert ("lookup", {"city": "Paris"}, "sunny in Paris", True, "tools") == (
+        tool_used["tool"], tool_used["args"], tool_used["result"], tool_used["ok"],
+        tool_used["agent"],
+    )  # fmt: skip
+    assert {events[0]["task_id"]} == {e["task_id"] for e in events}
+    assert "weather-graph" == events[0]["agent"]
+
+
+def test_a_failing_tool_and_run_are_recorded_as_failures(mem: SyncMemoryClient) -> None:
+    """A tool that raises is tool.used with ok false; the invocation is task.failed."""
+    handler = MemstreamCallbackHandler(mem)
+    with pytest.raises(ValueError, match="no such city"):
+        graph_with_a_tool("Atlantis").invoke(
+            {"messages": [HumanMessage("weather?")]}, {"callbacks": [handler]}
+        )
+    events = recorded(mem, 4)
+    assert ["task.created", "task.started", "tool.used", "task.failed"] == [
+        e["type"] for e in events
+    ]
+    assert (False, "no such city") == (events[2]["ok"], events[2]["result"])
+    assert "no such city" in events[3]["error"]
