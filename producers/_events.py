@@ -340,6 +340,31 @@ class EventMethods:
         )
         return await self._confirmed(ack, "", confirm)
 
+    async def remove_turns(
+        self,
+        session_id: str,
+        *,
+        seqs: Sequence[int] = (),
+        clear: bool = False,
+        confirm: bool = False,
+        **trace: Unpack[Trace],
+    ) -> PublishAck:
+        """Remove turns from the session's reads (``conversation``, ``recall``, a search
+        of turns): those at ``seqs`` (a turn's ``seq``), and with ``clear=True`` every
+        turn the session has now. The log keeps them."""
+        if not seqs and not clear:
+            raise ValueError("name the turns to remove (seqs), or clear=True for all of them")
+        ack = await self.publish(
+            self.new_event(
+                ev.ConversationTurnsRemoved,
+                session_id=session_id,
+                seqs=tuple(seqs),
+                clear=clear,
+                **trace,
+            )
+        )
+        return await self._confirmed(ack, "", confirm)
+
     async def record_tool_use(
         self,
         tool: str,

@@ -210,6 +210,7 @@ class SyncMemoryClient:
     set_context = _blocking(MemoryClient.set_context)
     clear_context = _blocking(MemoryClient.clear_context)
     add_turn = _blocking(MemoryClient.add_turn)
+    remove_turns = _blocking(MemoryClient.remove_turns)
     record_tool_use = _blocking(MemoryClient.record_tool_use)
     search = _blocking(MemoryClient.search)
     search_many = _blocking(MemoryClient.search_many)

@@ -58,6 +58,12 @@ LOG_SQL = {
             seq, j.tenant, j.session_id, j.agent, j.role,
             j.content, make_timestamp(ts_us)
         FROM _STAGED WHERE type = 'conversation.turn'""",
+    # After the turns: a batch may hold a turn and its removal. The log keeps both.
+    "conversation.turns_removed": """
+        DELETE FROM conversations c USING _STAGED s
+        WHERE s.type = 'conversation.turns_removed'
+          AND c.tenant = s.j.tenant AND c.session_id = s.j.session_id
+          AND (list_contains(s.j.seqs, c.seq) OR (coalesce(s.j.clear, false) AND c.seq < s.seq))""",
     "tool.used": """
         INSERT INTO tool_usage SELECT
             seq, j.tenant, j.agent, j.tool, j.args,
@@ -209,7 +215,8 @@ STATE_SQL: Final = [
 _FIELD_TYPES: Final = {
     "v": "BIGINT", "duration_ms": "BIGINT", "ok": "BOOLEAN", "ttl_s": "DOUBLE",
     "data": "JSON", "args": "JSON", "result": "JSON", "metadata": "JSON", "output": "JSON",
-    "recipients": ["VARCHAR"], "participants": ["VARCHAR"],
+    "recipients": ["VARCHAR"], "participants": ["VARCHAR"], "seqs": ["BIGINT"],
+    "clear": "BOOLEAN",
 }  # fmt: skip
 
 

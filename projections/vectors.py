@@ -85,7 +85,9 @@ def _part_of(err: BaseException) -> str | None:
 _PROBE_TEXT: Final = "memstream checks that the embedder answers"
 _TASK_TYPES: Final = frozenset({"task.created", "task.completed", "task.failed"})
 # The event types that change points.
-_APPLIES: Final = MEMORY_TYPES | _TASK_TYPES | {"collab.recorded", "conversation.turn"}
+_APPLIES: Final = MEMORY_TYPES | _TASK_TYPES | {
+    "collab.recorded", "conversation.turn", "conversation.turns_removed",
+}  # fmt: skip
 # (kind, tenant, ref) -> the payload to write, or None to delete the point.
 _Changes = dict[tuple[str, str, str], Payload | None]
 
@@ -239,6 +241,7 @@ class VectorProjection:
         finished = {(e.tenant, e.task_id) for _, e in fresh if isinstance(e, TaskEvent)}
         tasks = self._retrieve(sorted(finished), ("tasks",))["tasks"] if finished else {}
         changes: _Changes = {}
+        removals: list[tuple[int, ev.ConversationTurnsRemoved]] = []
         for seq, e in fresh:
             if e.type in MEMORY_TYPES:
                 fold.apply(seq, e)  # type: ignore[arg-type]
@@ -250,6 +253,12 @@ class VectorProjection:
                     **base_record(seq, e), "ref": e.id, "session_id": e.session_id, "role": e.role,
                     "content": e.content, "tags": [],
                 }  # fmt: skip
+            elif isinstance(e, ev.ConversationTurnsRemoved):
+                removals.append((seq, e))
+                # The batch's own turns it removes never reach the engine.
+                for changed, turn in list(changes.items()):
+                    if changed[:2] == ("turns", e.tenant) and turn and _removes(seq, e, turn):
+                        del changes[changed]
             elif isinstance(e, ev.CollabRecorded):
                 changes[("collaborations", e.tenant, e.interaction_id)] = {
                     **base_record(seq, e), **scoped(e), "ref": e.interaction_id,
@@ -262,6 +271,8 @@ class VectorProjection:
             for (tenant, ref), payload in records.items():
                 changes[(kind, tenant, ref)] = payload
         self._write(changes)
+        for seq, e in removals:
+            self._remove_turns(seq, e)
         for tenant, keys in fold.erased.items():
             # An erased memory's texts leave the embedding cache too, every revision's.
             self.embedder.cache.delete_keys(tenant, sorted(keys))
@@ -270,6 +281,16 @@ class VectorProjection:
         self.applied.add(self.generation, new_ids)
         self._save_checkpoint(last_seq)
         return Applied(events=len(fresh), duplicates=len(acting) - len(fresh))
+
+    def _remove_turns(self, seq: int, e: ev.ConversationTurnsRemoved) -> None:
+        """Delete the stored turns a removal names (a removal applied again finds
+        nothing left to delete)."""
+        where = {"kind": "turns", "session_id": e.session_id}
+        turns = (from_payload(p) for p in self.store.payloads(e.tenant, where=where))
+        ids = [point_id(e.tenant, "turns", t["ref"]) for t in turns if _removes(seq, e, t)]
+        if ids:
+            with self._lock:
+                self.store.delete(ids)
 
     def _first_applications(
         self, acting: list[tuple[int, Any]]
@@ -348,3 +369,10 @@ class VectorProjection:
     ) -> list[list[Hit]]:
         """One list of best matches per query, given its embedding (a row of ``vectors``)."""
         return search_store(self.store, tenant, queries, vectors, spec)
+
+
+def _removes(seq: int, e: ev.ConversationTurnsRemoved, turn: Payload) -> bool:
+    """Whether the removal at ``seq`` removes this turn of the tenant."""
+    if turn.get("session_id") != e.session_id:
+        return False
+    return turn["seq"] in e.seqs or (e.clear and turn["seq"] < seq)

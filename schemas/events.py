@@ -29,6 +29,7 @@ __all__ = [
     "ContextCleared",
     "ContextSet",
     "ConversationTurn",
+    "ConversationTurnsRemoved",
     "Envelope",
     "Event",
     "EventDecoder",
@@ -258,6 +259,16 @@ class ConversationTurn(Event, frozen=True, tag="conversation.turn"):
     content: str
 
 
+class ConversationTurnsRemoved(Event, frozen=True, tag="conversation.turns_removed"):
+    """Removes turns from a session's reads (the conversation, recall, a search of turns):
+    those at ``seqs``, and with ``clear`` every turn of the session before this event.
+    The log keeps them; a replay removes them again. One that names none removes none."""
+
+    session_id: RefId
+    seqs: tuple[Annotated[int, msgspec.Meta(ge=1)], ...] = ()
+    clear: bool = False
+
+
 class ToolUsed(Event, frozen=True, tag="tool.used"):
     tool: Name
     args: Any = None
@@ -282,6 +293,7 @@ AnyEvent: TypeAlias = (
     | ContextSet
     | ContextCleared
     | ConversationTurn
+    | ConversationTurnsRemoved
     | ToolUsed
 )
 

@@ -95,6 +95,10 @@ class Backend:
         """What a reader sees of the memories alone (a log of every event aside)."""
         return self.state(projection)
 
+    def turns(self, projection: Projection) -> list[tuple[str, str]]:
+        """The (session, content) of every conversation turn a reader can see, by seq."""
+        raise NotImplementedError
+
     def cause(self, fault: str) -> contextlib.AbstractContextManager[None]:
         """The storage failing in this way while inside."""
         raise NotImplementedError
@@ -229,6 +233,35 @@ class ProjectionContract:
         reference.apply(applied, upto=7)
         assert backend.memories(reference) == backend.memories(projection)
         assert 7 == projection.checkpoint
+
+    def test_removed_turns_leave_every_read(self, backend: Backend) -> None:
+        """A removal by seq and a clear of the session take its turns out of the reads,
+        whether they came in the removal's batch or earlier, and never a later turn or
+        another session's; all in one batch, the same."""
+        base = contract_events("acme")[0]
+
+        def event(cls: type[ev.Event], n: int, **fields: Any) -> tuple[int, ev.Event]:
+            return n, cls(id=f"{base.id}-turns-{n}", tenant="acme", agent="a1", ts=base.ts,
+                          **fields)  # type: ignore[arg-type]  # fmt: skip
+
+        def turn(n: int, session: str = "s") -> tuple[int, ev.Event]:
+            return event(ev.ConversationTurn, n, session_id=session, role="user",
+                         content=f"{session}{n}")  # fmt: skip
+
+        first = [turn(1), turn(2), turn(3), turn(4, "other"),
+                 event(ev.ConversationTurnsRemoved, 5, session_id="s", seqs=(3,))]  # fmt: skip
+        removed = ev.ConversationTurnsRemoved
+        second = [turn(6), event(removed, 7, session_id="s", seqs=(1,)),
+                  event(removed, 8, session_id="s", clear=True), turn(9),
+                  event(removed, 10, session_id="none", clear=True)]  # fmt: skip
+        projection = backend.open()
+        projection.apply(first)
+        assert [("s", "s1"), ("s", "s2"), ("other", "other4")] == backend.turns(projection)
+        projection.apply(second)
+        assert [("other", "other4"), ("s", "s9")] == backend.turns(projection)
+        at_once = backend.other()
+        at_once.apply([*first, *second])
+        assert backend.turns(projection) == backend.turns(at_once)
 
     async def test_a_live_projection_equals_a_rebuild(
         self, backend: Backend, nc: NatsClient

@@ -83,6 +83,7 @@ def sample_events(tenant: str = "acme", agent: str = "a1") -> list[Event]:
         ev.ContextSet(**common(), key="k1", data={"branch": "main"}, ttl_s=60.0),
         ev.ContextCleared(**common(), key="k1"),
         ev.ConversationTurn(**common(), session_id="sess1", role="user", content="hello"),
+        ev.ConversationTurnsRemoved(**common(), session_id="sess0", seqs=(1,)),
         ev.ToolUsed(
             **common(),
             tool="grep",

@@ -9,14 +9,12 @@ runs as tasks and its tool calls as ``tool.used``.
 Each item is one turn of the session: its role is the item's ``role`` (or its ``type``,
 for tool calls and their outputs) and its content the item as JSON, so
 ``get_items`` returns exactly the dicts that were added. ``pop_item`` and
-``clear_session`` publish what they remove as a ``context.set`` of the session's
-removals (key ``openai-agents.removed.<session>``): the turns stay in the log, and the
-session no longer reads them.
+``clear_session`` are ``conversation.turns_removed`` events: the turns stay in the log,
+and no read (the session, ``conversation``, ``recall``, a search of turns) shows them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any, Final
 
@@ -36,7 +34,6 @@ except ImportError as err:  # the extra is not installed
 from memstream.integrations._common import OwnWrites, jsonable, stamp
 from memstream.producers import MemoryClient, SyncMemoryClient
 from memstream.schemas import events as ev
-from memstream.schemas.errors import QueryError
 from memstream.schemas.ids import new_id
 
 __all__ = ["MemstreamHooks", "MemstreamSession"]
@@ -44,14 +41,6 @@ __all__ = ["MemstreamHooks", "MemstreamSession"]
 # The most turns one conversation read returns.
 _MOST_TURNS: Final = 10_000
 _encode = msgspec.json.Encoder().encode
-
-
-def removals_key(session_id: str) -> str:
-    """The context key that holds what was removed from ``session_id``."""
-    key = f"openai-agents.removed.{session_id}"
-    if len(key) <= 128:
-        return key
-    return "openai-agents.removed.sha256:" + hashlib.sha256(session_id.encode()).hexdigest()
 
 
 class MemstreamSession(OwnWrites):
@@ -75,8 +64,10 @@ class MemstreamSession(OwnWrites):
         """The session's items, oldest first; with ``limit``, the latest ``limit`` of them."""
         if limit is None and self.session_settings is not None:
             limit = self.session_settings.limit
-        items = [item for _, item in await self.client.arun(self._visible)]
-        return items if limit is None else items[-limit:] if limit > 0 else []
+        if limit is not None and limit <= 0:
+            return []
+        last_n = _MOST_TURNS if limit is None else min(limit, _MOST_TURNS)
+        return [item for _, item in await self.client.arun(lambda m: self._visible(m, last_n))]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append ``items``, in order, as turns of the session."""
@@ -102,13 +93,11 @@ class MemstreamSession(OwnWrites):
         """Remove the latest item and return it; None when the session is empty."""
 
         async def pop(mem: MemoryClient) -> TResponseInputItem | None:
-            removed = await self._removed(mem)
-            visible = await self._visible(mem, removed)
+            visible = await self._visible(mem, 1)
             if not visible:
                 return None
             seq, item = visible[-1]
-            removed["seqs"] = [*removed.get("seqs", []), seq]
-            await self._save(mem, removed)
+            self._wrote((await mem.remove_turns(self.session_id, seqs=[seq])).seq)
             return item
 
         return await self.client.arun(pop)
@@ -117,42 +106,15 @@ class MemstreamSession(OwnWrites):
         """Remove every item there is now; items added later are the session's again."""
 
         async def clear(mem: MemoryClient) -> None:
-            removed = await self._removed(mem)
-            visible = await self._visible(mem, removed)
-            if visible:
-                # Past every turn there is now, popped ones included.
-                through = max(visible[-1][0], *removed.get("seqs", ()))
-                await self._save(mem, {"through_seq": through})
+            self._wrote((await mem.remove_turns(self.session_id, clear=True)).seq)
 
         await self.client.arun(clear)
 
-    # --- reading the session's turns --------------------------------------------------
-
-    async def _removed(self, mem: MemoryClient) -> dict[str, Any]:
-        try:
-            return dict((await mem.context(removals_key(self.session_id), **self._reads())).data)
-        except QueryError as err:
-            if err.code == "not_found":
-                return {}
-            raise
-
-    async def _save(self, mem: MemoryClient, removed: dict[str, Any]) -> None:
-        ack = await mem.set_context(removals_key(self.session_id), removed)
-        self._wrote(ack.seq)
-
     async def _visible(
-        self, mem: MemoryClient, removed: dict[str, Any] | None = None
+        self, mem: MemoryClient, last_n: int = _MOST_TURNS
     ) -> list[tuple[int, TResponseInputItem]]:
-        if removed is None:
-            removed = await self._removed(mem)
-        through = int(removed.get("through_seq", 0))
-        popped = set(removed.get("seqs", ()))
-        turns = await mem.conversation(self.session_id, last_n=_MOST_TURNS, **self._reads())
-        return [
-            (turn.seq, msgspec.json.decode(turn.content))
-            for turn in turns.turns
-            if turn.seq > through and turn.seq not in popped
-        ]
+        turns = await mem.conversation(self.session_id, last_n=last_n, **self._reads())
+        return [(turn.seq, msgspec.json.decode(turn.content)) for turn in turns.turns]
 
 
 def _role(item: TResponseInputItem) -> str:

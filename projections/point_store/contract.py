@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -148,8 +148,11 @@ class PointStore(Protocol):
         """How many points the store holds, every tenant's (the state's too)."""
         ...
 
-    def payloads(self, tenant: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every point's payload (of ``tenant``, or of all), the state's excepted."""
+    def payloads(
+        self, tenant: str | None = None, *, where: Mapping[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every point's payload (of ``tenant``, or of all), the state's excepted; with
+        ``where``, only those whose filtered fields hold these values."""
         ...
 
     def search(self, search: Search) -> list[Found]: ...

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -279,12 +279,15 @@ class EdgeStore:
     def points(self) -> int:
         return int(self.shard.info().points_count)
 
-    def payloads(self, tenant: str | None = None) -> Iterator[dict[str, Any]]:
+    def payloads(
+        self, tenant: str | None = None, *, where: Mapping[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        must = [_EdgeFilters.match(k, v) for k, v in (where or {}).items()]
         if tenant is not None:
-            flt = self._tenant(tenant)
+            flt = edge.Filter(must=[_EdgeFilters.match("tenant", tenant), *must])
         else:
             not_state = edge.FieldCondition(key="tenant", match=edge.MatchValue(STATE_TENANT))
-            flt = edge.Filter(must_not=[not_state])
+            flt = edge.Filter(must=must or None, must_not=[not_state])
         offset: Any = None
         while True:
             request = edge.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=True)

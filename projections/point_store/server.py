@@ -4,7 +4,7 @@ generation behind the alias ``ms_points``."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from memstream.projections.filter_payload import EXPIRES, compile_must, live
@@ -267,14 +267,20 @@ class ServerStore:
     def points(self) -> int:
         return int(self.client.count(self.name, exact=True).count)
 
-    def payloads(self, tenant: str | None = None) -> Iterator[dict[str, Any]]:
+    def payloads(
+        self, tenant: str | None = None, *, where: Mapping[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
         from qdrant_client import models as m
 
+        must: list[Any] = [
+            m.FieldCondition(key=k, match=m.MatchValue(value=v)) for k, v in (where or {}).items()
+        ]
         if tenant is not None:
             flt = _server_filter(tenant, ())
+            flt.must = [*(flt.must or []), *must]
         else:
             state = m.FieldCondition(key="tenant", match=m.MatchValue(value=STATE_TENANT))
-            flt = m.Filter(must_not=[state])
+            flt = m.Filter(must=must or None, must_not=[state])
         offset: Any = None
         while True:
             records, offset = self.client.scroll(

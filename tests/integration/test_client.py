@@ -50,6 +50,7 @@ async def test_every_typed_method_stores_a_contract_event(
             await mem.clear_context("k"),
             await mem.add_turn("s1", "user", "hi", task_id="t1"),
             await mem.record_tool_use("grep", args=["x"], ok=True, correlation_id="c9"),
+            await mem.remove_turns("s1", seqs=[1]),
         ]
     seen_types = []
     for ack in acks:

@@ -68,6 +68,13 @@ class HistoryBackend(Backend):
             t: projection.con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables
         }
 
+    def turns(self, projection: Projection) -> list[tuple[str, str]]:
+        assert isinstance(projection, HistoryProjection)
+        rows = projection.con.execute(
+            "SELECT session_id, content FROM conversations ORDER BY seq"
+        ).fetchall()
+        return [(session, content) for session, content in rows]
+
     def memories(self, projection: Projection) -> Any:
         tables = self.state(projection)
         return {t: tables[t] for t in ("knowledge", "solutions", "memory_links")}
@@ -144,6 +151,11 @@ class VectorsBackend(Backend):
             key=lambda p: (p["tenant"], p["kind"], p["ref"]),
         )
         return projection.store.points(), points
+
+    def turns(self, projection: Projection) -> list[tuple[str, str]]:
+        assert isinstance(projection, VectorProjection)
+        turns = (from_payload(p) for p in projection.store.payloads(where={"kind": "turns"}))
+        return [(t["session_id"], t["content"]) for t in sorted(turns, key=lambda t: t["seq"])]
 
     def cause(self, fault: str) -> contextlib.AbstractContextManager[None]:
         if fault == "embedder rejects its key":

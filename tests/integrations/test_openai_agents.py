@@ -88,7 +88,8 @@ async def test_items_round_trip_as_the_sdks_own_dicts(mem: SyncMemoryClient) -> 
 
 
 async def test_pop_and_clear_hide_items_and_the_log_keeps_them(mem: SyncMemoryClient) -> None:
-    """pop_item removes the latest; clear_session removes all; the turns stay in the log."""
+    """pop_item removes the latest; clear_session removes all; no read shows them, and
+    the log keeps them."""
     s = session(mem)
     await s.add_items([{"role": "user", "content": f"m{n}"} for n in range(3)])
     assert {"role": "user", "content": "m2"} == await s.pop_item()
@@ -100,8 +101,15 @@ async def test_pop_and_clear_hide_items_and_the_log_keeps_them(mem: SyncMemoryCl
     assert await s.pop_item() is None
     await s.add_items([{"role": "user", "content": "after"}])
     assert [{"role": "user", "content": "after"}] == await s.get_items()
-    kept = await asyncio.to_thread(mem.conversation, "s1", last_n=10)
-    assert ["m0", "m1", "m2", "after"] == [json.loads(t.content)["content"] for t in kept.turns]
+    shown = await asyncio.to_thread(mem.conversation, "s1", last_n=10)
+    assert ["after"] == [json.loads(t.content)["content"] for t in shown.turns]
+    log = await asyncio.to_thread(
+        mem.history, types=["conversation.turn", "conversation.turns_removed"]
+    )
+    assert ["m0", "m1", "m2", "removed", "removed", "after"] == [
+        json.loads(e["content"])["content"] if e["type"] == "conversation.turn" else "removed"
+        for e in log.events
+    ]
 
 
 async def test_sessions_are_isolated_and_run_side_by_side(mem: SyncMemoryClient) -> None:

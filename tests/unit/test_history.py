@@ -44,7 +44,7 @@ def test_every_event_lands_in_events(history: HistoryProjection) -> None:
         r[:5] for r in stored
     ]
     assert events == [decode_event(r[5].encode()) for r in stored]
-    assert 16 == history.checkpoint
+    assert len(events) == history.checkpoint
 
 
 def test_typed_tables_from_samples(history: HistoryProjection) -> None:
@@ -97,7 +97,9 @@ def test_redelivery_at_or_below_checkpoint_is_skipped(history: HistoryProjection
     history.apply(list(enumerate(events[:10], 1)))
     history.apply(list(enumerate(events[:10], 1)))
     history.apply(list(enumerate(events, 1)))
-    assert [(16, 16)] == rows(history, "SELECT count(*), count(DISTINCT seq) FROM events")
+    assert [(len(sample_events()),) * 2] == rows(
+        history, "SELECT count(*), count(DISTINCT seq) FROM events"
+    )
 
 
 def test_same_id_past_the_duplicate_window_is_applied_once(history: HistoryProjection) -> None:
@@ -141,7 +143,7 @@ def test_failed_apply_commits_nothing(history: HistoryProjection) -> None:
     assert 1 == history.checkpoint
     assert [(1,)] == rows(history, "SELECT count(*) FROM events")
     history.apply(list(enumerate(sample_events(), 2)))
-    assert [(17,)] == rows(history, "SELECT count(*) FROM events")
+    assert [(1 + len(sample_events()),)] == rows(history, "SELECT count(*) FROM events")
 
 
 # --- the task state machine -----------------------------------------------------------
