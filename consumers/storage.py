@@ -350,6 +350,11 @@ class VectorStorage:
 def embedder_from_settings(settings: Settings) -> Embedder:
     """The embedder the settings ask for (MEMSTREAM_EMBEDDER and friends)."""
     kind = settings.effective_embedder
+    if kind == "minilm":
+        from memstream.projections.minilm import MiniLMEmbedder
+
+        path = Path(settings.embedding_model) if settings.embedding_model else None
+        return MiniLMEmbedder(path, threads=settings.embedding_threads)
     if kind == "hash":
         return HashEmbedder(settings.embedding_dim or 384)
     if kind == "openai":

@@ -15,8 +15,22 @@ pytest.register_assert_rewrite("tests.projection_contract")
 
 from memstream.consumers.nats_server import NatsServer  # noqa: E402
 
+# The suites embed with `hash`: words, not meaning, so their rankings are fixed by the
+# texts, and no model loads in each process they start. The default embedder has its own
+# tests (tests/unit/test_minilm.py, tests/e2e/test_default_embedder.py), which ask for it.
+os.environ["MEMSTREAM_EMBEDDER"] = "hash"
+
 # tests/crewai_env runs in CrewAI's own environment (tests/integrations/test_crewai.py).
 collect_ignore = ["crewai_env"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the CrewAI environment now if its tests will run: its install
+    waits on the network while the tests before it use the cores."""
+    if any("test_crewai.py" in item.nodeid for item in session.items):
+        from tests import crewai_build
+
+        crewai_build.start()
 
 
 def pid_alive(pid: int) -> bool:

@@ -7,9 +7,12 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.e2e.conftest import Up, run_cli
+import pytest
+
+from tests.e2e.conftest import Up, run_cli, start_up
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -39,12 +42,23 @@ def test_every_python_block_in_the_readme_runs(up: Up) -> None:
         assert 0 == done.returncode, f"README.md line {line}:\n{done.stderr}"
 
 
-def test_the_tours_demo_output_is_what_the_demo_prints(up: Up) -> None:
-    """The tour shows the demo's search and recall as they come out (100 columns)."""
+@pytest.fixture
+def up_as_shipped(tmp_path: Path) -> Iterator[Up]:
+    """memstream up as `make up` runs it: the default embedder, not the suites' hash."""
+    running = start_up(tmp_path / "data", env={"MEMSTREAM_EMBEDDER": ""})
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_the_tours_demo_output_is_what_the_demo_prints(up_as_shipped: Up) -> None:
+    """The tour shows the demo's search and recall as they come out (100 columns), with
+    the embedder a user gets."""
     text = README.read_text()
     start = text.index("───── 2. Search ─────")
     shown = text[text.rindex("\n", 0, start) + 1 : text.index("```", start)].splitlines()
-    demo = run_cli("demo", "--nats-url", up.url, env={"COLUMNS": "100"})
+    demo = run_cli("demo", "--nats-url", up_as_shipped.url, env={"COLUMNS": "100"})
     assert 0 == demo.returncode, demo.stderr
     printed = [line.rstrip() for line in demo.stdout.splitlines()]
     first = printed.index(shown[0])

@@ -81,7 +81,8 @@ async def test_sigkill_mid_ingest_then_restart_applies_each_event_once(
         for kind, table in (("knowledge", "knowledge"), ("solutions", "solutions"))
         for tenant, ref in history.con.execute(f"SELECT tenant, memory_id FROM {table}").fetchall()
     }
-    vectors = vector_storage_from_settings(load_settings({}, data_dir=str(data_dir)))
+    settings = load_settings({"MEMSTREAM_EMBEDDER": "hash"}, data_dir=str(data_dir))
+    vectors = vector_storage_from_settings(settings)
     projection = vectors.open_current()
     assert end == projection.checkpoint
     records = [from_payload(p) for p in projection.store.payloads()]

@@ -5,16 +5,15 @@ CrewAI user installs it, and runs tests/crewai_env there against a memstream sta
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from memstream.testing import RunningMemstream
+from tests import crewai_build
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "tests" / "crewai_env"
@@ -22,23 +21,9 @@ SUITE = ROOT / "tests" / "crewai_env"
 
 @pytest.fixture(scope="module")
 def crewai_python() -> Path:
-    """The Python of the CrewAI environment, inside this environment's own directory (so
-    `make clean` removes it), rebuilt when pyproject.toml changes."""
-    env = Path(sys.prefix) / "crewai-env"
-    python = env / "bin" / "python"
-    stamp = env / ".installed-stamp"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True, timeout=120)
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-e", f"{ROOT}[crewai]", "pytest>=8.2", "pytest-asyncio>=0.24"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert 0 == install.returncode, f"installing memstream[crewai] failed:\n{install.stderr}"
-    stamp.write_text(wanted)
-    return python
+    """The CrewAI environment's Python (built in the background from the session's
+    start: tests/crewai_build.py)."""
+    return crewai_build.python()
 
 
 def _env(server: RunningMemstream) -> dict[str, str]:

@@ -14,12 +14,12 @@ from memstream.schemas.errors import ConfigError
 
 
 def test_defaults() -> None:
-    """With nothing set: local NATS, ./.memstream, Qdrant Edge, hash embedder."""
+    """With nothing set: local NATS, ./.memstream, Qdrant Edge, all-MiniLM-L6-v2."""
     s = load_settings({})
     assert "nats://127.0.0.1:4222" == s.nats_url
     assert "./.memstream" == s.data_dir
     assert "" == s.qdrant_url
-    assert "hash" == s.effective_embedder
+    assert "minilm" == s.effective_embedder
 
 
 def test_environment_is_read_and_flags_win() -> None:
@@ -37,11 +37,12 @@ def test_environment_is_read_and_flags_win() -> None:
     )
 
 
-def test_openai_is_default_with_a_key() -> None:
-    """An OpenAI key switches the default embedder; an explicit choice still wins."""
-    assert "openai" == load_settings({"OPENAI_API_KEY": "sk-x"}).effective_embedder
-    env = {"OPENAI_API_KEY": "sk-x", "MEMSTREAM_EMBEDDER": "hash"}
-    assert "hash" == load_settings(env).effective_embedder
+def test_an_openai_key_alone_does_not_change_the_embedder() -> None:
+    """Agents' hosts often hold an OpenAI key for their model: memstream embeds offline
+    until MEMSTREAM_EMBEDDER chooses openai."""
+    assert "minilm" == load_settings({"OPENAI_API_KEY": "sk-x"}).effective_embedder
+    env = {"OPENAI_API_KEY": "sk-x", "MEMSTREAM_EMBEDDER": "OpenAI"}
+    assert "openai" == load_settings(env).effective_embedder
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ def test_openai_is_default_with_a_key() -> None:
         ),
         (
             {"MEMSTREAM_EMBEDDER": "bert"},
-            "MEMSTREAM_EMBEDDER='bert' is not valid: use one of hash, openai, "
+            "MEMSTREAM_EMBEDDER='bert' is not valid: use one of minilm, hash, openai, "
             "sentence-transformers",
         ),
         (
