@@ -10,11 +10,14 @@ Every question is searched through memstream's vector projection and its search
 (``search_vectors``, as the query worker calls it) in each mode; recall@1, @5 and @10
 is the share of questions whose planted fact is among the first 1, 5, 10 hits.
 
-Embeddings: all-MiniLM-L6-v2 (``--embedder minilm``, the default: its forward pass in
-NumPy, extra ``bench``), or the hash embedder (``--embedder hash``: words, no meaning).
+Then the turns: ``--sessions`` conversations (benchmarks._conversations) with 40 planted
+exchanges, each indexed with each choice of context for a turn (projections.turn_context):
+recall of the answer turn, terse answers and answers that restate apart.
 
-    pip install -e '.[server,bench]'
-    python -m benchmarks.retrieval [--distractors 3000] [--embedder minilm]
+Embeddings: memstream's default, all-MiniLM-L6-v2 (``--embedder minilm``), or the hash
+embedder (``--embedder hash``: words, no meaning).
+
+    python -m benchmarks.retrieval [--distractors 3000] [--sessions 400] [--embedder minilm]
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import time
 from pathlib import Path
 
 from benchmarks._common import arguments
+from benchmarks._conversations import conversations
 from memstream.projections.embedders import Embedder, HashEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.point_store import EdgeStores
+from memstream.projections.turn_context import SIDES
 from memstream.projections.vector_search import SearchSpec, embed_queries
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas import events as ev
@@ -217,9 +222,9 @@ def distractors(n: int, seed: int = 7) -> list[str]:
 def _embedder(name: str) -> Embedder:
     if name == "hash":
         return HashEmbedder(384)
-    from benchmarks._minilm import MiniLM
+    from memstream.projections.minilm import MiniLMEmbedder
 
-    return MiniLM()
+    return MiniLMEmbedder()
 
 
 def main(n: int, embedder_name: str) -> dict[tuple[str, str], dict[int, float]]:
@@ -270,9 +275,59 @@ def main(n: int, embedder_name: str) -> dict[tuple[str, str], dict[int, float]]:
     return recall
 
 
+def turns(sessions: int, embedder_name: str) -> dict[tuple[str, str, str], dict[int, float]]:
+    """The planted exchanges of benchmarks._conversations, found among every session's
+    turns (``conversation.turn`` events) by each side of each context choice."""
+    talk, planted = conversations(sessions)
+    ts = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    events = [
+        (seq, ev.ConversationTurn(id=f"{session}-{i}", tenant=TENANT, agent="bench", ts=ts,
+                                  session_id=session, role=role, content=text))
+        for seq, (session, i, role, text) in enumerate(
+            ((session, i, role, text) for session, said in talk.items()
+             for i, (role, text) in enumerate(said)), start=1)
+    ]  # fmt: skip
+    questions = [question for _, _, question, _ in planted]
+    groups = {"terse": [p[3] for p in planted], "restated": [not p[3] for p in planted]}
+    recall: dict[tuple[str, str, str], dict[int, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="memstream-bench-") as tmp:
+        # One cache for every choice: a text is embedded once, whichever indexes it.
+        cached = CachedEmbedder(_embedder(embedder_name), EmbeddingCache(Path(tmp) / "c.db"))
+        vectors = embed_queries(cached, TENANT, questions)
+        for side in SIDES:
+            projection = VectorProjection(EdgeStores(Path(tmp) / side), cached, turn_context=side)
+            for at in range(0, len(events), 500):
+                projection.apply(events[at : at + 500])
+            for mode in ("dense", "keyword", "hybrid"):
+                spec = SearchSpec(mode=mode, top_k=max(KS), kinds=("turns",))
+                found = projection.search_vectors(TENANT, questions, vectors, spec)
+                ranks = [
+                    next((r for r, hit in enumerate(hits) if hit.ref == f"{s}-{i}"), None)
+                    for (s, i, _, _), hits in zip(planted, found, strict=True)
+                ]
+                for group, member in (*groups.items(), ("all", [True] * len(ranks))):
+                    mine = [r for r, m in zip(ranks, member, strict=True) if m]
+                    recall[(side, group, mode)] = {
+                        k: sum(1 for r in mine if r is not None and r < k) / len(mine) for k in KS
+                    }
+            projection.stores.close()
+    print(
+        f"retrieval: turns: {len(planted)} planted exchanges (half with terse answers) "
+        f"among {len(events):,} turns of {sessions} sessions; the turn before added to a "
+        "turn's keyword terms, its meaning vector, both, or neither"
+    )
+    for (side, group, mode), at in recall.items():
+        if group == "all" or mode == "hybrid":
+            figures = " / ".join(f"{100 * at[k]:3.0f}%" for k in KS)
+            print(f"retrieval: turns, context {side:<7} {group:<9} {mode:<8} {figures}")
+    return recall
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--distractors", type=int, default=3000)
+    parser.add_argument("--sessions", type=int, default=400)
     parser.add_argument("--embedder", choices=("minilm", "hash"), default="minilm")
-    args = arguments(parser, smoke=dict(distractors=200, embedder="hash"))
+    args = arguments(parser, smoke=dict(distractors=200, sessions=50, embedder="hash"))
     main(args.distractors, args.embedder)
+    turns(args.sessions, args.embedder)

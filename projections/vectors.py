@@ -43,6 +43,7 @@ from memstream.projections.point_store import (
     point_id,
     to_payload,
 )
+from memstream.projections.turn_context import Side, TurnContext
 from memstream.projections.vector_search import (
     Hit,
     SearchSpec,
@@ -116,6 +117,7 @@ class VectorProjection:
         *,
         generation: str | None = None,
         applied: AppliedIds | None = None,
+        turn_context: Side | None = None,
     ) -> None:
         """``generation``: a new one to fill (a rebuild); without it, the one in use (on
         the first start, a new one put in use). ``applied``: where the generation's
@@ -124,6 +126,8 @@ class VectorProjection:
         self.stores = stores
         self.embedder = embedder
         self.applied = applied or AppliedIds()
+        # A turn's keyword terms include the turn before it (benchmarks.retrieval).
+        self.turn_context = TurnContext(turn_context) if turn_context else TurnContext()
         self.dimensions = embedder.embedder.dimensions
         current = stores.current()
         self.generation = generation or current or new_generation()
@@ -200,6 +204,7 @@ class VectorProjection:
         cached = self.embedder.cache.delete_tenant(tenant)
         self.embedder.forget_recent(tenant)
         self.applied.purge_tenant(tenant)
+        self.turn_context.forget(tenant)
         return {"points": points, "cached_embeddings": cached}
 
     # --- apply -----------------------------------------------------------------------
@@ -270,7 +275,7 @@ class VectorProjection:
         for kind, records in fold.state.items():
             for (tenant, ref), payload in records.items():
                 changes[(kind, tenant, ref)] = payload
-        self._write(changes)
+        self._write(changes, removals)
         for seq, e in removals:
             self._remove_turns(seq, e)
         for tenant, keys in fold.erased.items():
@@ -285,6 +290,7 @@ class VectorProjection:
     def _remove_turns(self, seq: int, e: ev.ConversationTurnsRemoved) -> None:
         """Delete the stored turns a removal names (a removal applied again finds
         nothing left to delete)."""
+        self.turn_context.forget(e.tenant, e.session_id)
         where = {"kind": "turns", "session_id": e.session_id}
         turns = (from_payload(p) for p in self.store.payloads(e.tenant, where=where))
         ids = [point_id(e.tenant, "turns", t["ref"]) for t in turns if _removes(seq, e, t)]
@@ -323,7 +329,9 @@ class VectorProjection:
             found[record["kind"]][(record["tenant"], record["ref"])] = record
         return found
 
-    def _write(self, changes: _Changes) -> None:
+    def _write(
+        self, changes: _Changes, removals: list[tuple[int, ev.ConversationTurnsRemoved]]
+    ) -> None:
         deletes: list[str] = []
         upserts: dict[str, list[tuple[str, str, Payload]]] = {}
         for (kind, tenant, ref), payload in changes.items():
@@ -332,17 +340,21 @@ class VectorProjection:
                 continue
             payload["kind"] = kind
             payload["text"] = text_of(kind, payload)
-            # Every text this memory has had, so an erase can clear their cache entries.
-            key = text_key(payload["text"]).hex()
-            if key not in payload.get("text_keys", ()):
-                payload["text_keys"] = [*payload.get("text_keys", ()), key]
             upserts.setdefault(tenant, []).append((kind, ref, payload))
+        turns = [(t, p) for t, items in upserts.items() for kind, _, p in items if kind == "turns"]
+        indexed = self.turn_context.texts(self.store, turns, removals)
         # Embed first (the slow part, maybe over the network), then write under the lock.
         points = []
         for tenant, items in upserts.items():
-            vectors = self.embedder.embed(tenant, [p["text"] for _, _, p in items])
-            for (kind, ref, payload), vector in zip(items, vectors, strict=True):
-                sparse = bm25_document(payload["text"])
+            texts = [indexed.get(id(p), (p["text"], p["text"])) for _, _, p in items]
+            for (_, _, payload), (dense, _) in zip(items, texts, strict=True):
+                # Every text this memory has had, so an erase can clear their cache entries.
+                key = text_key(dense).hex()
+                if key not in payload.get("text_keys", ()):
+                    payload["text_keys"] = [*payload.get("text_keys", ()), key]
+            vectors = self.embedder.embed(tenant, [dense for dense, _ in texts])
+            for (kind, ref, payload), (_, words), vector in zip(items, texts, vectors, strict=True):
+                sparse = bm25_document(words)
                 point = StorePoint(
                     point_id(tenant, kind, ref), vector.tolist(), sparse, to_payload(payload)
                 )
