@@ -133,13 +133,13 @@ async def _phase(
 
 async def under_backlog(url: str, args: argparse.Namespace, r: int) -> dict[str, float]:
     """Search idle, then while a backlog is embedded; how far behind each projection was."""
-    seed = await _publish(url, args.tenants, _texts(200, f"seed{r}-"))
+    seed = await _publish(url, args.tenants, _texts(20 * args.tenants, f"seed{r}-"))
     nc = await nats.connect(url)
     try:
         await wait_acked(nc, "vectors", seed, "seeding")
-        asked = _texts(500, f"q{r}-")
+        asked = _texts(25 * args.clients, f"q{r}-")
         await _warm(url, args, asked)
-        fresh = _texts(400, f"new{r}-")
+        fresh = _texts(round(40 * args.seconds), f"new{r}-")
         idle, idle_new = await _phase(url, args, asked, fresh[::2])
         began = time.perf_counter()
         last = await _publish(url, args.tenants, _texts(args.backlog, f"b{r}-"))
@@ -175,7 +175,7 @@ def main(args: argparse.Namespace) -> bool:
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="memstream-bench-") as tmp:
             rate, timings = raw_model(model, _texts(args.memories, f"raw{r}-"),
-                                      _texts(200, f"query{r}-"))  # fmt: skip
+                                      _texts(min(200, args.memories), f"query{r}-"))  # fmt: skip
             made = searchable(model, _texts(args.memories, f"made{r}-"), Path(tmp))
         raws.append(rate)
         p50s.append(statistics.median(timings))
