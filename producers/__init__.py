@@ -3,6 +3,7 @@
 from memstream.producers._events import Causality, PublishAck, Scope, Trace
 from memstream.producers._watch import Change
 from memstream.producers.client import MemoryClient
+from memstream.producers.connection import OtherEventLoop
 from memstream.producers.locks import Lock
 from memstream.producers.sync import SyncLock, SyncMemoryClient
 
@@ -11,6 +12,7 @@ __all__ = [
     "Change",
     "Lock",
     "MemoryClient",
+    "OtherEventLoop",
     "PublishAck",
     "Scope",
     "SyncLock",

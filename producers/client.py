@@ -16,7 +16,7 @@ from nats.js.api import PubAck
 from memstream.producers._events import PublishAck
 from memstream.producers._memory_writes import MemoryWrites
 from memstream.producers._queries import QueryMethods
-from memstream.producers.connection import connect_nats, denied, or_denied
+from memstream.producers.connection import connect_nats, denied, or_denied, same_loop
 from memstream.producers.locks import Lock
 from memstream.schemas import events as ev
 from memstream.schemas.errors import Forbidden, InvalidEvent, PublishError
@@ -271,6 +271,7 @@ class MemoryClient(MemoryWrites, QueryMethods):
     ) -> dict[int, PubAck | BaseException]:
         """Send the events at ``indices`` with up to ``window`` in flight; each one's ack,
         or the error it met (``NotSent`` for those never sent)."""
+        same_loop(self.nc)
         order = list(indices)
         futures: list[asyncio.Future[PubAck]] = []
         results: dict[int, PubAck | BaseException] = {}

@@ -78,8 +78,32 @@ async def when_denied(nc: NatsClient, subject: str, seen: int, poll: float = 0.0
         await asyncio.sleep(poll)
 
 
+class OtherEventLoop(RuntimeError):
+    """A client used in an event loop other than the one its connection was made in."""
+
+
+def same_loop(nc: NatsClient) -> None:
+    """A connection lives in the event loop it was made in (its reader, pinger and
+    flusher are that loop's tasks). Used from another (a second ``asyncio.run``, as some
+    frameworks do per call), a request would wait its whole timeout for a reply that
+    nothing reads: say so at once instead."""
+    reader = getattr(nc, "_reading_task", None)
+    if reader is not None and reader.get_loop() is not asyncio.get_running_loop():
+        raise OtherEventLoop(
+            "this client's NATS connection was made in another event loop (one that "
+            "asyncio.run ended, or another thread's): connect the client inside the loop "
+            "that uses it, or use SyncMemoryClient, which keeps a loop of its own"
+        )
+
+
 async def or_denied(nc: NatsClient, subject: str, call: Awaitable[T]) -> T:
     """Await ``call``, unless the server refuses ``subject`` first: then Forbidden."""
+    try:
+        same_loop(nc)
+    except OtherEventLoop:
+        if asyncio.iscoroutine(call):
+            call.close()  # never started: nothing to await
+        raise
     if not (nc.options.get("user") or nc.options.get("user_credentials")):
         return await call  # no credentials, no permissions to violate: no watcher
     seen = len(_violations.get(nc, ()))  # before the call can send anything

@@ -66,8 +66,15 @@ def json_option(f: F) -> F:
 
 
 def tenant_agent_options(f: F) -> F:
-    f = click.option("--agent", "-a", required=True, help="Agent id.")(f)
-    return click.option("--tenant", "-t", required=True, help="Tenant id.")(f)
+    f = click.option("--agent", "-a", required=True, envvar="MEMSTREAM_AGENT",
+                     help="Agent id [default: $MEMSTREAM_AGENT].")(f)  # fmt: skip
+    return tenant_option(f)
+
+
+def tenant_option(f: F) -> F:
+    """The tenant, from the flag or MEMSTREAM_TENANT (as `memstream mcp` reads it)."""
+    return click.option("--tenant", "-t", required=True, envvar="MEMSTREAM_TENANT",
+                        help="Tenant id [default: $MEMSTREAM_TENANT].")(f)  # fmt: skip
 
 
 def data_dir_option(f: F) -> F:

@@ -28,6 +28,7 @@ from memstream.consumers.cli._common import (
     print_json,
     print_rows,
     run,
+    tenant_option,
 )
 from memstream.producers._queries import no_events_hint
 from memstream.producers.client import MemoryClient
@@ -135,7 +136,7 @@ def query_options(body: Callable[..., None]) -> Callable[..., None]:
         default=None,
         help="Answer once the projection has applied this stream sequence.",
     )(f)
-    return click.option("--tenant", "-t", required=True, help="Tenant id.")(f)
+    return tenant_option(f)
 
 
 def _when(ts: Any) -> str:

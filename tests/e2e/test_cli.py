@@ -258,3 +258,24 @@ def test_a_duplicate_publish_claims_no_new_ids(up: Up) -> None:
     assert "memory_id" in first.stdout
     assert second.stdout.startswith("not stored again: event e-twice is a duplicate")
     assert "memory_id" not in second.stdout
+
+
+def test_the_tenant_and_agent_come_from_the_environment_as_for_mcp(up: Up) -> None:
+    """MEMSTREAM_TENANT and MEMSTREAM_AGENT stand in for -t and -a (a flag still wins);
+    with neither, the one line says which option is missing."""
+    env = {"MEMSTREAM_TENANT": "acme", "MEMSTREAM_AGENT": "planner"}
+    stored = run_cli("remember", "--nats-url", up.url, "-d", "ops",
+                     "the deploy key rotates monthly", "--json", env=env)  # fmt: skip
+    assert 0 == stored.returncode, stored.stderr
+    seq = str(json.loads(stored.stdout)["seq"])
+    found = run_cli("search", "--nats-url", up.url, "deploy key", "--min-seq", seq, "--json",
+                    env=env)  # fmt: skip
+    assert [("the deploy key rotates monthly", "planner")] == [
+        (h["text"], h["agent"]) for h in json.loads(found.stdout)
+    ]
+    elsewhere = run_cli("search", "--nats-url", up.url, "-t", "globex", "deploy key", "--json",
+                        env=env)  # fmt: skip
+    assert [] == json.loads(elsewhere.stdout)
+    missing = run_cli("search", "--nats-url", up.url, "deploy key")
+    assert 2 == missing.returncode
+    assert "Missing option '--tenant'" in missing.stderr

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from memstream import OtherEventLoop
 from memstream.consumers.nats_server import NatsServer
 from memstream.consumers.streams import ensure_streams
 from memstream.producers import MemoryClient, SyncMemoryClient
@@ -265,3 +267,26 @@ async def test_publish_many_rides_out_a_moment_without_a_stream(
     assert [e.id for e in events] == [a.id for a in acks]
     assert not any(a.duplicate for a in acks)
     assert 50 == await _count(nc)
+
+
+def test_a_client_reused_in_a_second_event_loop_says_so_at_once(
+    nats_server: NatsServer,
+) -> None:
+    """Some frameworks call asyncio.run per step: a client made in the first loop is
+    told at once, in words that name the cause, not after a timeout blaming the worker."""
+    client = asyncio.run(MemoryClient.connect(nats_server.url, tenant="acme", agent="a1"))
+    started = time.monotonic()
+    with pytest.raises(OtherEventLoop, match="made in another event loop.*SyncMemoryClient"):
+        asyncio.run(client.search("anything"))
+    with pytest.raises(OtherEventLoop, match="made in another event loop"):
+        asyncio.run(client.store_knowledge("a fact", domain="ops"))
+    with pytest.raises(OtherEventLoop, match="made in another event loop"):
+        asyncio.run(client.publish_many([client.new_event(ev.KnowledgeStored, memory_id="m",
+                                                          domain="ops", content="x")]))  # fmt: skip
+    assert time.monotonic() - started < 2.0
+
+    async def fresh() -> int:
+        async with await MemoryClient.connect(nats_server.url, tenant="acme", agent="a1") as c:
+            return (await c.store_knowledge("a fact", domain="ops")).seq
+
+    assert asyncio.run(fresh()) >= 1  # made inside the loop that uses it: works
