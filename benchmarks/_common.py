@@ -180,18 +180,23 @@ def memstream_process(*args: str, env: dict[str, str] | None = None) -> Iterator
             process.wait()
 
 
+async def acked(nc: nats.NATS, projection: str) -> int:
+    """The stream sequence every consumer of the projection (``<projection>-<instance>``,
+    one for each instance running) has acked."""
+    floors = [
+        info.ack_floor.stream_seq if info.ack_floor else 0
+        for info in await nc.jetstream().consumers_info("MEMORY")
+        if info.name.startswith(f"{projection}-")
+    ]
+    return min(floors) if floors else 0
+
+
 async def wait_acked(nc: nats.NATS, projection: str, seq: int, what: str) -> float:
-    """Wait until the projection's consumers (``<projection>-<instance>``, one for each
-    instance running) have all acked stream sequence ``seq``; returns the seconds."""
+    """Wait until the projection's consumers have all acked stream sequence ``seq``;
+    returns the seconds."""
     start = time.perf_counter()
     while True:
-        infos = [
-            info
-            for info in await nc.jetstream().consumers_info("MEMORY")
-            if info.name.startswith(f"{projection}-")
-        ]
-        floors = [info.ack_floor.stream_seq if info.ack_floor else 0 for info in infos]
-        done = min(floors) if floors else 0
+        done = await acked(nc, projection)
         if done >= seq:
             return time.perf_counter() - start
         print(f"  {what}: {done:,}/{seq:,}", file=sys.stderr, end="\r")

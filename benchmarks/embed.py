@@ -34,6 +34,7 @@ from pathlib import Path
 import nats
 
 from benchmarks._common import (
+    acked,
     arguments,
     broker,
     exit_code,
@@ -144,7 +145,7 @@ async def under_backlog(url: str, args: argparse.Namespace, r: int) -> dict[str,
         began = time.perf_counter()
         last = await _publish(url, args.tenants, _texts(args.backlog, f"b{r}-"))
         loaded, loaded_new = await _phase(url, args, asked, fresh[1::2])
-        lag = {p: last - await _acked(nc, p) for p in ("history", "vectors")}
+        lag = {p: last - await acked(nc, p) for p in ("history", "vectors")}
         await wait_acked(nc, "vectors", last, "embedding the backlog")
         vectors_s = time.perf_counter() - began
     finally:
@@ -158,14 +159,6 @@ async def under_backlog(url: str, args: argparse.Namespace, r: int) -> dict[str,
         "vectors_lag": float(lag["vectors"]), "history_lag": float(lag["history"]),
         "vectors_rate": args.backlog / vectors_s,
     }  # fmt: skip
-
-
-async def _acked(nc: nats.NATS, projection: str) -> int:
-    infos = await nc.jetstream().consumers_info("MEMORY")
-    floors = [
-        i.ack_floor.stream_seq for i in infos if i.name.startswith(f"{projection}-") and i.ack_floor
-    ]
-    return min(floors) if floors else 0
 
 
 def main(args: argparse.Namespace) -> bool:

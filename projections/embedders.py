@@ -1,5 +1,6 @@
 """Embedders: a batch of texts in, a float32 matrix out (one L2-normalised row each).
 
+- ``minilm`` (the default, in ``minilm.py``): all-MiniLM-L6-v2 with onnxruntime, offline.
 - ``hash``: deterministic and dependency-free feature hashing of words and character
   trigrams. It matches shared words and spellings, not meaning: "car" and "automobile"
   are unrelated to it. Good for tests, demos and keyword-like recall; use a model for

@@ -225,7 +225,6 @@ class MiniLMEmbedder:
         self._tokenizer.enable_truncation(_MAX_TOKENS)
         self._tokenizer.no_padding()
         self._gate = _QueriesFirst()
-        self.texts = 0  # embedded so far, for the metrics
 
     def _run(self, encoded: Sequence[Any]) -> Vectors:
         length = max(len(e.ids) for e in encoded)
@@ -269,5 +268,4 @@ class MiniLMEmbedder:
         finally:
             if query:
                 self._gate.query_done()
-        self.texts += len(texts)
         return out

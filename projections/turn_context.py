@@ -27,7 +27,7 @@ from typing import Any, Literal
 from memstream.projections.point_store import PointStore, from_payload
 from memstream.schemas import events as ev
 
-__all__ = ["SIDES", "TurnContext"]
+__all__ = ["SIDES", "TurnContext", "removes"]
 
 # "short": the keyword side always, the meaning side for a turn of fewer than
 # SHORT_WORDS words (one that cannot stand alone).
@@ -39,6 +39,12 @@ SHORT_WORDS = 12
 _Payload = dict[str, Any]
 # Whether a turn at seq ``at`` of a session was removed before a turn at ``seq``.
 _Gone = Callable[[tuple[str, str], int, int], bool]
+
+
+def removes(seq: int, e: ev.ConversationTurnsRemoved, session_id: object, at: int) -> bool:
+    """Whether the removal at stream sequence ``seq`` removes the turn at ``at`` of
+    ``session_id`` (of the removal's tenant): one it names, or with ``clear`` any before it."""
+    return session_id == e.session_id and (at in e.seqs or (e.clear and at < seq))
 
 
 class TurnContext:
@@ -83,10 +89,9 @@ class TurnContext:
 
         def gone(key: tuple[str, str], at: int, seq: int) -> bool:
             return any(
-                r.tenant == key[0] and r.session_id == key[1] and removed < seq
-                and (at in r.seqs or (r.clear and at < removed))
+                r.tenant == key[0] and removed < seq and removes(removed, r, key[1], at)
                 for removed, r in removals
-            )  # fmt: skip
+            )
 
         out: dict[int, tuple[str, str]] = {}
         ordered = sorted(turns, key=lambda t: int(t[1].get("seq", 0)))

@@ -43,7 +43,7 @@ from memstream.projections.point_store import (
     point_id,
     to_payload,
 )
-from memstream.projections.turn_context import Side, TurnContext
+from memstream.projections.turn_context import DEFAULT_SIDE, Side, TurnContext, removes
 from memstream.projections.vector_search import (
     Hit,
     SearchSpec,
@@ -117,7 +117,7 @@ class VectorProjection:
         *,
         generation: str | None = None,
         applied: AppliedIds | None = None,
-        turn_context: Side | None = None,
+        turn_context: Side = DEFAULT_SIDE,
     ) -> None:
         """``generation``: a new one to fill (a rebuild); without it, the one in use (on
         the first start, a new one put in use). ``applied``: where the generation's
@@ -126,8 +126,9 @@ class VectorProjection:
         self.stores = stores
         self.embedder = embedder
         self.applied = applied or AppliedIds()
-        # A turn's keyword terms include the turn before it (benchmarks.retrieval).
-        self.turn_context = TurnContext(turn_context) if turn_context else TurnContext()
+        # Each turn is indexed with the turn before it in its session (turn_context.py);
+        # ``turn_context`` chooses the sides, for benchmarks.retrieval to compare them.
+        self.turn_context = TurnContext(turn_context)
         self.dimensions = embedder.embedder.dimensions
         current = stores.current()
         self.generation = generation or current or new_generation()
@@ -262,7 +263,11 @@ class VectorProjection:
                 removals.append((seq, e))
                 # The batch's own turns it removes never reach the engine.
                 for changed, turn in list(changes.items()):
-                    if changed[:2] == ("turns", e.tenant) and turn and _removes(seq, e, turn):
+                    if (
+                        changed[:2] == ("turns", e.tenant)
+                        and turn
+                        and removes(seq, e, turn.get("session_id"), turn["seq"])
+                    ):
                         del changes[changed]
             elif isinstance(e, ev.CollabRecorded):
                 changes[("collaborations", e.tenant, e.interaction_id)] = {
@@ -293,7 +298,11 @@ class VectorProjection:
         self.turn_context.forget(e.tenant, e.session_id)
         where = {"kind": "turns", "session_id": e.session_id}
         turns = (from_payload(p) for p in self.store.payloads(e.tenant, where=where))
-        ids = [point_id(e.tenant, "turns", t["ref"]) for t in turns if _removes(seq, e, t)]
+        ids = [
+            point_id(e.tenant, "turns", t["ref"])
+            for t in turns
+            if removes(seq, e, t.get("session_id"), t["seq"])
+        ]
         if ids:
             with self._lock:
                 self.store.delete(ids)
@@ -381,10 +390,3 @@ class VectorProjection:
     ) -> list[list[Hit]]:
         """One list of best matches per query, given its embedding (a row of ``vectors``)."""
         return search_store(self.store, tenant, queries, vectors, spec)
-
-
-def _removes(seq: int, e: ev.ConversationTurnsRemoved, turn: Payload) -> bool:
-    """Whether the removal at ``seq`` removes this turn of the tenant."""
-    if turn.get("session_id") != e.session_id:
-        return False
-    return turn["seq"] in e.seqs or (e.clear and turn["seq"] < seq)

@@ -11,7 +11,7 @@ import pytest
 from memstream.projections.embedders import HashEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.point_store import EdgeStores
-from memstream.projections.turn_context import Side
+from memstream.projections.turn_context import DEFAULT_SIDE, Side
 from memstream.projections.vector_search import SearchSpec
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas import events as ev
@@ -36,9 +36,7 @@ def opened(tmp_path: Path) -> Iterator[list[EdgeStores]]:
         s.close()
 
 
-def projection(
-    tmp_path: Path, name: str, side: Side | None, opened: list[EdgeStores]
-) -> VectorProjection:
+def projection(tmp_path: Path, name: str, side: Side, opened: list[EdgeStores]) -> VectorProjection:
     stores = EdgeStores(tmp_path / name)
     opened.append(stores)
     cached = CachedEmbedder(HashEmbedder(64), EmbeddingCache(tmp_path / f"{name}.sqlite3"))
@@ -62,7 +60,7 @@ def conversation() -> list[tuple[int, ev.Event]]:
 def test_a_terse_answer_is_found_by_the_question_before_it(
     tmp_path: Path, opened: list[EdgeStores]
 ) -> None:
-    vectors = projection(tmp_path, "default", None, opened)
+    vectors = projection(tmp_path, "default", DEFAULT_SIDE, opened)
     vectors.apply(conversation())
     hits = keyword(vectors, "billing migration Postgres")
     refs = [ref for ref, _, _ in hits]
@@ -81,15 +79,15 @@ def test_indexed_the_same_however_batched_or_reopened(
     """A rebuild applies the same events in other batches, in a new process: the turn
     before comes from the batch, what the projection kept, or the stored turns."""
     events = conversation()
-    whole = projection(tmp_path, "whole", None, opened)
+    whole = projection(tmp_path, "whole", DEFAULT_SIDE, opened)
     whole.apply(events)
-    one_by_one = projection(tmp_path, "single", None, opened)
+    one_by_one = projection(tmp_path, "single", DEFAULT_SIDE, opened)
     for event in events:
         one_by_one.apply([event])
-    first = projection(tmp_path, "reopened", None, opened)
+    first = projection(tmp_path, "reopened", DEFAULT_SIDE, opened)
     first.apply(events[:3])
     opened.pop().close()
-    reopened = projection(tmp_path, "reopened", None, opened)
+    reopened = projection(tmp_path, "reopened", DEFAULT_SIDE, opened)
     reopened.apply(events[3:])
     for query in ("billing migration Postgres", "offsite", "load test"):
         expected = keyword(whole, query)
@@ -99,7 +97,7 @@ def test_indexed_the_same_however_batched_or_reopened(
 def test_a_removed_turn_is_not_the_context_of_the_next(
     tmp_path: Path, opened: list[EdgeStores]
 ) -> None:
-    vectors = projection(tmp_path, "removed", None, opened)
+    vectors = projection(tmp_path, "removed", DEFAULT_SIDE, opened)
     vectors.apply([(1, turn("s1", "user", QUESTION, "q1")),
                    (2, turn("s1", "user", "And the search cluster upgrade?", "q2"))])  # fmt: skip
     vectors.apply([
@@ -124,7 +122,7 @@ def test_a_short_turns_meaning_takes_the_turn_before_a_long_ones_does_not(
     before and the turn (alone it cannot say what it answers); a longer turn's is its
     own, so the turn before does not dilute what it says."""
     long_answer = "The billing migration starts on Friday, right after the load test is done."
-    vectors = projection(tmp_path, "short", None, opened)
+    vectors = projection(tmp_path, "short", DEFAULT_SIDE, opened)
     vectors.apply([*conversation()[:2], (5, turn("s1", "assistant", long_answer, "a3"))])
     joined = f"user: {QUESTION}\nassistant: {ANSWER}"
     assert ("a1", f"assistant: {ANSWER}", 1.0) == nearest(vectors, joined)
