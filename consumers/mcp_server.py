@@ -23,6 +23,14 @@ from memstream.producers import MemoryClient, PublishAck
 from memstream.producers._queries import no_events_hint
 from memstream.schemas.errors import MemstreamError, PublishError
 from memstream.schemas.ids import new_id
+from memstream.schemas.queries import (
+    LinksRequest,
+    ListRequest,
+    RecallRequest,
+    Request,
+    SearchRequest,
+    bounds,
+)
 
 __all__ = ["TOOLS", "build_server"]
 
@@ -53,6 +61,18 @@ Filter = Annotated[
         "metadata.<key>."
     ),
 ]
+
+
+def _range(request: type[Request], field: str) -> Any:
+    """The range the request's decoder enforces: the SDK's, the CLI's and these tools'."""
+    b = bounds(request, field)
+    return Field(ge=b.ge, le=b.le)
+
+
+_TOP_K = bounds(SearchRequest, "top_k").default
+_BUDGET = bounds(RecallRequest, "budget_chars").default
+_LIMIT = bounds(ListRequest, "limit").default
+_DEPTH = bounds(LinksRequest, "depth").default
 
 
 def _revision(ack: PublishAck) -> dict[str, Any]:
@@ -128,7 +148,9 @@ def build_server(
     )
     async def remember(
         content: Annotated[str | None, Field(description="What was learned.")] = None,
-        domain: Annotated[str, Field(description="Its subject area, e.g. python.")] = "general",
+        domain: Annotated[
+            str | None, Field(description="Its subject area, e.g. python (knowledge needs one).")
+        ] = None,
         problem: Annotated[str | None, Field(description="A problem that was solved.")] = None,
         solution: Annotated[str | None, Field(description="How it was solved.")] = None,
         tags: Annotated[list[str] | None, Field(description="Short labels.")] = None,
@@ -145,6 +167,8 @@ def build_server(
             ack = await call(client.store_solution(problem, solution, **extra, confirm=True))
             kind = "solutions"
         elif content:
+            if not domain:
+                raise ToolError("a knowledge memory needs a domain, its subject area, e.g. python")
             ack = await call(client.store_knowledge(content, domain=domain, **extra, confirm=True))
             kind = "knowledge"
         else:
@@ -158,7 +182,7 @@ def build_server(
     async def search_memory(
         query: Annotated[str, Field(description="What to look for, in words.")],
         kinds: Annotated[list[Kind] | None, Field(description="Kinds to search.")] = None,
-        top_k: Annotated[int, Field(ge=1, le=50)] = 5,
+        top_k: Annotated[int, _range(SearchRequest, "top_k")] = _TOP_K,
         filter: Filter = None,
         mode: Literal["hybrid", "dense", "keyword"] = "hybrid",
     ) -> dict[str, Any]:
@@ -178,7 +202,7 @@ def build_server(
         query: str | None = None,
         session_id: str | None = None,
         task_id: str | None = None,
-        budget_chars: Annotated[int, Field(ge=200, le=100_000)] = 4000,
+        budget_chars: Annotated[int, _range(RecallRequest, "budget_chars")] = _BUDGET,
         filter: Filter = None,
     ) -> dict[str, Any]:
         result = await call(
@@ -204,7 +228,7 @@ def build_server(
     async def list_memories(
         kinds: list[Literal["knowledge", "solutions"]] | None = None,
         filter: Filter = None,
-        limit: Annotated[int, Field(ge=1, le=200)] = 20,
+        limit: Annotated[int, _range(ListRequest, "limit")] = _LIMIT,
         cursor: str | None = None,
     ) -> dict[str, Any]:
         result = await call(
@@ -287,7 +311,7 @@ def build_server(
         memory_id: str,
         relation: str | None = None,
         direction: Literal["out", "in", "both"] = "both",
-        depth: Annotated[int, Field(ge=1, le=3)] = 1,
+        depth: Annotated[int, _range(LinksRequest, "depth")] = _DEPTH,
     ) -> dict[str, Any]:
         result = await call(
             client.links(

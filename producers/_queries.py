@@ -279,16 +279,18 @@ class QueryMethods:
         descending: bool | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        id_suffix: str | None = None,
         min_seq: int | None = None,
         wait_ms: int | None = None,
         consistency: Literal["any", "latest"] | None = None,
     ) -> ListResult:
         """A page of the memories there are now (newest first by default) that match
-        ``filter``; pass ``next_cursor`` as ``cursor`` for the next page."""
+        ``filter``; pass ``next_cursor`` as ``cursor`` for the next page. ``id_suffix``
+        keeps the memories whose id ends with it (at least 4 characters)."""
         return await self.query(
             "list", ListResult, kinds=list(kinds) if kinds else None, filter=filter,
             order_by=order_by, descending=descending, limit=limit, cursor=cursor,
-            min_seq=min_seq, wait_ms=wait_ms, consistency=consistency,
+            id_suffix=id_suffix, min_seq=min_seq, wait_ms=wait_ms, consistency=consistency,
         )  # fmt: skip
 
     async def revisions(

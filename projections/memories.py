@@ -153,9 +153,10 @@ def list_memories(
     descending: bool = True,
     limit: int = 100,
     cursor: str | None = None,
+    id_suffix: str | None = None,
 ) -> tuple[list[Memory], str | None]:
-    """A page of the live memories of ``kinds`` that match ``filter``, and the cursor of
-    the next page (None when this is the last)."""
+    """A page of the live memories of ``kinds`` that match ``filter`` (and whose id ends
+    with ``id_suffix``), and the cursor of the next page (None when this is the last)."""
     if not kinds:
         return [], None  # the filter rules out every kind asked for
     seq_col = _SEQ_OF[order_by]
@@ -165,6 +166,9 @@ def list_memories(
         sql, values = compile_sql(filter)
         where.append(sql)
         params.update(values)
+    if id_suffix is not None:
+        where.append("ends_with(memory_id, $id_suffix)")
+        params["id_suffix"] = id_suffix
     if cursor is not None:
         after = _decode_cursor(cursor, order_by, descending)
         cmp = "<" if descending else ">"

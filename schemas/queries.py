@@ -50,6 +50,7 @@ __all__ = [
     "SERVED_BY",
     "AnalyticsRequest",
     "AnalyticsResult",
+    "Bounds",
     "ContextRequest",
     "ContextResult",
     "ConversationRequest",
@@ -85,6 +86,7 @@ __all__ = [
     "Turn",
     "WatchRequest",
     "WatchResult",
+    "bounds",
     "decode_request",
     "ops_served",
 ]
@@ -198,6 +200,9 @@ class ListRequest(Request, frozen=True):
     order_by: OrderBy = "created_at"
     descending: bool = True
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    # Only memories whose id ends with this: how a short id (the last characters a table
+    # shows) is turned back into the whole one.
+    id_suffix: Annotated[str, msgspec.Meta(min_length=4, max_length=128)] | None = None
     # next_cursor of the page before: where this page starts.
     cursor: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
 
@@ -261,6 +266,28 @@ OPS: Final[dict[str, type[Request]]] = {
     "watch": WatchRequest,
     "outcome": OutcomeRequest,
 }
+
+
+class Bounds(msgspec.Struct, frozen=True):
+    """An integer request field's default and its inclusive range."""
+
+    default: int
+    ge: int | None
+    le: int | None
+
+
+def bounds(request: type[Request], field: str) -> Bounds:
+    """The default and range of ``request``'s ``field``, as the decoder enforces them:
+    the one source the CLI's options and the MCP tools take theirs from."""
+    info = msgspec.inspect.type_info(request)
+    assert isinstance(info, msgspec.inspect.StructType)
+    found = next(f for f in info.fields if f.name == field)
+    kind = found.type
+    if isinstance(kind, msgspec.inspect.UnionType):  # an optional field: int | None
+        kind = next(t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType))
+    assert isinstance(kind, msgspec.inspect.IntType)
+    return Bounds(found.default, kind.ge, kind.le)
+
 
 _request_decoders = {op: msgspec.json.Decoder(cls) for op, cls in OPS.items()}
 

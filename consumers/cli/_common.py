@@ -26,8 +26,11 @@ from memstream.producers.client import MemoryClient
 from memstream.producers.connection import DEFAULT_URL, URL_VAR, NoCredentials, connect_nats
 from memstream.schemas.errors import ConfigError, ConnectError, UsageError
 from memstream.schemas.events import Event
+from memstream.schemas.queries import Request, bounds
 
 __all__ = [
+    "SHORT_ID",
+    "bounded_option",
     "connect_operator",
     "data_dir_given",
     "data_dir_option",
@@ -42,8 +45,11 @@ __all__ = [
     "print_rows",
     "publish_one",
     "run",
+    "shown_id",
     "tenant_agent_options",
     "url_given",
+    "whole_id",
+    "wide_option",
 ]
 
 T = TypeVar("T")
@@ -236,7 +242,52 @@ def parse_json_object(value: str, option: str) -> dict[str, Any]:
     return data
 
 
+# A table shows an id longer than 12 characters by its last 8: the random end of a UUID
+# (the start of a UUIDv7 is its time, the same for every memory of a minute). Commands
+# that take a memory id take those 8 back (`whole_id`).
+SHORT_ID = 8
+
+
+def shown_id(memory_id: str, wide: bool) -> str:
+    """An id as a table shows it: whole with --wide, else short."""
+    return memory_id if wide or len(memory_id) <= 12 else memory_id[-SHORT_ID:]
+
+
+def bounded_option(
+    name: str, request: type[Request], field: str, **kwargs: Any
+) -> Callable[[F], F]:
+    """An integer option with the range and default the request's decoder has: one set
+    of limits for the SDK, the CLI and the MCP tools."""
+    b = bounds(request, field)
+    return click.option(
+        name, type=click.IntRange(b.ge, b.le), default=b.default, show_default=True, **kwargs
+    )
+
+
+def wide_option(f: F) -> F:
+    return click.option(
+        "--wide", is_flag=True, help="Whole ids and every column (wider than 80 columns)."
+    )(f)
+
+
 def id_column(ids: list[str]) -> Column:
-    """The "memory id" column of a table, wide enough that no id is wrapped or cut: an
-    id is what a person copies into the next command."""
-    return Column("memory id", no_wrap=True, min_width=max((len(i) for i in ids), default=9))
+    """The id column of a table, wide enough that no id is wrapped or cut: an id is what
+    a person copies into the next command."""
+    return Column("id", no_wrap=True, min_width=max((len(i) for i in ids), default=2))
+
+
+async def whole_id(client: MemoryClient, given: str) -> str:
+    """The memory id that ``given``, a short id from a table, stands for; any other id
+    (and a short id no live memory ends with) as given."""
+    if len(given) != SHORT_ID:
+        return given
+    page = await client.list_memories(id_suffix=given, limit=3)
+    ids = {m.memory_id for m in page.memories if len(m.memory_id) > 12 or m.memory_id == given}
+    if given in ids or not ids:
+        return given
+    if len(ids) > 1:
+        raise UsageError(
+            f"{len(ids)} memory ids end with {given!r}: give the whole id "
+            "(--wide or --json shows it)"
+        )
+    return ids.pop()

@@ -1,7 +1,8 @@
-"""The commands that read one memory or many: ``get``, ``list`` and ``revisions``.
+"""The commands that read one memory or many: ``get``, ``list``, ``revisions`` and
+``links``.
 
-Tables show memory ids whole: an id is what an agent passes on to ``get``, ``revise``
-or ``forget``.
+Tables show an id by its last 8 characters (whole with ``--wide`` and ``--json``), and
+every command that takes a memory id takes those 8 back.
 """
 
 from __future__ import annotations
@@ -10,9 +11,25 @@ import click
 import msgspec
 from rich.table import Table
 
-from memstream.consumers.cli._common import id_column, out, parse_json_object, print_json
+from memstream.consumers.cli._common import (
+    bounded_option,
+    id_column,
+    out,
+    parse_json_object,
+    print_json,
+    shown_id,
+    whole_id,
+    wide_option,
+)
 from memstream.consumers.cli.queries import Ask, _short, _when, query_options
-from memstream.schemas.queries import Memory
+from memstream.producers.client import MemoryClient
+from memstream.schemas.queries import (
+    LinksRequest,
+    LinksResult,
+    ListRequest,
+    Memory,
+    RevisionsResult,
+)
 
 __all__ = ["get", "links", "list_command", "revisions"]
 
@@ -25,8 +42,12 @@ def _text(m: Memory) -> str:
 @click.argument("memory_id")
 @query_options
 def get(memory_id: str, ask: Ask) -> None:
-    """The memory MEMORY_ID as it is now."""
-    m = ask(lambda c: c.get(memory_id, **ask.rw))
+    """The memory MEMORY_ID (or the last 8 characters of its id) as it is now."""
+
+    async def go(c: MemoryClient) -> Memory:
+        return await c.get(await whole_id(c, memory_id), **ask.rw)
+
+    m = ask(go)
     if ask.as_json:
         print_json(m)
         return
@@ -63,8 +84,9 @@ def get(memory_id: str, ask: Ask) -> None:
     show_default=True,
 )  # fmt: skip
 @click.option("--ascending", is_flag=True, help="Oldest first [default: newest first].")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@bounded_option("--limit", ListRequest, "limit")
 @click.option("--cursor", default=None, help="Where the page starts: a page's next cursor.")
+@wide_option
 @query_options
 def list_command(
     kinds: tuple[str, ...],
@@ -73,6 +95,7 @@ def list_command(
     ascending: bool,
     limit: int,
     cursor: str | None,
+    wide: bool,
     ask: Ask,
 ) -> None:
     """The tenant's memories as they are now, a page at a time."""
@@ -89,13 +112,11 @@ def list_command(
     if not page.memories:
         out.print("no memories")
     else:
-        ids = id_column([m.memory_id for m in page.memories])
-        table = Table(ids, "kind", "rev", "agent", order_by.replace("_at", ""), "text")
-        for m in page.memories:
+        ids = [shown_id(m.memory_id, wide) for m in page.memories]
+        table = Table(id_column(ids), "kind", "rev", "agent", order_by.replace("_at", ""), "text")
+        for i, m in zip(ids, page.memories, strict=True):
             when = m.created_at if order_by == "created_at" else m.updated_at
-            table.add_row(
-                m.memory_id, m.kind, str(m.revision), m.agent, _when(when), _short(_text(m), 60)
-            )
+            table.add_row(i, m.kind, str(m.revision), m.agent, _when(when), _short(_text(m), 60))
         out.print(table)
     if page.next_cursor is not None:
         out.print(f"more: --cursor {page.next_cursor}")
@@ -106,7 +127,11 @@ def list_command(
 @query_options
 def revisions(memory_id: str, ask: Ask) -> None:
     """Every stored, revised and forgotten event of MEMORY_ID, oldest first."""
-    found = ask(lambda c: c.revisions(memory_id, **ask.rw))
+
+    async def go(c: MemoryClient) -> RevisionsResult:
+        return await c.revisions(await whole_id(c, memory_id), **ask.rw)
+
+    found = ask(go)
     if ask.as_json:
         print_json(found)
         return
@@ -128,25 +153,34 @@ def revisions(memory_id: str, ask: Ask) -> None:
     "--direction", type=click.Choice(["out", "in", "both"]), default="both", show_default=True,
     help="out: what it links to; in: what links to it.",
 )  # fmt: skip
-@click.option("--depth", type=click.IntRange(1, 3), default=1, show_default=True)
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@bounded_option("--depth", LinksRequest, "depth")
+@bounded_option("--limit", LinksRequest, "limit")
+@wide_option
 @query_options
 def links(
-    memory_id: str, relation: str | None, direction: str, depth: int, limit: int, ask: Ask
+    memory_id: str,
+    relation: str | None,
+    direction: str,
+    depth: int,
+    limit: int,
+    wide: bool,
+    ask: Ask,
 ) -> None:
     """The memories linked to and from MEMORY_ID, to --depth steps."""
-    found = ask(
-        lambda c: c.links(
-            memory_id, relation=relation, direction=direction,  # type: ignore[arg-type]
-            depth=depth, limit=limit, **ask.rw,
-        )
-    )  # fmt: skip
+
+    async def go(c: MemoryClient) -> LinksResult:
+        return await c.links(
+            await whole_id(c, memory_id), relation=relation,
+            direction=direction, depth=depth, limit=limit, **ask.rw,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    found = ask(go)
     if ask.as_json:
         print_json(found)
         return
     table = Table("from", "relation", "to", "seq")
     for e in found.edges:
-        table.add_row(e.from_id, e.relation, e.to_id, str(e.seq))
+        table.add_row(shown_id(e.from_id, wide), e.relation, shown_id(e.to_id, wide), str(e.seq))
     out.print(table)
     for node in found.nodes:
         text = (
@@ -157,6 +191,6 @@ def links(
                 60,
             )
         )
-        out.print(f"  {node.memory_id}  {text}", markup=False)
+        out.print(f"  {shown_id(node.memory_id, wide)}  {text}", markup=False)
     if found.truncated:
         out.print(f"(the first {limit} links: there are more)")

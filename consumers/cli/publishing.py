@@ -16,6 +16,7 @@ from memstream.consumers.cli._common import (
     print_ack,
     publish_one,
     tenant_agent_options,
+    whole_id,
     write_one,
 )
 from memstream.producers._events import GENERATED_IDS, PublishAck
@@ -167,9 +168,14 @@ def revise(
             "revise changes nothing: give --content, --problem, --solution, --tag, "
             "--metadata or --ttl-s"
         )
-    _write(nats_url, tenant, agent, as_json, MemoryRevised.type, lambda c: c.revise(
-        memory_id, **changes, expected_revision=expected_revision, confirm=not no_confirm,
-    ))  # fmt: skip
+
+    async def write(c: MemoryClient) -> PublishAck:
+        return await c.revise(
+            await whole_id(c, memory_id), **changes, expected_revision=expected_revision,
+            confirm=not no_confirm,
+        )  # fmt: skip
+
+    _write(nats_url, tenant, agent, as_json, MemoryRevised.type, write)
 
 
 @click.command()
@@ -189,10 +195,14 @@ def forget(
 ) -> None:  # fmt: skip
     """Forget MEMORY_ID: no read returns it from then on. Waits to learn whether it was
     applied, as revise does."""
-    _write(nats_url, tenant, agent, as_json, MemoryForgotten.type, lambda c: c.forget(
-        memory_id, reason=reason, erase=erase, expected_revision=expected_revision,
-        confirm=not no_confirm,
-    ))  # fmt: skip
+
+    async def write(c: MemoryClient) -> PublishAck:
+        return await c.forget(
+            await whole_id(c, memory_id), reason=reason, erase=erase,
+            expected_revision=expected_revision, confirm=not no_confirm,
+        )  # fmt: skip
+
+    _write(nats_url, tenant, agent, as_json, MemoryForgotten.type, write)
 
 
 @click.command()

@@ -19,6 +19,7 @@ import msgspec
 from rich.table import Table
 
 from memstream.consumers.cli._common import (
+    bounded_option,
     id_column,
     json_option,
     load,
@@ -28,12 +29,20 @@ from memstream.consumers.cli._common import (
     print_json,
     print_rows,
     run,
+    shown_id,
     tenant_option,
+    wide_option,
 )
 from memstream.producers._queries import no_events_hint
 from memstream.producers.client import MemoryClient
 from memstream.schemas.errors import QueryError
-from memstream.schemas.queries import ANALYTICS_NAMES
+from memstream.schemas.queries import (
+    ANALYTICS_NAMES,
+    ConversationRequest,
+    HistoryRequest,
+    RecallRequest,
+    SearchRequest,
+)
 
 __all__ = [
     "analytics",
@@ -176,7 +185,7 @@ def _json(value: Any) -> str:
 )
 @click.option("--session-id", default=None, help="Only turns of this conversation.")
 @click.option("--task-id", default=None, help="Only this task, or what carried its id.")
-@click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True)
+@bounded_option("--top-k", SearchRequest, "top_k")
 @click.option(
     "--mode",
     type=click.Choice(["hybrid", "dense", "keyword"]),
@@ -201,6 +210,7 @@ def _json(value: Any) -> str:
 @click.option(
     "--filter", "filter_", default=None, help="A filter as JSON, or @file (see memstream list)."
 )
+@wide_option
 @query_options
 def search(
     text: tuple[str, ...],
@@ -217,6 +227,7 @@ def search(
     since: dt.datetime | None,
     until: dt.datetime | None,
     filter_: str | None,
+    wide: bool,
     ask: Ask,
 ) -> None:
     """The tenant's memories most like TEXT: knowledge, solutions, collaborations."""
@@ -242,11 +253,15 @@ def search(
     if not hits:
         out.print("no matches")
         return
-    table = Table(
-        id_column([h.memory_id for h in hits]), "kind", "score", "agent", "stored", "text"
-    )
-    for h in hits:
-        table.add_row(h.memory_id, h.kind, f"{h.score:.3f}", h.agent, _when(h.ts), _short(h.text))
+    ids = [shown_id(h.memory_id, wide) for h in hits]
+    if wide:
+        table = Table(id_column(ids), "score", "kind", "agent", "stored", "text")
+        for i, h in zip(ids, hits, strict=True):
+            table.add_row(i, f"{h.score:.3f}", h.kind, h.agent, _when(h.ts), _short(h.text))
+    else:  # 80 columns: the short id, and the text wraps in what is left
+        table = Table(id_column(ids), "score", "kind", "agent", "text")
+        for i, h in zip(ids, hits, strict=True):
+            table.add_row(i, f"{h.score:.3f}", h.kind, h.agent, _short(h.text))
     out.print(table)
 
 
@@ -259,7 +274,7 @@ def search(
 @click.option(
     "--after-seq", type=click.IntRange(0), default=0, help="Start after this stream sequence."
 )
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@bounded_option("--limit", HistoryRequest, "limit")
 @query_options
 def history(
     types: tuple[str, ...],
@@ -342,7 +357,7 @@ def context(
 
 @click.command()
 @click.argument("session_id")
-@click.option("--last-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@bounded_option("--last-n", ConversationRequest, "last_n")
 @query_options
 def conversation(
     session_id: str,
@@ -366,7 +381,7 @@ def conversation(
 @click.argument("text", nargs=-1)
 @click.option("--session-id", default=None, help="Include this session's recent turns.")
 @click.option("--task-id", default=None, help="Include this task's state.")
-@click.option("--budget-chars", type=click.IntRange(100, 1_000_000), default=4000)
+@bounded_option("--budget-chars", RecallRequest, "budget_chars")
 @click.option(
     "--strategy",
     type=click.Choice(["relevance", "recency", "balanced"]),

@@ -45,6 +45,7 @@ async def list_memories(w: Worker, tenant: str, req: ListRequest) -> ListResult:
         descending=req.descending,
         limit=req.limit,
         cursor=req.cursor,
+        id_suffix=req.id_suffix,
     )
     return ListResult(memories=page, next_cursor=cursor)
 

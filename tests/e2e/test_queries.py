@@ -165,7 +165,8 @@ def test_the_query_role_needs_a_qdrant_server(nats_server: NatsServer, tmp_path:
 
 def test_get_list_and_revisions_commands(up: Up) -> None:
     """get, list (with a filter, paged by cursor) and revisions, as JSON and as tables
-    that show memory ids whole; a bad filter is one line and exit 2."""
+    that fit 80 columns: an id by its last 8 characters, which the commands take back
+    (whole with --wide); a bad filter is one line and exit 2."""
     url = up.url
     q = ("--nats-url", url, "--tenant", "acme")
     long_id = "incident-2026-11-30-payments-gateway-timeout-" + "x" * 40
@@ -190,7 +191,18 @@ def test_get_list_and_revisions_commands(up: Up) -> None:
 
     narrow = {"COLUMNS": "80"}
     shown = run_cli("list", *q, "--filter", '{"user_id": "u1"}', env=narrow)
-    assert long_id in shown.stdout
+    assert long_id[-8:] in shown.stdout and long_id not in shown.stdout
+    assert long_id in run_cli("list", *q, "--filter", '{"user_id": "u1"}', "--wide").stdout
+    assert long_id == cli_json("get", *q, long_id[-8:])["memory_id"]
+    assert 1 == len(cli_json("revisions", *q, long_id[-8:])["revisions"])
+    found = run_cli("search", *q, "fact", env=narrow)
+    assert 0 == found.returncode and "k0" in found.stdout
+    assert max(len(line) for line in found.stdout.splitlines()) <= 80
+    twin = "incident-2026-12-01-other-" + "x" * 40
+    last = publish(url, "knowledge.stored", {"memory_id": twin, "domain": "ops", "content": "b"})
+    both = run_cli("get", *q, "--min-seq", str(last), long_id[-8:])
+    assert 2 == both.returncode
+    assert "2 memory ids end with 'xxxxxxxx': give the whole id" in both.stderr
     bad = run_cli("list", *q, "--filter", '{"colour": "red"}')
     assert 1 == bad.returncode or 2 == bad.returncode
     assert 1 == len(bad.stderr.strip().splitlines())

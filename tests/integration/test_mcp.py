@@ -141,7 +141,12 @@ async def every_tool(session: ClientSession) -> None:
     assert "colour" in message
     message = await error_of(session, "remember", problem="only half")
     assert "needs both problem and solution" in message
-    message = await error_of(session, "search_memory", query="x", top_k=500)
+    message = await error_of(session, "remember", content="knowledge with no subject")
+    assert "needs a domain" in message
+    # the limits are the request decoder's, as in the SDK and the CLI
+    assert 1000 == tools["search_memory"].input_schema["properties"]["top_k"]["maximum"]
+    assert 1000 == tools["list_memories"].input_schema["properties"]["limit"]["maximum"]
+    message = await error_of(session, "search_memory", query="x", top_k=1001)
     assert "top_k" in message
 
 
