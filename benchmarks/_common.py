@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: a throwaway broker and a results line."""
+"""Helpers shared by the benchmarks: a throwaway broker, a results line and the results
+file each full run leaves in ``benchmarks/results/`` (what the docs' charts draw)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,28 @@ from memstream.consumers.log import configure_logging
 from memstream.consumers.nats_server import NatsServer
 from memstream.consumers.streams import ensure_streams
 from memstream.producers import MemoryClient
+
+RESULTS = Path(__file__).parent / "results"
+# Set by arguments(): a smoke run's tiny sizes measure nothing worth keeping.
+_keep = {"results": True}
+
+
+def record(benchmark: str, figure: str, value: float, raw: float | None, unit: str) -> None:
+    """Keep a figure, and the raw limit measured beside it in the same run, in
+    ``benchmarks/results/<benchmark>.json`` (one entry per figure, the last run's)."""
+    if not _keep["results"]:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{benchmark}.json"
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    kept[figure] = {
+        "value": round(value, 3),
+        "raw": None if raw is None else round(raw, 3),
+        "unit": unit,
+        "measured": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+    }
+    path.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
 
 
 @contextmanager
@@ -55,6 +78,7 @@ def report(
     else:
         how = "x raw (median of per-round ratios)"
     ok = ratio >= target
+    record(name.split()[0], "throughput", figure, raw, unit)
     print(
         f"{name}: {figure:,.0f} {unit} vs raw {raw:,.0f} {unit}; {ratio:.2f}{how} "
         f"(target >= {target:.2f}x) {'OK' if ok else 'BELOW TARGET'}"
@@ -212,6 +236,7 @@ def arguments(parser: argparse.ArgumentParser, smoke: dict[str, Any]) -> argpars
         help="tiny sizes and one round, to check that the benchmark runs (no figures)",
     )  # fmt: skip
     args = parser.parse_args()
+    _keep["results"] = not args.smoke
     if args.smoke:
         for name, value in smoke.items():
             if getattr(args, name) == parser.get_default(name):

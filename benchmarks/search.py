@@ -38,6 +38,7 @@ from benchmarks._common import (
     median_round,
     memstream_process,
     percentile,
+    record,
     time_searches,
     wait_acked,
 )
@@ -171,6 +172,9 @@ def main(
         )
     p50, p99 = median_round(ours)
     raw50, raw99 = median_round(raw)
+    which = "filtered " if filtered else ""
+    record("search", f"{which}p50", p50, raw50, "ms")
+    record("search", f"{which}p99", p99, raw99, "ms")
     ok = p99 <= 10 if filtered else p99 <= 5 and p50 - raw50 <= 1.0
     target = "p99 <= 10 ms" if filtered else "p99 <= 5 ms, p50 within 1 ms"
     print(

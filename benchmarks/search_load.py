@@ -51,6 +51,7 @@ from benchmarks._common import (
     exit_code,
     memstream_process,
     percentile,
+    record,
     wait_acked,
 )
 from benchmarks._workload import mixed_events
@@ -311,6 +312,19 @@ def main(args: argparse.Namespace) -> bool:
             f"under load vs {med([r.ingest_idle[p] for r in rounds]):,.0f} idle; "
             f"{ratios[p]:.2f}x (target >= 0.70x)"
         )
+    idle50, idle99 = med([r.idle_p50 for r in rounds]), med([r.idle_p99 for r in rounds])
+    record("search_load", "idle p50", idle50, None, "ms")
+    record("search_load", "idle p99", idle99, None, "ms")
+    record(
+        "search_load", f"{args.rate} events/s p50", med([r.load_p50 for r in rounds]), idle50, "ms"
+    )
+    record("search_load", f"{args.rate} events/s p99", p99, idle99, "ms")
+    for p in PROJECTIONS:
+        record(
+            "search_load", f"{args.rate} events/s {p} ingest",
+            med([r.ingest_load[p] for r in rounds]), med([r.ingest_idle[p] for r in rounds]),
+            "events/s",
+        )  # fmt: skip
     print(f"search_load: {'OK' if ok else 'BELOW TARGET'}")
     return ok
 

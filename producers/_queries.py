@@ -182,27 +182,42 @@ class QueryMethods:
         limit: int | None = None,
         min_seq: int | None = None,
         wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
     ) -> HistoryResult:
         """A page of events in stream order; pass ``next_after_seq`` on for the next."""
         return await self.query(
             "history", HistoryResult, types=list(types) if types else None, agent=agent,
             task_id=task_id, since=since, until=until, after_seq=after_seq, limit=limit,
-            min_seq=min_seq, wait_ms=wait_ms,
+            min_seq=min_seq, wait_ms=wait_ms, consistency=consistency,
         )  # fmt: skip
 
     async def task(
-        self, task_id: str, *, min_seq: int | None = None, wait_ms: int | None = None
+        self,
+        task_id: str,
+        *,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
     ) -> TaskResult:
         """The task's state, timeline, output and every event carrying its id."""
         return await self.query(
-            "task", TaskResult, task_id=task_id, min_seq=min_seq, wait_ms=wait_ms
-        )
+            "task", TaskResult, task_id=task_id, min_seq=min_seq, wait_ms=wait_ms,
+            consistency=consistency,
+        )  # fmt: skip
 
     async def context(
-        self, key: str, *, min_seq: int | None = None, wait_ms: int | None = None
+        self,
+        key: str,
+        *,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
     ) -> ContextResult:
         """The value under ``key``; QueryError ``not_found`` once expired or cleared."""
-        return await self.query("context", ContextResult, key=key, min_seq=min_seq, wait_ms=wait_ms)
+        return await self.query(
+            "context", ContextResult, key=key, min_seq=min_seq, wait_ms=wait_ms,
+            consistency=consistency,
+        )  # fmt: skip
 
     async def conversation(
         self,
@@ -211,11 +226,12 @@ class QueryMethods:
         last_n: int | None = None,
         min_seq: int | None = None,
         wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
     ) -> ConversationResult:
         """The session's last turns, oldest first."""
         return await self.query(
             "conversation", ConversationResult, session_id=session_id, last_n=last_n,
-            min_seq=min_seq, wait_ms=wait_ms,
+            min_seq=min_seq, wait_ms=wait_ms, consistency=consistency,
         )  # fmt: skip
 
     async def recall(
@@ -230,6 +246,7 @@ class QueryMethods:
         filter: dict[str, Any] | None = None,
         min_seq: int | None = None,
         wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
     ) -> RecallResult:
         """One context bundle for a prompt, within ``budget_chars``, with its sources;
         a memory enters only when it scores above ``min_score`` (default 0.15) and
@@ -237,7 +254,7 @@ class QueryMethods:
         return await self.query(
             "recall", RecallResult, query=query, session_id=session_id, task_id=task_id,
             budget_chars=budget_chars, strategy=strategy, min_score=min_score, filter=filter,
-            min_seq=min_seq, wait_ms=wait_ms,
+            min_seq=min_seq, wait_ms=wait_ms, consistency=consistency,
         )  # fmt: skip
 
     async def outcome(
@@ -345,9 +362,17 @@ class QueryMethods:
             self.nc, self.tenant, ask, types=types, from_seq=from_seq, heartbeat_s=heartbeat_s
         )
 
-    async def stats(self, *, min_seq: int | None = None, wait_ms: int | None = None) -> StatsResult:
+    async def stats(
+        self,
+        *,
+        min_seq: int | None = None,
+        wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
+    ) -> StatsResult:
         """Counts by type and agent, each projection's progress and lag, dead letters."""
-        return await self.query("stats", StatsResult, min_seq=min_seq, wait_ms=wait_ms)
+        return await self.query(
+            "stats", StatsResult, min_seq=min_seq, wait_ms=wait_ms, consistency=consistency
+        )
 
     async def analytics(
         self,
@@ -356,12 +381,13 @@ class QueryMethods:
         *,
         min_seq: int | None = None,
         wait_ms: int | None = None,
+        consistency: Literal["any", "latest"] | None = None,
     ) -> AnalyticsResult:
         """Rows of a named analytics query (agent_activity, task_outcomes, tool_usage,
         collaboration_graph, memory_growth); params: since, until, limit, bucket."""
         return await self.query(
             "analytics", AnalyticsResult, name=name, params=params, min_seq=min_seq,
-            wait_ms=wait_ms,
+            wait_ms=wait_ms, consistency=consistency,
         )  # fmt: skip
 
 

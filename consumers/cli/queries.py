@@ -87,12 +87,16 @@ class Ask:
     wait_ms: int | None
     nats_url: str | None
     as_json: bool
+    latest: bool = False
 
     @property
     def rw(self) -> dict[str, Any]:
-        return {
-            k: v for k, v in (("min_seq", self.min_seq), ("wait_ms", self.wait_ms)) if v is not None
-        }
+        given = (
+            ("min_seq", self.min_seq),
+            ("wait_ms", self.wait_ms),
+            ("consistency", "latest" if self.latest else None),
+        )
+        return {k: v for k, v in given if v is not None}
 
     def __call__(self, call: Callable[[MemoryClient], Awaitable[R]]) -> R:
         settings = load(nats_url=self.nats_url)
@@ -117,7 +121,8 @@ class Ask:
 
 
 def query_options(body: Callable[..., None]) -> Callable[..., None]:
-    """--tenant, --min-seq, --wait-ms, --nats-url and --json, handed on as ``ask``."""
+    """--tenant, --min-seq, --latest, --wait-ms, --nats-url and --json, handed on as
+    ``ask``."""
 
     @functools.wraps(body)
     def command(
@@ -125,11 +130,12 @@ def query_options(body: Callable[..., None]) -> Callable[..., None]:
         tenant: str,
         min_seq: int | None,
         wait_ms: int | None,
+        latest: bool,
         nats_url: str | None,
         as_json: bool,
         **kwargs: Any,
     ) -> None:
-        body(*args, ask=Ask(tenant, min_seq, wait_ms, nats_url, as_json), **kwargs)
+        body(*args, ask=Ask(tenant, min_seq, wait_ms, nats_url, as_json, latest), **kwargs)
 
     f = json_option(command)
     f = nats_url_option(f)
@@ -137,7 +143,12 @@ def query_options(body: Callable[..., None]) -> Callable[..., None]:
         "--wait-ms",
         type=click.IntRange(0, 60_000),
         default=None,
-        help="How long to wait for --min-seq [default: 2000].",
+        help="How long to wait for --min-seq or --latest [default: 2000].",
+    )(f)
+    f = click.option(
+        "--latest",
+        is_flag=True,
+        help="Answer once the projection has applied all the stream held when asked.",
     )(f)
     f = click.option(
         "--min-seq",
@@ -185,7 +196,7 @@ def _json(value: Any) -> str:
 )
 @click.option("--session-id", default=None, help="Only turns of this conversation.")
 @click.option("--task-id", default=None, help="Only this task, or what carried its id.")
-@bounded_option("--top-k", SearchRequest, "top_k")
+@bounded_option("--top-k", SearchRequest, "top_k", help="How many hits at most.")
 @click.option(
     "--mode",
     type=click.Choice(["hybrid", "dense", "keyword"]),

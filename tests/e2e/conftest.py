@@ -47,6 +47,10 @@ class Up:
     def url(self) -> str:
         return str(self.info["nats_url"])
 
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.info["data_dir"])
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

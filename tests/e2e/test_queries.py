@@ -195,7 +195,7 @@ def test_get_list_and_revisions_commands(up: Up) -> None:
     assert long_id in run_cli("list", *q, "--filter", '{"user_id": "u1"}', "--wide").stdout
     assert long_id == cli_json("get", *q, long_id[-8:])["memory_id"]
     assert 1 == len(cli_json("revisions", *q, long_id[-8:])["revisions"])
-    found = run_cli("search", *q, "fact", env=narrow)
+    found = run_cli("search", *q, "fact", "--latest", env=narrow)
     assert 0 == found.returncode and "k0" in found.stdout
     assert max(len(line) for line in found.stdout.splitlines()) <= 80
     twin = "incident-2026-12-01-other-" + "x" * 40

