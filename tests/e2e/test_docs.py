@@ -4,7 +4,8 @@ test memstream.
 
 A ```python block runs in a fresh interpreter (the SDK takes the URL from
 MEMSTREAM_NATS_URL); a ```sh block runs its commands in a shell, in the page's own
-directory (the `$ ` lines where it shows a session with output, else every line). A
+directory (the `$ ` lines where it shows a session with output, else every line); a
+```js block runs in Node with the nats package (installed once under .venv). A
 block is left out only by a comment on the line before it that gives the reason
 (``<!-- not run: ... -->``); ``<!-- exits N: ... -->`` says its commands fail with N, as
 the page shows.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -65,7 +67,7 @@ def blocks(page: Path) -> list[Block]:
         mark = _MARK.fullmatch(before)
         if mark and mark.group(1).startswith("not run"):
             continue
-        if m.group(1) not in ("python", "sh"):
+        if m.group(1) not in ("python", "sh", "js"):
             continue
         line = text.count("\n", 0, m.start()) + 2
         exits = int(mark.group(2)) if mark and mark.group(2) else 0
@@ -109,6 +111,8 @@ def test_every_block_of_every_page_runs_in_order(up: Up, tmp_path: Path) -> None
         here = tmp_path / "-".join(page.relative_to(ROOT).with_suffix("").parts)
         here.mkdir()
         for block in blocks(page):
+            if block.lang == "js":
+                continue  # test_the_javascript_blocks_run
             steps = [[sys.executable, "-c", block.code]] if block.lang == "python" else [
                 ["bash", "-c", command] for command in commands(block.code)
             ]  # fmt: skip
@@ -120,6 +124,44 @@ def test_every_block_of_every_page_runs_in_order(up: Up, tmp_path: Path) -> None
                 assert block.exits == done.returncode, (
                     f"{block.where}: {step[-1][:200]}\n{done.stdout[-2000:]}\n{done.stderr}"
                 )
+
+
+NATS_JS = "nats@2.29.3"
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    """A directory whose node_modules holds nats.js, installed once per version."""
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("no Node.js here (node and npm): the JavaScript blocks need them")
+    where = ROOT / ".venv" / "node-nats"
+    done = where / f".{NATS_JS}"
+    if not done.exists():
+        where.mkdir(parents=True, exist_ok=True)
+        installed = subprocess.run(
+            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(where),
+             NATS_JS],
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if installed.returncode != 0:
+            pytest.skip(f"npm could not install {NATS_JS}: {installed.stderr.strip()[-300:]}")
+        done.touch()
+    return where
+
+
+def test_the_javascript_blocks_run(up: Up, node_modules: Path) -> None:
+    """Each ```js block runs as an ES module in Node with nats.js, against memstream."""
+    scripts = [b for p in pages() for b in blocks(p) if b.lang == "js"]
+    assert scripts
+    for n, block in enumerate(scripts):
+        script = node_modules / f"block{n}.mjs"  # beside node_modules, where imports look
+        script.write_text(block.code)
+        done = subprocess.run(
+            ["node", str(script)], env={**os.environ, "MEMSTREAM_NATS_URL": up.url},
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert 0 == done.returncode, f"{block.where}:\n{done.stdout}\n{done.stderr}"
+        assert done.stdout.strip(), f"{block.where} printed nothing"
 
 
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
