@@ -219,5 +219,9 @@ def link(
 ) -> None:  # fmt: skip
     """Record that FROM_ID is RELATION to TO_ID (e.g. refines, contradicts, depends_on);
     waits until the history has applied it."""
-    _write(nats_url, tenant, agent, as_json, MemoryLinked.type,
-           lambda c: c.link(from_id, to_id, relation, confirm=not no_confirm))  # fmt: skip
+
+    async def write(c: MemoryClient) -> PublishAck:
+        start, end = await whole_id(c, from_id), await whole_id(c, to_id)
+        return await c.link(start, end, relation, confirm=not no_confirm)
+
+    _write(nats_url, tenant, agent, as_json, MemoryLinked.type, write)
