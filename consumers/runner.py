@@ -95,6 +95,10 @@ class LiveRunner:
         self.partition = partition
         self._decoder = MessageDecoder(projection.name, decoder, partition)
         self._stopping = asyncio.Event()
+        # Set once run() has put its consumer where the checkpoint says: before that the
+        # consumer's state (pending, ack floor) is the one ensure_streams made, which
+        # says nothing of what this projection applied.
+        self.positioned = asyncio.Event()
         # tenant -> stream sequence: a purged tenant's events up to there, fetched before
         # the purge, are dropped rather than applied again.
         self._dropped: dict[str, int] = {}
@@ -219,6 +223,7 @@ class LiveRunner:
 
     async def run(self) -> RunnerStats:
         await until_jetstream_answers(self.sync_position, f"the {self.name} consumer")
+        self.positioned.set()
         puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer)
         await puller.start()
         in_flight: asyncio.Task[None] | None = None

@@ -215,7 +215,10 @@ class ProjectionService(Generic[P]):
         """Whether this partition has applied all of its events up to ``seq`` (asked of
         the server): its consumer's ack floor is past it, or the stream holds ``seq``
         and the consumer has nothing pending and nothing unacknowledged. Acks follow
-        commits, so what is acked is applied."""
+        commits, so what is acked is applied. Not before the runner has positioned its
+        consumer: a consumer made at the stream's end has nothing pending either."""
+        if not self.running.runner.positioned.is_set():
+            return False
         js = self.nc.jetstream()
         try:
             info = await js.consumer_info(EVENT_STREAM, self.running.runner.consumer)
