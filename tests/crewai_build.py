@@ -4,6 +4,7 @@ network, the tests before it use the cores, so the two overlap."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import subprocess
 import sys
@@ -17,8 +18,15 @@ _built: Future[Path] | None = None
 
 def _build() -> Path:
     """The Python of the CrewAI environment, inside this environment's own directory (so
-    `make clean` removes it), rebuilt when pyproject.toml changes."""
+    `make clean` removes it), rebuilt when pyproject.toml changes. One process builds
+    it at a time (the suite's workers each start a build); the others find it built."""
     env = Path(sys.prefix) / "crewai-env"
+    with open(f"{env}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_in(env)
+
+
+def _build_in(env: Path) -> Path:
     python = env / "bin" / "python"
     stamp = env / ".installed-stamp"
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()

@@ -13,16 +13,25 @@ import nats.errors
 
 from memstream.producers import MemoryClient
 from memstream.schemas.errors import QueryError
-from tests.conftest import pid_alive
 from tests.e2e.conftest import Up, logs
 from tests.waiting import wait_for, wait_for_sync
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: a killed broker stays a zombie until up reaps it, and its
+    ports file may still be there, so to os.kill(pid, 0) it looks alive."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _broker_pid(data_dir: Path) -> int:
     """The running broker's pid, from its ports file (0 while there is none)."""
     for ports in (data_dir / "nats" / "run").glob("*.ports"):
         pid = int(ports.stem.rsplit("_", 1)[1])
-        if pid_alive(pid):
+        if _running(pid):
             return pid
     return 0
 
