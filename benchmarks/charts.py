@@ -36,20 +36,22 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
 
 
-def _pairs(
-    found: dict[str, dict[str, Any]], wanted: tuple[tuple[str, ...], ...]
-) -> list[tuple[str, float, float, str, str]]:
+Pair = tuple[str, float, float, str, str, float]  # label, value, raw, unit, raw's name, ratio
+
+
+def _pairs(found: dict[str, dict[str, Any]], wanted: tuple[tuple[str, ...], ...]) -> list[Pair]:
     pairs = []
     for file, figure, label, *raw_label in wanted:
         entry = found.get(file, {}).get(figure)
         if entry is None or entry["raw"] is None:
             continue
         what = raw_label[0] if raw_label else "raw"
-        pairs.append((label, entry["value"], entry["raw"], entry["unit"], what))
+        ratio = entry.get("ratio") or entry["value"] / entry["raw"]
+        pairs.append((label, entry["value"], entry["raw"], entry["unit"], what, ratio))
     return pairs
 
 
-def _chart(pairs: list[tuple[str, float, float, str, str]], title: str, lower: bool) -> bytes:
+def _chart(pairs: list[Pair], title: str, lower: bool) -> bytes:
     """One panel per figure, each on its own scale: the raw limit above, memstream below."""
     import matplotlib
 
@@ -63,13 +65,13 @@ def _chart(pairs: list[tuple[str, float, float, str, str]], title: str, lower: b
         axes[0][0].text(0.5, 0.5, "no results yet: run make bench", ha="center", va="center")
         axes[0][0].set_axis_off()
     better = "lower is better" if lower else "higher is better"
-    for (ax,), (label, value, raw, unit, what) in zip(axes, pairs, strict=False):
+    for (ax,), (label, value, raw, unit, what, ratio) in zip(axes, pairs, strict=False):
         ax.barh([1, 0], [raw, value], color=["#b0b7c3", "#3b6fb6"], height=0.8)
         ax.set_yticks([1, 0], [what, "memstream"], fontsize=8)
         ax.set_xlim(0, max(value, raw) * 1.45)
         for y, v in ((1, raw), (0, value)):
             ax.text(v, y, f" {v:,.1f} {unit}", va="center", fontsize=8)
-        ax.set_title(f"{label}: {value / raw:.2f}x ({better})", fontsize=9, loc="left")
+        ax.set_title(f"{label}: {ratio:.2f}x ({better})", fontsize=9, loc="left")
         ax.tick_params(axis="x", labelsize=7)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
