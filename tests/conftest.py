@@ -73,6 +73,8 @@ class _Tripwire:
         self.sock: socket.socket | None = None
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            # Past a connection of an earlier run in TIME_WAIT, not past a listener.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", DEFAULT_PORT))
         except OSError:
             sock.close()
@@ -108,17 +110,34 @@ def _default_data_dir_state() -> list[tuple[str, float]] | None:
     return sorted((str(p), p.stat().st_mtime) for p in path.rglob("*"))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _users_deployment_untouched() -> Iterator[None]:
-    """No test connects to the default port or touches ./.memstream: `make test` beside
-    a running `make up` leaves it alone. Fails the suite when one does."""
-    before = _default_data_dir_state()
-    tripwire = _Tripwire()
-    try:
-        yield
-    finally:
-        tripwire.close()
-    assert 0 == tripwire.knocks, (
-        f"a test connected to 127.0.0.1:{DEFAULT_PORT}, the port a user's memstream runs on"
-    )
-    assert before == _default_data_dir_state(), "a test touched ./.memstream"
+_watch: dict[str, object] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Watch the default port and ./.memstream from the process that outlives every
+    test: the only one, or xdist's controller (whose workers come and go; one of them
+    holding the port would leave the tests of the others unwatched once it ended)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    _watch["before"] = _default_data_dir_state()
+    _watch["tripwire"] = _Tripwire()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """No test connected to the default port or touched ./.memstream: `make test` beside
+    a running `make up` leaves it alone. Fails the session when one did."""
+    tripwire = _watch.pop("tripwire", None)
+    if not isinstance(tripwire, _Tripwire):
+        return
+    tripwire.close()
+    problems = []
+    if tripwire.knocks:
+        problems.append(f"a test connected to 127.0.0.1:{DEFAULT_PORT}, a user's memstream port")
+    if _watch.pop("before") != _default_data_dir_state():
+        problems.append("a test touched ./.memstream")
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.ensure_newline()
+        for problem in problems:
+            reporter.write_line(f"FAILED: {problem}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -246,11 +246,12 @@ def parse_json_object(value: str, option: str) -> dict[str, Any]:
 # (the start of a UUIDv7 is its time, the same for every memory of a minute). Commands
 # that take a memory id take those 8 back (`whole_id`).
 SHORT_ID = 8
+_WHOLE_UP_TO = 12  # an id this short is shown, and taken, as it is
 
 
 def shown_id(memory_id: str, wide: bool) -> str:
     """An id as a table shows it: whole with --wide, else short."""
-    return memory_id if wide or len(memory_id) <= 12 else memory_id[-SHORT_ID:]
+    return memory_id if wide or len(memory_id) <= _WHOLE_UP_TO else memory_id[-SHORT_ID:]
 
 
 def bounded_option(
@@ -282,7 +283,11 @@ async def whole_id(client: MemoryClient, given: str) -> str:
     if len(given) != SHORT_ID:
         return given
     page = await client.list_memories(id_suffix=given, limit=3)
-    ids = {m.memory_id for m in page.memories if len(m.memory_id) > 12 or m.memory_id == given}
+    ids = {
+        m.memory_id
+        for m in page.memories
+        if len(m.memory_id) > _WHOLE_UP_TO or m.memory_id == given
+    }
     if given in ids or not ids:
         return given
     if len(ids) > 1:
