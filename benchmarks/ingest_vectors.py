@@ -7,7 +7,12 @@
   cached) at ``--tenants`` x ``--per-tenant`` memories, beside the engine's query for
   the same search. Target: p99 <= 5 ms, p50 within 1 ms of the engine's query.
 
+With ``--engine process`` (the default, as ``memstream up`` runs it) the engine is in a
+process of its own, reached over its socket: the projection and the engine then run on
+two cores at once. ``--engine inline``: in this process, as before.
+
     python -m benchmarks.ingest_vectors [--tenants 10] [--per-tenant 10000] [--queries 500]
+                                        [--engine process|inline]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import qdrant_edge as edge
 
 from benchmarks._common import arguments, exit_code, percentile, report
 from memstream.consumers._runtime import tune_for_throughput
+from memstream.consumers.engine_process import EngineProcess
 from memstream.projections.embedders import HashEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.point_store import (
@@ -32,6 +38,7 @@ from memstream.projections.point_store import (
     Condition,
     EdgeStore,
     EdgeStores,
+    PointStores,
     Search,
     bm25_document,
     bm25_query,
@@ -39,6 +46,7 @@ from memstream.projections.point_store import (
     new_generation,
     point_id,
 )
+from memstream.projections.point_store.remote import RemoteStores
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas import events as ev
 
@@ -63,11 +71,18 @@ def events_for(tenant: str, n: int, start_seq: int) -> list[tuple[int, ev.Event]
     ]  # fmt: skip
 
 
-def main(tenants: int, per_tenant: int, queries: int) -> bool:
+def main(tenants: int, per_tenant: int, queries: int, engine: str = "process") -> bool:
     tune_for_throughput()
     ok = True
     with tempfile.TemporaryDirectory(prefix="memstream-bench-") as tmp:
-        stores = EdgeStores(Path(tmp) / "vectors")
+        process: EngineProcess | None = None
+        stores: PointStores
+        if engine == "process":
+            process = EngineProcess(Path(tmp) / "vectors", log_level="warning")
+            process.start()
+            stores = RemoteStores(Path(tmp) / "vectors", process.socket)
+        else:
+            stores = EdgeStores(Path(tmp) / "vectors")
         cached = CachedEmbedder(HashEmbedder(384), EmbeddingCache(Path(tmp) / "cache.sqlite3"))
         # Warm the cache with every text: the figure is the projection's, not the hash's.
         for t in range(tenants):
@@ -100,7 +115,7 @@ def main(tenants: int, per_tenant: int, queries: int) -> bool:
             raw_store.shard.update(edge.UpdateOperation.upsert_points(points[i : i + 2000]))
         raw = len(points) / (time.perf_counter() - start)
         print(f"ingest-vectors: {tenants} tenants x {per_tenant} memories, hash embedder 384d, "
-              "cached embeddings, Qdrant Edge")  # fmt: skip
+              f"cached embeddings, Qdrant Edge ({engine})")  # fmt: skip
         ok &= report("ingest-vectors", ours, raw, 0.7, unit="memories/s")
         ok &= ours >= 10_000
         # search: one tenant, hybrid, query embedding cached (warm it first), beside the
@@ -135,6 +150,8 @@ def main(tenants: int, per_tenant: int, queries: int) -> bool:
             f"{'OK' if within else 'BELOW TARGET'}"
         )
         stores.close()
+        if process is not None:
+            process.stop()
     return ok
 
 
@@ -148,5 +165,9 @@ if __name__ == "__main__":
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--per-tenant", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument(
+        "--engine", choices=("process", "inline"), default="process",
+        help="the engine in a process of its own (as memstream up runs it), or in this one",
+    )  # fmt: skip
     args = arguments(parser, smoke=dict(tenants=2, per_tenant=500, queries=20))
-    sys.exit(exit_code(main(args.tenants, args.per_tenant, args.queries), args))
+    sys.exit(exit_code(main(args.tenants, args.per_tenant, args.queries, args.engine), args))

@@ -159,6 +159,7 @@ class AdminResponder:
                 roles=sorted(self.services),
                 pending=pending,
                 not_ready=self.health.reasons() if self.health is not None else [],
+                engine=self.health.engine if self.health is not None else None,
             )
         )
 

@@ -32,6 +32,7 @@ import nats.errors
 from memstream.consumers.admin import AdminResponder
 from memstream.consumers.auth import TenantCredentials
 from memstream.consumers.deployment import Hold, claim_partition, hold
+from memstream.consumers.engine_process import Child, EngineFailed
 from memstream.consumers.log import get_logger
 from memstream.consumers.metrics import Health, MetricsServer, ProcessMetrics, refresh_health
 from memstream.consumers.nats_server import NatsServer
@@ -343,6 +344,45 @@ async def _supervise(server: NatsServer, stop: asyncio.Event) -> str | None:
     return None
 
 
+def _observer(metrics: ProcessMetrics) -> Callable[[bytes], None]:
+    """The searcher's ``op seconds`` lines, into this process's query histogram."""
+
+    def observe(line: bytes) -> None:
+        op, _, seconds = line.decode(errors="replace").strip().partition(" ")
+        with contextlib.suppress(ValueError):
+            metrics.observe_query(op, float(seconds))
+
+    return observe
+
+
+async def _supervise_child(child: Child, stop: asyncio.Event) -> None:
+    """Restart the engine's process or the searcher when it dies (bounded, as the
+    broker); while the engine is down the projection's batch waits as for any storage
+    failure, and a search is answered ``unavailable``. When it keeps dying, stop
+    memstream with the reason."""
+    deaths: list[float] = []
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        await asyncio.sleep(0.25)
+        status = child.exited()
+        if status is None or stop.is_set():
+            continue
+        now = loop.time()
+        deaths = [t for t in deaths if now - t < _RESTART_WINDOW_S] + [now]
+        if len(deaths) > _RESTARTS:
+            raise EngineFailed(
+                f"the {child.what} died {len(deaths)} times within {_RESTART_WINDOW_S:.0f} s "
+                f"(last exit status {status}); memstream stopped: its log lines above say why"
+            )
+        log.error("child_died", process=child.what, status=status, deaths=len(deaths))
+        try:
+            await asyncio.to_thread(child.restart)
+        except EngineFailed as err:
+            log.error("child_restart_failed", process=child.what, error=str(err))
+            continue
+        log.info("child_restarted", process=child.what, pid=child.pid)
+
+
 async def _serve(
     nc: Any,
     queries_nc: Any,
@@ -375,6 +415,7 @@ async def _serve(
     failed: list[ProjectionService[Any]] = []
     server: MetricsServer | None = None
     refresher: asyncio.Task[None] | None = None
+    engine_failed: BaseException | None = None
     try:
         if settings.metrics_port is not None:
             server = MetricsServer(metrics, health, settings.metrics_port)
@@ -392,6 +433,10 @@ async def _serve(
             if embedder is not None
             else None
         )
+        # The searcher starts while the projections catch up, and answers after them.
+        await asyncio.to_thread(parts.start_searcher, queries_nc)
+        if parts.searcher is not None:
+            parts.searcher.observe(_observer(metrics))
         for service in services.values():
             await service.start()
             started.append(service)
@@ -399,22 +444,33 @@ async def _serve(
             parts.indexer.start()
         if services:
             await admin.start()
-        refresher = asyncio.create_task(refresh_health(health, services, stop), name="health")
+        refresher = asyncio.create_task(
+            refresh_health(health, services, stop, engine=parts.engine_info), name="health"
+        )
         # A partition's new worker (a new replica, a new partition count) answers once
         # it holds its share of the stream as it was at start: until then the workers
         # already serving the partition answer alone.
         if held.partition.whole or await caught_up(started, stop):
+            if parts.searcher is not None:
+                await asyncio.to_thread(parts.searcher.serve)
             worker = parts.query_worker(queries_nc)
             if worker is not None:
                 worker.observe = metrics.observe_query
                 await worker.start()
             ready(services, status)
-        watchers = [asyncio.create_task(stop.wait())]
+        watchers: list[asyncio.Future[Any]] = [asyncio.create_task(stop.wait())]
         watchers += [s.wait_failed() for s in started]
+        for child in (parts.engine, parts.searcher):
+            if child is not None:
+                engine_watch = asyncio.create_task(_supervise_child(child, stop))
+                watchers.append(engine_watch)
         _, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         failed = [s for s in started if s.failed is not None]
+        for task in watchers:
+            if task.done() and not task.cancelled() and isinstance(task.exception(), EngineFailed):
+                engine_failed = task.exception()
         log.info("stopping")
     finally:
         if refresher is not None:
@@ -432,6 +488,8 @@ async def _serve(
         for service in reversed(started):
             await service.stop()
         parts.close()
+    if engine_failed is not None:
+        raise engine_failed
     if failed:
         err = failed[0].failed
         raise ProjectionFailed(f"the {failed[0].name} projection stopped: {err!r}") from err

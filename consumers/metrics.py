@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from memstream.consumers.log import get_logger
+from memstream.schemas.admin import EngineInfo
 
 __all__ = ["Health", "MetricsServer", "ProcessMetrics"]
 
@@ -50,6 +52,8 @@ class Health:
     projections: dict[str, tuple[int, int, str | None]] = field(default_factory=dict)
     lag_bound: int = 100_000
     started: float = field(default_factory=time.monotonic)
+    # The vector engine's process, as last asked (None: this process runs none).
+    engine: EngineInfo | None = None
     _advanced: dict[str, float] = field(default_factory=dict)
     _applied: dict[str, int] = field(default_factory=dict)
 
@@ -65,6 +69,8 @@ class Health:
         found = []
         if not self.nats_connected():
             found.append("not connected to NATS")
+        if self.engine is not None and not self.engine.up:
+            found.append(f"the vector engine process is not answering: {self.engine.error}")
         now = time.monotonic()
         for name, (_, pending, failing) in sorted(self.projections.items()):
             if failing:
@@ -146,9 +152,11 @@ class _Live(Collector):
             "memstream_embedding_cache_misses", "Texts the embedder had to embed."
         )
         totals = {"embedding_requests": 0, "cache_hits": 0, "cache_misses": 0}
+        found_engine: EngineInfo | None = None
         for read in self.metrics._sources:
             with contextlib.suppress(Exception):  # a source going away mid-scrape
                 found = read()
+                found_engine = found.get("engine", found_engine)
                 for name, value in found.get("applied", {}).items():
                     applied.add_metric([name], value)
                 for name, value in found.get("dead_letters", {}).items():
@@ -163,6 +171,33 @@ class _Live(Collector):
         hits.add_metric([], totals["cache_hits"])
         misses.add_metric([], totals["cache_misses"])
         yield from (applied, dead, lag, healthy, requests, hits, misses)
+        yield from _engine(found_engine)
+
+
+def _engine(info: EngineInfo | None) -> Iterator[Any]:
+    """The vector engine's process, where this process runs one."""
+    if info is None:
+        return
+    families = (
+        (GaugeMetricFamily, "memstream_engine_up",
+         "1 while the vector engine's process answers, 0 while it does not.", int(info.up)),
+        (CounterMetricFamily, "memstream_engine_restarts",
+         "Times the vector engine's process died and was started again.", info.restarts),
+        (GaugeMetricFamily, "memstream_engine_resident_bytes",
+         "The vector engine process's resident memory (its shards' mapped pages).",
+         info.rss_bytes),
+        (CounterMetricFamily, "memstream_engine_searches",
+         "Searches the vector engine's process answered.", info.searches),
+        (CounterMetricFamily, "memstream_engine_write_calls",
+         "Engine calls that wrote (a write of many points is several).", info.write_calls),
+        (GaugeMetricFamily, "memstream_engine_search_wait_max_seconds",
+         "The longest a search waited for the engine (at most one write call).",
+         info.search_wait_max_ms / 1000),
+    )  # fmt: skip
+    for family, name, doc, value in families:
+        metric = family(name, doc)
+        metric.add_metric([], value)
+        yield metric
 
 
 class MetricsServer:
@@ -196,6 +231,8 @@ class MetricsServer:
                         name: {"applied_seq": a, "lag": p, "failing": f}
                         for name, (a, p, f) in owner.health.projections.items()
                     }
+                    if owner.health.engine is not None:
+                        body["engine"] = msgspec.to_builtins(owner.health.engine)
                     self._json(200 if not reasons else 503, body)
                 else:
                     self._json(404, {"error": f"no {path} here: try /metrics, /healthz, /readyz"})
@@ -233,9 +270,13 @@ async def refresh_health(
     services: dict[str, Any],
     stop: asyncio.Event,
     refresh_s: float = 1.0,
+    engine: Callable[[], EngineInfo | None] | None = None,
 ) -> None:
-    """Keep ``health`` (and the lag gauges read from it) current until ``stop``."""
+    """Keep ``health`` (and the lag gauges read from it) current until ``stop``;
+    ``engine`` reads the vector engine's process (on a thread)."""
     while not stop.is_set():
+        if engine is not None:
+            health.engine = await asyncio.to_thread(engine)
         for name, service in services.items():
             pending = -1
             with contextlib.suppress(Exception):

@@ -23,7 +23,7 @@ from types import TracebackType
 from memstream.schemas.errors import NatsServerError
 from memstream.schemas.partitions import server_mappings
 
-__all__ = ["NatsServer", "find_nats_server_binary", "port_is_taken", "terminate"]
+__all__ = ["NatsServer", "die_with_parent", "find_nats_server_binary", "port_is_taken", "terminate"]
 
 _BINARY_ENV = "MEMSTREAM_NATS_SERVER_BIN"
 
@@ -79,7 +79,7 @@ def port_is_taken(host: str, port: int) -> bool:
     return False
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     # If memstream itself is killed, the broker must not live on holding the port.
     if sys.platform.startswith("linux"):
         import ctypes
@@ -188,7 +188,7 @@ class NatsServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # before exec; nothing else runs in the child
+                preexec_fn=die_with_parent,  # before exec; nothing else runs in the child
                 # Its own process group: Ctrl-C in a terminal (or a signal to make's group)
                 # reaches memstream, which stops the broker last, after its final acks.
                 process_group=0,

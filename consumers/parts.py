@@ -4,20 +4,25 @@ builder, the query worker that reads them, and what a metrics scrape reads of th
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from memstream.consumers.deployment import Hold
+from memstream.consumers.engine_process import EngineProcess, SearcherProcess
 from memstream.consumers.indexer import IndexBuilder
 from memstream.consumers.log import get_logger
 from memstream.consumers.metrics import Health
 from memstream.consumers.query_worker import QUEUE, QueryWorker
 from memstream.consumers.roles import ALL_ROLES
+from memstream.consumers.searcher import SEARCHER_OPS
 from memstream.consumers.service import ProjectionService
-from memstream.consumers.settings import Settings
+from memstream.consumers.settings import ENV_VARS, Settings
 from memstream.consumers.sources import ReaderSource, RemoteHistory
 from memstream.consumers.storage import HistoryStorage, VectorStorage, vector_storage_from_settings
 from memstream.projections.embedding_cache import CachedEmbedder
+from memstream.projections.point_store.remote import EngineUnavailable, RemoteStores
 from memstream.projections.vector_search import VectorReader
+from memstream.schemas.admin import EngineInfo
 from memstream.schemas.events import EventDecoder
 from memstream.schemas.queries import PROJECTIONS
 from memstream.schemas.subjects import durable_name
@@ -48,8 +53,25 @@ class RoleParts:
                 nc, HistoryStorage(data_dir), consumer=own["history"], **tuning
             )
         self.indexer: IndexBuilder | None = None
+        # Qdrant Edge in a process of its own, and the searcher beside it, which this
+        # process starts and watches.
+        self.engine: EngineProcess | None = None
+        self.searcher: SearcherProcess | None = None
+        self.data_dir = data_dir
         if "vectors" in roles:
-            vectors = vector_storage_from_settings(settings, partition=held.partition)
+            if not settings.qdrant_url and settings.vector_engine == "process":
+                self.engine = EngineProcess(data_dir / "vectors", log_level=settings.log_level)
+                self.engine.start()
+            try:
+                vectors = vector_storage_from_settings(
+                    settings,
+                    partition=held.partition,
+                    engine=self.engine.socket if self.engine is not None else None,
+                )
+            except BaseException:
+                if self.engine is not None:
+                    self.engine.stop()
+                raise
             service = ProjectionService(nc, vectors, consumer=own["vectors"], **tuning)
             self.services["vectors"] = service
             if vectors.shards is not None:  # Edge: its indexes are built in the background
@@ -69,21 +91,42 @@ class RoleParts:
             return storage.embedder
         return self._reader.embedder if self._reader is not None else None
 
+    def start_searcher(self, nc: Any) -> None:
+        """With the engine in its own process, the searcher beside it answers search and
+        recall (:mod:`consumers.searcher`), with this process's settings and the server
+        ``nc`` reached; returns once it is started (it answers once told to serve)."""
+        if self.engine is None:
+            return
+        env = {**os.environ}
+        for field, var in ENV_VARS.items():
+            value = getattr(self.settings, field)
+            if value is not None:
+                env[var] = str(value)
+        env[ENV_VARS["data_dir"]] = str(self.data_dir)
+        if nc.connected_url is not None:  # the server this process reached (of a cluster)
+            env[ENV_VARS["nats_url"]] = nc.connected_url.geturl()
+        self.searcher = SearcherProcess(self.engine.socket, self.partition.query_subjects(), env)
+        self.searcher.start()
+
     def query_worker(self, nc: Any) -> QueryWorker | None:
         """Built once the services have started, since it reads their projections;
-        answering on ``nc``."""
+        answering on ``nc``. Where the searcher runs, it leaves search and recall to it."""
         roles = self.roles
         history, vectors = self.services.get("history"), self.services.get("vectors")
         local = not self.settings.qdrant_url
         subjects = self.partition.query_subjects()
+        leave = SEARCHER_OPS if self.searcher is not None else frozenset()
         if roles == ALL_ROLES:
             return QueryWorker(
-                nc, history=history, vectors=vectors, search_inline=local, subjects=subjects
-            )
+                nc, history=history, vectors=vectors, search_inline=local, subjects=subjects,
+                leave=leave,
+            )  # fmt: skip
         if roles == {"history"}:
             return QueryWorker(nc, history=history, queue=f"{QUEUE}-history", subjects=subjects)
         if roles == {"vectors"} and local:
             # Embedded engine: only this process can open the vectors, so it answers for them.
+            if self.searcher is not None:
+                return None  # search and recall, its only ops, are the searcher's
             return QueryWorker(
                 nc,
                 vectors=vectors,
@@ -105,9 +148,40 @@ class RoleParts:
             )
         return None
 
+    def engine_info(self) -> EngineInfo | None:
+        """The engine process as it reports itself (asked on a thread: it waits up to 2 s
+        for an answer), or None when this process runs none."""
+        if self.engine is None or "vectors" not in self.services:
+            return None
+        storage = self.services["vectors"].storage
+        assert isinstance(storage, VectorStorage) and isinstance(storage.stores, RemoteStores)
+        stores = storage.stores
+        try:
+            found = stores.status()
+        except EngineUnavailable as err:
+            return EngineInfo(
+                up=False, pid=self.engine.pid, restarts=self.engine.restarts, error=str(err)
+            )
+        return EngineInfo(
+            up=True,
+            pid=found["pid"],
+            restarts=self.engine.restarts,
+            rss_bytes=found["rss_bytes"],
+            searches=found["searches"],
+            write_calls=found["write_calls"],
+            reads_waiting=found["reads_waiting"],
+            writes_waiting=found["writes_waiting"],
+            search_wait_max_ms=round(found["search_wait_max_s"] * 1000, 3),
+        )
+
     def close(self) -> None:
+        """After the services have stopped: the engine process last (it flushes)."""
         if self._reader is not None:
             self._reader.close()
+        if self.searcher is not None:
+            self.searcher.stop()
+        if self.engine is not None:
+            self.engine.stop()
 
 
 def live_counters(parts: RoleParts, health: Health) -> dict[str, Any]:
@@ -125,11 +199,19 @@ def live_counters(parts: RoleParts, health: Health) -> dict[str, Any]:
             found["applied"][name] = stats.applied
             found["dead_letters"][name] = stats.dead_letters
             found["healthy"][name] = 0 if service.unhealthy else 1
+    engine = parts.engine_info()  # asked now: a scrape is seconds apart
+    if engine is not None:
+        found["engine"] = engine
     embedder = parts.embedder
     if embedder is not None:
         found["embedding_requests"] = embedder.stats.embedding_calls
         found["cache_hits"] = embedder.stats.hits
         found["cache_misses"] = embedder.stats.misses
+    if parts.searcher is not None:  # the queries' embeddings, in the searcher
+        calls, hits, misses = parts.searcher.embedding_counts()
+        found["embedding_requests"] = found.get("embedding_requests", 0) + calls
+        found["cache_hits"] = found.get("cache_hits", 0) + hits
+        found["cache_misses"] = found.get("cache_misses", 0) + misses
     return found
 
 

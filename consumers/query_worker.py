@@ -132,12 +132,14 @@ class QueryWorker:
         queue: str = QUEUE,
         search_inline: bool = False,
         subjects: list[str] | None = None,
+        leave: frozenset[str] = frozenset(),
     ) -> None:
         """``remote_history``: the history another process serves, for recall.
         ``search_inline``: search on the event loop's thread rather than a worker
         thread; right for the embedded engine (see :meth:`_vector_search`).
         ``subjects``: what to answer, by default every tenant's queries
-        (``schemas.partitions.Partition.query_subjects``)."""
+        (``schemas.partitions.Partition.query_subjects``). ``leave``: ops another
+        process answers from the same sources (the searcher's search and recall)."""
         self.nc = nc
         self.subjects = subjects or [f"{QUERY_PREFIX}.>"]
         # Told each answered op and its seconds (the metrics' histogram).
@@ -161,6 +163,8 @@ class QueryWorker:
         }
         if "recall" in self.ops and self.history_reads is None:
             del self.ops["recall"]  # no history to read the task and the turns from
+        for op in leave:
+            self.ops.pop(op, None)
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)

@@ -35,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = "./.memstream"
     qdrant_url: str = ""
     qdrant_api_key: str | None = None
+    # Where the embedded engine (Qdrant Edge) runs: a process of its own, so searches do
+    # not wait behind the events being applied; or inline, in the projection's process.
+    vector_engine: Literal["process", "inline"] = "process"
     embedder: Literal["minilm", "hash", "openai", "sentence-transformers"] | None = None
     embedding_model: str | None = None
     embedding_dim: Annotated[int, msgspec.Meta(ge=8, le=65536)] | None = None
@@ -79,6 +82,7 @@ ENV_VARS: dict[str, str] = {
     "data_dir": "MEMSTREAM_DATA_DIR",
     "qdrant_url": "MEMSTREAM_QDRANT_URL",
     "qdrant_api_key": "MEMSTREAM_QDRANT_API_KEY",
+    "vector_engine": "MEMSTREAM_VECTOR_ENGINE",
     "embedder": "MEMSTREAM_EMBEDDER",
     "embedding_model": "MEMSTREAM_EMBEDDING_MODEL",
     "embedding_dim": "MEMSTREAM_EMBEDDING_DIM",
@@ -125,13 +129,14 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(_explain(err, raw, source)) from None
 
 
-_CHOICES = frozenset({"embedder", "log_format", "log_level"})
+_CHOICES = frozenset({"embedder", "log_format", "log_level", "vector_engine"})
 
 # What a person should write instead, where msgspec's own words are too terse.
 _HINTS = {
     "nats_url": f"expected a URL such as {DEFAULT_URL}, or a comma-separated list of them",
     "embedder": "use one of minilm, hash, openai, sentence-transformers",
     "log_format": "use console or json",
+    "vector_engine": "use process or inline",
     "log_level": "use one of debug, info, warning, error",
     "embedding_dim": "expected a whole number from 8 to 65536",
     "embedding_threads": "expected a whole number of threads from 1 to 256",

@@ -39,6 +39,7 @@ from memstream.projections.point_store import (
     ServerStores,
     new_generation,
 )
+from memstream.projections.point_store.remote import RemoteStore, RemoteStores
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas.errors import MemstreamError
 from memstream.schemas.partitions import WHOLE, Partition
@@ -298,7 +299,8 @@ class VectorStorage:
     def copy_for_index(self, projection: VectorProjection) -> Path:
         """A new generation that is a copy of ``projection``'s (its writes held back by
         the caller), for the engine to index in another process; its directory."""
-        assert isinstance(self.stores, EdgeStores) and isinstance(projection.store, EdgeStore)
+        assert isinstance(self.stores, EdgeStores | RemoteStores)
+        assert isinstance(projection.store, EdgeStore | RemoteStore)
         generation = new_generation()
         path = self.stores.path(generation)
         projection.store.copy_to(path)
@@ -311,7 +313,7 @@ class VectorStorage:
     def open_indexed(self, path: Path) -> VectorProjection:
         """The generation copied to ``path``, its indexes built (and the points written
         after counted, by the process that built them): to catch up and swap in."""
-        assert isinstance(self.stores, EdgeStores)
+        assert isinstance(self.stores, EdgeStores | RemoteStores)
         generation = path.name.removeprefix("shard-")
         purged = self.stores.take_back(generation)
         projection = VectorProjection(
@@ -323,7 +325,7 @@ class VectorStorage:
 
     def discard_copy(self, path: Path) -> None:
         """A copy whose indexing failed or was abandoned."""
-        assert isinstance(self.stores, EdgeStores)
+        assert isinstance(self.stores, EdgeStores | RemoteStores)
         self.stores.take_back(path.name.removeprefix("shard-"))
         shutil.rmtree(path, ignore_errors=True)
 
@@ -381,11 +383,12 @@ class EarlierVectors(MemstreamError):
 
 
 def _stores(
-    settings: Settings, rebuilding: bool, partition: Partition = WHOLE
+    settings: Settings, rebuilding: bool, partition: Partition = WHOLE, engine: Path | None = None
 ) -> tuple[PointStores, Path | None, Path | None]:
     """The engine the settings ask for; with Edge, its directory and any vectors of an
     earlier memstream to replace. ``rebuilding``: a damaged shard in use is moved aside
-    (the rebuild replaces it); otherwise opening it reports the damage."""
+    (the rebuild replaces it); otherwise opening it reports the damage. ``engine``: Edge
+    is reached in its own process (:mod:`consumers.engine`) at this socket."""
     if settings.qdrant_url:
         client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
         return ServerStores(client, partition.namespace), None, None
@@ -397,6 +400,8 @@ def _stores(
             "local mode): rebuild them from the stream into the new engine with "
             f"'memstream replay vectors --data-dir {data_dir}'"
         )
+    if engine is not None:
+        return RemoteStores(shards, engine), shards, legacy if legacy.exists() else None
     stores = EdgeStores(shards)
     current = stores.current()
     if rebuilding and current is not None and (shards / f"shard-{current}").exists():
@@ -422,13 +427,16 @@ def vector_storage_from_settings(
     *,
     set_aside_damaged: bool = False,
     partition: Partition = WHOLE,
+    engine: Path | None = None,
 ) -> VectorStorage:
     """The vectors in the settings' engine (Qdrant Edge under the data dir, or a Qdrant
     server). ``set_aside_damaged``: for a rebuild, a shard that cannot be opened is moved
     aside, and vectors of an earlier memstream are replaced; otherwise each is one line
     naming the way out. ``partition``: whose vectors (on a Qdrant server, each partition
-    has collections of its own; under a data dir, the data dir is the partition's)."""
-    stores, shards, legacy = _stores(settings, set_aside_damaged, partition)
+    has collections of its own; under a data dir, the data dir is the partition's).
+    ``engine``: the socket of Qdrant Edge's own process, which the caller has started
+    (:class:`consumers.engine_process.EngineProcess`)."""
+    stores, shards, legacy = _stores(settings, set_aside_damaged, partition, engine)
     settings.data_path.mkdir(parents=True, exist_ok=True)
     return VectorStorage(
         stores,

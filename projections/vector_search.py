@@ -138,18 +138,28 @@ def request(query: str | Sequence[str], **fields: Any) -> SearchRequest:
 
 class VectorReader:
     """Searches the generation in use, from a process that does not write the vectors
-    (``serve --role query`` against a Qdrant server): it follows a swap at its next
-    search."""
+    (``serve --role query`` against a Qdrant server, the searcher beside the engine
+    process): it follows a swap at its next search."""
 
     name = "vectors"
 
     def __init__(self, stores: PointStores, embedder: CachedEmbedder) -> None:
         self.stores = stores
         self.embedder = embedder
+        self._opened: tuple[str, PointStore] | None = None
 
     def _store(self) -> PointStore | None:
+        current_store = getattr(self.stores, "current_store", None)
+        if current_store is not None:
+            # The engine process resolves the generation in use at each call itself.
+            found: PointStore = current_store()
+            return found
         current = self.stores.current()
-        return self.stores.open(current, self.embedder.dimensions) if current else None
+        if current is None:
+            return None
+        if self._opened is None or self._opened[0] != current:
+            self._opened = (current, self.stores.open(current, self.embedder.dimensions))
+        return self._opened[1]
 
     @property
     def checkpoint(self) -> int:

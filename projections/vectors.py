@@ -43,6 +43,7 @@ from memstream.projections.point_store import (
     point_id,
     to_payload,
 )
+from memstream.projections.point_store.remote import EngineUnavailable
 from memstream.projections.turn_context import DEFAULT_SIDE, Side, TurnContext, removes
 from memstream.projections.vector_search import (
     Hit,
@@ -62,11 +63,13 @@ def _part_of(err: BaseException) -> str | None:
     is not the storage's. The embedder down, failing or refusing its key; the disk full
     or read-only under the engine (its free-space guard), the embedding cache or the
     applied ids; SQLite failing; the Qdrant server unreachable or failing; the embedded
-    engine's own errors. An embedder that refuses one text (400) is not here: it may be
-    the text's fault, which the runner settles with :meth:`VectorProjection.check_storage`
-    before it dead-letters anything."""
+    engine's own errors, or its process not answering. An embedder that refuses one text
+    (400) is not here: it may be the text's fault, which the runner settles with
+    :meth:`VectorProjection.check_storage` before it dead-letters anything."""
     if isinstance(err, EmbeddingRefused):
         return None
+    if isinstance(err, EngineUnavailable):
+        return "vector engine process"
     if isinstance(err, EmbedderError):
         return "embedder"
     if isinstance(err, sqlite3.Error):

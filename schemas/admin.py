@@ -18,6 +18,7 @@ from memstream.schemas.replies import ErrorBody, TypedReply
 __all__ = [
     "ADMIN_OPS",
     "AdminRequest",
+    "EngineInfo",
     "PingRequest",
     "PingResult",
     "PurgeReport",
@@ -49,6 +50,23 @@ class PingRequest(AdminRequest, frozen=True):
     pass
 
 
+class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The vector engine's own process (Qdrant Edge), where the answering process runs
+    one: whether it answers, its pid, its resident memory, its calls, and what waits."""
+
+    up: bool
+    pid: int | None = None
+    restarts: int = 0
+    rss_bytes: int = 0
+    searches: int = 0
+    write_calls: int = 0
+    reads_waiting: int = 0
+    writes_waiting: int = 0
+    # The longest a search waited for the engine (behind one write call at most).
+    search_wait_max_ms: float = 0.0
+    error: str | None = None
+
+
 class PingResult(msgspec.Struct, frozen=True, kw_only=True):
     # Projection name -> the stream sequence it has applied, in the answering process.
     projections: dict[str, int]
@@ -63,6 +81,8 @@ class PingResult(msgspec.Struct, frozen=True, kw_only=True):
     pending: dict[str, int] = {}
     # Why it is not ready for work (see /readyz); empty when it is.
     not_ready: list[str] = []
+    # Its vector engine's process, if it runs one.
+    engine: EngineInfo | None = None
 
 
 class SqlRequest(AdminRequest, frozen=True):

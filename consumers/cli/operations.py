@@ -90,6 +90,7 @@ async def _status(settings: Settings, nats_url_given: bool) -> dict[str, Any]:
                 "lag": p.pending,
                 "ready": not p.not_ready,
                 "not_ready": p.not_ready,
+                "engine": msgspec.to_builtins(p.engine) if p.engine is not None else None,
             }
             for p in await ping_all(nc)
         ]
@@ -145,6 +146,17 @@ def status(data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
         roles = "+".join(w["roles"]) or "admin"
         state = "ready" if w["ready"] else "NOT READY: " + "; ".join(w["not_ready"])
         out.print(f"worker {w['data_dir']} ({roles}{where}): {state}")
+        engine = w["engine"]
+        if engine is not None and engine["up"]:
+            out.print(
+                f"  vector engine: process {engine['pid']}, {engine['rss_bytes'] >> 20} MB "
+                f"resident, {engine['searches']:,} searches, "
+                f"{engine['write_calls']:,} write calls, "
+                f"waiting {engine['reads_waiting']} reads / {engine['writes_waiting']} writes, "
+                f"restarted {engine['restarts']} times"
+            )
+        elif engine is not None:
+            out.print(f"  vector engine: NOT ANSWERING ({engine['error']})")
     if not healthy:
         raise SystemExit(1)
 

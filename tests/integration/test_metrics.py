@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -84,6 +85,10 @@ async def test_metrics_move_with_what_was_done(
             before, "memstream_embedding_requests_total"
         )
         assert 0 == value(after, "memstream_publish_errors_total")
+        # The searches reached the engine's process, which answers.
+        assert 1 == value(after, "memstream_engine_up")
+        assert 0 == value(after, "memstream_engine_restarts_total")
+        assert value(after, "memstream_engine_searches_total") >= 2
 
         async def lag_zero() -> bool:
             found = await samples(base)
@@ -97,9 +102,13 @@ async def test_metrics_move_with_what_was_done(
         assert (200, "alive") == (status, json.loads(body)["status"])
         status, body = await fetch(f"{base}/readyz")
         assert 200 == status, body
+        ready = json.loads(body)
         assert {"ready": True, "reasons": []} == {
-            k: v for k, v in json.loads(body).items() if k != "projections"
+            k: v for k, v in ready.items() if k not in ("projections", "engine")
         }
+        # The engine's own process, as the worker last asked it.
+        assert ready["engine"]["up"] and ready["engine"]["rss_bytes"] > 0
+        assert ready["engine"]["pid"] != os.getpid()
 
 
 async def test_readyz_says_why_a_projection_is_not_applying(

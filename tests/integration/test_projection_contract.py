@@ -15,12 +15,14 @@ from typing import Any, ClassVar
 
 import pytest
 
+from memstream.consumers.engine_process import EngineProcess
 from memstream.projections.applied_ids import AppliedIds
 from memstream.projections.base import Projection
 from memstream.projections.embedders import OpenAIEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.history import HistoryProjection
 from memstream.projections.point_store import EdgeStores, PointStores, ServerStores, from_payload
+from memstream.projections.point_store.remote import RemoteStores
 from memstream.projections.vectors import VectorProjection
 from tests.disks import SmallDisk
 from tests.docker import docker_unavailable
@@ -206,6 +208,50 @@ class EdgeVectorsBackend(VectorsBackend):
         self.engine_disk.unmount()
 
 
+class EngineVectorsBackend(EdgeVectorsBackend):
+    """Edge in a process of its own (as ``memstream up`` runs it), reached over its
+    socket; and that process killed (SIGKILL), then started again as its supervisor
+    does."""
+
+    faults = (*EdgeVectorsBackend.faults, "engine process killed")
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.engines: dict[str, EngineProcess] = {}
+
+    def stores(self, name: str) -> PointStores:
+        shards = super().stores(name).files.dir  # type: ignore[attr-defined]
+        engine = self.engines.get(name)
+        if engine is None:
+            engine = self.engines[name] = EngineProcess(shards)
+            engine.start()
+        return RemoteStores(shards, engine.socket)
+
+    @contextlib.contextmanager
+    def _killed(self) -> Iterator[None]:
+        engine = self.engines["main"]
+        assert engine.proc is not None
+        engine.proc.kill()
+        engine.proc.wait()
+        try:
+            yield
+        finally:
+            engine.restart()
+
+    def cause(self, fault: str) -> contextlib.AbstractContextManager[None]:
+        if fault == "engine process killed":
+            return self._killed()
+        return super().cause(fault)
+
+    def close(self) -> None:
+        for part in reversed([*self.opened, *self.main_parts]):
+            part.close()
+        self.opened, self.main_parts = [], []
+        for engine in self.engines.values():
+            assert engine.stop() in (0, None)
+        super().close()
+
+
 class ServerVectorsBackend(VectorsBackend):
     faults = (*VectorsBackend.faults, "qdrant server stopped")
     url: ClassVar[str] = ""
@@ -250,6 +296,18 @@ class TestEdgeVectorsContract(ProjectionContract):
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Iterator[Backend]:
         backend = EdgeVectorsBackend(tmp_path)
+        try:
+            yield backend
+        finally:
+            backend.close()
+
+
+class TestEngineVectorsContract(ProjectionContract):
+    backend_class = EngineVectorsBackend
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[Backend]:
+        backend = EngineVectorsBackend(tmp_path)
         try:
             yield backend
         finally:

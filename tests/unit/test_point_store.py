@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import qdrant_edge as edge
 
+from memstream.consumers.engine_process import EngineProcess
 from memstream.projections.embedders import HashEmbedder
 from memstream.projections.point_store import (
     FULL_SCAN_KB,
@@ -35,6 +36,7 @@ from memstream.projections.point_store import (
     new_generation,
     point_id,
 )
+from memstream.projections.point_store.remote import RemoteStores
 from tests.docker import docker_unavailable
 
 DIMS = 64
@@ -54,11 +56,17 @@ def qdrant_url() -> Iterator[str]:
         yield f"http://{host}:{container.get_exposed_port(6333)}"
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=["edge", "engine", "server"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PointStores]:
     made: PointStores
+    engine: EngineProcess | None = None
     if request.param == "edge":
         made = EdgeStores(tmp_path / "vectors")
+    elif request.param == "engine":
+        # Edge in its own process, reached over its socket.
+        engine = EngineProcess(tmp_path / "vectors")
+        engine.start()
+        made = RemoteStores(tmp_path / "vectors", engine.socket)
     else:
         from qdrant_client import QdrantClient
 
@@ -67,6 +75,8 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PointStor
             made.drop(generation)
     yield made
     made.close()
+    if engine is not None:
+        assert 0 == engine.stop()
 
 
 @pytest.fixture

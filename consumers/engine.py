@@ -1,0 +1,390 @@
+"""The vector engine's process: it owns Qdrant Edge's shards and does only engine calls.
+
+Started and supervised by ``memstream up`` and ``serve --role vectors``
+(:mod:`consumers.engine_process`) as::
+
+    python -m memstream.consumers.engine SHARDS_DIR [--socket PATH]
+
+It listens on a unix socket (see :mod:`projections.point_store.remote` for the frames)
+and answers from one thread, one engine call at a time, in this order:
+
+1. every search (and every other read) waiting, in the order they came;
+2. then one call of the oldest write: an upsert is split into calls of
+   ``UPSERT_CHUNK`` points, and the socket is read again after each call, so a search
+   that comes during a write waits for that one call at most.
+
+A client's calls are answered in its order (each waits for its reply before the next),
+so the checkpoint a projection writes after its points is applied after them: a crash of
+either process loses nothing and doubles nothing (the batch is applied again from the
+older checkpoint, and points are idempotent).
+
+Prints ``ready`` on stdout once it listens. It takes ``engine.lock`` beside the shards
+first, so a second engine on the same shards waits for the first to end (its lock goes
+with it, even killed). SIGTERM, or its parent's death, flushes the shards and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from memstream.consumers.log import configure_logging, get_logger
+from memstream.projections.point_store.edge import EdgeStore, EdgeStores
+from memstream.projections.point_store.remote import (
+    HEADER,
+    READS,
+    engine_socket,
+    error_reply,
+    points_from_wire,
+    search_from_wire,
+)
+
+__all__ = ["EngineServer", "main"]
+
+log = get_logger("memstream.engine")
+
+# A write call that holds the engine longer than this is logged (searches wait for it).
+SLOW_CALL_S: Final = 0.05
+# How long a new engine waits for the one before it (its lock) to let go of the shards.
+LOCK_WAIT_S: Final = 30.0
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+# A write in progress yields None after each engine call, or a future it waits for (a
+# copy of a shard's files, made off this thread); it returns its reply's result.
+_Write = Generator[concurrent.futures.Future[Any] | None, None, Any]
+
+
+class _Conn:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+
+class EngineServer:
+    """Answers the calls of every connection on ``listener`` against ``stores``."""
+
+    def __init__(self, stores: EdgeStores, listener: socket.socket) -> None:
+        self.stores = stores
+        self.listener = listener
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(listener, selectors.EVENT_READ, None)
+        self.reads: collections.deque[tuple[_Conn, list[Any], float]] = collections.deque()
+        self.writes: collections.deque[tuple[_Conn, list[Any]]] = collections.deque()
+        self.job: tuple[_Conn, _Write] | None = None
+        self.job_op = ""
+        self.waiting: concurrent.futures.Future[Any] | None = None
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-copy")
+        self.stopping = False
+        self.started = time.time()
+        self.counts = {"searches": 0, "reads": 0, "write_calls": 0, "connections": 0}
+        self.search_wait_s = 0.0
+        self.search_wait_max_s = 0.0
+
+    # --- the loop --------------------------------------------------------------------
+
+    def serve(self, stop_fd: int | None = None, parent: int | None = None) -> None:
+        if stop_fd is not None:
+            self.sel.register(stop_fd, selectors.EVENT_READ, "stop")
+        while not self.stopping:
+            if self.reads or self.writes or (self.job is not None and self._runnable()):
+                timeout: float | None = 0
+            elif self.waiting is not None:
+                timeout = 0.005
+            else:
+                timeout = 1.0
+            for key, _ in self.sel.select(timeout):
+                if key.data == "stop":
+                    self.stopping = True
+                elif key.data is None:
+                    self._accept()
+                else:
+                    self._read(key.data)
+            if parent is not None and os.getppid() != parent:
+                log.warning("engine_parent_gone", parent=parent)
+                self.stopping = True
+            if not (self.reads or self.writes or self.job):
+                self._flush_when_idle()
+            if self.reads:
+                self._answer_read()
+            elif self.job is not None and self._runnable():
+                self._step()
+            elif self.job is None and self.writes:
+                conn, call = self.writes.popleft()
+                self.job = (conn, self._write(call))
+                self.job_op = call[0]
+                self._step()
+
+    def _flush_when_idle(self) -> None:
+        """With no call waiting, flush a shard whose last flush is 30 s old (a flush holds
+        the engine for tens to hundreds of ms: not while a search waits, if it can help
+        it). One shard at a time, then the socket is read again."""
+        for store in self.stores._open.values():
+            started = time.perf_counter()
+            if store.flush_if_due():
+                log.debug("engine_flushed", generation=store.generation,
+                          ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
+                return
+
+    def _runnable(self) -> bool:
+        return self.waiting is None or self.waiting.done()
+
+    def _accept(self) -> None:
+        sock, _ = self.listener.accept()
+        sock.setblocking(True)
+        self.counts["connections"] += 1
+        self.sel.register(sock, selectors.EVENT_READ, _Conn(sock))
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        conn.buf += data
+        now = time.perf_counter()
+        while len(conn.buf) >= HEADER.size:
+            (n,) = HEADER.unpack_from(conn.buf)
+            if len(conn.buf) < HEADER.size + n:
+                break
+            call = _decode(bytes(conn.buf[HEADER.size : HEADER.size + n]))
+            del conn.buf[: HEADER.size + n]
+            if call[0] in READS:
+                self.reads.append((conn, call, now))
+            else:
+                self.writes.append((conn, call))
+
+    def _close(self, conn: _Conn) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(conn.sock)
+        conn.sock.close()
+
+    def _reply(self, conn: _Conn, body: bytes) -> None:
+        try:
+            conn.sock.sendall(HEADER.pack(len(body)) + body)
+        except OSError:
+            self._close(conn)  # the caller is gone (its process died): nobody to tell
+
+    def _answer_read(self) -> None:
+        conn, call, came = self.reads.popleft()
+        started = time.perf_counter()
+        if call[0] == "search":
+            waited = started - came
+            self.counts["searches"] += 1
+            self.search_wait_s += waited
+            self.search_wait_max_s = max(self.search_wait_max_s, waited)
+        self.counts["reads"] += 1
+        try:
+            body = _encode([0, self._read_call(call)])
+        except Exception as err:
+            body = error_reply(err)
+        self._reply(conn, body)
+
+    def _step(self) -> None:
+        assert self.job is not None
+        conn, job = self.job
+        self.waiting = None
+        self.counts["write_calls"] += 1
+        started = time.perf_counter()
+        try:
+            self.waiting = next(job)
+        except StopIteration as done:
+            self.job = None
+            self._reply(conn, _encode([0, done.value]))
+        except Exception as err:
+            self.job = None
+            self._reply(conn, error_reply(err))
+        finally:
+            took = time.perf_counter() - started
+            if took > SLOW_CALL_S:
+                # A search that came meanwhile waited this long: worth knowing.
+                log.warning("engine_slow_write_call", op=self.job_op, ms=round(took * 1000, 1))
+
+    # --- the calls -------------------------------------------------------------------
+
+    def _store(self, generation: str | None) -> EdgeStore:
+        """A generation this engine has (None: the one in use), opened if it is not yet
+        (after a restart, the projection does not open it again); never made anew here."""
+        generation = generation or self.stores.current()
+        if generation is None:
+            raise RuntimeError("the vector engine has no generation in use yet")
+        store = self.stores._open.get(generation)
+        if store is not None:
+            return store
+        path = self.stores.path(generation)
+        if not path.exists() or not any(path.iterdir()):
+            raise RuntimeError(f"the vector engine has no shard {generation}")
+        store = self.stores.open(generation, 0)
+        store.flush_with_state = False  # when idle instead (see serve)
+        return store
+
+    def _read_call(self, call: list[Any]) -> Any:
+        op, generation, *args = call
+        if op == "current":
+            return self.stores.current()
+        if op == "generations":
+            return self.stores.generations()
+        if op == "status":
+            return self.status()
+        store = self._store(generation)
+        if op == "search":
+            return [[f.id, f.score, f.payload] for f in store.search(search_from_wire(args[0]))]
+        if op == "retrieve":
+            return store.retrieve(args[0])
+        if op == "count":
+            return store.count(args[0])
+        if op == "points":
+            return store.points()
+        if op == "payloads":
+            return list(store.payload_page(args[0], args[1] or None, args[2]))
+        if op == "read_state":
+            return store.read_state()
+        if op == "check":
+            store.check()
+            return None
+        raise ValueError(f"the vector engine has no read {op!r}")
+
+    def _write(self, call: list[Any]) -> _Write:
+        op, generation, *args = call
+        if op == "upsert":
+            return (yield from self._store(generation).upsert_calls(points_from_wire(args[0])))
+        if op == "copy_to":
+            store = self._store(generation)
+            return (yield from _copy(store, Path(args[0]), self.pool))
+        if op == "drop":
+            # Its files are removed off this thread (searches go on; writes wait).
+            self.stores.close_for_drop(generation)
+            yield None
+            removing = self.pool.submit(shutil.rmtree, self.stores.path(generation), True)
+            yield removing
+            return removing.result()
+        if op == "open":
+            self.stores.open(generation, args[0]).flush_with_state = False
+            return None
+        calls: dict[str, Callable[[], Any]] = {
+            "make_current": lambda: self.stores.make_current(generation),
+            "delete": lambda: self._store(generation).delete(args[0]),
+            "delete_tenant": lambda: self._store(generation).delete_tenant(args[0]),
+            "delete_expired": lambda: self._store(generation).delete_expired(
+                dt.datetime.fromtimestamp(args[0], dt.UTC)
+            ),
+            "write_state": lambda: self._store(generation).write_state(args[0]),
+        }
+        if op not in calls:
+            raise ValueError(f"the vector engine has no write {op!r}")
+        return calls[op]()
+        yield  # type: ignore[unreachable]  # a generator: its one call is its first step
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started": self.started,
+            "rss_bytes": _rss_bytes(),
+            "reads_waiting": len(self.reads),
+            "writes_waiting": len(self.writes) + (self.job is not None),
+            "search_wait_s": self.search_wait_s,
+            "search_wait_max_s": self.search_wait_max_s,
+            "generations": sorted(self.stores._open),
+            **self.counts,
+        }
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.stores.close()
+        self.sel.close()
+
+
+def _copy(store: EdgeStore, target: Path, pool: concurrent.futures.ThreadPoolExecutor) -> _Write:
+    """The shard's files copied off this thread (searches go on; writes wait)."""
+    store.shard.flush()
+    yield None
+    future = pool.submit(store.copy_files, target)
+    yield future
+    future.result()
+
+
+def _rss_bytes() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _lock(shards: Path) -> int:
+    """Hold ``engine.lock`` beside the shards (waiting for an engine before this one to
+    end); the descriptor, held until this process ends."""
+    fd = os.open(shards / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"memstream engine: another engine process holds {shards} (its "
+                    f"engine.lock) after {LOCK_WAIT_S:.0f} s: stop it first"
+                ) from None
+            time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m memstream.consumers.engine")
+    parser.add_argument("shards", type=Path)
+    parser.add_argument("--socket", type=Path)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure_logging(level=args.log_level)
+    parent = os.getppid()
+    shards: Path = args.shards
+    shards.mkdir(parents=True, exist_ok=True)
+    _lock(shards)
+    path = args.socket or engine_socket(shards)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # an engine before this one that was killed left it
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    listener.setblocking(False)
+    # A signal wakes the loop through this pipe: it stops between two engine calls.
+    stop_r, stop_w = os.pipe()
+    os.set_blocking(stop_w, False)
+    signal.set_wakeup_fd(stop_w)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server = EngineServer(EdgeStores(shards), listener)
+    log.info("engine_started", pid=os.getpid(), socket=str(path))
+    print("ready", flush=True)
+    try:
+        server.serve(stop_r, parent)
+    finally:
+        server.close()
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        log.info("engine_stopped", pid=os.getpid(), **server.counts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""The vector engine in a process of its own (:mod:`consumers.engine`), reached over a
+unix socket: the same contract as :class:`EdgeStores`, so the projection and the
+searches do not know where the engine runs.
+
+Qdrant Edge holds the interpreter lock for every call. In the process that decodes,
+folds and embeds events, a search waits behind that work; in a process that does only
+engine calls, it waits for one engine call at most (the engine process puts searches
+first). The channel costs ~0.2 ms a round trip (``benchmarks.engine_channel``).
+
+The frames: a 4-byte length, then msgpack. A call is ``[op, generation, *args]``; a
+reply ``[0, result]`` or ``[1, kind, message, errno]``, the engine's error raised here as
+the same kind (an ``OSError`` with its errno for a full disk, a plain ``Exception`` for
+the engine's own failures), so the projection tells the storage's failures from an
+event's as it does in-process. Each thread has a connection of its own and waits for
+each reply before its next call, so one thread's calls are applied in its order.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import datetime as dt
+import hashlib
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from memstream.projections.point_store.contract import (
+    Condition,
+    Found,
+    PointStore,
+    Search,
+    StorePoint,
+)
+from memstream.projections.point_store.edge import Lending
+from memstream.projections.point_store.sparse import Sparse
+from memstream.schemas.errors import MemstreamError
+from memstream.schemas.filters import And, Cond, Node, Not, Or
+
+__all__ = [
+    "READS",
+    "EngineUnavailable",
+    "RemoteStore",
+    "RemoteStores",
+    "engine_socket",
+    "error_reply",
+    "points_from_wire",
+    "read_frame",
+    "search_from_wire",
+]
+
+HEADER: Final = struct.Struct("!I")
+# The calls the engine process answers before any write (searches, and what reads).
+READS: Final = frozenset({
+    "search", "retrieve", "count", "points", "payloads", "read_state", "check", "current",
+    "generations", "status",
+})  # fmt: skip
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+# A unix socket's path has room for 107 bytes.
+_SOCKET_PATH_MAX: Final = 100
+
+
+class EngineUnavailable(ConnectionError, MemstreamError):
+    """The engine process does not answer (it died, or is being restarted): a failure of
+    the storage, never an event's; a query gets ``unavailable``."""
+
+    code = "unavailable"
+
+
+def engine_socket(shards: Path) -> Path:
+    """Where the engine process of ``shards`` listens: beside the shards, or (a path too
+    long for a unix socket) under the temporary directory, named after them."""
+    path = shards / "engine.sock"
+    if len(str(path)) <= _SOCKET_PATH_MAX:
+        return path
+    digest = hashlib.sha1(str(shards.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"memstream-engine-{digest}.sock"
+
+
+# --- what goes over the socket -----------------------------------------------------
+
+
+def _node_out(node: Node) -> list[Any]:
+    if isinstance(node, Cond):
+        value = list(node.value) if isinstance(node.value, tuple) else node.value
+        return ["c", node.field, node.op, value, list(node.path)]
+    if isinstance(node, And | Or):
+        return ["a" if isinstance(node, And) else "o", [_node_out(n) for n in node.items]]
+    return ["n", _node_out(node.item)]
+
+
+def _node_in(wire: list[Any]) -> Node:
+    tag = wire[0]
+    if tag == "c":
+        value = tuple(wire[3]) if isinstance(wire[3], list) else wire[3]
+        return Cond(wire[1], wire[2], value, tuple(wire[4]))
+    if tag == "n":
+        return Not(_node_in(wire[1]))
+    items = tuple(_node_in(n) for n in wire[1])
+    return And(items) if tag == "a" else Or(items)
+
+
+def _floats(values: Sequence[float]) -> bytes:
+    # float32, as the engine keeps them: 1.5 KB for 384 dimensions, not 3.5 KB.
+    return array.array("f", values).tobytes()
+
+
+def _unfloats(data: bytes) -> list[float]:
+    return array.array("f", data).tolist()
+
+
+def search_to_wire(s: Search) -> list[Any]:
+    return [
+        s.tenant,
+        _floats(s.dense) if s.dense is not None else None,
+        [s.sparse.indices, s.sparse.values] if s.sparse is not None else None,
+        s.limit,
+        s.mode,
+        [[c.key, list(c.any_of), c.gte, c.lt] for c in s.must],
+        s.min_score,
+        s.recency_half_life_s,
+        s.now.timestamp(),
+        _node_out(s.filter) if s.filter is not None else None,
+    ]
+
+
+def search_from_wire(w: list[Any]) -> Search:
+    return Search(
+        tenant=w[0],
+        dense=_unfloats(w[1]) if w[1] is not None else None,
+        sparse=Sparse(w[2][0], w[2][1]) if w[2] is not None else None,
+        limit=w[3],
+        mode=w[4],
+        must=tuple(Condition(k, tuple(a), gte, lt) for k, a, gte, lt in w[5]),
+        min_score=w[6],
+        recency_half_life_s=w[7],
+        now=dt.datetime.fromtimestamp(w[8], dt.UTC),
+        filter=_node_in(w[9]) if w[9] is not None else None,
+    )
+
+
+def points_to_wire(points: Sequence[StorePoint]) -> list[Any]:
+    return [[p.id, _floats(p.dense), p.sparse.indices, p.sparse.values, p.payload] for p in points]
+
+
+def points_from_wire(wire: list[Any]) -> list[StorePoint]:
+    return [StorePoint(i, _unfloats(d), Sparse(si, sv), pl) for i, d, si, sv, pl in wire]
+
+
+def error_reply(err: BaseException) -> bytes:
+    """``err`` as a reply the client raises again as the same kind."""
+    if isinstance(err, OSError):
+        kind = "os"
+    elif isinstance(err, ValueError | TypeError | KeyError):
+        kind = "value"
+    elif type(err) is Exception:
+        kind = "engine"  # Qdrant Edge's own failures are plain Exceptions
+    else:
+        kind = "runtime"
+    errno = err.errno if isinstance(err, OSError) else None
+    message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return _encode([1, kind, message or type(err).__name__, errno])
+
+
+def _raise(kind: str, message: str, errno: int | None) -> None:
+    if kind == "os":
+        raise OSError(errno or 0, message)
+    if kind == "value":
+        raise ValueError(message)
+    if kind == "engine":
+        raise Exception(message)
+    raise RuntimeError(message)
+
+
+def read_frame(sock: socket.socket) -> bytes | None:
+    """One frame's body, or None at the end of the stream."""
+    head = _read_exactly(sock, HEADER.size)
+    if head is None:
+        return None
+    body = _read_exactly(sock, HEADER.unpack(head)[0])
+    if body is None:
+        return None
+    return body
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
+    view = memoryview(bytearray(n))
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            return None
+        got += k
+    return bytes(view)
+
+
+# --- the client ----------------------------------------------------------------------
+
+
+class _Client:
+    """A connection per thread to the engine process; a call waits for its reply."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.path))
+        except OSError as err:
+            sock.close()
+            raise EngineUnavailable(
+                f"the vector engine process does not answer at {self.path} "
+                f"({err.strerror or err}): it is starting or being restarted"
+            ) from None
+        with self._lock:
+            self._all.append(sock)
+        self._local.sock = sock
+        return sock
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._local.sock = None
+        with self._lock, contextlib.suppress(ValueError):
+            self._all.remove(sock)
+        sock.close()
+
+    def call(self, op: str, *args: Any) -> Any:
+        frame = _encode([op, *args])
+        frame = HEADER.pack(len(frame)) + frame
+        sock: socket.socket | None = getattr(self._local, "sock", None)
+        # A connection made before the engine was restarted fails at its first use: then
+        # once more on a new one (every call is safe to repeat: writes are idempotent).
+        for reused in (sock is not None, False):
+            if sock is None:
+                sock = self._connect()
+            try:
+                sock.sendall(frame)
+                body = read_frame(sock)
+            except OSError as err:
+                body, failure = None, err.strerror or str(err)
+            else:
+                failure = "it closed the connection"
+            if body is not None:
+                break
+            self._drop(sock)
+            sock = None
+            if not reused:
+                raise EngineUnavailable(
+                    f"the vector engine process stopped answering ({failure}): it is "
+                    "restarted by memstream; the call is repeated then"
+                )
+        assert body is not None
+        reply = _decode(body)
+        if reply[0] == 0:
+            return reply[1]
+        _raise(*reply[1:])
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._all:
+                sock.close()
+            self._all.clear()
+
+
+class RemoteStore:
+    """One generation, in the engine process."""
+
+    def __init__(self, client: _Client, generation: str | None) -> None:
+        """``generation`` None: the one in use at each call."""
+        self._call = client.call
+        # "" (no generation named): the engine takes the one in use.
+        self.generation: str = generation or ""
+
+    def upsert(self, points: Sequence[StorePoint]) -> None:
+        if points:
+            self._call("upsert", self.generation, points_to_wire(points))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._call("delete", self.generation, list(ids))
+
+    def retrieve(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        found: list[dict[str, Any]] = self._call("retrieve", self.generation, list(ids))
+        return found
+
+    def delete_tenant(self, tenant: str) -> int:
+        return int(self._call("delete_tenant", self.generation, tenant))
+
+    def delete_expired(self, now: dt.datetime) -> int:
+        return int(self._call("delete_expired", self.generation, now.timestamp()))
+
+    def count(self, tenant: str) -> int:
+        return int(self._call("count", self.generation, tenant))
+
+    def points(self) -> int:
+        return int(self._call("points", self.generation))
+
+    def payloads(
+        self, tenant: str | None = None, *, where: Mapping[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        offset: Any = None
+        while True:
+            page, offset = self._call(
+                "payloads", self.generation, tenant, dict(where or {}), offset
+            )
+            yield from page
+            if offset is None:
+                return
+
+    def search(self, search: Search) -> list[Found]:
+        found = self._call("search", self.generation, search_to_wire(search))
+        return [Found(i, s, p) for i, s, p in found]
+
+    def read_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self._call("read_state", self.generation)
+        return state
+
+    def check(self) -> None:
+        self._call("check", self.generation)
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        self._call("write_state", self.generation, state)
+
+    def copy_to(self, target: Path) -> None:
+        """A copy of the shard as it is now (the caller holds its writes back), made by
+        the engine process (the shard's files are its to flush)."""
+        self._call("copy_to", self.generation, str(target))
+
+    def close(self) -> None:
+        """Nothing to release here: the engine process keeps the shard open."""
+
+
+class RemoteStores(Lending):
+    """The shards under ``shards``, held by the engine process listening at ``path``.
+
+    What is lent to an indexing process is kept here, by the process that lends it (see
+    :meth:`EdgeStores.lend`), so a restart of the engine forgets nothing of it."""
+
+    def __init__(self, shards: Path, path: Path | None = None) -> None:
+        super().__init__()
+        self.shards = shards
+        self.client = _Client(path or engine_socket(shards))
+
+    def path(self, generation: str) -> Path:
+        return self.shards / f"shard-{generation}"
+
+    def current(self) -> str | None:
+        current: str | None = self.client.call("current", None)
+        return current
+
+    def generations(self) -> list[str]:
+        return list(self.client.call("generations", None))
+
+    def open(self, generation: str, dimensions: int) -> PointStore:
+        if generation in self._lent:
+            raise RuntimeError(f"shard {generation} is in another process's hands")
+        self.client.call("open", generation, dimensions)
+        return RemoteStore(self.client, generation)
+
+    def current_store(self) -> RemoteStore:
+        """The generation in use at each call, whichever it is then (for a reader that
+        follows swaps without asking which one first). A call made while no generation
+        is in use fails (``RuntimeError``)."""
+        return RemoteStore(self.client, None)
+
+    def make_current(self, generation: str) -> str | None:
+        old: str | None = self.client.call("make_current", generation)
+        return old
+
+    def drop(self, generation: str) -> None:
+        self.client.call("drop", generation)
+
+    def status(self, within: float = 2.0) -> dict[str, Any]:
+        """What the engine process reports of itself (its pid, its queues, its calls),
+        on a connection of its own that waits ``within`` seconds at most."""
+        frame = _encode(["status", None])
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(within)
+            try:
+                sock.connect(str(self.client.path))
+                sock.sendall(HEADER.pack(len(frame)) + frame)
+                body = read_frame(sock)
+            except OSError as err:
+                raise EngineUnavailable(
+                    f"the vector engine process does not answer ({err.strerror or err})"
+                ) from None
+        if body is None:
+            raise EngineUnavailable("the vector engine process closed the connection")
+        status: dict[str, Any] = _decode(body)[1]
+        return status
+
+    def close(self) -> None:
+        self.client.close()
