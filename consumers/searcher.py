@@ -13,8 +13,8 @@ that has to take turns with that work waits for it (measured: p99 of seconds und
 
 A request's ``min_seq`` is waited for on the checkpoint the engine holds (asked every
 2 ms while one waits). Recall reads the history over its query ops. Each answered
-op's seconds go to the parent on stdout (``op seconds`` lines), and its embedder's
-counters (``embedded calls hits misses``), for its metrics.
+op's seconds go to the parent on stdout (``op seconds`` lines, once a second), and its
+embedder's counters (``embedded calls hits misses``), for its metrics.
 Prints ``started`` once connected, answers once ``serve`` is written to its stdin, then
 prints ``ready``; SIGTERM, or its parent's death, finishes the requests in flight and
 exits 0.
@@ -28,7 +28,6 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from memstream.consumers.log import configure_logging, get_logger
@@ -52,17 +51,25 @@ SEARCHER_OPS = frozenset({"search", "recall"})
 EMBEDDED = "embedded"
 
 
-def _reporter(embedder: CachedEmbedder) -> Callable[[str, float], None]:
-    """Each answered op's seconds, and the embedder's counters, to the parent."""
+class _Reports:
+    """Each answered op's seconds, and the embedder's counters, for the parent: kept, and
+    written once a second (a line a search woke the parent for every search)."""
 
-    def report(op: str, seconds: float) -> None:
-        stats = embedder.stats
-        sys.stdout.write(
-            f"{op} {seconds:.6f}\n{EMBEDDED} {stats.embedding_calls} {stats.hits} {stats.misses}\n"
-        )
+    def __init__(self, embedder: CachedEmbedder) -> None:
+        self.embedder = embedder
+        self.lines: list[str] = []
+
+    def observe(self, op: str, seconds: float) -> None:
+        self.lines.append(f"{op} {seconds:.6f}\n")
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        stats = self.embedder.stats
+        self.lines.append(f"{EMBEDDED} {stats.embedding_calls} {stats.hits} {stats.misses}\n")
+        sys.stdout.write("".join(self.lines))
         sys.stdout.flush()
-
-    return report
+        self.lines.clear()
 
 
 async def _serve(socket: Path, subjects: list[str]) -> None:
@@ -84,12 +91,15 @@ async def _serve(socket: Path, subjects: list[str]) -> None:
             remote_history=RemoteHistory(nc),
             answers_unknown=False,
             queue=f"{QUEUE}-vectors",
-            # The engine is another process: the call waits on its socket, and nothing
-            # else here needs the event loop meanwhile more than the search does.
-            search_inline=True,
+            # The engine is another process: a search waits on its socket in a thread,
+            # and the event loop takes the next request meanwhile, so the searcher and
+            # the engine work at once (inline, each waited for the other: half the
+            # searches a second, measured).
+            search_inline=False,
             subjects=subjects,
         )
-        worker.observe = _reporter(embedder)
+        reports = _Reports(embedder)
+        worker.observe = reports.observe
         # Started: answer once the parent says so (see SearcherProcess.serve).
         print("started", flush=True)
         told = asyncio.ensure_future(asyncio.to_thread(sys.stdin.readline))
@@ -103,10 +113,12 @@ async def _serve(socket: Path, subjects: list[str]) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+            reports.flush()
             if os.getppid() != parent:
                 log.warning("searcher_parent_gone", parent=parent)
                 break
         await worker.stop()
+        reports.flush()
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

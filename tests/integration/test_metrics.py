@@ -65,7 +65,16 @@ async def test_metrics_move_with_what_was_done(
         await mem.query("stats", dict, min_seq=last.seq)
         await mem.search("metrics fact", min_seq=last.seq)
         await mem.search("metrics fact")
-        after = await samples(base)
+        count = "memstream_query_duration_seconds_count"
+        found: list[Any] = []
+
+        async def searches_counted() -> bool:
+            # The searcher reports what it answered once a second.
+            found.append(await samples(base))
+            return 2 == value(found[-1], count, op="search") - value(before, count, op="search")
+
+        await wait_for(searches_counted, 10, "the searches in the metrics")
+        after = found[-1]
 
         applied = "memstream_events_applied_total"
         for projection in ("history", "vectors"):
@@ -73,7 +82,6 @@ async def test_metrics_move_with_what_was_done(
                 before, applied, projection=projection
             )
             assert 0 == value(after, "memstream_dead_letters_total", projection=projection)
-        count = "memstream_query_duration_seconds_count"
         assert 1 == value(after, count, op="stats") - value(before, count, op="stats")
         assert 2 == value(after, count, op="search") - value(before, count, op="search")
         misses = "memstream_embedding_cache_misses_total"
