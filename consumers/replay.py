@@ -10,20 +10,25 @@ import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from memstream.consumers._pull import BatchPuller
 from memstream.consumers.decoding import MessageDecoder, delivery_seq, stream_seq
+from memstream.consumers.log import get_logger
 from memstream.consumers.runner import RunnerStats, erase_from_stream
 from memstream.projections.base import Applied, Projection
 from memstream.schemas.admin import ReplayProgress
 from memstream.schemas.events import EventDecoder
 from memstream.schemas.partitions import WHOLE, Partition
 from memstream.schemas.subjects import EVENT_STREAM
+
+log = get_logger("memstream.replay")
 
 __all__ = ["replay"]
 
@@ -110,6 +115,21 @@ async def replay(
         while True:
             msgs = await puller.fetch(batch_size, timeout=1.0)
             if not msgs:
+                if not await _exists(js, name):
+                    # The server removed it: idle past its inactive threshold while a
+                    # batch or the pause of live ingest took long (seen under overload,
+                    # which then waited for nothing, with live ingest paused). Read on
+                    # from what was applied, with a new one.
+                    if in_flight is not None:
+                        erased += (await in_flight).erased
+                        in_flight = None
+                    log.warning("replay_consumer_gone", consumer=name,
+                                checkpoint=projection.checkpoint)  # fmt: skip
+                    await puller.stop()
+                    name, _ = await reader(projection.checkpoint + 1)
+                    puller = BatchPuller(nc, EVENT_STREAM, name, linger=0.02)
+                    await puller.start()
+                    expected = 1
                 continue
             gap = _gap(msgs, expected)
             if gap is not None:
@@ -179,3 +199,14 @@ async def replay(
             await js.delete_consumer(EVENT_STREAM, name)
     await erase_from_stream(js, projection.name, erased)
     return stats
+
+
+async def _exists(js: Any, name: str) -> bool:
+    """Whether the stream still has the consumer ``name`` (not when NATS cannot say)."""
+    try:
+        await js.consumer_info(EVENT_STREAM, name)
+    except nats.js.errors.NotFoundError:
+        return False
+    except nats.errors.Error:
+        return True  # not known now: the next empty fetch asks again
+    return True

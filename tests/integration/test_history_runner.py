@@ -365,3 +365,39 @@ async def test_a_replay_reads_again_past_a_lost_delivery(nc: NatsClient, tmp_pat
     assert list(range(state.first_seq, state.last_seq + 1)) == sorted(stored)
     assert 300 == len(stored)
     projection.close()
+
+
+async def test_a_replay_whose_consumer_the_server_removed_reads_on(
+    nc: NatsClient, tmp_path: Path
+) -> None:
+    """The server removes a replay's consumer that stays idle past its inactive
+    threshold (a long batch, a long pause of live ingest): the replay makes a new one
+    from what it applied, rather than waiting for nothing."""
+    await publish_mixed(nc, 300)
+    projection = HistoryProjection(tmp_path / "replayed.duckdb")
+    js = nc.jetstream()
+    state = (await js.stream_info("MEMORY")).state
+    before = {c.name for c in await js.consumers_info("MEMORY")}
+    removed: list[str] = []
+
+    async def remove() -> None:
+        (name,) = [
+            c.name
+            for c in await js.consumers_info("MEMORY")
+            if c.name.startswith("replay-") and c.name not in before
+        ]
+        await js.delete_consumer("MEMORY", name)
+        removed.append(name)
+
+    async def until(checkpoint: int) -> bool:
+        if not removed:
+            await remove()  # as the server does while the replay waits here
+        return checkpoint >= state.last_seq
+
+    await asyncio.wait_for(
+        replay(nc, projection, batch_size=50, until=until, eager=True), timeout=60
+    )
+    assert removed, "the test removed no consumer"
+    stored = [seq for (seq,) in projection.cursor().execute("SELECT seq FROM events").fetchall()]
+    assert list(range(state.first_seq, state.last_seq + 1)) == sorted(stored)
+    projection.close()
