@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from memstream.consumers.engine import LOCK_WAIT_S
 from memstream.consumers.log import get_logger
@@ -128,14 +128,6 @@ class Child:
             with contextlib.suppress(OSError):
                 proc.stdout.close()
         return status
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "running": self.exited() is None and self.proc is not None,
-            "restarts": self.restarts,
-            "started": self.started_at,
-        }
 
 
 class EngineProcess(Child):
