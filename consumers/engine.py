@@ -45,7 +45,7 @@ from typing import Any, Final
 import msgspec
 
 from memstream.consumers.log import configure_logging, get_logger
-from memstream.projections.point_store.edge import EdgeStore, EdgeStores
+from memstream.projections.point_store.edge import QUIET_S, EdgeStore, EdgeStores
 from memstream.projections.point_store.remote import (
     HEADER,
     READS,
@@ -96,6 +96,7 @@ class EngineServer:
         self.counts = {"searches": 0, "reads": 0, "write_calls": 0, "connections": 0}
         self.search_wait_s = 0.0
         self.search_wait_max_s = 0.0
+        self.last_search = 0.0
 
     # --- the loop --------------------------------------------------------------------
 
@@ -132,12 +133,13 @@ class EngineServer:
                 self._step()
 
     def _flush_when_idle(self) -> None:
-        """With no call waiting, flush a shard whose last flush is 30 s old (a flush holds
-        the engine for tens to hundreds of ms: not while a search waits, if it can help
-        it). One shard at a time, then the socket is read again."""
+        """With no call waiting, flush a shard that is due (a flush holds the engine for
+        tens to hundreds of ms: see ``EdgeStore.flush_if_due``), once no search has come
+        for ``QUIET_S``. One shard at a time, then the socket is read again."""
+        quiet = time.monotonic() - self.last_search >= QUIET_S
         for store in self.stores._open.values():
             started = time.perf_counter()
-            if store.flush_if_due():
+            if store.flush_if_due(quiet):
                 log.debug("engine_flushed", generation=store.generation,
                           ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
                 return
@@ -191,6 +193,7 @@ class EngineServer:
             self.counts["searches"] += 1
             self.search_wait_s += waited
             self.search_wait_max_s = max(self.search_wait_max_s, waited)
+            self.last_search = time.monotonic()
         self.counts["reads"] += 1
         try:
             body = _encode([0, self._read_call(call)])
@@ -314,8 +317,6 @@ class EngineServer:
 
 def _copy(store: EdgeStore, target: Path, pool: concurrent.futures.ThreadPoolExecutor) -> _Write:
     """The shard's files copied off this thread (searches go on; writes wait)."""
-    store.shard.flush()
-    yield None
     future = pool.submit(store.copy_files, target)
     yield future
     future.result()

@@ -36,7 +36,9 @@ from memstream.projections.point_store import (
     new_generation,
     point_id,
 )
-from memstream.projections.point_store.remote import RemoteStores
+from memstream.projections.point_store import edge as edge_store
+from memstream.projections.point_store.edge import EdgeStore
+from memstream.projections.point_store.remote import RemoteStore, RemoteStores
 from tests.docker import docker_unavailable
 
 DIMS = 64
@@ -337,6 +339,52 @@ def test_a_shard_lent_to_another_process_is_not_opened_and_owes_its_purges(
     assert [] == stores.take_back("copy")
     assert ["k1"] == refs(stores.open("copy", DIMS), search("acme", "kept"))
     stores.close()
+
+
+def test_a_copy_taken_unflushed_opens_with_every_point(
+    stores: PointStores, store: PointStore, tmp_path: Path
+) -> None:
+    """The copy an index build starts from is taken without a flush (a flush would hold
+    the engine, and every search, for up to a third of a second): opening it replays
+    the log's tail, as after a kill, and it holds every point written before it."""
+    if not isinstance(stores, EdgeStores | RemoteStores):
+        pytest.skip("a server's collections are not copied by file")
+    assert isinstance(store, EdgeStore | RemoteStore)
+    for batch in range(3):
+        store.upsert([point("acme", f"b{batch}-{i}", f"note {batch} {i}") for i in range(200)])
+    store.delete([point_id("acme", "knowledge", "b0-0")])
+    store.write_state({"dimensions": DIMS, "checkpoint": 42})
+    copy = new_generation()
+    store.copy_to(stores.path(copy))
+    store.upsert([point("acme", "after", "written after the copy")])
+    opened = EdgeStores(tmp_path / "vectors")  # as the index build opens it: elsewhere
+    try:
+        copied = opened.open(copy, DIMS)
+        assert 599 == copied.count("acme")
+        assert 42 == copied.read_state()["checkpoint"]
+        assert ["b2-199"] == refs(copied, search("acme", "note 2 199", limit=1))
+        assert [] == copied.retrieve([point_id("acme", "knowledge", "after")])
+    finally:
+        opened.close()
+
+
+def test_a_flush_waits_for_a_quiet_engine_or_a_long_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush holds the engine and every search for tens to hundreds of ms: it is
+    taken when no search is coming, or once so much waits in the log that a restart
+    would replay long; never for nothing."""
+    monkeypatch.setattr(edge_store, "_FLUSH_EVERY_S", 0.0)
+    monkeypatch.setattr(edge_store, "FLUSH_BOUND", 100)
+    store = EdgeStores(tmp_path / "vectors").open("g", DIMS)
+    store.upsert([point("acme", "k0", "first")])
+    assert store.flush_if_due(quiet=True)
+    assert not store.flush_if_due(quiet=True)  # nothing written since
+    store.upsert([point("acme", f"k{i}", "busy") for i in range(60)])
+    assert not store.flush_if_due(quiet=False)  # searches are coming: it waits
+    store.upsert([point("acme", f"k{i}", "busy") for i in range(60, 120)])
+    assert store.flush_if_due(quiet=False)  # the log's tail is past the bound
+    store.close()
 
 
 def test_partitions_keep_their_own_collections_on_one_server(qdrant_url: str) -> None:
