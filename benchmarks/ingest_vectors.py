@@ -29,7 +29,7 @@ import qdrant_edge as edge
 
 from benchmarks._common import arguments, exit_code, percentile, report
 from memstream.consumers._runtime import tune_for_throughput
-from memstream.consumers.engine_process import EngineProcess
+from memstream.consumers.engine_process import EngineProcesses
 from memstream.projections.embedders import HashEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.point_store import (
@@ -75,12 +75,11 @@ def main(tenants: int, per_tenant: int, queries: int, engine: str = "process") -
     tune_for_throughput()
     ok = True
     with tempfile.TemporaryDirectory(prefix="memstream-bench-") as tmp:
-        process: EngineProcess | None = None
+        process: EngineProcesses | None = None
         stores: PointStores
         if engine == "process":
-            process = EngineProcess(Path(tmp) / "vectors", log_level="warning")
-            process.start()
-            stores = RemoteStores(Path(tmp) / "vectors", process.socket)
+            process = EngineProcesses(Path(tmp) / "vectors", log_level="warning")
+            stores = RemoteStores(Path(tmp) / "vectors", process)
         else:
             stores = EdgeStores(Path(tmp) / "vectors")
         cached = CachedEmbedder(HashEmbedder(384), EmbeddingCache(Path(tmp) / "cache.sqlite3"))

@@ -32,7 +32,7 @@ import nats.errors
 from memstream.consumers.admin import AdminResponder
 from memstream.consumers.auth import TenantCredentials
 from memstream.consumers.deployment import Hold, claim_partition, hold
-from memstream.consumers.engine_process import Child, EngineFailed
+from memstream.consumers.engine_process import EngineFailed, Supervised
 from memstream.consumers.log import get_logger
 from memstream.consumers.metrics import Health, MetricsServer, ProcessMetrics, refresh_health
 from memstream.consumers.nats_server import NatsServer
@@ -355,7 +355,7 @@ def _observer(metrics: ProcessMetrics) -> Callable[[bytes], None]:
     return observe
 
 
-async def _supervise_child(child: Child, stop: asyncio.Event) -> None:
+async def _supervise_child(child: Supervised, stop: asyncio.Event) -> None:
     """Restart the engine's process or the searcher when it dies (bounded, as the
     broker); while the engine is down the projection's batch waits as for any storage
     failure, and a search is answered ``unavailable``. When it keeps dying, stop

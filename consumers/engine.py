@@ -1,9 +1,10 @@
-"""The vector engine's process: it owns Qdrant Edge's shards and does only engine calls.
+"""The vector engine's process: it owns one generation of Qdrant Edge's shards and does
+only engine calls.
 
 Started and supervised by ``memstream up`` and ``serve --role vectors``
-(:mod:`consumers.engine_process`) as::
+(:mod:`consumers.engine_process`), one for each generation open, as::
 
-    python -m memstream.consumers.engine SHARDS_DIR [--socket PATH]
+    python -m memstream.consumers.engine SHARDS_DIR --generation G [--socket PATH]
 
 It listens on a unix socket (see :mod:`projections.point_store.remote` for the frames)
 and answers from one thread, one engine call at a time, in this order:
@@ -18,9 +19,10 @@ so the checkpoint a projection writes after its points is applied after them: a 
 either process loses nothing and doubles nothing (the batch is applied again from the
 older checkpoint, and points are idempotent).
 
-Prints ``ready`` on stdout once it listens. It takes ``engine.lock`` beside the shards
-first, so a second engine on the same shards waits for the first to end (its lock goes
-with it, even killed). SIGTERM, or its parent's death, flushes the shards and exits 0.
+Prints ``ready`` on stdout once it listens, with its shard loaded if there is one. It
+takes ``engine-G.lock`` beside the shards first, so a second engine of the same
+generation waits for the first to end (its lock goes with it, even killed). SIGTERM, or
+its parent's death, flushes the shard and exits 0.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import datetime as dt
 import fcntl
 import os
 import selectors
-import shutil
 import signal
 import socket
 import sys
@@ -78,10 +79,12 @@ class _Conn:
 
 
 class EngineServer:
-    """Answers the calls of every connection on ``listener`` against ``stores``."""
+    """Answers the calls of every connection on ``listener`` against ``generation`` of
+    ``stores``."""
 
-    def __init__(self, stores: EdgeStores, listener: socket.socket) -> None:
+    def __init__(self, stores: EdgeStores, listener: socket.socket, generation: str) -> None:
         self.stores = stores
+        self.generation = generation
         self.listener = listener
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, None)
@@ -223,12 +226,15 @@ class EngineServer:
 
     # --- the calls -------------------------------------------------------------------
 
-    def _store(self, generation: str | None) -> EdgeStore:
-        """A generation this engine has (None: the one in use), opened if it is not yet
-        (after a restart, the projection does not open it again); never made anew here."""
-        generation = generation or self.stores.current()
-        if generation is None:
-            raise RuntimeError("the vector engine has no generation in use yet")
+    def store(self, generation: str | None) -> EdgeStore:
+        """This engine's generation (a call that names none means it), opened if it is
+        not yet (after a restart, the projection does not open it again); never made
+        anew here."""
+        generation = generation or self.generation
+        if generation != self.generation:
+            raise RuntimeError(
+                f"the vector engine of shard {self.generation} has no shard {generation}"
+            )
         store = self.stores._open.get(generation)
         if store is not None:
             return store
@@ -241,13 +247,9 @@ class EngineServer:
 
     def _read_call(self, call: list[Any]) -> Any:
         op, generation, *args = call
-        if op == "current":
-            return self.stores.current()
-        if op == "generations":
-            return self.stores.generations()
         if op == "status":
             return self.status()
-        store = self._store(generation)
+        store = self.store(generation)
         if op == "search":
             return [[f.id, f.score, f.payload] for f in store.search(search_from_wire(args[0]))]
         if op == "retrieve":
@@ -268,28 +270,24 @@ class EngineServer:
     def _write(self, call: list[Any]) -> _Write:
         op, generation, *args = call
         if op == "upsert":
-            return (yield from self._store(generation).upsert_calls(points_from_wire(args[0])))
+            return (yield from self.store(generation).upsert_calls(points_from_wire(args[0])))
         if op == "copy_to":
-            store = self._store(generation)
+            store = self.store(generation)
             return (yield from _copy(store, Path(args[0]), self.pool))
-        if op == "drop":
-            # Its files are removed off this thread (searches go on; writes wait).
-            self.stores.close_for_drop(generation)
-            yield None
-            removing = self.pool.submit(shutil.rmtree, self.stores.path(generation), True)
-            yield removing
-            return removing.result()
         if op == "open":
+            if generation != self.generation:
+                raise RuntimeError(
+                    f"the vector engine of shard {self.generation} cannot open {generation}"
+                )
             self.stores.open(generation, args[0]).flush_with_state = False
             return None
         calls: dict[str, Callable[[], Any]] = {
-            "make_current": lambda: self.stores.make_current(generation),
-            "delete": lambda: self._store(generation).delete(args[0]),
-            "delete_tenant": lambda: self._store(generation).delete_tenant(args[0]),
-            "delete_expired": lambda: self._store(generation).delete_expired(
+            "delete": lambda: self.store(generation).delete(args[0]),
+            "delete_tenant": lambda: self.store(generation).delete_tenant(args[0]),
+            "delete_expired": lambda: self.store(generation).delete_expired(
                 dt.datetime.fromtimestamp(args[0], dt.UTC)
             ),
-            "write_state": lambda: self._store(generation).write_state(args[0]),
+            "write_state": lambda: self.store(generation).write_state(args[0]),
         }
         if op not in calls:
             raise ValueError(f"the vector engine has no write {op!r}")
@@ -305,7 +303,7 @@ class EngineServer:
             "writes_waiting": len(self.writes) + (self.job is not None),
             "search_wait_s": self.search_wait_s,
             "search_wait_max_s": self.search_wait_max_s,
-            "generations": sorted(self.stores._open),
+            "generation": self.generation,
             **self.counts,
         }
 
@@ -330,10 +328,15 @@ def _rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _lock(shards: Path) -> int:
-    """Hold ``engine.lock`` beside the shards (waiting for an engine before this one to
-    end); the descriptor, held until this process ends."""
-    fd = os.open(shards / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+def lock_path(shards: Path, generation: str) -> Path:
+    return shards / f"engine-{generation}.lock"
+
+
+def _lock(shards: Path, generation: str) -> int:
+    """Hold ``engine-G.lock`` beside the shards (waiting for an engine of the generation
+    before this one to end); the descriptor, held until this process ends."""
+    path = lock_path(shards, generation)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
@@ -342,8 +345,8 @@ def _lock(shards: Path) -> int:
         except BlockingIOError:
             if time.monotonic() > deadline:
                 raise SystemExit(
-                    f"memstream engine: another engine process holds {shards} (its "
-                    f"engine.lock) after {LOCK_WAIT_S:.0f} s: stop it first"
+                    f"memstream engine: another engine process holds shard {generation} "
+                    f"of {shards} ({path.name}) after {LOCK_WAIT_S:.0f} s: stop it first"
                 ) from None
             time.sleep(0.05)
 
@@ -351,6 +354,7 @@ def _lock(shards: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m memstream.consumers.engine")
     parser.add_argument("shards", type=Path)
+    parser.add_argument("--generation", required=True)
     parser.add_argument("--socket", type=Path)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -358,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parent = os.getppid()
     shards: Path = args.shards
     shards.mkdir(parents=True, exist_ok=True)
-    _lock(shards)
-    path = args.socket or engine_socket(shards)
+    generation: str = args.generation
+    _lock(shards, generation)
+    path = args.socket or engine_socket(shards, generation)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # an engine before this one that was killed left it
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -373,8 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.set_wakeup_fd(stop_w)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server = EngineServer(EdgeStores(shards), listener)
-    log.info("engine_started", pid=os.getpid(), socket=str(path))
+    server = EngineServer(EdgeStores(shards), listener, generation)
+    if any(server.stores.path(generation).glob("*")):
+        # Loaded before ready: meanwhile, the engine of the generation before answers.
+        # A shard that cannot be opened (damaged, held) is said by the first call that
+        # needs it, as the engine's error, for the caller to name the way out.
+        with contextlib.suppress(Exception):
+            server.store(generation)
+    log.info("engine_started", pid=os.getpid(), generation=generation, socket=str(path))
     print("ready", flush=True)
     try:
         server.serve(stop_r, parent)

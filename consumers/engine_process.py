@@ -1,7 +1,8 @@
 """The processes beside the one whose projection writes the vectors (``memstream up``,
 ``serve --role vectors``), started and watched by it:
 
-- the vector engine's (:mod:`consumers.engine`), which owns Qdrant Edge's shards;
+- the vector engine's (:mod:`consumers.engine`), one for each generation of Qdrant
+  Edge's shards that is open (:class:`EngineProcesses`);
 - the searcher (:mod:`consumers.searcher`), which answers ``search`` and ``recall``
   through the engine, in an interpreter that applies no events.
 
@@ -22,15 +23,23 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
-from memstream.consumers.engine import LOCK_WAIT_S
+from memstream.consumers.engine import LOCK_WAIT_S, lock_path
 from memstream.consumers.log import get_logger
 from memstream.consumers.nats_server import die_with_parent, terminate
+from memstream.projections.files import ProjectionFiles
 from memstream.projections.point_store.remote import engine_socket
 from memstream.schemas.errors import MemstreamError
 
-__all__ = ["Child", "EngineFailed", "EngineProcess", "SearcherProcess"]
+__all__ = [
+    "Child",
+    "EngineFailed",
+    "EngineProcess",
+    "EngineProcesses",
+    "SearcherProcess",
+    "Supervised",
+]
 
 log = get_logger("memstream.engine")
 
@@ -39,6 +48,19 @@ log = get_logger("memstream.engine")
 _START_WITHIN_S: Final = LOCK_WAIT_S + 30.0
 # The engine flushes its shards when stopped: seconds, for a large shard.
 _STOP_WITHIN_S: Final = 60.0
+
+
+class Supervised(Protocol):
+    """What is watched and restarted: a child process, or the engine processes."""
+
+    what: str
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def exited(self) -> int | None: ...
+
+    def restart(self) -> None: ...
 
 
 class EngineFailed(MemstreamError):
@@ -131,23 +153,122 @@ class Child:
 
 
 class EngineProcess(Child):
-    """The engine process of the shards under ``shards``."""
+    """The engine process of ``generation`` of the shards under ``shards``."""
+
+    what = "vector engine process"
+
+    def __init__(self, shards: Path, generation: str, *, log_level: str = "info") -> None:
+        self.shards = shards
+        self.generation = generation
+        self.socket = engine_socket(shards, generation)
+        super().__init__([
+            sys.executable, "-m", "memstream.consumers.engine", str(shards),
+            "--generation", generation, "--socket", str(self.socket), "--log-level", log_level,
+        ])  # fmt: skip
+
+    def kill(self) -> None:
+        """Its end without a flush (its shard is being removed), and what it left."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdout.close()
+        for left in (self.socket, lock_path(self.shards, self.generation)):
+            with contextlib.suppress(FileNotFoundError):
+                left.unlink()
+
+
+class EngineProcesses:
+    """The engine processes of the shards under ``shards``: one for each generation
+    open, started when it is first asked for (:meth:`socket`, the
+    :class:`~projections.point_store.remote.Engines` of the projection's stores) and
+    ended with the generation (:meth:`retire`). Watched as one child: when one dies,
+    :meth:`exited` says so and :meth:`restart` starts it again."""
 
     what = "vector engine process"
 
     def __init__(self, shards: Path, *, log_level: str = "info") -> None:
         self.shards = shards
-        self.socket = engine_socket(shards)
+        self.log_level = log_level
         shards.mkdir(parents=True, exist_ok=True)
-        super().__init__([
-            sys.executable, "-m", "memstream.consumers.engine", str(shards),
-            "--socket", str(self.socket), "--log-level", log_level,
-        ])  # fmt: skip
+        self.files = ProjectionFiles(shards, "shard", "")
+        self._children: dict[str, EngineProcess] = {}
+        self._lock = threading.Lock()
+        self.restarts = 0
+
+    def start_current(self) -> None:
+        """The engine process of the generation in use, if there is one, started now (so
+        that one that cannot start stops memstream at once, with the reason)."""
+        path = self.files.current()
+        if path is not None and path.exists():
+            self.socket(path.name.removeprefix("shard-"))
+
+    def socket(self, generation: str) -> Path:
+        with self._lock:
+            child = self._children.get(generation)
+            if child is None:
+                child = EngineProcess(self.shards, generation, log_level=self.log_level)
+                child.start()
+                self._children[generation] = child
+            return child.socket
+
+    def retire(self, generation: str) -> None:
+        with self._lock:
+            child = self._children.pop(generation, None)
+        if child is not None:
+            child.kill()
+
+    def current(self) -> EngineProcess | None:
+        """The engine process of the generation in use."""
+        path = self.files.current()
+        if path is None:
+            return None
+        return self._children.get(path.name.removeprefix("shard-"))
+
+    @property
+    def pid(self) -> int | None:
+        child = self.current()
+        return child.pid if child is not None else None
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [c.pid for c in self._children.values() if c.pid is not None]
+
+    def exited(self) -> int | None:
+        """The exit status of one that has ended; None while all run."""
+        with self._lock:
+            for child in self._children.values():
+                status = child.exited()
+                if status is not None:
+                    return status
+        return None
+
+    def restart(self) -> None:
+        """Start again each one that ended."""
+        with self._lock:
+            for child in self._children.values():
+                if child.exited() is not None:
+                    child.restart()
+                    self.restarts += 1
+
+    def stop(self) -> int | None:
+        """SIGTERM to each (it flushes its shard); the first exit status that is not 0,
+        or 0 (None when none ran)."""
+        with self._lock:
+            children, self._children = list(self._children.values()), {}
+        statuses = [child.stop() for child in children]
+        return next((s for s in statuses if s), statuses[0] if statuses else None)
 
 
 class SearcherProcess(Child):
-    """The searcher: ``search`` and ``recall`` answered through the engine at ``socket``,
-    on ``subjects``, with the settings of ``env`` (its NATS, its embedder).
+    """The searcher: ``search`` and ``recall`` answered through the engine processes of
+    the shards under ``shards``, on ``subjects``, with the settings of ``env`` (its NATS,
+    its embedder).
 
     Started early (its interpreter, its embedder and its connection take a second or
     more, while the projections catch up), it answers only once told to
@@ -156,8 +277,8 @@ class SearcherProcess(Child):
     what = "searcher process"
     started_line = b"started"
 
-    def __init__(self, socket: Path, subjects: list[str], env: dict[str, str]) -> None:
-        command = [sys.executable, "-m", "memstream.consumers.searcher", "--socket", str(socket)]
+    def __init__(self, shards: Path, subjects: list[str], env: dict[str, str]) -> None:
+        command = [sys.executable, "-m", "memstream.consumers.searcher", "--shards", str(shards)]
         for subject in subjects:
             command += ["--subject", subject]
         super().__init__(command, env)

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from memstream.consumers.deployment import Hold
-from memstream.consumers.engine_process import EngineProcess, SearcherProcess
+from memstream.consumers.engine_process import EngineProcesses, SearcherProcess
 from memstream.consumers.indexer import IndexBuilder
 from memstream.consumers.log import get_logger
 from memstream.consumers.metrics import Health
@@ -53,20 +53,18 @@ class RoleParts:
                 nc, HistoryStorage(data_dir), consumer=own["history"], **tuning
             )
         self.indexer: IndexBuilder | None = None
-        # Qdrant Edge in a process of its own, and the searcher beside it, which this
-        # process starts and watches.
-        self.engine: EngineProcess | None = None
+        # Qdrant Edge in processes of its own (one for each generation open), and the
+        # searcher beside them, which this process starts and watches.
+        self.engine: EngineProcesses | None = None
         self.searcher: SearcherProcess | None = None
         self.data_dir = data_dir
         if "vectors" in roles:
             if not settings.qdrant_url and settings.vector_engine == "process":
-                self.engine = EngineProcess(data_dir / "vectors", log_level=settings.log_level)
-                self.engine.start()
+                self.engine = EngineProcesses(data_dir / "vectors", log_level=settings.log_level)
+                self.engine.start_current()
             try:
                 vectors = vector_storage_from_settings(
-                    settings,
-                    partition=held.partition,
-                    engine=self.engine.socket if self.engine is not None else None,
+                    settings, partition=held.partition, engine=self.engine
                 )
             except BaseException:
                 if self.engine is not None:
@@ -105,7 +103,7 @@ class RoleParts:
         env[ENV_VARS["data_dir"]] = str(self.data_dir)
         if nc.connected_url is not None:  # the server this process reached (of a cluster)
             env[ENV_VARS["nats_url"]] = nc.connected_url.geturl()
-        self.searcher = SearcherProcess(self.engine.socket, self.partition.query_subjects(), env)
+        self.searcher = SearcherProcess(self.engine.shards, self.partition.query_subjects(), env)
         self.searcher.start()
 
     def query_worker(self, nc: Any) -> QueryWorker | None:

@@ -3,7 +3,7 @@
 Started and watched by ``memstream up`` and ``serve --role vectors`` beside the vector
 engine's process (:mod:`consumers.engine_process`), as::
 
-    python -m memstream.consumers.searcher --socket ENGINE_SOCKET --subject S [...]
+    python -m memstream.consumers.searcher --shards SHARDS_DIR --subject S [...]
 
 with every setting in ``MEMSTREAM_*`` (its parent's). It embeds the query, asks the
 engine process, and replies. The process that applies events keeps every other op: its
@@ -72,7 +72,7 @@ class _Reports:
         self.lines.clear()
 
 
-async def _serve(socket: Path, subjects: list[str]) -> None:
+async def _serve(shards: Path, subjects: list[str]) -> None:
     settings = load_settings()
     parent = os.getppid()
     stop = asyncio.Event()
@@ -80,7 +80,8 @@ async def _serve(socket: Path, subjects: list[str]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     nc = await connect_nats(settings.nats_url, name="memstream-searcher", **settings.nats_auth)
-    stores = RemoteStores(settings.data_path / "vectors", socket)
+    # The engine process of the generation in use, followed across swaps.
+    stores = RemoteStores(shards)
     cache = EmbeddingCache(settings.data_path / "embeddings.sqlite3")
     try:
         embedder = CachedEmbedder(embedder_from_settings(settings), cache)
@@ -128,13 +129,13 @@ async def _serve(socket: Path, subjects: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m memstream.consumers.searcher")
-    parser.add_argument("--socket", type=Path, required=True)
+    parser.add_argument("--shards", type=Path, required=True)
     parser.add_argument("--subject", action="append", required=True)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
-        asyncio.run(_serve(args.socket, args.subject))
+        asyncio.run(_serve(args.shards, args.subject))
     except MemstreamError as err:
         print(f"memstream searcher: {err}", file=sys.stderr)
         return 1

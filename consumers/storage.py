@@ -39,7 +39,7 @@ from memstream.projections.point_store import (
     ServerStores,
     new_generation,
 )
-from memstream.projections.point_store.remote import RemoteStore, RemoteStores
+from memstream.projections.point_store.remote import Engines, RemoteStore, RemoteStores
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas.errors import MemstreamError
 from memstream.schemas.partitions import WHOLE, Partition
@@ -383,12 +383,15 @@ class EarlierVectors(MemstreamError):
 
 
 def _stores(
-    settings: Settings, rebuilding: bool, partition: Partition = WHOLE, engine: Path | None = None
+    settings: Settings,
+    rebuilding: bool,
+    partition: Partition = WHOLE,
+    engine: Engines | None = None,
 ) -> tuple[PointStores, Path | None, Path | None]:
     """The engine the settings ask for; with Edge, its directory and any vectors of an
     earlier memstream to replace. ``rebuilding``: a damaged shard in use is moved aside
     (the rebuild replaces it); otherwise opening it reports the damage. ``engine``: Edge
-    is reached in its own process (:mod:`consumers.engine`) at this socket."""
+    is reached in processes of its own (:mod:`consumers.engine`), found through it."""
     if settings.qdrant_url:
         client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
         return ServerStores(client, partition.namespace), None, None
@@ -427,15 +430,15 @@ def vector_storage_from_settings(
     *,
     set_aside_damaged: bool = False,
     partition: Partition = WHOLE,
-    engine: Path | None = None,
+    engine: Engines | None = None,
 ) -> VectorStorage:
     """The vectors in the settings' engine (Qdrant Edge under the data dir, or a Qdrant
     server). ``set_aside_damaged``: for a rebuild, a shard that cannot be opened is moved
     aside, and vectors of an earlier memstream are replaced; otherwise each is one line
     naming the way out. ``partition``: whose vectors (on a Qdrant server, each partition
     has collections of its own; under a data dir, the data dir is the partition's).
-    ``engine``: the socket of Qdrant Edge's own process, which the caller has started
-    (:class:`consumers.engine_process.EngineProcess`)."""
+    ``engine``: Qdrant Edge's own processes, which the caller starts and watches
+    (:class:`consumers.engine_process.EngineProcesses`)."""
     stores, shards, legacy = _stores(settings, set_aside_damaged, partition, engine)
     settings.data_path.mkdir(parents=True, exist_ok=True)
     return VectorStorage(

@@ -48,7 +48,14 @@ from memstream.projections.point_store.plan import (
 )
 from memstream.projections.point_store.sparse import TENANT_TERMS, tenant_terms, terms_of
 
-__all__ = ["EDGE_MIN_FREE_BYTES", "UPSERT_CHUNK", "EdgeStore", "EdgeStores", "Lending"]
+__all__ = [
+    "EDGE_MIN_FREE_BYTES",
+    "UPSERT_CHUNK",
+    "EdgeStore",
+    "EdgeStores",
+    "Lending",
+    "shard_generations",
+]
 
 # Edge maps its files into memory and grows them by touching pages: on a full disk
 # that is a SIGBUS, which kills the process rather than failing a write. So it is not
@@ -440,6 +447,17 @@ def _load(path: Path) -> edge.EdgeShard:
     return edge.EdgeShard.load(str(path), _edge_config(size))
 
 
+def shard_generations(directory: Path) -> list[str]:
+    """The generations whose shards are under ``directory``."""
+    if not directory.exists():
+        return []
+    return sorted(
+        p.name.removeprefix("shard-")
+        for p in directory.glob("shard-*")
+        if ".damaged-" not in p.name  # set aside for a post-mortem: not ours to drop
+    )
+
+
 class Lending:
     """Generations lent to another process (an indexing one), and the tenants purged
     while they were away."""
@@ -481,13 +499,7 @@ class EdgeStores(Lending):
         return path.name.removeprefix("shard-") if path is not None else None
 
     def generations(self) -> list[str]:
-        if not self.files.dir.exists():
-            return []
-        return sorted(
-            p.name.removeprefix("shard-")
-            for p in self.files.dir.glob("shard-*")
-            if ".damaged-" not in p.name  # set aside for a post-mortem: not ours to drop
-        )
+        return shard_generations(self.files.dir)
 
     def open(self, generation: str, dimensions: int) -> EdgeStore:
         if generation in self._lent:

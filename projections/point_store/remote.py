@@ -21,16 +21,18 @@ import array
 import contextlib
 import datetime as dt
 import hashlib
+import shutil
 import socket
 import struct
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
+from memstream.projections.files import ProjectionFiles
 from memstream.projections.point_store.contract import (
     Condition,
     Found,
@@ -38,7 +40,7 @@ from memstream.projections.point_store.contract import (
     Search,
     StorePoint,
 )
-from memstream.projections.point_store.edge import Lending
+from memstream.projections.point_store.edge import Lending, shard_generations
 from memstream.projections.point_store.sparse import Sparse
 from memstream.schemas.errors import MemstreamError
 from memstream.schemas.filters import And, Cond, Node, Not, Or
@@ -46,6 +48,8 @@ from memstream.schemas.filters import And, Cond, Node, Not, Or
 __all__ = [
     "READS",
     "EngineUnavailable",
+    "Engines",
+    "Listening",
     "RemoteStore",
     "RemoteStores",
     "engine_socket",
@@ -58,8 +62,7 @@ __all__ = [
 HEADER: Final = struct.Struct("!I")
 # The calls the engine process answers before any write (searches, and what reads).
 READS: Final = frozenset({
-    "search", "retrieve", "count", "points", "payloads", "read_state", "check", "current",
-    "generations", "status",
+    "search", "retrieve", "count", "points", "payloads", "read_state", "check", "status",
 })  # fmt: skip
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -74,14 +77,41 @@ class EngineUnavailable(ConnectionError, MemstreamError):
     code = "unavailable"
 
 
-def engine_socket(shards: Path) -> Path:
-    """Where the engine process of ``shards`` listens: beside the shards, or (a path too
-    long for a unix socket) under the temporary directory, named after them."""
-    path = shards / "engine.sock"
+def engine_socket(shards: Path, generation: str) -> Path:
+    """Where the engine process of ``generation`` of ``shards`` listens: beside the
+    shards, or (a path too long for a unix socket) under the temporary directory, named
+    after them."""
+    path = shards / f"engine-{generation}.sock"
     if len(str(path)) <= _SOCKET_PATH_MAX:
         return path
-    digest = hashlib.sha1(str(shards.resolve()).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{shards.resolve()}/{generation}".encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"memstream-engine-{digest}.sock"
+
+
+class Engines(Protocol):
+    """Where each generation's engine process listens, and its end."""
+
+    def socket(self, generation: str) -> Path:
+        """The socket of ``generation``'s engine process (started first, where the
+        caller is the one that starts them)."""
+        ...
+
+    def retire(self, generation: str) -> None:
+        """``generation``'s engine process ended, its files about to be removed."""
+        ...
+
+
+class Listening:
+    """Engine processes another process started (the searcher's view, and a test's)."""
+
+    def __init__(self, shards: Path) -> None:
+        self.shards = shards
+
+    def socket(self, generation: str) -> Path:
+        return engine_socket(self.shards, generation)
+
+    def retire(self, generation: str) -> None:
+        """Not this process's to end."""
 
 
 # --- what goes over the socket -----------------------------------------------------
@@ -273,123 +303,190 @@ class _Client:
 
 
 class RemoteStore:
-    """One generation, in the engine process."""
+    """One generation, in its engine process."""
 
-    def __init__(self, client: _Client, generation: str | None) -> None:
+    def __init__(self, stores: RemoteStores, generation: str | None) -> None:
         """``generation`` None: the one in use at each call."""
-        self._call = client.call
-        # "" (no generation named): the engine takes the one in use.
-        self.generation: str = generation or ""
+        self._stores = stores
+        self._generation = generation
+
+    @property
+    def generation(self) -> str:
+        return self._generation or self._stores.current() or ""
+
+    @generation.setter
+    def generation(self, generation: str) -> None:
+        self._generation = generation or None
+
+    def _call(self, op: str, *args: Any) -> Any:
+        if self._generation is not None:
+            return self._stores.client(self._generation).call(op, self._generation, *args)
+        # Following the generation in use: one swapped out meanwhile (its engine ended,
+        # or no longer holds it) is asked once more, as the one in use now.
+        generation = self._stores.current()
+        if generation is None:
+            raise RuntimeError("the vector engine has no generation in use yet")
+        try:
+            return self._stores.client(generation).call(op, generation, *args)
+        except (EngineUnavailable, RuntimeError):
+            now = self._stores.current(fresh=True)
+            if now is None or now == generation:
+                raise
+            self._stores.forget(generation)
+            return self._stores.client(now).call(op, now, *args)
 
     def upsert(self, points: Sequence[StorePoint]) -> None:
         if points:
-            self._call("upsert", self.generation, points_to_wire(points))
+            self._call("upsert", points_to_wire(points))
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
-            self._call("delete", self.generation, list(ids))
+            self._call("delete", list(ids))
 
     def retrieve(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         if not ids:
             return []
-        found: list[dict[str, Any]] = self._call("retrieve", self.generation, list(ids))
+        found: list[dict[str, Any]] = self._call("retrieve", list(ids))
         return found
 
     def delete_tenant(self, tenant: str) -> int:
-        return int(self._call("delete_tenant", self.generation, tenant))
+        return int(self._call("delete_tenant", tenant))
 
     def delete_expired(self, now: dt.datetime) -> int:
-        return int(self._call("delete_expired", self.generation, now.timestamp()))
+        return int(self._call("delete_expired", now.timestamp()))
 
     def count(self, tenant: str) -> int:
-        return int(self._call("count", self.generation, tenant))
+        return int(self._call("count", tenant))
 
     def points(self) -> int:
-        return int(self._call("points", self.generation))
+        return int(self._call("points"))
 
     def payloads(
         self, tenant: str | None = None, *, where: Mapping[str, str] | None = None
     ) -> Iterator[dict[str, Any]]:
         offset: Any = None
         while True:
-            page, offset = self._call(
-                "payloads", self.generation, tenant, dict(where or {}), offset
-            )
+            page, offset = self._call("payloads", tenant, dict(where or {}), offset)
             yield from page
             if offset is None:
                 return
 
     def search(self, search: Search) -> list[Found]:
-        found = self._call("search", self.generation, search_to_wire(search))
+        found = self._call("search", search_to_wire(search))
         return [Found(i, s, p) for i, s, p in found]
 
     def read_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = self._call("read_state", self.generation)
+        state: dict[str, Any] = self._call("read_state")
         return state
 
     def check(self) -> None:
-        self._call("check", self.generation)
+        self._call("check")
 
     def write_state(self, state: dict[str, Any]) -> None:
-        self._call("write_state", self.generation, state)
+        self._call("write_state", state)
 
     def copy_to(self, target: Path) -> None:
         """A copy of the shard as it is now (the caller holds its writes back), made by
-        the engine process (the shard's files are its to flush)."""
-        self._call("copy_to", self.generation, str(target))
+        its engine process (the shard's files are its own)."""
+        self._call("copy_to", str(target))
 
     def close(self) -> None:
         """Nothing to release here: the engine process keeps the shard open."""
 
 
 class RemoteStores(Lending):
-    """The shards under ``shards``, held by the engine process listening at ``path``.
+    """The shards under ``shards``, each held by an engine process of its own, found
+    (or started) through ``engines``.
 
-    What is lent to an indexing process is kept here, by the process that lends it (see
-    :meth:`EdgeStores.lend`), so a restart of the engine forgets nothing of it."""
+    One process per generation: a generation swapped in is loaded by its own process
+    while the one in use goes on answering (a load holds an engine for 0.3-0.5 s), and
+    the one swapped out ends with its process (a close held it for 0.1-0.2 s). What is
+    lent to an indexing process is kept here, by the process that lends it (see
+    :meth:`EdgeStores.lend`), so a restart of an engine forgets nothing of it."""
 
-    def __init__(self, shards: Path, path: Path | None = None) -> None:
+    def __init__(self, shards: Path, engines: Engines | None = None) -> None:
         super().__init__()
         self.shards = shards
-        self.client = _Client(path or engine_socket(shards))
+        self.engines: Engines = engines or Listening(shards)
+        self.files = ProjectionFiles(shards, "shard", "")
+        self._clients: dict[str, _Client] = {}
+        self._lock = threading.Lock()
+        # The generation in use, as last read, and the pointer file it was read from.
+        self._current: tuple[tuple[int, int] | None, str | None] = (None, None)
+
+    def client(self, generation: str) -> _Client:
+        found = self._clients.get(generation)
+        if found is not None:
+            return found
+        path = self.engines.socket(generation)  # outside the lock: it may start one
+        with self._lock:
+            return self._clients.setdefault(generation, _Client(path))
+
+    def forget(self, generation: str) -> None:
+        """Let go of ``generation``'s engine (swapped out by the process that owns it)."""
+        with self._lock:
+            client = self._clients.pop(generation, None)
+        if client is not None:
+            client.close()
 
     def path(self, generation: str) -> Path:
         return self.shards / f"shard-{generation}"
 
-    def current(self) -> str | None:
-        current: str | None = self.client.call("current", None)
-        return current
+    def current(self, fresh: bool = False) -> str | None:
+        """The generation in use (its pointer is read again only once it changed: a
+        search asks this every time)."""
+        try:
+            st = self.files.pointer.stat()
+            mark: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except FileNotFoundError:
+            mark = None
+        seen, generation = self._current
+        if fresh or mark is None or mark != seen:
+            path = self.files.current()
+            generation = path.name.removeprefix("shard-") if path is not None else None
+            self._current = (mark, generation)
+        return generation
 
     def generations(self) -> list[str]:
-        return list(self.client.call("generations", None))
+        return shard_generations(self.shards)
 
     def open(self, generation: str, dimensions: int) -> PointStore:
         if generation in self._lent:
             raise RuntimeError(f"shard {generation} is in another process's hands")
-        self.client.call("open", generation, dimensions)
-        return RemoteStore(self.client, generation)
+        self.client(generation).call("open", generation, dimensions)
+        return RemoteStore(self, generation)
 
     def current_store(self) -> RemoteStore:
         """The generation in use at each call, whichever it is then (for a reader that
         follows swaps without asking which one first). A call made while no generation
         is in use fails (``RuntimeError``)."""
-        return RemoteStore(self.client, None)
+        return RemoteStore(self, None)
 
     def make_current(self, generation: str) -> str | None:
-        old: str | None = self.client.call("make_current", generation)
-        return old
+        """Its engine has acknowledged every write before this: the pointer moves here."""
+        old = self.files.make_current(self.path(generation))
+        return old.name.removeprefix("shard-") if old is not None else None
 
     def drop(self, generation: str) -> None:
-        self.client.call("drop", generation)
+        """Its engine process ends (killed: nothing of it is worth a flush), then its
+        files go, off every engine's thread."""
+        self.forget(generation)
+        self.engines.retire(generation)
+        shutil.rmtree(self.path(generation), ignore_errors=True)
 
     def status(self, within: float = 2.0) -> dict[str, Any]:
-        """What the engine process reports of itself (its pid, its queues, its calls),
-        on a connection of its own that waits ``within`` seconds at most."""
-        frame = _encode(["status", None])
+        """What the engine process of the generation in use reports of itself (its pid,
+        its queues, its calls), on a connection of its own that waits ``within`` seconds
+        at most."""
+        generation = self.current()
+        if generation is None:
+            raise EngineUnavailable("no vector engine process yet: no generation is in use")
+        path = self.engines.socket(generation)
+        frame = _encode(["status", generation])
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(within)
             try:
-                sock.connect(str(self.client.path))
+                sock.connect(str(path))
                 sock.sendall(HEADER.pack(len(frame)) + frame)
                 body = read_frame(sock)
             except OSError as err:
@@ -402,4 +499,7 @@ class RemoteStores(Lending):
         return status
 
     def close(self) -> None:
-        self.client.close()
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()

@@ -8,8 +8,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.aio.client import Client as NatsClient
 
+from memstream.consumers.engine_process import EngineProcesses
 from memstream.consumers.index_aside import CachedOnly, catch_up
 from memstream.consumers.indexer import IndexBuilder
 from memstream.consumers.service import ProjectionService
@@ -35,14 +37,19 @@ async def _store(mem: MemoryClient, start: int, n: int) -> int:
     return (await mem.publish_many(events))[-1].seq
 
 
+@pytest.mark.parametrize("engine", ["inline", "process"])
 async def test_the_index_is_built_aside_and_swapped_in_without_loss(
-    nc: NatsClient, tmp_path: Path
+    nc: NatsClient, tmp_path: Path, engine: str
 ) -> None:
+    """In-process, and with an engine process for each generation (as ``memstream up``
+    runs it): the indexed copy is loaded by a process of its own while the one in use
+    answers, and the one swapped out ends with its generation."""
     mem = MemoryClient(nc, tenant="acme", agent="a1")
     last = await _store(mem, 0, 400)
     await mem.publish(mem.new_event(ev.MemoryRevised, memory_id="m7", content="revised seven"))
+    engines = EngineProcesses(tmp_path / "vectors") if engine == "process" else None
     storage = vector_storage_from_settings(
-        load_settings({}, data_dir=str(tmp_path)), HashEmbedder(64)
+        load_settings({}, data_dir=str(tmp_path)), HashEmbedder(64), engine=engines
     )
     service: ProjectionService[VectorProjection] = ProjectionService(nc, storage, max_wait=0.05)
     await service.start()
@@ -77,6 +84,8 @@ async def test_the_index_is_built_aside_and_swapped_in_without_loss(
         projection = service.projection
         assert projection.generation != before
         assert [projection.generation] == storage.stores.generations()
+        if engines is not None:  # one engine process: the new generation's
+            assert 1 == len(engines.pids())
         assert 700 == projection.store.count("acme")  # each memory once
         assert projection.unindexed < 100 + 300  # only what came after the copy
         (hit,) = projection.search("acme", "revised seven", top_k=1, mode="keyword")
@@ -91,6 +100,8 @@ async def test_the_index_is_built_aside_and_swapped_in_without_loss(
     finally:
         stop.set()
         await service.stop()
+        if engines is not None:
+            assert engines.stop() in (0, None)
 
 
 async def test_a_tenant_purged_while_the_index_is_built_stays_purged(

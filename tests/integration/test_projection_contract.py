@@ -9,13 +9,15 @@ Qdrant server container stopped.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from memstream.consumers.engine_process import EngineProcess
+from memstream.consumers.engine_process import EngineProcesses
 from memstream.projections.applied_ids import AppliedIds
 from memstream.projections.base import Projection
 from memstream.projections.embedders import OpenAIEmbedder
@@ -217,26 +219,30 @@ class EngineVectorsBackend(EdgeVectorsBackend):
 
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path)
-        self.engines: dict[str, EngineProcess] = {}
+        self.engines: dict[str, EngineProcesses] = {}
 
     def stores(self, name: str) -> PointStores:
         shards = super().stores(name).files.dir  # type: ignore[attr-defined]
-        engine = self.engines.get(name)
-        if engine is None:
-            engine = self.engines[name] = EngineProcess(shards)
-            engine.start()
-        return RemoteStores(shards, engine.socket)
+        engines = self.engines.get(name)
+        if engines is None:
+            engines = self.engines[name] = EngineProcesses(shards)
+        return RemoteStores(shards, engines)
 
     @contextlib.contextmanager
     def _killed(self) -> Iterator[None]:
-        engine = self.engines["main"]
-        assert engine.proc is not None
-        engine.proc.kill()
-        engine.proc.wait()
+        engines = self.engines["main"]
+        pids = engines.pids()
+        assert pids, "no engine process to kill"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for child in engines._children.values():
+            assert child.proc is not None
+            child.proc.wait()
         try:
             yield
         finally:
-            engine.restart()
+            assert engines.exited() is not None
+            engines.restart()
 
     def cause(self, fault: str) -> contextlib.AbstractContextManager[None]:
         if fault == "engine process killed":

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import qdrant_edge as edge
 
-from memstream.consumers.engine_process import EngineProcess
+from memstream.consumers.engine_process import EngineProcesses
 from memstream.projections.embedders import HashEmbedder
 from memstream.projections.point_store import (
     FULL_SCAN_KB,
@@ -61,14 +61,13 @@ def qdrant_url() -> Iterator[str]:
 @pytest.fixture(params=["edge", "engine", "server"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PointStores]:
     made: PointStores
-    engine: EngineProcess | None = None
+    engine: EngineProcesses | None = None
     if request.param == "edge":
         made = EdgeStores(tmp_path / "vectors")
     elif request.param == "engine":
-        # Edge in its own process, reached over its socket.
-        engine = EngineProcess(tmp_path / "vectors")
-        engine.start()
-        made = RemoteStores(tmp_path / "vectors", engine.socket)
+        # Edge in processes of its own (one a generation), reached over their sockets.
+        engine = EngineProcesses(tmp_path / "vectors")
+        made = RemoteStores(tmp_path / "vectors", engine)
     else:
         from qdrant_client import QdrantClient
 
@@ -78,7 +77,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PointStor
     yield made
     made.close()
     if engine is not None:
-        assert 0 == engine.stop()
+        assert engine.stop() in (0, None)
 
 
 @pytest.fixture
