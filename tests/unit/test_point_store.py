@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from memstream.projections.point_store import edge as edge_store
 from memstream.projections.point_store.edge import EdgeStore
 from memstream.projections.point_store.remote import RemoteStore, RemoteStores
 from tests.docker import docker_unavailable
+from tests.waiting import wait_for_sync
 
 DIMS = 64
 EMBED = HashEmbedder(DIMS)
@@ -384,6 +386,53 @@ def test_a_flush_waits_for_a_quiet_engine_or_a_long_log(
     store.upsert([point("acme", f"k{i}", "busy") for i in range(60, 120)])
     assert store.flush_if_due(quiet=False)  # the log's tail is past the bound
     store.close()
+
+
+def test_a_reader_follows_the_generation_in_use_from_engine_to_engine(tmp_path: Path) -> None:
+    """Each generation in an engine process of its own: a reader in another process (the
+    searcher) searches the one in use through its engine, and goes on answering while
+    the owner swaps generations in and out and their engines start and end."""
+    shards = tmp_path / "vectors"
+    engines = EngineProcesses(shards)
+    owner, reader = RemoteStores(shards, engines), RemoteStores(shards)
+    following = reader.current_store()
+    first = new_generation()
+    owner.open(first, DIMS).upsert([point("acme", "k0", "the gateway times out")])
+    owner.make_current(first)
+    answered: list[list[str]] = []
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def searching() -> None:
+        while not done.is_set():
+            try:
+                answered.append(refs(following, search("acme", "gateway")))
+            except Exception as err:
+                failures.append(err)
+
+    thread = threading.Thread(target=searching)
+    thread.start()
+    try:
+        old = first
+        for swap in range(1, 4):
+            new = new_generation()
+            store = owner.open(new, DIMS)  # a process of its own, started now
+            store.upsert([point("acme", f"k{swap}", "the gateway times out")])
+            owner.make_current(new)
+            owner.drop(old)  # its process killed, its files removed
+            assert [new] == owner.generations() and 1 == len(engines.pids())
+            seen = len(answered)
+            wait_for_sync(lambda n=seen: len(answered) > n + 5, what="searches answered")
+            assert [f"k{swap}"] == answered[-1]
+            old = new
+    finally:
+        done.set()
+        thread.join()
+        reader.close()
+        owner.close()
+        assert engines.stop() in (0, None)
+    assert [] == failures
+    assert len(answered) > 20
 
 
 def test_partitions_keep_their_own_collections_on_one_server(qdrant_url: str) -> None:
