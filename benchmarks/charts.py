@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,22 @@ def draw(results: Path) -> dict[str, bytes]:
     }
 
 
-if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "charts")
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.charts")
+    parser.add_argument("dir", nargs="?", default="charts", help="where to write the SVGs")
+    parser.add_argument("--smoke", action="store_true", help="draw them, write nothing")
+    args = parser.parse_args(argv)
+    charts = draw(Path(__file__).parent / "results")
+    if args.smoke:
+        print(f"charts: drew {', '.join(sorted(charts))} (not written: --smoke)")
+        return 0
+    target = Path(args.dir)
     target.mkdir(parents=True, exist_ok=True)
-    for name, svg in draw(Path(__file__).parent / "results").items():
+    for name, svg in charts.items():
         (target / name).write_bytes(svg)
         print(target / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
