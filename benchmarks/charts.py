@@ -8,9 +8,9 @@ broker, DuckDB or vector engine does alone. The bars of one pair share the run's
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
