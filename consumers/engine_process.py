@@ -167,7 +167,8 @@ class EngineProcess(Child):
         ])  # fmt: skip
 
     def kill(self) -> None:
-        """Its end without a flush (its shard is being removed), and what it left."""
+        """Its end without a flush (its shard is being removed), if it runs, and what it
+        left."""
         proc, self.proc = self.proc, None
         if proc is not None:
             if proc.stdin is not None:
@@ -218,10 +219,13 @@ class EngineProcesses:
             return child.socket
 
     def retire(self, generation: str) -> None:
+        """Its process killed (if it runs), and its socket and lock removed (a run before
+        this one may have left them)."""
         with self._lock:
             child = self._children.pop(generation, None)
-        if child is not None:
-            child.kill()
+        if child is None:
+            child = EngineProcess(self.shards, generation, log_level=self.log_level)
+        child.kill()
 
     def current(self) -> EngineProcess | None:
         """The engine process of the generation in use."""

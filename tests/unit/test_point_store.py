@@ -421,6 +421,10 @@ def test_a_reader_follows_the_generation_in_use_from_engine_to_engine(tmp_path: 
             owner.make_current(new)
             owner.drop(old)  # its process killed, its files removed
             assert [new] == owner.generations() and 1 == len(engines.pids())
+            # nothing left of the old one's process: its socket, its lock
+            assert {f"engine-{new}.sock", f"engine-{new}.lock"} == {
+                p.name for p in shards.glob("engine-*")
+            }
             seen = len(answered)
             wait_for_sync(lambda n=seen: len(answered) > n + 5, what="searches answered")
             assert [f"k{swap}"] == answered[-1]
@@ -433,6 +437,10 @@ def test_a_reader_follows_the_generation_in_use_from_engine_to_engine(tmp_path: 
         assert engines.stop() in (0, None)
     assert [] == failures
     assert len(answered) > 20
+    # A generation left by a run before this one is dropped with what its engine left.
+    restarted = EngineProcesses(shards)
+    RemoteStores(shards, restarted).drop(old)
+    assert [] == list(shards.glob("engine-*")) and [] == restarted.pids()
 
 
 def test_partitions_keep_their_own_collections_on_one_server(qdrant_url: str) -> None:
