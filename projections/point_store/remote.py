@@ -481,7 +481,7 @@ class RemoteStores(Lending):
         generation = self.current()
         if generation is None:
             raise EngineUnavailable("no vector engine process yet: no generation is in use")
-        path = self.engines.socket(generation)
+        path = engine_socket(self.shards, generation)  # asked, never started, here
         frame = _encode(["status", generation])
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(within)
