@@ -28,7 +28,9 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Final
 
 from memstream.consumers.log import configure_logging, get_logger
 from memstream.consumers.query_worker import QUEUE, QueryWorker
@@ -49,6 +51,8 @@ log = get_logger("memstream.searcher")
 SEARCHER_OPS = frozenset({"search", "recall"})
 # The line that reports the embedder's counters (calls, cache hits, cache misses).
 EMBEDDED = "embedded"
+# How long its end may take once it stops, before it ends regardless.
+_EXIT_WITHIN_S: Final = 10.0
 
 
 class _Reports:
@@ -121,6 +125,12 @@ async def _serve(shards: Path, subjects: list[str]) -> None:
         await worker.stop()
         reports.flush()
     finally:
+        # Whatever happens next, this process ends: with its server gone (its parent
+        # killed with it), the NATS client's tasks may never finish being cancelled, and
+        # asyncio.run would wait for them for ever (seen: searchers left running).
+        watchdog = threading.Timer(_EXIT_WITHIN_S, os._exit, (0,))
+        watchdog.daemon = True
+        watchdog.start()
         with contextlib.suppress(Exception):
             await nc.drain()
         stores.close()
