@@ -9,6 +9,12 @@ the job; progress and the outcome go to the ``progress`` inbox the caller names,
 rebuild can take as long as it needs without holding a request open.
 
 ``memadm.purge``: a tenant out of the stream and the projections this process runs.
+
+``memadm.<op>.<tenant>`` (purge, audit): the same about one tenant, which that tenant's
+admin users may ask (``consumers.auth``); the request's tenant must be the subject's.
+
+Every op but ``ping`` (the health probe every command starts with) leaves an audit record
+(``consumers.audit``), under its tenant or, for one about none, ``_admin``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from memstream.consumers.audit import Auditor, read_audit
 from memstream.consumers.log import get_logger
 from memstream.consumers.metrics import Health
 from memstream.consumers.service import ProjectionService
@@ -33,7 +40,9 @@ from memstream.consumers.tenants import purge_projection, purge_stream
 from memstream.projections.analytics import SqlRejected, run_readonly
 from memstream.schemas.admin import (
     ADMIN_OPS,
+    TENANT_ADMIN_OPS,
     AdminRequest,
+    AuditRequest,
     PingResult,
     PurgeReport,
     PurgeRequest,
@@ -49,9 +58,25 @@ from memstream.schemas.admin import (
 from memstream.schemas.errors import MemstreamError, QueryError
 from memstream.schemas.partitions import WHOLE, Partition
 from memstream.schemas.replies import ErrorBody, error_reply, ok_reply
-from memstream.schemas.subjects import admin_subject
+from memstream.schemas.subjects import admin_subject, asker
+from memstream.schemas.tenancy import AUDIT_ADMIN
 
 __all__ = ["ADMIN_QUEUE", "AdminResponder"]
+
+
+def _tenant_of(subject: str, req: AdminRequest) -> str:
+    """The tenant an admin request is about (``_admin`` for none); on
+    ``memadm.<op>.<tenant>``, a request about another tenant is forbidden."""
+    parts = subject.split(".")
+    named = getattr(req, "tenant", None)
+    if len(parts) == 3:
+        if named is not None and named != parts[2]:
+            raise QueryError(
+                "forbidden", f"a request on {subject} may be about tenant {parts[2]} only"
+            )
+        return parts[2]
+    return named if isinstance(named, str) else AUDIT_ADMIN
+
 
 log = get_logger("memstream.admin")
 ADMIN_QUEUE = "memstream-admin"
@@ -87,6 +112,7 @@ class AdminResponder:
         self.queue = f"{ADMIN_QUEUE}-{deployment}" if deployment else ADMIN_QUEUE
         self._subs: list[Subscription] = []
         self._jobs: set[asyncio.Task[Any]] = set()
+        self.auditor = Auditor(nc)
 
     async def start(self) -> None:
         handlers: dict[str, Callable[[Msg, Any], Awaitable[bytes | None]]] = {
@@ -94,11 +120,14 @@ class AdminResponder:
             "sql": self._sql,
             "replay": self._replay,
             "purge": self._purge,
+            "audit": self._audit,
         }
-        for op in ADMIN_OPS:
+        subjects = [(admin_subject(op), op) for op in ADMIN_OPS if op not in ("audit",)]
+        subjects += [(f"{admin_subject(op)}.*", op) for op in TENANT_ADMIN_OPS]
+        for subject, op in subjects:
             self._subs.append(
                 await self.nc.subscribe(
-                    admin_subject(op), queue=self.queue, cb=self._handler(op, handlers[op])
+                    subject, queue=self.queue, cb=self._handler(op, handlers[op])
                 )
             )
         await self.nc.flush()
@@ -119,20 +148,39 @@ class AdminResponder:
         another process answers), and turn errors into error replies."""
 
         async def on_msg(msg: Msg) -> None:
+            started = time.perf_counter()
+            outcome = "ok"
+            tenant = AUDIT_ADMIN
             try:
                 req: AdminRequest = decode_admin_request(op, msg.data)
                 if op != "ping" and req.deployment and req.deployment != self.deployment:
                     return  # meant for another deployment on this NATS: its process answers
+                tenant = _tenant_of(msg.subject, req)
                 body = await handle(msg, req)
             except QueryError as err:
+                outcome = err.code
                 body = error_reply(err.code, err.message)
             except MemstreamError as err:
+                outcome = err.code
                 body = error_reply(err.code, str(err))
             except Exception as err:
+                outcome = "internal"
                 log.exception("admin_failed", op=op)
                 body = error_reply("internal", f"{op} failed: {err!r}")
             if body is not None and msg.reply:
                 await msg.respond(body)
+            if body is not None and op != "ping":
+                await self.auditor.record(
+                    tenant=tenant,
+                    user=asker(tenant, msg.reply or ""),
+                    agent="",
+                    kind="admin",
+                    op=op,
+                    body=msg.data,
+                    results=None,
+                    seconds=time.perf_counter() - started,
+                    outcome=outcome,
+                )
 
         return on_msg
 
@@ -187,6 +235,10 @@ class AdminResponder:
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
         return ok_reply(ReplayAccepted(accepted=req.projection))
+
+    async def _audit(self, msg: Msg, req: AuditRequest) -> bytes:
+        """The audit records of the subject's tenant."""
+        return ok_reply(await read_audit(self.nc, msg.subject.rsplit(".", 1)[1], req))
 
     async def _purge(self, msg: Msg, req: PurgeRequest) -> bytes:
         """Purge a tenant from the stream and from the projections this process runs."""

@@ -7,6 +7,18 @@ of the KV bucket ``MEMLOCK``), and subscribe only on its own reply inbox,
 and query replies come back there). memstream's own processes use a service user that
 may do anything. Nothing else can connect.
 
+A tenant also has users of its own (``memstream tenant user add``), named
+``<user>@<tenant>`` on NATS, each with a role the server enforces (:data:`ROLES`):
+
+- ``reader``: queries (``memq.<tenant>.>``, watch included) and reading locks;
+- ``writer``: a reader that also publishes events and takes locks;
+- ``admin``: a writer that also asks the tenant's own admin ops (``memadm.*.<tenant>``:
+  purge, audit).
+
+A user receives only under its own inbox, ``_INBOX_<tenant>.u.<user>``, so the query
+worker knows who asked from the reply subject (``schemas.subjects.asker``). The tenant's
+own user is a writer.
+
 The credentials live under ``<data dir>/auth/`` (readable by the owner only):
 ``credentials.json`` (the passwords) and ``auth.conf`` (the server's authorization
 block, which the embedded server's config includes). Adding or removing a tenant
@@ -22,20 +34,36 @@ import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from memstream.schemas.errors import MemstreamError
 from memstream.schemas.ids import validate_tenant
-from memstream.schemas.subjects import EVENT_PREFIX, LOCK_BUCKET, QUERY_PREFIX, reply_inbox_prefix
+from memstream.schemas.subjects import (
+    ADMIN_PREFIX,
+    EVENT_PREFIX,
+    LOCK_BUCKET,
+    QUERY_PREFIX,
+    nats_user,
+    reply_inbox_prefix,
+    split_nats_user,
+    user_name,
+)
 
 __all__ = [
+    "ROLES",
     "SERVICE_USER",
     "AuthError",
     "Credentials",
     "TenantCredentials",
+    "User",
+    "nats_user",
+    "split_nats_user",
 ]
 
 SERVICE_USER = "memstream"
+# What each role may do, as the server's permissions: each role adds to the one before.
+ROLES: Final = ("reader", "writer", "admin")
+Role = Literal["reader", "writer", "admin"]
 
 
 class AuthError(MemstreamError):
@@ -46,6 +74,24 @@ class AuthError(MemstreamError):
 class Credentials:
     user: str
     password: str
+
+
+@dataclass(frozen=True)
+class User:
+    """A user within a tenant: its name there, its role, and its NATS credentials."""
+
+    tenant: str
+    name: str
+    role: Role
+    password: str
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(nats_user(self.tenant, self.name), self.password)
+
+    @property
+    def inbox_prefix(self) -> str:
+        return reply_inbox_prefix(self.tenant, self.name)
 
 
 class TenantCredentials:
@@ -106,8 +152,63 @@ class TenantCredentials:
             self._save(data)
         return Credentials(tenant, data["tenants"][tenant]["password"])
 
+    # --- users within a tenant ------------------------------------------------------
+
+    def _tenant(self, data: dict[str, Any], tenant: str) -> dict[str, Any]:
+        entry: dict[str, Any] | None = data["tenants"].get(validate_tenant(tenant))
+        if entry is None:
+            raise AuthError(
+                f"tenant {tenant!r} has no NATS user: add it first with 'memstream tenant add "
+                f"{tenant}'"
+            )
+        return entry
+
+    def users(self, tenant: str) -> list[User]:
+        """The tenant's users, by name."""
+        entry = self._tenant(self._load(), tenant)
+        return [
+            User(tenant, name, u["role"], u["password"])
+            for name, u in sorted(entry.get("users", {}).items())
+        ]
+
+    def add_user(self, tenant: str, name: str, role: str) -> User:
+        """Create a user within ``tenant`` with ``role``; a user of that name is an error."""
+        user_name(name)
+        if role not in ROLES:
+            raise AuthError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        data = self._load()
+        users = self._tenant(data, tenant).setdefault("users", {})
+        if name in users:
+            raise AuthError(
+                f"tenant {tenant} already has a user {name!r}: remove it first, or rotate its "
+                "password with 'memstream tenant user rotate'"
+            )
+        users[name] = {"role": role, "password": secrets.token_urlsafe(24)}
+        self._save(data)
+        return User(tenant, name, role, users[name]["password"])  # type: ignore[arg-type]
+
+    def rotate_user(self, tenant: str, name: str) -> User:
+        """Give the user a new password; the old one stops working at the server's reload."""
+        data = self._load()
+        users = self._tenant(data, tenant).get("users", {})
+        if name not in users:
+            raise AuthError(
+                f"tenant {tenant} has no user {name!r} (see 'memstream tenant user list')"
+            )
+        users[name]["password"] = secrets.token_urlsafe(24)
+        self._save(data)
+        return User(tenant, name, users[name]["role"], users[name]["password"])
+
+    def remove_user(self, tenant: str, name: str) -> bool:
+        """Delete the user; whether it existed."""
+        data = self._load()
+        if self._tenant(data, tenant).get("users", {}).pop(name, None) is None:
+            return False
+        self._save(data)
+        return True
+
     def remove(self, tenant: str) -> bool:
-        """Delete the tenant's user; whether it had one."""
+        """Delete the tenant's user, and its users within; whether it had one."""
         data = self._load()
         if data["tenants"].pop(tenant, None) is None:
             return False
@@ -139,33 +240,41 @@ class TenantCredentials:
         return None
 
 
+def _permissions(tenant: str, role: str, inbox: str) -> dict[str, Any]:
+    """What ``role`` of ``tenant`` may publish, and where it may receive (``inbox``)."""
+    publish = [
+        f"{QUERY_PREFIX}.{tenant}.>",
+        # Reading its locks: by name, and seeing the bucket exists.
+        f"$JS.API.DIRECT.GET.KV_{LOCK_BUCKET}.$KV.{LOCK_BUCKET}.{tenant}.>",
+        f"$JS.API.STREAM.INFO.KV_{LOCK_BUCKET}",
+    ]
+    if role in ("writer", "admin"):
+        publish += [f"{EVENT_PREFIX}.{tenant}.>", f"$KV.{LOCK_BUCKET}.{tenant}.>"]
+    if role == "admin":
+        publish.append(f"{ADMIN_PREFIX}.*.{tenant}")
+    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox}.>"]}}
+
+
+def _user_line(user: str, password: str, permissions: dict[str, Any] | None = None) -> str:
+    line = f"    {{user: {json.dumps(user)}, password: {json.dumps(password)}"
+    return line + (f", permissions: {json.dumps(permissions)}}}" if permissions else "}")
+
+
 def _conf(data: dict[str, Any]) -> str:
-    """The authorization block: the service may do anything; a tenant, its own subjects."""
+    """The authorization block: the service may do anything; a tenant, its own subjects;
+    a user within a tenant, what its role allows."""
     users = []
     service = data.get("service")
     if service:
-        users.append(
-            f"    {{user: {json.dumps(service['user'])}, "
-            f"password: {json.dumps(service['password'])}}}"
-        )
-    for tenant, creds in sorted(data["tenants"].items()):
-        publish = [
-            f"{EVENT_PREFIX}.{tenant}.>",
-            f"{QUERY_PREFIX}.{tenant}.>",
-            # Its locks: write its own keys, read them by name, see the bucket exists.
-            f"$KV.{LOCK_BUCKET}.{tenant}.>",
-            f"$JS.API.DIRECT.GET.KV_{LOCK_BUCKET}.$KV.{LOCK_BUCKET}.{tenant}.>",
-            f"$JS.API.STREAM.INFO.KV_{LOCK_BUCKET}",
-        ]
-        permissions = {
-            "publish": {"allow": publish},
-            "subscribe": {"allow": [f"{reply_inbox_prefix(tenant)}.>"]},
-        }
-        users.append(
-            f"    {{user: {json.dumps(tenant)}, password: {json.dumps(creds['password'])}, "
-            f"permissions: {json.dumps(permissions)}}}"
-        )
+        users.append(_user_line(service["user"], service["password"]))
+    for tenant, entry in sorted(data["tenants"].items()):
+        # The tenant's own user is a writer that receives under the whole tenant's inbox.
+        own = _permissions(tenant, "writer", reply_inbox_prefix(tenant))
+        users.append(_user_line(tenant, entry["password"], own))
+        for name, user in sorted(entry.get("users", {}).items()):
+            allowed = _permissions(tenant, user["role"], reply_inbox_prefix(tenant, name))
+            users.append(_user_line(nats_user(tenant, name), user["password"], allowed))
     return (
-        "# Written by memstream (memstream tenant add|remove); do not edit by hand.\n"
+        "# Written by memstream (memstream tenant add|remove|user); do not edit by hand.\n"
         "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}\n"
     )

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -29,7 +29,7 @@ from memstream.consumers.storage import (
 )
 from memstream.consumers.streams import HEADER_ROOM
 from memstream.consumers.tenants import purge_offline, purge_stream
-from memstream.producers.connection import connect_nats
+from memstream.producers.connection import connect_nats, or_denied
 from memstream.projections.analytics import QueryResult, run_readonly
 from memstream.schemas.admin import (
     PingRequest,
@@ -46,14 +46,21 @@ from memstream.schemas.admin import (
     SqlResult,
     decode_admin_reply,
 )
-from memstream.schemas.errors import AdminError
+from memstream.schemas.errors import AdminError, Forbidden
 from memstream.schemas.events import EventDecoder
 from memstream.schemas.ids import validate_tenant
-from memstream.schemas.subjects import admin_subject
+from memstream.schemas.subjects import (
+    admin_subject,
+    reply_inbox_prefix,
+    split_nats_user,
+    tenant_admin_subject,
+)
 
 __all__ = ["Reach", "purge_tenant", "reach", "rebuild", "sql"]
 
 _encoder = msgspec.json.Encoder()
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -336,9 +343,12 @@ async def purge_tenant(
 ) -> PurgeReport:
     """Purge through the running memstream process(es), or on the files when none runs."""
     validate_tenant(tenant)
+    named = split_nats_user(settings.nats_user)
+    if named is not None:
+        return await _purge_as_tenant_admin(settings, tenant, named)
     async with reach(settings, url_given, data_dir_given) as where:
         if where.running:
-            report = await _purge_remote(where, tenant)
+            report = await _purge_remote(where.nc, where.deployment, tenant)
         else:
             report = PurgeReport(tenant=tenant, data_dirs=[str(where.data_dir)])
             await purge_stream(where.nc, tenant, report)
@@ -347,16 +357,69 @@ async def purge_tenant(
         return report
 
 
-async def _purge_remote(where: Reach, tenant: str) -> PurgeReport:
+async def _purge_as_tenant_admin(
+    settings: Settings, tenant: str, named: tuple[str, str]
+) -> PurgeReport:
+    """A tenant's admin user purges its own tenant through whatever memstream runs."""
+    if named[0] != tenant:
+        raise AdminError(
+            f"{settings.nats_user} is a user of tenant {named[0]}: it may purge {named[0]} "
+            f"only, not {tenant}",
+            "forbidden",
+        )
+    nc = await connect_tenant_user(settings, "memstream:purge")
+    try:
+        report = await _purge_remote(nc, None, tenant, tenant_admin_subject("purge", tenant))
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await nc.drain()
+    report.nats_url = settings.nats_url
+    return report
+
+
+async def connect_tenant_user(settings: Settings, name: str) -> NatsClient:
+    """A connection as the user within a tenant the settings name (``<user>@<tenant>``),
+    receiving under that user's own inbox."""
+    named = split_nats_user(settings.nats_user)
+    assert named is not None
+    return await connect_nats(
+        settings.nats_url, name=name, **settings.nats_auth, inbox_prefix=reply_inbox_prefix(*named)
+    )
+
+
+async def ask_tenant_admin(
+    nc: NatsClient, op: str, tenant: str, request: Any, result: type[R]
+) -> R:
+    """Ask ``memadm.<op>.<tenant>`` (what a tenant's admin user may ask) and decode."""
+    subject = tenant_admin_subject(op, tenant)
+    try:
+        msg = await or_denied(
+            nc, subject, nc.request(subject, _encoder.encode(request), timeout=30)
+        )
+    except Forbidden:
+        raise AdminError(
+            f"these credentials may not ask {subject}: it takes the service user, or an admin "
+            f"user of tenant {tenant}",
+            "forbidden",
+        ) from None
+    except nats.errors.NoRespondersError:
+        raise AdminError(f"no memstream answers {subject}: is it running?", "unavailable") from None
+    except nats.errors.TimeoutError:
+        raise AdminError(f"no reply on {subject} within 30 s", "unavailable") from None
+    return decode_admin_reply(op, msg.data, result)
+
+
+async def _purge_remote(
+    nc: NatsClient, deployment: str | None, tenant: str, subject: str | None = None
+) -> PurgeReport:
     """Ask every memstream process of the deployment: each purges the projections it
     runs (with roles in separate processes, each answers), and the reports add up."""
-    nc = where.nc
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     report = PurgeReport(tenant=tenant)
     try:
-        request = PurgeRequest(tenant=tenant, deployment=where.deployment)
-        await nc.publish(admin_subject("purge"), _encoder.encode(request), inbox)
+        request = PurgeRequest(tenant=tenant, deployment=deployment)
+        await nc.publish(subject or admin_subject("purge"), _encoder.encode(request), inbox)
         timeout, answers = 120.0, 0
         while True:
             try:

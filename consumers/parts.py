@@ -114,13 +114,16 @@ class RoleParts:
         local = not self.settings.qdrant_url
         subjects = self.partition.query_subjects()
         leave = SEARCHER_OPS if self.searcher is not None else frozenset()
+        limits = self.settings.tenant_limits
         if roles == ALL_ROLES:
             return QueryWorker(
                 nc, history=history, vectors=vectors, search_inline=local, subjects=subjects,
-                leave=leave,
+                leave=leave, limits=limits,
             )  # fmt: skip
         if roles == {"history"}:
-            return QueryWorker(nc, history=history, queue=f"{QUEUE}-history", subjects=subjects)
+            return QueryWorker(
+                nc, history=history, queue=f"{QUEUE}-history", subjects=subjects, limits=limits
+            )
         if roles == {"vectors"} and local:
             # Embedded engine: only this process can open the vectors, so it answers for them.
             if self.searcher is not None:
@@ -133,6 +136,7 @@ class RoleParts:
                 queue=f"{QUEUE}-vectors",
                 search_inline=True,
                 subjects=subjects,
+                limits=limits,
             )
         if self._reader is not None:
             reader = VectorReader(self._reader.stores, self._reader.embedder)
@@ -143,6 +147,7 @@ class RoleParts:
                 answers_unknown=False,
                 queue=f"{QUEUE}-vectors",
                 subjects=subjects,
+                limits=limits,
             )
         return None
 

@@ -35,7 +35,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from memstream.consumers.audit import Auditor, count_results
 from memstream.consumers.endpoints import ENDPOINTS, Endpoint
+from memstream.consumers.limits import QueryLimits
 from memstream.consumers.log import get_logger
 from memstream.consumers.sources import HistoryReads, LocalHistory, Source, read_history
 from memstream.schemas.errors import ConfigError, MemstreamError, QueryError
@@ -53,9 +55,11 @@ from memstream.schemas.subjects import (
     EVENT_PREFIX,
     EVENT_STREAM,
     QUERY_PREFIX,
+    asker,
     parse_query_subject,
     query_subject,
 )
+from memstream.schemas.tenancy import AGENT_HEADER, TenantLimits
 
 __all__ = ["QUEUE", "QueryWorker", "check_query_mapping"]
 
@@ -133,14 +137,18 @@ class QueryWorker:
         search_inline: bool = False,
         subjects: list[str] | None = None,
         leave: frozenset[str] = frozenset(),
+        limits: TenantLimits | None = None,
     ) -> None:
         """``remote_history``: the history another process serves, for recall.
         ``search_inline``: search on the event loop's thread rather than a worker
         thread; right for the embedded engine (see :meth:`_vector_search`).
         ``subjects``: what to answer, by default every tenant's queries
         (``schemas.partitions.Partition.query_subjects``). ``leave``: ops another
-        process answers from the same sources (the searcher's search and recall)."""
+        process answers from the same sources (the searcher's search and recall).
+        ``limits``: the server's default query limits of a tenant (``consumers.limits``)."""
         self.nc = nc
+        self.limits = QueryLimits(limits)
+        self.auditor = Auditor(nc)
         self.subjects = subjects or [f"{QUERY_PREFIX}.>"]
         # Told each answered op and its seconds (the metrics' histogram).
         self.observe: Callable[[str, float], None] | None = None
@@ -173,6 +181,7 @@ class QueryWorker:
         self._seen: set[str] = set()
 
     async def start(self) -> None:
+        await self.limits.start(self.nc)
         for subject in self.subjects:
             self._subs.append(await self.nc.subscribe(subject, queue=self.queue, cb=self._on_msg))
         # The server has the subscriptions once this returns: "ready" means answering.
@@ -189,6 +198,7 @@ class QueryWorker:
         self._subs = []
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.limits.stop()
 
     async def _on_msg(self, msg: Msg) -> None:
         # The subscription's callbacks run one at a time: hand each request to a task so
@@ -207,6 +217,8 @@ class QueryWorker:
             return  # a publish, not a request: there is nobody to answer
         started = time.perf_counter()
         op = tenant = None
+        outcome = "ok"
+        result: Any = None
         try:
             parts = msg.subject.split(".")
             # memq.<tenant>.<op>, with the tenant's slot after it as the server maps it
@@ -216,16 +228,31 @@ class QueryWorker:
             if not self.answers_unknown and op not in self.ops:
                 return
             tenant, op, _ = parse_query_subject(msg.subject)
+            wait_ms = self.limits.admit(tenant, asker(tenant, msg.reply))
+            if wait_ms:
+                raise QueryError(
+                    "rate_limited",
+                    f"tenant {tenant} is over its query rate: retry in {wait_ms} ms",
+                    retry_after_ms=wait_ms,
+                )
             req = decode_request(op, msg.data)
             result = await self._serve(tenant, op, req)
             body = ok_reply(result, _empty(result) and await self._no_events(tenant))
         except QueryError as err:
+            outcome = err.code
             unseen = err.code == "not_found" and tenant is not None
             unseen = unseen and await self._no_events(tenant)  # type: ignore[arg-type]
-            body = error_reply(err.code, err.message, tenant_has_no_events=unseen)
+            body = error_reply(
+                err.code,
+                err.message,
+                tenant_has_no_events=unseen,
+                retry_after_ms=err.retry_after_ms,
+            )
         except MemstreamError as err:
+            outcome = err.code
             body = error_reply(err.code, str(err))
         except Exception:
+            outcome = "internal"
             correlation_id = new_id()
             log.exception("query_failed", op=op, tenant=tenant, correlation_id=correlation_id)
             body = error_reply(
@@ -235,6 +262,7 @@ class QueryWorker:
                 correlation_id,
             )
         if len(body) > self.nc.max_payload:
+            outcome = "bad_request"
             body = error_reply(
                 "bad_request",
                 f"the reply would be {len(body)} bytes, more than the {self.nc.max_payload} "
@@ -242,14 +270,22 @@ class QueryWorker:
             )
         with contextlib.suppress(nats.errors.Error):
             await msg.respond(body)
+        seconds = time.perf_counter() - started
         if self.observe is not None and op in self.ops:
-            self.observe(op, time.perf_counter() - started)
-        log.debug(
-            "query_answered",
-            op=op,
-            tenant=tenant,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+            self.observe(op, seconds)
+        if tenant is not None and op is not None:
+            await self.auditor.record(
+                tenant=tenant,
+                user=asker(tenant, msg.reply),
+                agent=(msg.headers or {}).get(AGENT_HEADER, ""),
+                kind="query",
+                op=op,
+                body=msg.data,
+                results=count_results(result) if outcome == "ok" else None,
+                seconds=seconds,
+                outcome=outcome,
+            )
+        log.debug("query_answered", op=op, tenant=tenant, ms=round(seconds * 1000, 2))
 
     async def _no_events(self, tenant: str) -> bool:
         """Whether the stream holds no event of ``tenant`` (asked only of an empty

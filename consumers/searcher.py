@@ -102,6 +102,7 @@ async def _serve(shards: Path, subjects: list[str]) -> None:
             # searches a second, measured).
             search_inline=False,
             subjects=subjects,
+            limits=settings.tenant_limits,
         )
         reports = _Reports(embedder)
         worker.observe = reports.observe

@@ -20,6 +20,7 @@ from memstream.producers.connection import (
 )
 from memstream.schemas.errors import ConfigError
 from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
+from memstream.schemas.tenancy import TenantLimits
 
 __all__ = ["ENV_VARS", "Settings", "load_settings"]
 
@@ -59,6 +60,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
     batch_wait_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
+    # A tenant's query limits unless it has its own (memstream tenant limits); 0: none.
+    queries_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    user_queries_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    queries_per_hour: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     @property
     def data_path(self) -> Path:
@@ -68,6 +73,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def nats_auth(self) -> NatsAuth:
         """Credentials as keyword arguments for ``connect_nats`` and ``MemoryClient``."""
         return {"user": self.nats_user, "password": self.nats_password, "creds": self.nats_creds}
+
+    @property
+    def tenant_limits(self) -> TenantLimits:
+        """The query limits of a tenant that has none of its own."""
+        return TenantLimits(
+            queries_per_second=self.queries_per_second,
+            user_queries_per_second=self.user_queries_per_second,
+            queries_per_hour=self.queries_per_hour,
+        )
 
     @property
     def effective_embedder(self) -> str:
@@ -100,6 +114,9 @@ ENV_VARS: dict[str, str] = {
     "metrics_port": "MEMSTREAM_METRICS_PORT",
     "batch_size": "MEMSTREAM_BATCH_SIZE",
     "batch_wait_ms": "MEMSTREAM_BATCH_WAIT_MS",
+    "queries_per_second": "MEMSTREAM_QUERIES_PER_SECOND",
+    "user_queries_per_second": "MEMSTREAM_USER_QUERIES_PER_SECOND",
+    "queries_per_hour": "MEMSTREAM_QUERIES_PER_HOUR",
 }
 
 
@@ -146,6 +163,9 @@ _HINTS = {
     "metrics_port": "expected a port number from 0 to 65535 (0: any free port)",
     "batch_size": "expected a whole number of events from 1 to 100000",
     "batch_wait_ms": "expected a whole number of milliseconds from 1 to 60000",
+    "queries_per_second": "expected a number of queries a second, 0 or more (0: no limit)",
+    "user_queries_per_second": "expected a number of queries a second, 0 or more (0: no limit)",
+    "queries_per_hour": "expected a whole number of queries an hour, 0 or more (0: no limit)",
 }
 
 

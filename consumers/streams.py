@@ -31,6 +31,8 @@ from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
 from memstream.schemas.partitions import EVENT_SLOT_TRANSFORM, WHOLE, Partition
 from memstream.schemas.queries import PROJECTIONS
 from memstream.schemas.subjects import (
+    AUDIT_PREFIX,
+    AUDIT_STREAM,
     DLQ_PREFIX,
     DLQ_STREAM,
     EVENT_PREFIX,
@@ -39,6 +41,7 @@ from memstream.schemas.subjects import (
 )
 
 __all__ = [
+    "AUDIT_RETENTION_S",
     "DUPLICATE_WINDOW_S",
     "HEADER_ROOM",
     "JETSTREAM_SETTLING",
@@ -50,6 +53,8 @@ __all__ = [
 ]
 
 DUPLICATE_WINDOW_S: Final = 120.0
+# How long the audit stream keeps its records.
+AUDIT_RETENTION_S: Final = 90 * 24 * 3600.0
 # Room for headers (Nats-Msg-Id, DLQ reasons) on top of the largest event body.
 HEADER_ROOM: Final = 64 * 1024
 
@@ -138,6 +143,12 @@ def stream_configs(
             description="memstream dead letters: events a projection could not apply",
             subjects=[f"{DLQ_PREFIX}.>"],
             **common,
+        ),
+        StreamConfig(
+            name=AUDIT_STREAM,
+            description="memstream audit: every query and admin operation",
+            subjects=[f"{AUDIT_PREFIX}.>"],
+            **{**common, "max_age": AUDIT_RETENTION_S},
         ),
     ]
 

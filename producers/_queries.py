@@ -42,7 +42,10 @@ from memstream.schemas.queries import (
 )
 from memstream.schemas.replies import TypedReply
 from memstream.schemas.subjects import query_subject
+from memstream.schemas.tenancy import AGENT_HEADER
 
+# The longest wait a query over its tenant's rate is asked again after, once.
+_RETRY_RATE_LIMITED_MS = 1000
 # How long a query keeps asking while no worker answers at all, before it says so.
 _NO_WORKER_GRACE_S = 0.8
 
@@ -92,6 +95,7 @@ class QueryMethods:
 
     nc: NatsClient
     tenant: str
+    agent: str
     # How long a reply may take beyond the request's own wait_ms.
     query_timeout: float = 10.0
     # Whether the last reply said this tenant has never stored anything (a mistyped
@@ -107,8 +111,38 @@ class QueryMethods:
         body = _encoder.encode(kind(**given) if kind is not None else given)
         subject = query_subject(self.tenant, op)
         wait_ms = fields.get("wait_ms") or 2000
+        reply = await self._ask(op, subject, body, self.query_timeout + wait_ms / 1000, result)
+        if reply.error is not None and reply.error.code == "rate_limited":
+            # Over the tenant's query rate: asked once more when the wait is short.
+            after = reply.error.retry_after_ms
+            if isinstance(after, int) and after <= _RETRY_RATE_LIMITED_MS:
+                await asyncio.sleep(after / 1000)
+                reply = await self._ask(
+                    op, subject, body, self.query_timeout + wait_ms / 1000, result
+                )
+        self.tenant_has_no_events = reply.tenant_has_no_events
+        if reply.error is not None:
+            raise QueryError(
+                reply.error.code,
+                reply.error.message,
+                reply.error.correlation_id,
+                after_ms if isinstance(after_ms := reply.error.retry_after_ms, int) else None,
+            )
+        if reply.result is None:
+            raise QueryError("internal", f"the reply to {op} carries no result")
+        return reply.result
+
+    async def _ask(
+        self,
+        op: str,
+        subject: str,
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109
+        result: type[R],
+    ) -> TypedReply[R]:
+        """One request of ``op``, its reply decoded; no reply is a QueryError."""
         try:
-            msg = await self._request(subject, body, self.query_timeout + wait_ms / 1000)
+            msg = await self._request(subject, body, timeout)
         except Forbidden as err:
             raise QueryError(
                 "forbidden", f"these credentials may not query {subject} ({err})"
@@ -123,17 +157,11 @@ class QueryMethods:
                 "unavailable", f"no reply on {subject} within {self.query_timeout:g} s"
             ) from None
         try:
-            reply = _decoder(result).decode(msg.data)
+            return _decoder(result).decode(msg.data)
         except msgspec.DecodeError as err:
             raise QueryError(
                 "internal", f"the reply to {op} is not what it should be: {err}"
             ) from None
-        self.tenant_has_no_events = reply.tenant_has_no_events
-        if reply.error is not None:
-            raise QueryError(reply.error.code, reply.error.message, reply.error.correlation_id)
-        if reply.result is None:
-            raise QueryError("internal", f"the reply to {op} carries no result")
-        return reply.result
 
     async def _request(self, subject: str, body: bytes, timeout: float) -> Msg:  # noqa: ASYNC109
         """One request; "no responders" is asked again a few times within
@@ -143,10 +171,13 @@ class QueryMethods:
         new ones subscribed."""
         delay = 0.05
         waited = 0.0
+        headers = {AGENT_HEADER: self.agent}
         while True:
             try:
                 reply: Msg = await or_denied(
-                    self.nc, subject, self.nc.request(subject, body, timeout=timeout)
+                    self.nc,
+                    subject,
+                    self.nc.request(subject, body, timeout=timeout, headers=headers),
                 )
                 return reply
             except nats.errors.NoRespondersError:

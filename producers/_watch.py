@@ -52,7 +52,11 @@ async def follow(
     """Yield the tenant's events from ``from_seq`` (or from now) on; see the module."""
     next_seq = from_seq
     while True:
-        inbox = f"{reply_inbox_prefix(tenant)}.{secrets.token_hex(12)}"
+        # The connection's own inbox (a user's, with up --auth), or one under the
+        # tenant's prefix for a connection made without it.
+        inbox = nc.new_inbox()
+        if not inbox.startswith(f"{reply_inbox_prefix(tenant)}."):
+            inbox = f"{reply_inbox_prefix(tenant)}.{secrets.token_hex(12)}"
         sub = await nc.subscribe(inbox)
         restart = False
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -16,13 +17,13 @@ from nats.js.api import PubAck
 from memstream.producers._events import PublishAck
 from memstream.producers._memory_writes import MemoryWrites
 from memstream.producers._queries import QueryMethods
-from memstream.producers.connection import connect_nats, denied, or_denied, same_loop
+from memstream.producers.connection import USER_VAR, connect_nats, denied, or_denied, same_loop
 from memstream.producers.locks import Lock
 from memstream.schemas import events as ev
 from memstream.schemas.errors import Forbidden, InvalidEvent, PublishError
 from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES, Event
 from memstream.schemas.ids import validate_agent, validate_ref_id, validate_tenant
-from memstream.schemas.subjects import event_subject, reply_inbox_prefix
+from memstream.schemas.subjects import event_subject, reply_inbox_prefix, split_nats_user
 
 __all__ = ["MemoryClient"]
 
@@ -105,8 +106,9 @@ class MemoryClient(MemoryWrites, QueryMethods):
             password=password,
             creds=creds,
             # Replies come back under the tenant's own inbox prefix, the only place a
-            # tenant's credentials may subscribe (see `memstream up --auth`).
-            inbox_prefix=reply_inbox_prefix(tenant),
+            # tenant's credentials may subscribe (see `memstream up --auth`); a user within
+            # the tenant (<user>@<tenant>) has its own under it.
+            inbox_prefix=inbox_for(tenant, user),
         )
         return cls(
             nc,
@@ -367,3 +369,10 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, nats.js.errors.APIError):
         return f"JetStream refused it: {err.description or err}"
     return repr(err)
+
+
+def inbox_for(tenant: str, user: str | None) -> str:
+    """The reply inbox prefix a connection of ``tenant`` as NATS user ``user`` (None:
+    ``$MEMSTREAM_NATS_USER``) receives under."""
+    named = split_nats_user(user if user is not None else os.environ.get(USER_VAR))
+    return reply_inbox_prefix(tenant, named[1] if named and named[0] == tenant else None)

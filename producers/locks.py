@@ -25,7 +25,8 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from memstream.schemas.errors import LockHeld, LockLost
+from memstream.producers.connection import or_denied
+from memstream.schemas.errors import Forbidden, LockHeld, LockLost
 from memstream.schemas.subjects import LOCK_BUCKET, lock_key
 
 __all__ = ["Lock"]
@@ -60,6 +61,7 @@ class Lock:
         if ttl_s < 1:
             raise ValueError("ttl_s must be at least 1 second")
         self.key = lock_key(tenant, name)
+        self.tenant = tenant
         self.name = name
         self.agent = agent
         self.ttl_s = float(ttl_s)
@@ -82,7 +84,7 @@ class Lock:
         deadline = time.monotonic() + self.wait_s
         while True:
             try:
-                self.revision = await kv.create(self.key, value, msg_ttl=self.ttl_s)
+                self.revision = await self._create(kv, value)
             except nats.js.errors.KeyWrongLastSequenceError:
                 if time.monotonic() >= deadline:
                     raise LockHeld(
@@ -93,6 +95,20 @@ class Lock:
                 continue
             self.token = self.revision
             return self
+
+    async def _create(self, kv: KeyValue, value: bytes) -> int:
+        """Create the key; Forbidden at once when the server refuses these credentials
+        the lock (a reader's), rather than a timeout."""
+        subject = f"$KV.{LOCK_BUCKET}.{self.key}".lower()  # as the server's refusal names it
+        try:
+            return await or_denied(
+                self._js._nc, subject, kv.create(self.key, value, msg_ttl=self.ttl_s)
+            )
+        except Forbidden:
+            raise Forbidden(
+                f"these credentials may not take lock {self.name!r} of tenant {self.tenant}: "
+                "a reader may only read locks (take it as a writer or admin user)"
+            ) from None
 
     async def _by(self, kv: KeyValue) -> str:
         try:

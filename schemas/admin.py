@@ -14,10 +14,14 @@ import msgspec
 from memstream.schemas.errors import AdminError, QueryError
 from memstream.schemas.ids import Tenant
 from memstream.schemas.replies import ErrorBody, TypedReply
+from memstream.schemas.tenancy import AuditRecord
 
 __all__ = [
     "ADMIN_OPS",
+    "TENANT_ADMIN_OPS",
     "AdminRequest",
+    "AuditRequest",
+    "AuditResult",
     "EngineInfo",
     "PingRequest",
     "PingResult",
@@ -175,12 +179,31 @@ class PurgeResult(msgspec.Struct, frozen=True, kw_only=True):
     projections: list[str]
 
 
+class AuditRequest(AdminRequest, frozen=True):
+    """``memadm.audit.<tenant>``: the tenant's records, oldest first."""
+
+    since: str | None = None  # RFC 3339; default: the last hour
+    until: str | None = None
+    user: str | None = None
+    op: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1_000
+
+
+class AuditResult(msgspec.Struct, frozen=True, kw_only=True):
+    records: list[AuditRecord]
+    # More matched than the limit let through.
+    truncated: bool = False
+
+
 ADMIN_OPS: Final[dict[str, type[AdminRequest]]] = {
     "ping": PingRequest,
     "sql": SqlRequest,
     "replay": ReplayRequest,
     "purge": PurgeRequest,
+    "audit": AuditRequest,
 }
+# The ops an admin user of a tenant may ask about its own tenant, on memadm.<op>.<tenant>.
+TENANT_ADMIN_OPS: Final = ("purge", "audit")
 _request_decoders = {op: msgspec.json.Decoder(cls) for op, cls in ADMIN_OPS.items()}
 _reply_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 

@@ -151,10 +151,18 @@ class QueryError(MemstreamError):
     """The error a query reply carried, raised on the client's side (or raised by the
     query worker to answer with it)."""
 
-    def __init__(self, code: str, message: str, correlation_id: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        correlation_id: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
         self.code = code
         self.message = message
         self.correlation_id = correlation_id
+        # With ``rate_limited``: how long until the query would be answered.
+        self.retry_after_ms = retry_after_ms
         super().__init__(f"{code}: {message}")
 
 

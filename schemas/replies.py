@@ -19,7 +19,13 @@ __all__ = [
 ]
 
 ErrorCode: TypeAlias = Literal[
-    "bad_request", "not_found", "not_caught_up", "forbidden", "unavailable", "internal"
+    "bad_request",
+    "not_found",
+    "not_caught_up",
+    "forbidden",
+    "unavailable",
+    "internal",
+    "rate_limited",
 ]
 ERROR_CODES: Final = frozenset(ErrorCode.__args__)  # type: ignore[attr-defined]
 R = TypeVar("R")
@@ -29,6 +35,9 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     code: ErrorCode
     message: str
     correlation_id: str | None = None
+    # Only with rate_limited (otherwise left out of the JSON): how long until the same
+    # query would be answered.
+    retry_after_ms: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -68,8 +77,12 @@ def error_reply(
     message: str,
     correlation_id: str | None = None,
     tenant_has_no_events: bool = False,
+    retry_after_ms: int | None = None,
 ) -> bytes:
     """An error reply; a code outside the contract's is sent as ``internal``."""
     known: Any = code if code in ERROR_CODES else "internal"
-    error = ErrorBody(code=known, message=message, correlation_id=correlation_id)
+    after: int | msgspec.UnsetType = msgspec.UNSET if retry_after_ms is None else retry_after_ms
+    error = ErrorBody(
+        code=known, message=message, correlation_id=correlation_id, retry_after_ms=after
+    )
     return _encoder.encode(Reply(ok=False, error=error, tenant_has_no_events=tenant_has_no_events))

@@ -10,6 +10,8 @@ from memstream.schemas.ids import validate_tenant
 
 __all__ = [
     "ADMIN_PREFIX",
+    "AUDIT_PREFIX",
+    "AUDIT_STREAM",
     "DLQ_PREFIX",
     "DLQ_STREAM",
     "EVENT_PREFIX",
@@ -19,24 +21,32 @@ __all__ = [
     "EventSubject",
     "QuerySubject",
     "admin_subject",
+    "asker",
+    "audit_subject",
     "dlq_subject",
     "durable_name",
     "event_subject",
     "lock_key",
+    "nats_user",
     "parse_event_subject",
     "parse_query_subject",
     "published_subject",
     "query_subject",
     "reply_inbox_prefix",
+    "split_nats_user",
+    "tenant_admin_subject",
     "tenant_event_filter",
+    "user_name",
 ]
 
 EVENT_PREFIX = "mem"
 QUERY_PREFIX = "memq"
 ADMIN_PREFIX = "memadm"
 DLQ_PREFIX = "memdlq"
+AUDIT_PREFIX = "memaudit"
 EVENT_STREAM = "MEMORY"
 DLQ_STREAM = "MEMORY_DLQ"
+AUDIT_STREAM = "MEMORY_AUDIT"
 # The JetStream key-value bucket of the locks; a lock's key is <tenant>.<name>.
 LOCK_BUCKET = "MEMLOCK"
 _LOCK_NAME = re.compile(r"\A[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*\Z")
@@ -138,14 +148,77 @@ def parse_query_subject(subject: str) -> QuerySubject:
     return QuerySubject(validate_tenant(parts[1]), parts[2], slot)
 
 
-def reply_inbox_prefix(tenant: str) -> str:
+# A user's reply inbox is ``_INBOX_<tenant>.u.<user>``: the token after the tenant's
+# prefix is never "u" for the tenant's own user, whose inboxes are ``_INBOX_<tenant>.<nuid>``
+# (a nuid is 22 characters).
+_USER_INBOX = "u"
+_USER = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z")
+
+
+def user_name(user: str) -> str:
+    """``user`` if it is a valid name for a user within a tenant (the tenant id's
+    rules), else raise InvalidSubject."""
+    if not isinstance(user, str) or not _USER.match(user):
+        raise InvalidSubject(
+            f"user name {user!r} is not valid: use 1 to 63 lowercase letters, digits, "
+            "'_' or '-', starting with a letter or digit"
+        )
+    return user
+
+
+def nats_user(tenant: str, user: str) -> str:
+    """The NATS user name of ``user`` within ``tenant``: ``<user>@<tenant>``."""
+    return f"{user_name(user)}@{validate_tenant(tenant)}"
+
+
+def split_nats_user(name: str | None) -> tuple[str, str] | None:
+    """(tenant, user) of a NATS user name ``<user>@<tenant>``; None for any other name."""
+    if not name or name.count("@") != 1:
+        return None
+    user, _, tenant = name.partition("@")
+    if not _USER.match(user) or not _USER.match(tenant):
+        return None
+    return tenant, user
+
+
+def reply_inbox_prefix(tenant: str, user: str | None = None) -> str:
     """The reply inbox prefix of a tenant's connections: with ``up --auth`` a tenant may
-    subscribe under it and nowhere else, so no tenant can read another's replies."""
-    return f"_INBOX_{validate_tenant(tenant)}"
+    subscribe under it and nowhere else, so no tenant can read another's replies. A user
+    within the tenant (``memstream tenant user add``) has its own, under the tenant's, and
+    may subscribe under that one only."""
+    prefix = f"_INBOX_{validate_tenant(tenant)}"
+    return prefix if user is None else f"{prefix}.{_USER_INBOX}.{user_name(user)}"
+
+
+def asker(tenant: str, reply: str) -> str:
+    """Who asked a query of ``tenant``, told by its reply subject: a user's name, the
+    tenant id for the tenant's own user, or "" for a reply outside the tenant's inbox
+    (a connection without the SDK's inbox prefix, possible only without ``--auth``).
+
+    With ``--auth`` the server lets a user receive only under its own inbox, so a request
+    that names another user's inbox gets its asker no answer."""
+    prefix = f"_INBOX_{tenant}."
+    if not reply.startswith(prefix):
+        return ""
+    parts = reply[len(prefix) :].split(".", 2)
+    if len(parts) >= 2 and parts[0] == _USER_INBOX and _USER.match(parts[1]):
+        return parts[1]
+    return tenant
 
 
 def admin_subject(op: str) -> str:
     return f"{ADMIN_PREFIX}.{_check_token('admin op', op)}"
+
+
+def tenant_admin_subject(op: str, tenant: str) -> str:
+    """``memadm.<op>.<tenant>``: an admin op about one tenant, which that tenant's admin
+    users may request (the server's permissions allow them ``memadm.*.<tenant>``)."""
+    return f"{ADMIN_PREFIX}.{_check_token('admin op', op)}.{validate_tenant(tenant)}"
+
+
+def audit_subject(tenant: str) -> str:
+    """``memaudit.<tenant>``: the tenant's audit records (stream ``MEMORY_AUDIT``)."""
+    return f"{AUDIT_PREFIX}.{validate_tenant(tenant)}"
 
 
 def dlq_subject(projection: str, tenant: str) -> str:

@@ -63,6 +63,7 @@ for _command in (
     operations.dlq,
     operations.asyncapi,
     tenants.tenant,
+    tenants.audit,
     demo.demo,
     mcp.mcp,
 ):

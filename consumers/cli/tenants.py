@@ -1,12 +1,16 @@
-"""``memstream tenant``: tenants' NATS users, and purging a tenant's data."""
+"""``memstream tenant``: tenants' NATS users and the users within them, a tenant's query
+limits, and purging a tenant's data; ``memstream audit``: a tenant's audit trail."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import click
 import msgspec
 
-from memstream.consumers.auth import TenantCredentials
+from memstream.consumers.auth import ROLES, TenantCredentials, User
 from memstream.consumers.cli._common import (
+    connect_operator,
     data_dir_given,
     data_dir_option,
     json_option,
@@ -15,17 +19,25 @@ from memstream.consumers.cli._common import (
     out,
     print_json,
     run,
+    tenant_option,
     url_given,
 )
-from memstream.consumers.settings import load_settings
+from memstream.consumers.limits import set_limits
+from memstream.consumers.ops import ask_tenant_admin, connect_tenant_user
+from memstream.consumers.settings import Settings, load_settings
+from memstream.schemas.admin import AuditRequest, AuditResult
 from memstream.schemas.errors import UsageError
+from memstream.schemas.ids import validate_tenant
+from memstream.schemas.subjects import split_nats_user
+from memstream.schemas.tenancy import TenantLimits
 
-__all__ = ["tenant"]
+__all__ = ["audit", "tenant"]
 
 
 @click.group()
 def tenant() -> None:
-    """Tenants: their NATS users (with up --auth), and purging one's data."""
+    """Tenants: their NATS users and roles (with up --auth), query limits, and purging
+    one's data."""
 
 
 def _creds(data_dir: str | None) -> TenantCredentials:
@@ -122,3 +134,238 @@ def tenant_purge(
     out.print(f"  history (DuckDB)    {rows} rows" + (f" ({tables})" if tables else ""))
     out.print(f"  vectors (Qdrant)    {report.vector_points} points")
     out.print(f"  embedding cache     {report.cached_embeddings} vectors")
+
+
+# --- users within a tenant ----------------------------------------------------------
+
+
+@tenant.group(name="user")
+def tenant_user() -> None:
+    """Users within a tenant, each with a role the NATS server enforces: reader
+    (queries, watch, reading locks), writer (+ publishing events, taking locks), admin
+    (+ the tenant's own purge and audit)."""
+
+
+def _print_user(made: User, as_json: bool, reloaded: str) -> None:
+    who = made.credentials
+    if as_json:
+        print_json({"tenant": made.tenant, "user": made.name, "role": made.role,
+                    "nats_user": who.user, "password": who.password})  # fmt: skip
+        return
+    out.print(f"user {made.name} of {made.tenant} ({made.role}): NATS user {who.user}, "
+              f"password {who.password}")  # fmt: skip
+    out.print(f"  ({reloaded})")
+    out.print(
+        f"Its agents connect with MEMSTREAM_NATS_USER={who.user} "
+        f"MEMSTREAM_NATS_PASSWORD={who.password} (the SDK then receives under its own inbox)."
+    )
+
+
+@tenant_user.command(name="add")
+@click.argument("name", metavar="TENANT")
+@click.argument("user", metavar="USER")
+@click.option("--role", type=click.Choice(ROLES), required=True, help="What the user may do.")
+@data_dir_option
+@json_option
+def user_add(name: str, user: str, role: str, data_dir: str | None, as_json: bool) -> None:
+    """Create USER within TENANT with a role; prints its credentials."""
+    creds = _creds(data_dir)
+    made = creds.add_user(name, user, role)
+    _print_user(made, as_json, _reloaded(creds))
+
+
+@tenant_user.command(name="list")
+@click.argument("name", metavar="TENANT")
+@data_dir_option
+@json_option
+def user_list(name: str, data_dir: str | None, as_json: bool) -> None:
+    """TENANT's users and their roles."""
+    users = _creds(data_dir).users(name)
+    rows = [{"user": u.name, "role": u.role, "nats_user": u.credentials.user} for u in users]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print(f"tenant {name} has no users: add one with 'memstream tenant user add'")
+    for row in rows:
+        out.print(f"{row['user']:<24} {row['role']:<8} {row['nats_user']}")
+
+
+@tenant_user.command(name="rotate")
+@click.argument("name", metavar="TENANT")
+@click.argument("user", metavar="USER")
+@data_dir_option
+@json_option
+def user_rotate(name: str, user: str, data_dir: str | None, as_json: bool) -> None:
+    """Give USER a new password: the running NATS reloads, and the old one stops working."""
+    creds = _creds(data_dir)
+    made = creds.rotate_user(name, user)
+    _print_user(made, as_json, _reloaded(creds))
+
+
+@tenant_user.command(name="remove")
+@click.argument("name", metavar="TENANT")
+@click.argument("user", metavar="USER")
+@data_dir_option
+def user_remove(name: str, user: str, data_dir: str | None) -> None:
+    """Delete USER of TENANT; the server closes its connections."""
+    creds = _creds(data_dir)
+    if not creds.remove_user(name, user):
+        raise UsageError(f"tenant {name} has no user {user!r} (see 'memstream tenant user list')")
+    out.print(f"removed user {user} of {name}; {_reloaded(creds)}")
+
+
+# --- query limits ---------------------------------------------------------------------
+
+
+@tenant.command(name="limits")
+@click.argument("name", metavar="TENANT")
+@click.option(
+    "--queries-per-second",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Every query of the tenant, a second (0: no limit).",
+)
+@click.option(
+    "--burst",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Queries that may come at once after a quiet spell [default: a second's].",
+)
+@click.option(
+    "--user-queries-per-second",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Each user's queries, a second (0: no limit).",
+)
+@click.option(
+    "--queries-per-hour",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Every query of the tenant, an hour (0: no limit).",
+)
+@click.option("--reset", is_flag=True, help="Drop the tenant's own limits: the defaults apply.")
+@data_dir_option
+@nats_url_option
+@json_option
+def tenant_limits(
+    name: str,
+    queries_per_second: float | None,
+    burst: int | None,
+    user_queries_per_second: float | None,
+    queries_per_hour: int | None,
+    reset: bool,
+    data_dir: str | None,
+    nats_url: str | None,
+    as_json: bool,
+) -> None:
+    """Show or set TENANT's query limits. The query workers take a change at once;
+    a limit not given keeps its value (or the server's default)."""  # fmt: skip
+    validate_tenant(name)
+    settings = load(data_dir=data_dir, nats_url=nats_url)
+    given = TenantLimits(
+        queries_per_second=queries_per_second,
+        burst=burst,
+        user_queries_per_second=user_queries_per_second,
+        queries_per_hour=queries_per_hour,
+    )
+    own = run(_set_limits(settings, url_given(nats_url), name, given, reset))
+    effective = own.over(settings.tenant_limits)
+    if as_json:
+        print_json({"tenant": name, "own": msgspec.structs.asdict(own),
+                    "effective": msgspec.structs.asdict(effective)})  # fmt: skip
+        return
+    for field in ("queries_per_second", "burst", "user_queries_per_second", "queries_per_hour"):
+        value, mine = getattr(effective, field), getattr(own, field)
+        shown = "none" if not value else f"{value:g}"
+        out.print(f"{field:<24} {shown}{'' if mine is not None else '  (default)'}")
+
+
+async def _set_limits(
+    settings: Settings, nats_url_given: bool, tenant: str, given: TenantLimits, reset: bool
+) -> TenantLimits:
+    nc = await connect_operator(settings, nats_url_given, "memstream:tenant-limits")
+    try:
+        return await set_limits(nc, tenant, given, reset=reset)
+    finally:
+        await nc.drain()
+
+
+# --- audit ----------------------------------------------------------------------------
+
+
+@click.command(name="audit")
+@tenant_option
+@click.option(
+    "--since",
+    default="1h",
+    show_default=True,
+    help="From when: a time (RFC 3339) or how long ago (30m, 2h, 7d).",
+)
+@click.option("--until", default=None, help="Up to when (RFC 3339) [default: now].")
+@click.option("--user", default=None, help="Only this user's records.")
+@click.option("--op", default=None, help="Only this op's records (search, purge...).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=1_000, show_default=True)
+@data_dir_option
+@nats_url_option
+@json_option
+def audit(
+    tenant: str,
+    since: str,
+    until: str | None,
+    user: str | None,
+    op: str | None,
+    limit: int,
+    data_dir: str | None,
+    nats_url: str | None,
+    as_json: bool,
+) -> None:
+    """The tenant's audit trail: every query and admin op, who asked, what came of it.
+    An admin user of a tenant (MEMSTREAM_NATS_USER=<user>@<tenant>) reads its own."""
+    settings = load(data_dir=data_dir, nats_url=nats_url)
+    name = validate_tenant(tenant)
+    req = AuditRequest(since=_since(since), until=until, user=user, op=op, limit=limit)
+    result = run(_read_audit(settings, url_given(nats_url), name, req))
+    if as_json:
+        print_json([msgspec.structs.asdict(r) for r in result.records])
+        return
+    if not result.records:
+        out.print(f"no audit records of {name} since {req.since}")
+    for r in result.records:
+        results = "" if r.results is None else f" results={r.results}"
+        out.print(f"{r.ts}  {r.kind:<5} {r.op:<12} user={r.user or '-'} agent={r.agent or '-'} "
+                  f"{r.outcome}{results} {r.ms:g} ms  {r.digest[:12]}")  # fmt: skip
+    if result.truncated:
+        out.print(f"(only the first {limit}: narrow with --since/--until, or raise --limit)")
+
+
+_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(value: str) -> str:
+    """An RFC 3339 time, from one or from how long ago (``30m``)."""
+    if value[:-1].isdigit() and value[-1:] in _AGO:
+        ago = int(value[:-1]) * _AGO[value[-1]]
+        when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=ago)
+        return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--since {value!r} is neither a time (2026-12-07T08:00:00Z) nor how long ago "
+            "(30m, 2h, 7d)"
+        ) from None
+    return value
+
+
+async def _read_audit(
+    settings: Settings, nats_url_given: bool, tenant: str, req: AuditRequest
+) -> AuditResult:
+    if split_nats_user(settings.nats_user) is not None:
+        nc = await connect_tenant_user(settings, "memstream:audit")
+    else:
+        nc = await connect_operator(settings, nats_url_given, "memstream:audit")
+    try:
+        return await ask_tenant_admin(nc, "audit", tenant, req, AuditResult)
+    finally:
+        await nc.drain()

@@ -16,7 +16,8 @@ def test_up_remember_status_tour(up: Up) -> None:
     """up starts the broker; remember prints its seq; status shows it in MEMORY."""
     assert up.info["embedded"] is True
     assert pid_alive(up.info["nats_pid"])
-    expected = {"MEMORY": "created", "MEMORY_DLQ": "created", "KV_MEMLOCK": "created"}
+    names = ("MEMORY", "MEMORY_DLQ", "KV_MEMLOCK", "MEMORY_AUDIT")
+    expected = dict.fromkeys(names, "created")
     assert expected == up.info["streams"]
     result = run_cli(
         "remember",
@@ -193,7 +194,8 @@ def test_up_restarts_on_existing_data(tmp_path: Path) -> None:
     assert not pid_alive(nats_pid)
     second = start_up(tmp_path)
     try:
-        streams = {"MEMORY": "unchanged", "MEMORY_DLQ": "unchanged", "KV_MEMLOCK": "unchanged"}
+        names = ("MEMORY", "MEMORY_DLQ", "KV_MEMLOCK", "MEMORY_AUDIT")
+        streams = dict.fromkeys(names, "unchanged")
         assert streams == second.info["streams"]
         status = json.loads(run_cli("status", "--nats-url", second.url, "--json").stdout)
         assert 1 == status["streams"][0]["messages"]

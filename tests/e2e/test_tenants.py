@@ -63,6 +63,8 @@ def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> 
         assert f"purged tenant acme from {data.resolve()} (NATS {up.url}):" in purged.stdout
         assert "stream MEMORY       1 messages" in purged.stdout
 
+        _users_roles_and_audit(up.url, data, elsewhere)
+
         assert 0 == run_cli("tenant", "remove", "acme", "--data-dir", str(data)).returncode
         gone = run_cli("stats", *q, "-t", "acme", env=acme)
         assert 1 == gone.returncode and "refused the credentials" in gone.stderr
@@ -75,3 +77,57 @@ def test_tenant_add_without_auth_says_nothing_is_enforced(up: Up) -> None:
     added = run_cli("tenant", "add", "acme", "--data-dir", up.info["data_dir"])
     assert 0 == added.returncode, added.stderr
     assert "was started without --auth, so nothing is enforced" in added.stdout
+
+
+def _users_roles_and_audit(url: str, data: Path, elsewhere: dict[str, str]) -> None:
+    """Users within acme: a reader searches and may not write; an admin reads acme's
+    audit, which names who asked, and may not read beta's; a rotated password stops."""
+    q, dd = ("--nats-url", url), ("--data-dir", str(data))
+
+    def add(user: str, role: str) -> dict[str, str]:
+        made = run_cli("tenant", "user", "add", "acme", user, "--role", role, *dd, "--json")
+        assert 0 == made.returncode, made.stderr
+        info = json.loads(made.stdout)
+        assert (f"{user}@acme", role) == (info["nats_user"], info["role"])
+        return {**elsewhere, "MEMSTREAM_NATS_USER": info["nats_user"],
+                "MEMSTREAM_NATS_PASSWORD": info["password"]}  # fmt: skip
+
+    research, lead = add("research", "reader"), add("lead", "admin")
+    listed = run_cli("tenant", "user", "list", "acme", *dd, "--json")
+    assert [("lead", "admin"), ("research", "reader")] == [
+        (u["user"], u["role"]) for u in json.loads(listed.stdout)
+    ]
+    again = run_cli("tenant", "user", "add", "acme", "lead", "--role", "reader", *dd)
+    assert (2, 1) == (again.returncode, len(again.stderr.splitlines()))
+    assert "already has a user 'lead'" in again.stderr
+
+    written = run_cli("remember", *q, "-t", "acme", "-a", "r1", "--domain", "d", "no", env=research)
+    assert 1 == written.returncode
+    assert "may not publish to mem.acme.knowledge.stored" in written.stderr
+    for query in (["search", "ours"], ["stats"]):
+        done = run_cli(*query, *q, "-t", "acme", env=research)
+        assert 0 == done.returncode, done.stderr
+
+    limits = run_cli("tenant", "limits", "acme", "--queries-per-second", "50", *q, *dd, "--json")
+    assert 0 == limits.returncode, limits.stderr
+    assert 50 == json.loads(limits.stdout)["effective"]["queries_per_second"]
+
+    def audit(*extra: str, env: dict[str, str]) -> list[dict[str, object]]:
+        shown = run_cli("audit", "--tenant", "acme", *q, "--json", *extra, env=env)
+        assert 0 == shown.returncode, shown.stderr
+        return list(json.loads(shown.stdout))
+
+    records = audit("--user", "research", env=lead)
+    assert [("search", "ok"), ("stats", "ok")] == [(r["op"], r["outcome"]) for r in records]
+    assert {"query"} == {r["kind"] for r in records}
+    refused = run_cli("audit", "--tenant", "beta", *q, env=lead)
+    assert 1 == refused.returncode
+    assert "may not ask memadm.audit.beta" in refused.stderr.splitlines()[-1]
+    operator = audit(env={"MEMSTREAM_DATA_DIR": str(data)})
+    assert {"research", "acme", "lead"} <= {r["user"] for r in operator}
+
+    rotated = run_cli("tenant", "user", "rotate", "acme", "research", *dd)
+    assert 0 == rotated.returncode, rotated.stderr
+    old = run_cli("stats", *q, "-t", "acme", env=research)
+    assert 1 == old.returncode and "refused the credentials" in old.stderr
+    assert 0 == run_cli("tenant", "user", "remove", "acme", "lead", *dd).returncode

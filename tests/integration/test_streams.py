@@ -12,13 +12,18 @@ async def test_second_run_changes_nothing(nc: NatsClient) -> None:
     """Provisioning an already provisioned server reports everything unchanged."""
     js = nc.jetstream()
     report = await ensure_streams(js)
-    expected = {"MEMORY": "unchanged", "MEMORY_DLQ": "unchanged", "KV_MEMLOCK": "unchanged"}
+    expected = {
+        "MEMORY": "unchanged",
+        "MEMORY_DLQ": "unchanged",
+        "KV_MEMLOCK": "unchanged",
+        "MEMORY_AUDIT": "unchanged",
+    }
     assert expected == report.streams
     assert {"history": "unchanged", "vectors": "unchanged"} == report.consumers
     assert not report.changed
     assert ["history", "vectors"] == sorted(c.name for c in await js.consumers_info("MEMORY"))
     names = sorted([s.config.name for s in await js.streams_info()])
-    assert ["KV_MEMLOCK", "MEMORY", "MEMORY_DLQ"] == names
+    assert ["KV_MEMLOCK", "MEMORY", "MEMORY_AUDIT", "MEMORY_DLQ"] == names
 
 
 async def test_streams_match_the_design(nc: NatsClient) -> None:
