@@ -248,10 +248,11 @@ class QueryLimits:
 
 
 async def set_limits(
-    nc: NatsClient, tenant: str, given: TenantLimits, *, reset: bool = False
+    nc: NatsClient, tenant: str, given: TenantLimits, *, reset: bool = False, replicas: int = 1
 ) -> TenantLimits:
     """Merge ``given`` into the tenant's own limits in ``MEMTENANT`` (``reset``: drop
-    them first) and return them; the bucket is made on first use."""
+    them first) and return them; the bucket is made on first use, with ``replicas``
+    (the deployment's stream replicas, so it survives what the event log survives)."""
     js = nc.jetstream()
     try:
         kv = await js.key_value(LIMITS_BUCKET)
@@ -262,6 +263,7 @@ async def set_limits(
                 description="memstream tenants' query limits: <tenant> -> TenantLimits",
                 history=5,
                 storage=StorageType.FILE,
+                replicas=replicas,
             )
         )
     own = TenantLimits()

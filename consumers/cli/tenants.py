@@ -286,7 +286,7 @@ async def _set_limits(
 ) -> TenantLimits:
     nc = await connect_operator(settings, nats_url_given, "memstream:tenant-limits")
     try:
-        return await set_limits(nc, tenant, given, reset=reset)
+        return await set_limits(nc, tenant, given, reset=reset, replicas=settings.stream_replicas)
     finally:
         await nc.drain()
 
