@@ -22,7 +22,7 @@ def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> 
             "MEMSTREAM_NATS_USER": "acme",
             "MEMSTREAM_NATS_PASSWORD": json.loads(added.stdout)["password"],
         }
-        q = ("--nats-url", up.url)
+        q, dd = ("--nats-url", up.url), ("--data-dir", str(data))
         stored = run_cli("remember", *q, "-t", "acme", "-a", "a1", "--domain", "d", "ours",
                          "--json", env=acme)  # fmt: skip
         assert 0 == stored.returncode, stored.stderr
@@ -56,14 +56,21 @@ def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> 
         listed = run_cli("tenant", "list", "--data-dir", str(data), "--json")
         assert ["acme"] == json.loads(listed.stdout)
 
+        lead = _users_roles_and_audit(up.url, data, elsewhere)
         unsure = run_cli("tenant", "purge", "acme", *q, env=operator)
         assert 2 == unsure.returncode and "--yes" in unsure.stderr
         purged = run_cli("tenant", "purge", "acme", "--yes", *q, env=operator)
         assert 0 == purged.returncode, purged.stderr
         assert f"purged tenant acme from {data.resolve()} (NATS {up.url}):" in purged.stdout
         assert "stream MEMORY       1 messages" in purged.stdout
-
-        _users_roles_and_audit(up.url, data, elsewhere)
+        # acme's admin purges its own tenant with its own credentials, and only that.
+        theirs = run_cli("tenant", "purge", "beta", "--yes", *q, env=lead)
+        assert 1 == theirs.returncode
+        assert "lead@acme is a user of tenant acme: it may purge acme only" in theirs.stderr
+        own = run_cli("tenant", "purge", "acme", "--yes", *q, env=lead)
+        assert 0 == own.returncode, own.stderr
+        assert f"purged tenant acme from {data.resolve()} (NATS {up.url}):" in own.stdout
+        assert 0 == run_cli("tenant", "user", "remove", "acme", "lead", *dd).returncode
 
         assert 0 == run_cli("tenant", "remove", "acme", "--data-dir", str(data)).returncode
         gone = run_cli("stats", *q, "-t", "acme", env=acme)
@@ -79,9 +86,10 @@ def test_tenant_add_without_auth_says_nothing_is_enforced(up: Up) -> None:
     assert "was started without --auth, so nothing is enforced" in added.stdout
 
 
-def _users_roles_and_audit(url: str, data: Path, elsewhere: dict[str, str]) -> None:
+def _users_roles_and_audit(url: str, data: Path, elsewhere: dict[str, str]) -> dict[str, str]:
     """Users within acme: a reader searches and may not write; an admin reads acme's
-    audit, which names who asked, and may not read beta's; a rotated password stops."""
+    audit, which names who asked, and may not read beta's; a rotated password stops.
+    Returns the admin's environment."""
     q, dd = ("--nats-url", url), ("--data-dir", str(data))
 
     def add(user: str, role: str) -> dict[str, str]:
@@ -130,4 +138,4 @@ def _users_roles_and_audit(url: str, data: Path, elsewhere: dict[str, str]) -> N
     assert 0 == rotated.returncode, rotated.stderr
     old = run_cli("stats", *q, "-t", "acme", env=research)
     assert 1 == old.returncode and "refused the credentials" in old.stderr
-    assert 0 == run_cli("tenant", "user", "remove", "acme", "lead", *dd).returncode
+    return lead
