@@ -345,12 +345,12 @@ async def _supervise(server: NatsServer, stop: asyncio.Event) -> str | None:
 
 
 def _observer(metrics: ProcessMetrics) -> Callable[[bytes], None]:
-    """The searcher's ``op seconds`` lines, into this process's query histogram."""
+    """The searcher's ``op seconds outcome`` lines, into this process's query metrics."""
 
     def observe(line: bytes) -> None:
-        op, _, seconds = line.decode(errors="replace").strip().partition(" ")
+        op, seconds, outcome, *_ = [*line.decode(errors="replace").split(), "", "", "ok"]
         with contextlib.suppress(ValueError):
-            metrics.observe_query(op, float(seconds))
+            metrics.observe_query(op, float(seconds), outcome or "ok")
 
     return observe
 

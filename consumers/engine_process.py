@@ -294,7 +294,7 @@ class SearcherProcess(Child):
         self.on_line = self._line
 
     def observe(self, relay: Callable[[bytes], None]) -> None:
-        """Hand each ``op seconds`` line it prints to ``relay`` (the metrics)."""
+        """Hand each ``op seconds outcome`` line it prints to ``relay`` (the metrics)."""
         self._relay = relay
 
     def _line(self, line: bytes) -> None:

@@ -99,6 +99,13 @@ class ProcessMetrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.query_errors = Counter(
+            "memstream_query_errors_total",
+            "Queries answered with an error, by op and error code (rate_limited: over the "
+            "tenant's or the user's query rate).",
+            ["op", "code"],
+            registry=self.registry,
+        )
         self.publish_errors = Counter(
             "memstream_publish_errors_total",
             "Publishes to JetStream that failed (dead letters, an agent's events).",
@@ -113,8 +120,10 @@ class ProcessMetrics:
         ``embedding_requests``/``cache_hits``/``cache_misses`` (numbers)."""
         self._sources.append(read)
 
-    def observe_query(self, op: str, seconds: float) -> None:
+    def observe_query(self, op: str, seconds: float, outcome: str = "ok") -> None:
         self.query_duration.labels(op=op).observe(seconds)
+        if outcome != "ok":
+            self.query_errors.labels(op=op, code=outcome).inc()
 
     def text(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -150,8 +150,9 @@ class QueryWorker:
         self.limits = QueryLimits(limits)
         self.auditor = Auditor(nc)
         self.subjects = subjects or [f"{QUERY_PREFIX}.>"]
-        # Told each answered op and its seconds (the metrics' histogram).
-        self.observe: Callable[[str, float], None] | None = None
+        # Told each answered op, its seconds and its outcome ("ok" or the error code): the
+        # metrics.
+        self.observe: Callable[[str, float, str], None] | None = None
         self.sources: dict[str, Source] = {
             name: source
             for name, source in (("history", history), ("vectors", vectors))
@@ -272,7 +273,7 @@ class QueryWorker:
             await msg.respond(body)
         seconds = time.perf_counter() - started
         if self.observe is not None and op in self.ops:
-            self.observe(op, seconds)
+            self.observe(op, seconds, outcome)
         if tenant is not None and op is not None:
             await self.auditor.record(
                 tenant=tenant,

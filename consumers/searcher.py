@@ -63,8 +63,8 @@ class _Reports:
         self.embedder = embedder
         self.lines: list[str] = []
 
-    def observe(self, op: str, seconds: float) -> None:
-        self.lines.append(f"{op} {seconds:.6f}\n")
+    def observe(self, op: str, seconds: float, outcome: str) -> None:
+        self.lines.append(f"{op} {seconds:.6f} {outcome}\n")
 
     def flush(self) -> None:
         if not self.lines:

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from memstream.consumers.app import UpInfo
 from memstream.consumers.limits import QueryLimits, set_limits
 from memstream.consumers.nats_server import NatsServer
 from memstream.consumers.ops import ask_tenant_admin
@@ -22,6 +23,7 @@ from memstream.schemas.admin import AuditRequest, AuditResult
 from memstream.schemas.errors import QueryError
 from memstream.schemas.subjects import reply_inbox_prefix
 from memstream.schemas.tenancy import TenantLimits
+from tests.integration.test_metrics import samples, value
 from tests.integration.test_query_worker import running
 from tests.waiting import wait_for
 
@@ -29,23 +31,26 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture
-async def stack(nc: NatsClient, nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[None]:
+async def stack(nc: NatsClient, nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[UpInfo]:
     """memstream with the server's default of 10 queries a second per tenant."""
-    async with running(nats_server, tmp_path / "data", MEMSTREAM_QUERIES_PER_SECOND="10"):
-        yield
+    env = {"MEMSTREAM_QUERIES_PER_SECOND": "10", "MEMSTREAM_METRICS_PORT": "0"}
+    async with running(nats_server, tmp_path / "data", **env) as info:
+        yield info
 
 
-async def _burst(nc: NatsClient, tenant: str, n: int) -> tuple[list[dict[str, Any]], float]:
-    """``n`` stats queries of ``tenant`` at once: their replies, and how long they took."""
+async def _burst(
+    nc: NatsClient, tenant: str, n: int, op: str = "stats", body: bytes = b"{}"
+) -> tuple[list[dict[str, Any]], float]:
+    """``n`` queries ``op`` of ``tenant`` at once: their replies, and how long they took."""
     started = time.monotonic()
     msgs = await asyncio.gather(
-        *(nc.request(f"memq.{tenant}.stats", b"{}", timeout=10) for _ in range(n))
+        *(nc.request(f"memq.{tenant}.{op}", body, timeout=10) for _ in range(n))
     )
     return [msgspec.json.decode(m.data) for m in msgs], time.monotonic() - started
 
 
 async def test_a_burst_gets_the_bucket_and_the_rest_are_told_when(
-    nc: NatsClient, stack: None
+    nc: NatsClient, stack: UpInfo
 ) -> None:
     """50 at once against 10 a second: the bucket's 10, plus what refilled while they
     were answered, are answered; the rest are rate_limited with a retry_after_ms after
@@ -75,8 +80,25 @@ async def test_a_burst_gets_the_bucket_and_the_rest_are_told_when(
 
     await wait_for(audited, what="every query of the burst in the audit")
 
+    # /metrics counts the refused by op and code, the searcher's searches among them
+    # (reported to its parent once a second).
+    searched, _ = await _burst(nc, "acme", 30, "search", b'{"query": "anything"}')
+    refused = sum(not r["ok"] for r in searched)
+    assert refused >= 10
+    assert stack.metrics_url is not None
+    errors = "memstream_query_errors_total"
 
-async def test_a_tenants_limits_change_while_it_runs(nc: NatsClient, stack: None) -> None:
+    async def counted() -> bool:
+        found = await samples(stack.metrics_url or "")
+        return (
+            value(found, errors, op="stats", code="rate_limited"),
+            value(found, errors, op="search", code="rate_limited"),
+        ) == (len(limited), refused)
+
+    await wait_for(counted, 10, "the refused in the metrics")
+
+
+async def test_a_tenants_limits_change_while_it_runs(nc: NatsClient, stack: UpInfo) -> None:
     """Raised to 1,000 a second in MEMTENANT, a burst of 30 is answered whole; back to the
     default, it is not. No restart."""
     await set_limits(nc, "gamma", TenantLimits(queries_per_second=1000))
@@ -96,7 +118,7 @@ async def test_a_tenants_limits_change_while_it_runs(nc: NatsClient, stack: None
 
 
 async def test_each_user_has_its_own_rate(
-    nc: NatsClient, nats_server: NatsServer, stack: None
+    nc: NatsClient, nats_server: NatsServer, stack: UpInfo
 ) -> None:
     """With 2 a second per user, alice's burst gets 2 answered while bob is still answered:
     the worker tells them apart by their reply inboxes."""
@@ -117,7 +139,9 @@ async def test_each_user_has_its_own_rate(
         await bob.close()
 
 
-async def test_the_sdk_asks_again_once_when_the_wait_is_short(nc: NatsClient, stack: None) -> None:
+async def test_the_sdk_asks_again_once_when_the_wait_is_short(
+    nc: NatsClient, stack: UpInfo
+) -> None:
     """At 2 a second with room for 1, two queries one after the other are both answered:
     the SDK waited the retry_after_ms it was given and asked again. Over an hourly limit, whose
     wait is long, it raises QueryError at once, with the wait."""
