@@ -161,6 +161,21 @@ class QueryLimits:
         now = time.monotonic()
         return max((b.wait_ms(now) for _, b in self._applying(tenant, user, now)), default=0)
 
+    def refusal(self, tenant: str, user: str, wait_ms: int) -> str:
+        """What to tell a query :meth:`admit` kept waiting ``wait_ms``: which limit, and
+        when to ask again."""
+        now = time.monotonic()
+        limits = self.of(tenant)
+        key = max(self._applying(tenant, user, now), key=lambda kb: kb[1].wait_ms(now))[0]
+        if key.startswith("h:"):
+            which = f"tenant {tenant} is over its {_queries(limits.queries_per_hour)} an hour"
+        elif key.startswith("u:"):
+            rate = _queries(limits.user_queries_per_second)
+            which = f"user {user or '(none)'} of tenant {tenant} is over its {rate} a second"
+        else:
+            which = f"tenant {tenant} is over its {_queries(limits.queries_per_second)} a second"
+        return f"{which}: ask again in {_duration(wait_ms)}"
+
     def taken_elsewhere(self, taken: dict[str, int]) -> None:
         """What another worker admitted: take it from the same buckets here."""
         now = time.monotonic()
@@ -245,6 +260,21 @@ class QueryLimits:
                 idle = [k for k, b in self._buckets.items() if now - b.at > _IDLE_S]
                 for key in idle:
                     del self._buckets[key]
+
+
+def _queries(n: float | None) -> str:
+    return f"{n or 0:,g} {'query' if n == 1 else 'queries'}"
+
+
+def _duration(ms: int) -> str:
+    """``ms`` for a person: 120 ms, 3.5 s, 42 min, 2.5 h."""
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 3_600_000:
+        return f"{ms / 60_000:.0f} min"
+    return f"{ms / 3_600_000:.1f} h"
 
 
 async def set_limits(

@@ -229,11 +229,12 @@ class QueryWorker:
             if not self.answers_unknown and op not in self.ops:
                 return
             tenant, op, _ = parse_query_subject(msg.subject)
-            wait_ms = self.limits.admit(tenant, asker(tenant, msg.reply))
+            who = asker(tenant, msg.reply)
+            wait_ms = self.limits.admit(tenant, who)
             if wait_ms:
                 raise QueryError(
                     "rate_limited",
-                    f"tenant {tenant} is over its query rate: retry in {wait_ms} ms",
+                    self.limits.refusal(tenant, who, wait_ms),
                     retry_after_ms=wait_ms,
                 )
             req = decode_request(op, msg.data)

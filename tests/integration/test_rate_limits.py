@@ -64,7 +64,7 @@ async def test_a_burst_gets_the_bucket_and_the_rest_are_told_when(
     assert {"rate_limited"} == {e["code"] for e in limited}
     waits = [e["retry_after_ms"] for e in limited]
     assert all(0 < w <= 100 for w in waits), waits  # one token at 10 a second
-    assert "tenant acme is over its query rate: retry in" in limited[0]["message"]
+    assert "tenant acme is over its 10 queries a second: ask again in" in limited[0]["message"]
 
     await asyncio.sleep(max(waits) / 1000)  # the wait the worker asked for
     again = msgspec.json.decode((await nc.request("memq.acme.stats", b"{}", timeout=10)).data)
@@ -165,6 +165,7 @@ async def test_the_sdk_asks_again_once_when_the_wait_is_short(
     with pytest.raises(QueryError) as info:
         await mem.stats()
     assert "rate_limited" == info.value.code
+    assert "tenant omega is over its 1 query an hour: ask again in 60 min" in str(info.value)
     assert info.value.retry_after_ms is not None and info.value.retry_after_ms > 3_000_000
     assert time.monotonic() - started < 1
 

@@ -57,7 +57,11 @@ def test_a_refused_query_takes_nothing() -> None:
 def test_each_user_has_its_own_rate_within_the_tenants() -> None:
     limits = QueryLimits(TenantLimits(queries_per_second=100, user_queries_per_second=2))
     assert [0, 0] == [limits.admit("acme", "alice") for _ in range(2)]
-    assert limits.admit("acme", "alice") > 0
+    wait = limits.admit("acme", "alice")
+    assert wait > 0
+    assert limits.refusal("acme", "alice", wait).startswith(
+        "user alice of tenant acme is over its 2 queries a second: ask again in "
+    )
     assert 0 == limits.admit("acme", "bob")
 
 
@@ -65,7 +69,11 @@ def test_an_hours_queries_are_a_bucket_of_that_many() -> None:
     """3 an hour: the 4th waits a third of an hour."""
     limits = QueryLimits(TenantLimits(queries_per_hour=3))
     assert [0, 0, 0] == [limits.admit("acme", "a") for _ in range(3)]
-    assert 1_199_000 < limits.admit("acme", "a") <= 1_200_000
+    wait = limits.admit("acme", "a")
+    assert 1_199_000 < wait <= 1_200_000
+    assert "tenant acme is over its 3 queries an hour: ask again in 20 min" == limits.refusal(
+        "acme", "a", wait
+    )
 
 
 def test_a_tenants_own_limits_override_the_defaults_and_start_full() -> None:
