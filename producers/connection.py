@@ -43,6 +43,8 @@ USER_VAR: Final = "MEMSTREAM_NATS_USER"
 PASSWORD_VAR: Final = "MEMSTREAM_NATS_PASSWORD"
 CREDS_VAR: Final = "MEMSTREAM_NATS_CREDS"
 log = logging.getLogger("memstream.nats")
+# The server's refusals, which the call refused also raises as Forbidden.
+denials = logging.getLogger("memstream.nats.denied")
 
 
 class NatsAuth(TypedDict):
@@ -161,7 +163,7 @@ async def connect_nats(
             seen.append(str(err))
             if len(seen) > 256:
                 del seen[:128]
-            log.warning("nats_permission_denied url=%s error=%s", url, err)
+            denials.warning("nats_permission_denied url=%s error=%s", url, err)
             return
         log.debug("nats_error url=%s error=%r", url, err)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime as dt
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -110,6 +111,10 @@ def load(*, service: bool = False, **overrides: Any) -> Settings:
     elif level in ("debug", "info") and "MEMSTREAM_LOG_LEVEL" not in os.environ:
         level = "warning"
     configure_logging(settings.log_format, level)
+    if not service and "MEMSTREAM_LOG_LEVEL" not in os.environ:
+        # A refused publish or request comes back to a one-shot command as its error,
+        # which is its one line: not twice.
+        logging.getLogger("memstream.nats.denied").setLevel(logging.ERROR)
     return settings
 
 
