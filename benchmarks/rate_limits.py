@@ -13,7 +13,8 @@ each replica with its own NATS connection, as separate processes have. Two ways:
 The figure is the admitted rate over the limit (1.00 is exact; the bucket's first
 second of burst is counted in the limit). Beside it, the cost of one decision, against
 the raw limit of the alternative, a bucket shared in NATS KV: one read and one
-compare-and-set to the broker per query, measured on the same broker. Target: shared
+compare-and-set to the broker per query, measured on the same broker; and what an audit
+record costs the worker after each reply. Target: shared
 within 1.10 x the limit at 4 replicas. Medians of ``--rounds`` rounds.
 
     python -m benchmarks.rate_limits [--limit 100] [--offered 400] [--seconds 5] [--rounds 3]
@@ -31,6 +32,7 @@ import nats
 from nats.js.api import KeyValueConfig, StorageType
 
 from benchmarks._common import arguments, broker, exit_code, median, record
+from memstream.consumers.audit import Auditor
 from memstream.consumers.limits import QueryLimits
 from memstream.schemas.tenancy import TenantLimits
 
@@ -91,6 +93,25 @@ async def _decision_cost(url: str, k: int) -> tuple[float, float]:
     return local, remote
 
 
+async def _audit_cost(url: str, k: int) -> float:
+    """Microseconds the query worker spends on one audit record after a reply (digest,
+    encode, publish): what the audit adds to each query."""
+    nc = await nats.connect(url)
+    try:
+        auditor = Auditor(nc)
+        body = b'{"query": "how do we retry a failed payment", "limit": 5}'
+        started = time.perf_counter()
+        for _ in range(k):
+            await auditor.record(
+                tenant="acme", user="research", agent="planner", kind="query", op="search",
+                body=body, results=5, seconds=0.002, outcome="ok",
+            )  # fmt: skip
+        await nc.flush()
+        return (time.perf_counter() - started) / k * 1e6
+    finally:
+        await nc.close()
+
+
 async def main(args: argparse.Namespace) -> bool:
     with broker() as server:
         print(
@@ -119,6 +140,11 @@ async def main(args: argparse.Namespace) -> bool:
             f"  a decision: {local:.1f} us here vs {remote:,.0f} us for a KV read and "
             "compare-and-set (raw limit of a bucket shared in KV)"
         )
+        audit = statistics.median(
+            [await _audit_cost(server.url, args.decisions) for _ in range(args.rounds)]
+        )
+        record("rate_limits", "audit record", audit, None, "us")
+        print(f"  an audit record: {audit:.1f} us after each reply")
         return ok
 
 
