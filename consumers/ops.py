@@ -55,6 +55,7 @@ from memstream.schemas.subjects import (
     split_nats_user,
     tenant_admin_subject,
 )
+from memstream.schemas.tenancy import AUDIT_ADMIN
 
 __all__ = ["Reach", "purge_tenant", "reach", "rebuild", "sql"]
 
@@ -390,16 +391,21 @@ async def connect_tenant_user(settings: Settings, name: str) -> NatsClient:
 async def ask_tenant_admin(
     nc: NatsClient, op: str, tenant: str, request: Any, result: type[R]
 ) -> R:
-    """Ask ``memadm.<op>.<tenant>`` (what a tenant's admin user may ask) and decode."""
-    subject = tenant_admin_subject(op, tenant)
+    """Ask ``memadm.<op>.<tenant>`` (what a tenant's admin user may ask) and decode;
+    ``_admin`` (the audit of ops about no one tenant) only the service user may ask."""
+    subject = (
+        tenant_admin_subject(op, tenant)
+        if tenant != AUDIT_ADMIN
+        else f"{admin_subject(op)}.{tenant}"
+    )
     try:
         msg = await or_denied(
             nc, subject, nc.request(subject, _encoder.encode(request), timeout=30)
         )
     except Forbidden:
+        who = "" if tenant == AUDIT_ADMIN else f", or an admin user of tenant {tenant}"
         raise AdminError(
-            f"these credentials may not ask {subject}: it takes the service user, or an admin "
-            f"user of tenant {tenant}",
+            f"these credentials may not ask {subject}: it takes the service user{who}",
             "forbidden",
         ) from None
     except nats.errors.NoRespondersError:

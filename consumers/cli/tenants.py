@@ -29,7 +29,7 @@ from memstream.schemas.admin import AuditRequest, AuditResult
 from memstream.schemas.errors import UsageError
 from memstream.schemas.ids import validate_tenant
 from memstream.schemas.subjects import split_nats_user
-from memstream.schemas.tenancy import TenantLimits
+from memstream.schemas.tenancy import AUDIT_ADMIN, TenantLimits
 
 __all__ = ["audit", "tenant"]
 
@@ -321,9 +321,10 @@ def audit(
     as_json: bool,
 ) -> None:
     """The tenant's audit trail: every query and admin op, who asked, what came of it.
-    An admin user of a tenant (MEMSTREAM_NATS_USER=<user>@<tenant>) reads its own."""
+    An admin user of a tenant (MEMSTREAM_NATS_USER=<user>@<tenant>) reads its own;
+    --tenant _admin is the operator's ops about no one tenant (sql, replay)."""
     settings = load(data_dir=data_dir, nats_url=nats_url)
-    name = validate_tenant(tenant)
+    name = tenant if tenant == AUDIT_ADMIN else validate_tenant(tenant)
     req = AuditRequest(since=_since(since), until=until, user=user, op=op, limit=limit)
     result = run(_read_audit(settings, url_given(nats_url), name, req))
     if as_json:

@@ -133,6 +133,18 @@ def _users_roles_and_audit(url: str, data: Path, elsewhere: dict[str, str]) -> d
     assert "may not ask memadm.audit.beta" in refused.stderr
     operator = audit(env={"MEMSTREAM_DATA_DIR": str(data)})
     assert {"research", "acme", "lead"} <= {r["user"] for r in operator}
+    # The operator's ops about no one tenant (the sql above) have a trail of their own.
+    env = {"MEMSTREAM_DATA_DIR": str(data)}
+    ops = run_cli("audit", "--tenant", "_admin", "--op", "sql", *q, "--json", env=env)
+    assert 0 == ops.returncode, ops.stderr
+    assert [("_admin", "admin", "sql", "ok")] == [
+        (r["tenant"], r["kind"], r["op"], r["outcome"]) for r in json.loads(ops.stdout)
+    ]
+    theirs = run_cli("audit", "--tenant", "_admin", *q, env=lead)
+    assert 1 == theirs.returncode
+    assert theirs.stderr.rstrip().endswith(
+        "may not ask memadm.audit._admin: it takes the service user"
+    )
 
     rotated = run_cli("tenant", "user", "rotate", "acme", "research", *dd)
     assert 0 == rotated.returncode, rotated.stderr
