@@ -105,6 +105,13 @@ async def test_a_reader_asks_and_a_writer_writes(stack: tuple[NatsServer, Path])
         stats = await reader.stats(min_seq=ack.seq)
         assert {"knowledge": 1} == {k: n for k, n in stats.memories_by_kind.items() if n}
         assert {"coder-agent": 1} == stats.events_by_agent
+        # The reader follows the tenant's changes, delivered under its own inbox.
+        feed = reader.watch(from_seq=ack.seq)
+        first = await asyncio.wait_for(anext(feed), 10)
+        later = await writer.store_knowledge("and returns the results in order", domain="python")
+        second = await asyncio.wait_for(anext(feed), 10)
+        await feed.aclose()
+        assert [ack.seq, later.seq] == [first.seq, second.seq]
     finally:
         await reader.close()
         await writer.close()
