@@ -4,13 +4,14 @@ from memstream.producers._events import Causality, PublishAck, Scope, Trace
 from memstream.producers._watch import Change
 from memstream.producers.client import MemoryClient
 from memstream.producers.connection import OtherEventLoop
-from memstream.producers.locks import Lock
+from memstream.producers.locks import Lock, LockHolder
 from memstream.producers.sync import SyncLock, SyncMemoryClient
 
 __all__ = [
     "Causality",
     "Change",
     "Lock",
+    "LockHolder",
     "MemoryClient",
     "OtherEventLoop",
     "PublishAck",

@@ -29,7 +29,7 @@ from memstream.producers.connection import or_denied
 from memstream.schemas.errors import Forbidden, LockHeld, LockLost
 from memstream.schemas.subjects import LOCK_BUCKET, lock_key
 
-__all__ = ["Lock"]
+__all__ = ["Lock", "LockHolder"]
 
 # JetStream's error code for "wrong last sequence": the key is not at the revision named.
 _WRONG_LAST_SEQUENCE: Final = 10071
@@ -41,6 +41,16 @@ class _Holder(msgspec.Struct, frozen=True):
 
     agent: str
     ttl_s: float
+
+
+class LockHolder(msgspec.Struct, frozen=True, kw_only=True):
+    """Who holds a lock, as :meth:`Lock.holder` finds it: the agent, the ``ttl_s`` it
+    holds it for at a time, and the key's revision (its fencing token, or a later
+    renewal's revision)."""
+
+    agent: str
+    ttl_s: float
+    revision: int
 
 
 _encode = msgspec.json.Encoder().encode
@@ -110,14 +120,25 @@ class Lock:
                 "a reader may only read locks (take it as a writer or admin user)"
             ) from None
 
-    async def _by(self, kv: KeyValue) -> str:
+    async def holder(self) -> LockHolder | None:
+        """Who holds the lock now; None when nobody does (released, or expired). Reading
+        takes nothing: a reader user may ask it, though it may not take the lock."""
+        return await self._holder(await self._bucket())
+
+    async def _holder(self, kv: KeyValue) -> LockHolder | None:
         try:
             entry = await kv.get(self.key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return ""
+            return None
         try:
-            holder = _decode(entry.value or b"")
+            held = _decode(entry.value or b"")
         except msgspec.DecodeError:
+            return None
+        return LockHolder(agent=held.agent, ttl_s=held.ttl_s, revision=entry.revision or 0)
+
+    async def _by(self, kv: KeyValue) -> str:
+        holder = await self._holder(kv)
+        if holder is None:
             return ""
         return f" by {holder.agent} (for up to {holder.ttl_s:g} s at a time)"
 

@@ -17,7 +17,7 @@ from memstream.producers._events import PublishAck
 from memstream.producers._queries import R
 from memstream.producers._watch import Change
 from memstream.producers.client import MemoryClient
-from memstream.producers.locks import Lock
+from memstream.producers.locks import Lock, LockHolder
 from memstream.schemas.events import Event
 
 __all__ = ["SyncLock", "SyncMemoryClient"]
@@ -75,6 +75,10 @@ class SyncLock:
     def acquire(self) -> SyncLock:
         self._runner.run(self._lock.acquire())
         return self
+
+    def holder(self) -> LockHolder | None:
+        """Who holds the lock now; None when nobody does."""
+        return self._runner.run(self._lock.holder())
 
     def renew(self) -> None:
         self._runner.run(self._lock.renew())

@@ -98,7 +98,11 @@ async def test_a_reader_asks_and_a_writer_writes(stack: tuple[NatsServer, Path])
 
         ack = await writer.store_knowledge("asyncio.gather keeps the order", domain="python")
         async with writer.lock("deploy", ttl_s=5) as held:
-            assert held.token > 0
+            # The reader may see who holds it, though it may not take it.
+            seen = await reader.lock("deploy").holder()
+            assert seen is not None
+            assert ("coder-agent", 5.0, held.token) == (seen.agent, seen.ttl_s, seen.revision)
+        assert await reader.lock("deploy").holder() is None
         hits = await reader.search("gather order", min_seq=ack.seq)
         assert ["asyncio.gather keeps the order"] == [h.text for h in hits]
         # The writer's one memory, and nothing the reader tried.
