@@ -122,7 +122,7 @@ class AdminResponder:
             "purge": self._purge,
             "audit": self._audit,
         }
-        subjects = [(admin_subject(op), op) for op in ADMIN_OPS if op not in ("audit",)]
+        subjects = [(admin_subject(op), op) for op in ADMIN_OPS if op != "audit"]
         subjects += [(f"{admin_subject(op)}.*", op) for op in TENANT_ADMIN_OPS]
         for subject, op in subjects:
             self._subs.append(

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import nats.errors
@@ -62,7 +62,7 @@ class Auditor:
         tenant: str,
         user: str,
         agent: str,
-        kind: str,
+        kind: Literal["query", "admin"],
         op: str,
         body: bytes,
         results: int | None,
@@ -74,7 +74,7 @@ class Auditor:
             tenant=tenant,
             user=user,
             agent=agent,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             op=op,
             digest=hashlib.sha256(body).hexdigest()[:32],
             results=results,

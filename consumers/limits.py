@@ -91,6 +91,7 @@ class QueryLimits:
 
     def __init__(self, defaults: TenantLimits | None = None) -> None:
         self.defaults = defaults or TenantLimits()
+        # The tenants with limits of their own: those over the defaults, as they apply.
         self._limits: dict[str, TenantLimits] = {}
         self._buckets: dict[str, Bucket] = {}
         self._taken: dict[str, int] = defaultdict(int)
@@ -104,8 +105,7 @@ class QueryLimits:
 
     def of(self, tenant: str) -> TenantLimits:
         """The tenant's limits, its own over the defaults."""
-        own = self._limits.get(tenant)
-        return own.over(self.defaults) if own is not None else self.defaults
+        return self._limits.get(tenant, self.defaults)
 
     def set(self, tenant: str, limits: TenantLimits | None) -> None:
         """Take the tenant's limits as given (None: the defaults); its buckets start
@@ -113,7 +113,7 @@ class QueryLimits:
         if limits is None:
             self._limits.pop(tenant, None)
         else:
-            self._limits[tenant] = limits
+            self._limits[tenant] = limits.over(self.defaults)
         for key in [k for k in self._buckets if k.split(":")[1] == tenant]:
             del self._buckets[key]
 

@@ -218,6 +218,7 @@ class QueryWorker:
             return  # a publish, not a request: there is nobody to answer
         started = time.perf_counter()
         op = tenant = None
+        who = ""
         outcome = "ok"
         result: Any = None
         try:
@@ -278,7 +279,7 @@ class QueryWorker:
         if tenant is not None and op is not None:
             await self.auditor.record(
                 tenant=tenant,
-                user=asker(tenant, msg.reply),
+                user=who,
                 agent=(msg.headers or {}).get(AGENT_HEADER, ""),
                 kind="query",
                 op=op,
