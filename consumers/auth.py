@@ -252,7 +252,11 @@ def _permissions(tenant: str, role: str, inbox: str) -> dict[str, Any]:
         publish += [f"{EVENT_PREFIX}.{tenant}.>", f"$KV.{LOCK_BUCKET}.{tenant}.>"]
     if role == "admin":
         publish.append(f"{ADMIN_PREFIX}.*.{tenant}")
-    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox}.>"]}}
+    return {
+        # A tenant's quota is the operator's to set: no user of the tenant publishes it.
+        "publish": {"allow": publish, "deny": [f"{EVENT_PREFIX}.{tenant}.quota.>"]},
+        "subscribe": {"allow": [f"{inbox}.>"]},
+    }
 
 
 def _user_line(user: str, password: str, permissions: dict[str, Any] | None = None) -> str:

@@ -6,14 +6,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
+from memstream.projections.base import StorageFailure
 from memstream.schemas.dead_letters import DLQ_RETRY_FOR
 from memstream.schemas.errors import InvalidEvent, InvalidSubject, InvalidTenant
-from memstream.schemas.events import AnyEvent, EventDecoder, UnknownEvent, check_subject
+from memstream.schemas.events import (
+    AnyEvent,
+    EventDecoder,
+    QuotaReapplied,
+    UnknownEvent,
+    check_subject,
+)
 from memstream.schemas.ids import validate_tenant
 from memstream.schemas.partitions import WHOLE, Partition, slot_of
-from memstream.schemas.subjects import parse_event_subject, published_subject
+from memstream.schemas.subjects import EVENT_STREAM, parse_event_subject, published_subject
 
 __all__ = ["DeadLetter", "Decoded", "MessageDecoder", "delivery_seq", "stream_seq"]
 
@@ -145,3 +155,30 @@ class MessageDecoder:
             batch.append((seq, event))
             bodies.append(data)
         return Decoded(batch, bodies, dead)
+
+    async def reapplied(
+        self, js: JetStreamContext, batch: Sequence[tuple[int, AnyEvent | UnknownEvent]]
+    ) -> dict[int, AnyEvent | UnknownEvent]:
+        """The events the batch's ``quota.reapplied`` events name, read from the stream
+        by sequence. One the stream no longer holds (erased, purged) or that is not an
+        event is left out: a rebuild would not find it either. The stream unreachable is
+        a StorageFailure: the batch waits for it, and nothing is dead-lettered."""
+        wanted = sorted({s for _, e in batch if isinstance(e, QuotaReapplied) for s in e.seqs})
+        found: dict[int, AnyEvent | UnknownEvent] = {}
+        for seq in wanted:
+            try:
+                msg = await js.get_msg(EVENT_STREAM, seq)
+            except nats.js.errors.NotFoundError:
+                continue
+            except (nats.errors.Error, TimeoutError) as err:
+                raise StorageFailure(
+                    f"the {self.projection} projection could not read event {seq} back from "
+                    f"the stream for a quota.reapplied: {err!r}"
+                ) from err
+            try:
+                event = self.decoder.decode(msg.data or b"")
+                self._check(event, msg.subject or "")
+            except (InvalidEvent, InvalidSubject, InvalidTenant):
+                continue
+            found[seq] = event
+        return found

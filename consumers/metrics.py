@@ -160,6 +160,17 @@ class _Live(Collector):
         misses = CounterMetricFamily(
             "memstream_embedding_cache_misses", "Texts the embedder had to embed."
         )
+        refused = CounterMetricFamily(
+            "memstream_quota_refused",
+            "Stores and revises not applied because they would take the tenant past a hard "
+            "quota (outcome quota_exceeded), as the history decided them.",
+            labels=["tenant"],
+        )
+        warned = CounterMetricFamily(
+            "memstream_quota_warnings",
+            "Stores and revises applied past a tenant's soft quota (80% of a hard one).",
+            labels=["tenant"],
+        )
         totals = {"embedding_requests": 0, "cache_hits": 0, "cache_misses": 0}
         found_engine: EngineInfo | None = None
         for read in self.metrics._sources:
@@ -174,12 +185,16 @@ class _Live(Collector):
                     lag.add_metric([name], value)
                 for name, value in found.get("healthy", {}).items():
                     healthy.add_metric([name], value)
+                for tenant, value in found.get("quota_refused", {}).items():
+                    refused.add_metric([tenant], value)
+                for tenant, value in found.get("quota_warned", {}).items():
+                    warned.add_metric([tenant], value)
                 for key in totals:
                     totals[key] += found.get(key, 0)
         requests.add_metric([], totals["embedding_requests"])
         hits.add_metric([], totals["cache_hits"])
         misses.add_metric([], totals["cache_misses"])
-        yield from (applied, dead, lag, healthy, requests, hits, misses)
+        yield from (applied, dead, lag, healthy, requests, hits, misses, refused, warned)
         yield from _engine(found_engine)
 
 

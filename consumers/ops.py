@@ -214,7 +214,7 @@ async def rebuild(
             # A partition's data dir is rebuilt from its partition's events only.
             part = partition_of(where.data_dir)
             if projection == "history":
-                history = HistoryStorage(where.data_dir)
+                history = HistoryStorage(where.data_dir, settings.quota_defaults)
                 history.set_aside_if_damaged()  # the rebuild is the way out of damage
                 result = await rebuild_offline(
                     where.nc, history, on_progress, decoder=decoder, partition=part

@@ -50,7 +50,10 @@ class RoleParts:
         tuning["partition"] = self.partition = held.partition
         if "history" in roles:
             self.services["history"] = ProjectionService(
-                nc, HistoryStorage(data_dir), consumer=own["history"], **tuning
+                nc,
+                HistoryStorage(data_dir, settings.quota_defaults),
+                consumer=own["history"],
+                **tuning,
             )
         self.indexer: IndexBuilder | None = None
         # Qdrant Edge in processes of its own (one for each generation open), and the
@@ -118,12 +121,13 @@ class RoleParts:
         if roles == ALL_ROLES:
             return QueryWorker(
                 nc, history=history, vectors=vectors, search_inline=local, subjects=subjects,
-                leave=leave, limits=limits,
+                leave=leave, limits=limits, quota_defaults=self.settings.quota_defaults,
             )  # fmt: skip
         if roles == {"history"}:
             return QueryWorker(
-                nc, history=history, queue=f"{QUEUE}-history", subjects=subjects, limits=limits
-            )
+                nc, history=history, queue=f"{QUEUE}-history", subjects=subjects, limits=limits,
+                quota_defaults=self.settings.quota_defaults,
+            )  # fmt: skip
         if roles == {"vectors"} and local:
             # Embedded engine: only this process can open the vectors, so it answers for them.
             if self.searcher is not None:
@@ -202,6 +206,10 @@ def live_counters(parts: RoleParts, health: Health) -> dict[str, Any]:
             found["applied"][name] = stats.applied
             found["dead_letters"][name] = stats.dead_letters
             found["healthy"][name] = 0 if service.unhealthy else 1
+    history = parts.services.get("history")
+    if history is not None:
+        found["quota_refused"] = dict(history.projection.quota_refused)
+        found["quota_warned"] = dict(history.projection.quota_warned)
     engine = parts.engine_info()  # asked now: a scrape is seconds apart
     if engine is not None:
         found["engine"] = engine

@@ -40,6 +40,7 @@ from memstream.consumers.endpoints import ENDPOINTS, Endpoint
 from memstream.consumers.limits import QueryLimits
 from memstream.consumers.log import get_logger
 from memstream.consumers.sources import HistoryReads, LocalHistory, Source, read_history
+from memstream.projections.quotas import NO_LIMITS, Limits
 from memstream.schemas.errors import ConfigError, MemstreamError, QueryError
 from memstream.schemas.ids import new_id
 from memstream.schemas.partitions import QUERY_SLOT_MAPPING
@@ -138,6 +139,7 @@ class QueryWorker:
         subjects: list[str] | None = None,
         leave: frozenset[str] = frozenset(),
         limits: TenantLimits | None = None,
+        quota_defaults: Limits = NO_LIMITS,
     ) -> None:
         """``remote_history``: the history another process serves, for recall.
         ``search_inline``: search on the event loop's thread rather than a worker
@@ -148,6 +150,7 @@ class QueryWorker:
         ``limits``: the server's default query limits of a tenant (``consumers.limits``)."""
         self.nc = nc
         self.limits = QueryLimits(limits)
+        self.quota_defaults = quota_defaults
         self.auditor = Auditor(nc)
         self.subjects = subjects or [f"{QUERY_PREFIX}.>"]
         # Told each answered op, its seconds and its outcome ("ok" or the error code): the

@@ -152,8 +152,9 @@ async def replay(
                 last_seq = seqs[-1]
                 # Submitted to the thread now, not when this coroutine next yields: the
                 # next batch may already be buffered, and decoding it does not yield.
+                reapplied = await decoder_.reapplied(js, decoded.batch)
                 in_flight = loop.run_in_executor(
-                    None, projection.apply, decoded.batch, last_seq, decoded.bodies
+                    None, projection.apply, decoded.batch, last_seq, decoded.bodies, reapplied
                 )
                 done += len(msgs)
                 stats.applied += len(decoded.batch)

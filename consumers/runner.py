@@ -316,13 +316,20 @@ class LiveRunner:
                 async with self._lock:
                     if self._dropped:
                         decoded = self._without_dropped(decoded)
+                    reapplied = await self._decoder.reapplied(self.js, decoded.batch)
                     if failures < _ISOLATE_AFTER:
                         applied = await applying(
-                            self.projection.apply, decoded.batch, last_seq, decoded.bodies
+                            self.projection.apply,
+                            decoded.batch,
+                            last_seq,
+                            decoded.bodies,
+                            reapplied,
                         )
                         erased = list(applied.erased)
                     else:
-                        isolated, erased = await self._apply_one_by_one(decoded, last_seq)
+                        isolated, erased = await self._apply_one_by_one(
+                            decoded, last_seq, reapplied
+                        )
                         dead = [*dead, *isolated]
                     await erase_from_stream(self.js, self.name, erased)
                 break
@@ -376,7 +383,7 @@ class LiveRunner:
         )
 
     async def _apply_one_by_one(
-        self, decoded: Decoded, last_seq: int
+        self, decoded: Decoded, last_seq: int, reapplied: dict[int, Any]
     ) -> tuple[list[DeadLetter], list[int]]:
         """The batch keeps failing: apply it event by event, and dead-letter each event
         that fails on its own (before any later event commits past it), so one poison
@@ -389,7 +396,9 @@ class LiveRunner:
             if seq <= self.projection.checkpoint:
                 continue
             try:
-                applied = await applying(self.projection.apply, [(seq, event)], seq, [body])
+                applied = await applying(
+                    self.projection.apply, [(seq, event)], seq, [body], reapplied
+                )
                 erased += applied.erased
             except StorageFailure:
                 raise  # the storage, not this event: the batch is retried whole

@@ -18,6 +18,7 @@ from memstream.producers.connection import (
     USER_VAR,
     NatsAuth,
 )
+from memstream.projections.quotas import MB, Limits
 from memstream.schemas.errors import ConfigError
 from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
 from memstream.schemas.tenancy import TenantLimits
@@ -64,6 +65,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     queries_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     user_queries_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     queries_per_hour: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # A tenant's hard quotas unless it has its own (memstream tenant quota); 0: none.
+    quota_memories: Annotated[int, msgspec.Meta(ge=0)] = 0
+    quota_storage_mb: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
     @property
     def data_path(self) -> Path:
@@ -82,6 +86,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             user_queries_per_second=self.user_queries_per_second,
             queries_per_hour=self.queries_per_hour,
         )
+
+    @property
+    def quota_defaults(self) -> Limits:
+        """The hard quotas of a tenant that has set none of its own."""
+        return Limits(self.quota_memories, round(self.quota_storage_mb * MB))
 
     @property
     def effective_embedder(self) -> str:
@@ -117,6 +126,8 @@ ENV_VARS: dict[str, str] = {
     "queries_per_second": "MEMSTREAM_QUERIES_PER_SECOND",
     "user_queries_per_second": "MEMSTREAM_USER_QUERIES_PER_SECOND",
     "queries_per_hour": "MEMSTREAM_QUERIES_PER_HOUR",
+    "quota_memories": "MEMSTREAM_QUOTA_MEMORIES",
+    "quota_storage_mb": "MEMSTREAM_QUOTA_STORAGE_MB",
 }
 
 
@@ -166,6 +177,8 @@ _HINTS = {
     "queries_per_second": "expected a number of queries a second, 0 or more (0: no limit)",
     "user_queries_per_second": "expected a number of queries a second, 0 or more (0: no limit)",
     "queries_per_hour": "expected a whole number of queries an hour, 0 or more (0: no limit)",
+    "quota_memories": "expected a whole number of memories, 0 or more (0: no limit)",
+    "quota_storage_mb": "expected a number of megabytes, 0 or more (0: no limit)",
 }
 
 

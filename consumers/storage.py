@@ -40,6 +40,7 @@ from memstream.projections.point_store import (
     new_generation,
 )
 from memstream.projections.point_store.remote import Engines, RemoteStore, RemoteStores
+from memstream.projections.quotas import NO_LIMITS, Limits
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas.errors import MemstreamError
 from memstream.schemas.partitions import WHOLE, Partition
@@ -170,9 +171,11 @@ class HistoryStorage:
 
     name = "history"
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, quota_defaults: Limits = NO_LIMITS) -> None:
+        """``quota_defaults``: the hard quotas of a tenant that has set none."""
         self.data_dir = Path(data_dir)
         self.files = ProjectionFiles(self.data_dir / "history", "history", ".duckdb")
+        self.quota_defaults = quota_defaults
 
     def open_current(self) -> HistoryProjection:
         for stale in self.files.leftovers():
@@ -181,7 +184,7 @@ class HistoryStorage:
             self.files.remove(stale)
         path = self.files.current_or_new()
         try:
-            return HistoryProjection(path)
+            return HistoryProjection(path, quota_defaults=self.quota_defaults)
         except (duckdb.Error, OSError) as err:
             raise _damaged("history database", path, err, "history", self.data_dir) from None
 
@@ -201,7 +204,7 @@ class HistoryStorage:
         return None
 
     def open_new(self) -> HistoryProjection:
-        return HistoryProjection(self.files.new_path())
+        return HistoryProjection(self.files.new_path(), quota_defaults=self.quota_defaults)
 
     def make_current(self, new: HistoryProjection) -> None:
         old = self.files.make_current(new.path)
@@ -256,8 +259,10 @@ class VectorStorage:
         *,
         shards: Path | None = None,
         legacy: Path | None = None,
+        quota_defaults: Limits = NO_LIMITS,
     ) -> None:
         self.stores = stores
+        self.quota_defaults = quota_defaults
         self.cache = cache
         self.embedder = CachedEmbedder(embedder, cache)
         self.applied = applied or AppliedIds()
@@ -266,7 +271,9 @@ class VectorStorage:
 
     def open_current(self) -> VectorProjection:
         try:
-            projection = VectorProjection(self.stores, self.embedder, applied=self.applied)
+            projection = VectorProjection(
+                self.stores, self.embedder, applied=self.applied, quota_defaults=self.quota_defaults
+            )
         except MemstreamError:
             raise
         except Exception as err:  # the engine raises what its files make it raise
@@ -280,7 +287,11 @@ class VectorStorage:
 
     def open_new(self) -> VectorProjection:
         return VectorProjection(
-            self.stores, self.embedder, generation=new_generation(), applied=self.applied
+            self.stores,
+            self.embedder,
+            generation=new_generation(),
+            applied=self.applied,
+            quota_defaults=self.quota_defaults,
         )
 
     def make_current(self, new: VectorProjection) -> None:
@@ -317,7 +328,11 @@ class VectorStorage:
         generation = path.name.removeprefix("shard-")
         purged = self.stores.take_back(generation)
         projection = VectorProjection(
-            self.stores, self.embedder, generation=generation, applied=self.applied
+            self.stores,
+            self.embedder,
+            generation=generation,
+            applied=self.applied,
+            quota_defaults=self.quota_defaults,
         )
         for tenant in purged:
             projection.store.delete_tenant(tenant)
@@ -448,4 +463,5 @@ def vector_storage_from_settings(
         AppliedIds(settings.data_path / "vectors-applied.sqlite3"),
         shards=shards,
         legacy=legacy,
+        quota_defaults=settings.quota_defaults,
     )

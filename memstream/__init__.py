@@ -32,6 +32,7 @@ from memstream.schemas.errors import (
     MemstreamError,
     PublishError,
     QueryError,
+    QuotaExceeded,
     RevisionConflict,
 )
 from memstream.schemas.events import (
@@ -120,6 +121,7 @@ __all__ = [
     "PublishAck",
     "PublishError",
     "QueryError",
+    "QuotaExceeded",
     "RecallResult",
     "Revision",
     "RevisionConflict",

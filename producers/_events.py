@@ -4,6 +4,7 @@ contract-conforming event (a UUIDv7 id, the time now) and publishing it."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, TypeVar, Unpack
@@ -11,7 +12,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, TypeVar, Unpac
 import msgspec
 
 from memstream.schemas import events as ev
-from memstream.schemas.errors import EventDeadLettered, MemoryNotFound, RevisionConflict
+from memstream.schemas.errors import (
+    EventDeadLettered,
+    MemoryNotFound,
+    QuotaExceeded,
+    RevisionConflict,
+)
 from memstream.schemas.events import Event
 from memstream.schemas.ids import new_id
 from memstream.schemas.queries import Memory, OutcomeResult
@@ -30,6 +36,8 @@ __all__ = [
 E = TypeVar("E", bound=Event)
 # How long a confirmed write waits for the history to decide it.
 _CONFIRM_WAIT_MS: Final = 10_000
+
+_log = logging.getLogger("memstream.quota")
 
 
 class PublishAck(msgspec.Struct, frozen=True):
@@ -140,6 +148,11 @@ class EventMethods:
                 "or expired): search or list first",
                 memory_id,
             )
+        if found.outcome == "quota_exceeded":
+            raise QuotaExceeded(found.message or f"memory {memory_id!r}: quota exceeded", memory_id)
+        if found.message:
+            # Applied, past a soft limit: the host's logging decides whether it shows.
+            _log.warning("%s", found.message)
         if found.outcome == "dead_lettered":
             raise EventDeadLettered(
                 f"event {ack.id} (seq {ack.seq}) could not be applied and is in the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
+from collections.abc import Mapping
 from typing import Any, Final
 
 import duckdb
@@ -14,6 +15,7 @@ import pyarrow as pa
 from memstream.projections._idindex import IdIndex
 from memstream.projections._tables import KEYS, TABLES
 from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, MemoryFold, revision
+from memstream.projections.quotas import Quotas
 from memstream.schemas import events as ev
 from memstream.schemas.events import UnknownEvent
 
@@ -41,7 +43,7 @@ def outcome_rows(items: list[Item], fold: MemoryFold[Any]) -> list[tuple[Any, ..
         if decided is not None:
             memory_id = e.from_id if isinstance(e, ev.MemoryLinked) else e.memory_id  # type: ignore[union-attr]
             rows.append((seq, e.tenant, e.id, e.type, memory_id, decided.outcome,
-                         decided.revision, decided.current))  # fmt: skip
+                         decided.revision, decided.current, decided.message))  # fmt: skip
     return rows
 
 
@@ -50,15 +52,30 @@ class RowFold(MemoryFold[Row]):
     rows, and the stored rows they replace."""
 
     def __init__(
-        self, items: list[Item], key_indexes: dict[str, IdIndex], con: duckdb.DuckDBPyConnection
+        self,
+        items: list[Item],
+        key_indexes: dict[str, IdIndex],
+        con: duckdb.DuckDBPyConnection,
+        quotas: Quotas | None = None,
+        reapplied: Mapping[int, Any] | None = None,
     ) -> None:
-        super().__init__(_stored(items, key_indexes, con))
+        reapplied = reapplied or {}
+        super().__init__(
+            _stored(items, key_indexes, con, reapplied), quotas, lambda t: _usage(con, t)
+        )
         self.new_keys: dict[str, list[int]] = {}
+        # The tenants whose quota the batch set -> the sequence of the last quota.set.
+        self.quota_set: dict[str, int] = {}
         for seq, e, _ in items:
             if e.type in MEMORY_TYPES:
                 self.apply(seq, e)  # type: ignore[arg-type]
             elif isinstance(e, ev.MemoryLinked):
                 self.link(seq, e)
+            elif isinstance(e, ev.QuotaSet):
+                self.set_quota(e)
+                self.quota_set[e.tenant] = seq
+            elif isinstance(e, ev.QuotaReapplied):
+                self.reapply(e, reapplied)
 
     def created(self, seq: int, e: ev.KnowledgeStored | ev.SolutionStored) -> Row:
         row: Row = {
@@ -89,6 +106,13 @@ class RowFold(MemoryFold[Row]):
         expires = record.get("expires_at")
         return expires is not None and expires <= at
 
+    def expiry_of(self, record: Row) -> float | None:
+        expires = record.get("expires_at")
+        return None if expires is None else float(expires.timestamp())
+
+    def seq_of(self, record: Row) -> int:
+        return int(record["updated_seq"])
+
     def revised(self, record: Row, kind: str, seq: int, e: ev.MemoryRevised) -> Row:
         changes = revision(e, kind)
         if "metadata" in changes:
@@ -117,13 +141,30 @@ class RowFold(MemoryFold[Row]):
         return out
 
 
+def _usage(con: duckdb.DuckDBPyConnection, tenant: str) -> list[tuple[str, int, float | None]]:
+    """The tenant's stored memories as quotas count them: (memory_id, bytes, expiry)."""
+    rows: list[tuple[str, int, float | None]] = con.execute(
+        "SELECT memory_id, coalesce(strlen(content), 0), epoch(expires_at) "
+        "FROM knowledge WHERE tenant = $1 UNION ALL "
+        "SELECT memory_id, coalesce(strlen(problem), 0) + coalesce(strlen(solution), 0), "
+        "epoch(expires_at) FROM solutions WHERE tenant = $1",
+        [tenant],
+    ).fetchall()
+    return rows
+
+
 def _stored(
-    items: list[Item], key_indexes: dict[str, IdIndex], con: duckdb.DuckDBPyConnection
+    items: list[Item],
+    key_indexes: dict[str, IdIndex],
+    con: duckdb.DuckDBPyConnection,
+    reapplied: Mapping[int, Any],
 ) -> dict[str, dict[Key, Row]]:
-    """The stored rows of the memories the batch touches, where they may exist."""
+    """The stored rows of the memories the batch touches (or brings back), where they
+    may exist."""
     stored: dict[str, dict[Key, Row]] = {t: {} for t in MEMORY_KINDS}
     touched = {(e.tenant, e.memory_id) for _, e, _ in items if e.type in MEMORY_TYPES}  # type: ignore[union-attr]
     touched |= {(e.tenant, e.from_id) for _, e, _ in items if isinstance(e, ev.MemoryLinked)}
+    touched |= {(e.tenant, e.memory_id) for e in reapplied.values() if e.type in MEMORY_TYPES}
     if not touched:
         return stored
     ordered = list(touched)

@@ -102,7 +102,12 @@ TABLES: Final[dict[str, list[tuple[str, pa.DataType, str | None]]]] = {
     "outcomes": [
         ("seq", _I, None), ("tenant", _S, None), ("id", _S, None), ("type", _S, None),
         ("memory_id", _S, None), ("outcome", _S, None), ("revision", _I, None),
-        ("current_revision", _I, None),
+        ("current_revision", _I, None), ("message", _S, None),
+    ],
+    # Each tenant's own hard limits, from its last quota.set (0: none).
+    "quotas": [
+        ("tenant", _S, None), ("memories", _I, None), ("storage_bytes", _I, None),
+        ("seq", _I, None),
     ],
     "tool_usage": [
         ("seq", _I, None), ("tenant", _S, None), ("agent", _S, None), ("tool", _S, None),
@@ -149,6 +154,8 @@ def _ddl() -> str:
         "WHERE memory_id IS NULL AND type IN ('knowledge.stored', 'solution.stored', "
         "'memory.revised', 'memory.forgotten')",
     ]
+    # Why a store was refused its quota, or the soft limit it passed.
+    statements.append("ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS message VARCHAR")
     for table in ("knowledge", "solutions"):
         statements += [
             f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {_duck_type(typ)}"

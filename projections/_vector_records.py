@@ -9,6 +9,7 @@ import msgspec
 
 from memstream.projections.embedding_cache import text_key
 from memstream.projections.memory import Key, MemoryFold, revision
+from memstream.projections.quotas import Loader, Quotas
 from memstream.schemas import events as ev
 
 __all__ = [
@@ -108,8 +109,13 @@ def next_revision(record: Payload) -> int | None:
 class PayloadFold(MemoryFold[Payload]):
     """The memory fold over point payloads; also gathers the texts an erase removes."""
 
-    def __init__(self, stored: dict[str, dict[Key, Payload]]) -> None:
-        super().__init__(stored)
+    def __init__(
+        self,
+        stored: dict[str, dict[Key, Payload]],
+        quotas: Quotas | None = None,
+        load_usage: Loader | None = None,
+    ) -> None:
+        super().__init__(stored, quotas, load_usage)
         # tenant -> cache keys of every text an erased memory had.
         self.erased: dict[str, set[bytes]] = {}
 
@@ -148,6 +154,13 @@ class PayloadFold(MemoryFold[Payload]):
     def revision_of(self, record: Payload) -> int | None:
         revision: int | None = record.get("revision")
         return revision
+
+    def expiry_of(self, record: Payload) -> float | None:
+        expires: float | None = record.get("expires_epoch")
+        return expires
+
+    def seq_of(self, record: Payload) -> int:
+        return int(record["seq"])
 
     def forgotten(self, record: Payload, kind: str, e: ev.MemoryForgotten) -> None:
         if e.erase:

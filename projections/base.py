@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeAlias, runtime_checkable
@@ -107,8 +107,16 @@ class Projection(Protocol):
         """The last stream sequence applied (0 when nothing was)."""
         ...
 
-    def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> Applied:
-        """``bodies``: the events' JSON as published, aligned with ``batch``, if known."""
+    def apply(
+        self,
+        batch: Batch,
+        upto: int = 0,
+        bodies: Sequence[bytes] | None = None,
+        reapplied: Mapping[int, AnyEvent | UnknownEvent] | None = None,
+    ) -> Applied:
+        """``bodies``: the events' JSON as published, aligned with ``batch``, if known.
+        ``reapplied``: the events the batch's ``quota.reapplied`` events name, by stream
+        sequence, as the stream holds them (the runner reads them)."""
         ...
 
     def check_storage(self) -> None:

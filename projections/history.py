@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -31,8 +32,9 @@ from memstream.projections._idindex import Hashes, IdIndex
 from memstream.projections._tables import ARROW_SCHEMAS, DDL, KEYS, TABLES
 from memstream.projections.base import Applied, Batch, check_writable, storage_guard
 from memstream.projections.memory import MEMORY_KINDS, Key
+from memstream.projections.quotas import NO_LIMITS, Limits, Quotas
 from memstream.schemas import events as ev
-from memstream.schemas.events import UnknownEvent
+from memstream.schemas.events import AnyEvent, UnknownEvent
 
 __all__ = ["HistoryProjection"]
 
@@ -70,7 +72,10 @@ class HistoryProjection:
 
     name = "history"
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, quota_defaults: Limits = NO_LIMITS
+    ) -> None:
+        """``quota_defaults``: the hard limits of a tenant that has set none."""
         self.path = Path(path)
         self.read_only = read_only
         # No file access from SQL: `memstream sql` must not become a way to read the disk.
@@ -89,10 +94,22 @@ class HistoryProjection:
             "SELECT last_seq FROM projection_state WHERE name = ?", [self.name]
         ).fetchone()
         self._checkpoint = int(row[0]) if row else 0
+        self.quotas = Quotas(quota_defaults, self._own_limits())
+        # Since this process opened it, per tenant: stores refused their quota, and
+        # stores applied past a soft limit (for /metrics).
+        self.quota_refused: Counter[str] = Counter()
+        self.quota_warned: Counter[str] = Counter()
         self._ids: IdIndex | None = None
         # Per current-state table, the keys it may hold: a key not in here is new, so a
         # batch needs neither to read nor to delete its row (the common case).
         self._keys: dict[str, IdIndex] | None = None
+
+    def _own_limits(self) -> dict[str, Limits]:
+        try:
+            rows = self.con.execute("SELECT tenant, memories, storage_bytes FROM quotas").fetchall()
+        except duckdb.CatalogException:
+            return {}  # a database from before quotas, opened to read
+        return {t: Limits(int(m or 0), int(b or 0)) for t, m, b in rows}
 
     @property
     def checkpoint(self) -> int:
@@ -133,15 +150,30 @@ class HistoryProjection:
                 self._keys[table] = IdIndex(hash(p) for p in pairs)
         return self._keys
 
-    def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> Applied:
+    def apply(
+        self,
+        batch: Batch,
+        upto: int = 0,
+        bodies: Sequence[bytes] | None = None,
+        reapplied: Mapping[int, AnyEvent | UnknownEvent] | None = None,
+    ) -> Applied:
         """Apply a batch in stream order; effect and checkpoint commit together.
 
         ``bodies`` are the events as published, aligned with ``batch``; without them
-        each event is encoded again (same fields, unknown ones lost). A failure of the
-        database file itself is a StorageFailure; nothing of the batch is committed.
+        each event is encoded again (same fields, unknown ones lost). ``reapplied``: the
+        events the batch's quota.reapplied events name, by sequence, as the stream holds
+        them. A failure of the database file itself is a StorageFailure; nothing of the
+        batch is committed.
         """
-        with storage_guard(self.name, self._part_of):
-            return self._apply(batch, upto, bodies)
+        limits = dict(self.quotas.own)
+        try:
+            with storage_guard(self.name, self._part_of):
+                return self._apply(batch, upto, bodies, reapplied or {})
+        except BaseException:
+            # The quotas as committed: the ledgers are read again from the database.
+            self.quotas.own = limits
+            self.quotas.forget_usage()
+            raise
 
     def _part_of(self, err: BaseException) -> str | None:
         """The part of the storage ``err`` belongs to (the database file), or None."""
@@ -152,7 +184,13 @@ class HistoryProjection:
             check_writable("history database", self.path.parent)
             self.con.execute("SELECT last_seq FROM projection_state").fetchall()
 
-    def _apply(self, batch: Batch, upto: int, bodies: Sequence[bytes] | None) -> Applied:
+    def _apply(
+        self,
+        batch: Batch,
+        upto: int,
+        bodies: Sequence[bytes] | None,
+        reapplied: Mapping[int, AnyEvent | UnknownEvent],
+    ) -> Applied:
         if bodies is None:
             bodies = [_body(e) for _, e in batch]
         if batch and batch[0][0] > self._checkpoint:
@@ -166,12 +204,13 @@ class HistoryProjection:
             return Applied()
         with self._transaction():
             items, hashes = self._stage(fresh) if fresh else ([], None)
-            fold = RowFold(items, self._key_indexes(), self.con)
+            fold = RowFold(items, self._key_indexes(), self.con, self.quotas, reapplied)
             if items:
                 self._insert_logs(items)
             for table, (stale, rows) in fold.replacements().items():
                 self._replace(table, stale, rows)
             self._insert("outcomes", outcome_rows(items, fold))
+            self._save_quotas(fold)
             # A link from a memory that is not live is not applied: its row goes.
             unlinked = [
                 seq for seq, e, _ in items
@@ -185,11 +224,32 @@ class HistoryProjection:
                 [self.name, last_seq, _naive(dt.datetime.now(_UTC))],
             )
         self._checkpoint = last_seq
+        self.quota_refused.update(fold.quota_refused)
+        self.quota_warned.update(fold.quota_warned)
         if hashes is not None:
             self._id_index().add(hashes)
         for table, keys in fold.new_keys.items():
             self._key_indexes()[table].add(keys)
         return Applied(events=len(items), duplicates=len(fresh) - len(items), erased=tuple(erased))
+
+    def _save_quotas(self, fold: RowFold) -> None:
+        """The limits the batch set; the new decisions on the events it brought back."""
+        for tenant, seq in sorted(fold.quota_set.items()):
+            limits = self.quotas.limits(tenant)
+            self.con.execute("DELETE FROM quotas WHERE tenant = ?", [tenant])
+            self.con.execute(
+                "INSERT INTO quotas VALUES (?, ?, ?, ?)",
+                [tenant, limits.memories, limits.storage_bytes, seq],
+            )
+        if fold.reapplied:
+            self.con.executemany(
+                "UPDATE outcomes SET outcome = ?, revision = ?, current_revision = ?, "
+                "message = ? WHERE seq = ?",
+                [
+                    [d.outcome, d.revision, d.current, d.message, seq]
+                    for seq, d in fold.reapplied.items()
+                ],
+            )
 
     def _erase(self, items: list[Item]) -> list[int]:
         """Remove the earlier events of each memory forgotten with ``erase: true``: the
@@ -240,6 +300,7 @@ class HistoryProjection:
                 if n:
                     self.con.execute(f"DELETE FROM {table} WHERE tenant = ?", [tenant])
                     removed[table] = int(n)
+        self.quotas.drop(tenant)
         # The id and key indexes may hold the tenant's hashes: rebuild them when needed.
         self._ids = None
         self._keys = None

@@ -18,9 +18,10 @@ import duckdb
 import msgspec
 
 from memstream.projections.filter_sql import compile_sql
+from memstream.projections.quotas import Limits
 from memstream.schemas.errors import QueryError
 from memstream.schemas.filters import Node
-from memstream.schemas.queries import Link, LinkNode, LinksResult, Memory, Revision
+from memstream.schemas.queries import Link, LinkNode, LinksResult, Memory, QuotaUsage, Revision
 
 __all__ = [
     "MEMORY_COLUMNS",
@@ -354,3 +355,32 @@ def live_counts(con: duckdb.DuckDBPyConnection, tenant: str, now: dt.datetime) -
     ).fetchone()  # type: ignore[misc]
     counts["collaborations"] = int(collabs)
     return counts
+
+
+def quota_usage(
+    con: duckdb.DuckDBPyConnection, tenant: str, now: dt.datetime, defaults: Limits
+) -> QuotaUsage:
+    """The tenant's live memories and their text's bytes against its hard quotas (its
+    own, else ``defaults``), as the projections count them (projections.quotas)."""
+    (count, size) = con.execute(
+        "SELECT count(*), coalesce(sum(n), 0)::BIGINT FROM ("
+        "SELECT coalesce(strlen(content), 0) AS n FROM knowledge "
+        f"WHERE tenant = $tenant AND {_LIVE} UNION ALL "
+        "SELECT coalesce(strlen(problem), 0) + coalesce(strlen(solution), 0) FROM solutions "
+        f"WHERE tenant = $tenant AND {_LIVE})",
+        {"tenant": tenant, "now": _naive(now)},
+    ).fetchone()  # type: ignore[misc]
+    try:
+        own = con.execute(
+            "SELECT memories, storage_bytes FROM quotas WHERE tenant = ?", [tenant]
+        ).fetchone()
+    except duckdb.CatalogException:
+        own = None  # a database from before quotas
+    limits = defaults if own is None else Limits(int(own[0] or 0), int(own[1] or 0))
+    return QuotaUsage(
+        memories=int(count),
+        memories_limit=limits.memories,
+        storage_bytes=int(size),
+        storage_limit_bytes=limits.storage_bytes,
+        warning=limits.status(tenant, int(count), int(size)),
+    )

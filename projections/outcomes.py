@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import duckdb
+import msgspec
 
 from memstream.schemas.queries import OutcomeResult
 
 __all__ = ["outcome"]
 
-_COLUMNS = "seq, type, memory_id, outcome, revision, current_revision"
+_COLUMNS = "seq, type, memory_id, outcome, revision, current_revision, message"
 
 
 def outcome(
@@ -26,7 +27,7 @@ def outcome(
     if row is not None:
         return OutcomeResult(
             seq=row[0], type=row[1], memory_id=row[2], outcome=row[3], revision=row[4],
-            current_revision=row[5],
+            current_revision=row[5], message=msgspec.UNSET if row[6] is None else row[6],
         )  # fmt: skip
     row = con.execute(
         f"SELECT seq, type, memory_id FROM events WHERE tenant = ? AND {where} = ?",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -32,7 +32,7 @@ from memstream.projections.applied_ids import AppliedIds
 from memstream.projections.base import Applied, Batch, StorageFailure, storage_guard
 from memstream.projections.embedders import EmbedderError, EmbeddingRefused, Vectors
 from memstream.projections.embedding_cache import CachedEmbedder, text_key
-from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key
+from memstream.projections.memory import MEMORY_KINDS, MEMORY_TYPES, Key, memory_bytes
 from memstream.projections.point_store import (
     PointStore,
     PointStores,
@@ -44,6 +44,7 @@ from memstream.projections.point_store import (
     to_payload,
 )
 from memstream.projections.point_store.remote import EngineUnavailable
+from memstream.projections.quotas import NO_LIMITS, Limits, Quotas
 from memstream.projections.turn_context import DEFAULT_SIDE, Side, TurnContext, removes
 from memstream.projections.vector_search import (
     Hit,
@@ -91,6 +92,7 @@ _TASK_TYPES: Final = frozenset({"task.created", "task.completed", "task.failed"}
 # The event types that change points.
 _APPLIES: Final = MEMORY_TYPES | _TASK_TYPES | {
     "collab.recorded", "conversation.turn", "conversation.turns_removed",
+    "quota.set", "quota.reapplied",
 }  # fmt: skip
 # (kind, tenant, ref) -> the payload to write, or None to delete the point.
 _Changes = dict[tuple[str, str, str], Payload | None]
@@ -121,6 +123,7 @@ class VectorProjection:
         generation: str | None = None,
         applied: AppliedIds | None = None,
         turn_context: Side = DEFAULT_SIDE,
+        quota_defaults: Limits = NO_LIMITS,
     ) -> None:
         """``generation``: a new one to fill (a rebuild); without it, the one in use (on
         the first start, a new one put in use). ``applied``: where the generation's
@@ -145,6 +148,9 @@ class VectorProjection:
             stores.make_current(self.generation)
         state = self.store.read_state()
         self._checkpoint = int(state.get("checkpoint", 0))
+        # The tenants' own quotas travel with the checkpoint, in the state point.
+        own = {t: Limits(int(m), int(b)) for t, (m, b) in state.get("quotas", {}).items()}
+        self.quotas = Quotas(quota_defaults, own)
         # Points written since the engine last built its indexes (see consumers.indexer).
         self.unindexed = int(state.get("unindexed", 0))
         self._check_embedding(state)
@@ -178,7 +184,10 @@ class VectorProjection:
 
     def _save_checkpoint(self, seq: int) -> None:
         with self._lock:
-            state = {"checkpoint": seq, "unindexed": self.unindexed, **self._embedding()}
+            state = {
+                "checkpoint": seq, "unindexed": self.unindexed, **self._embedding(),
+                "quotas": {t: [q.memories, q.storage_bytes] for t, q in self.quotas.own.items()},
+            }  # fmt: skip
             self.store.write_state(state)
         self._checkpoint = seq
 
@@ -205,6 +214,8 @@ class VectorProjection:
                 if self.stores.owe_purge(generation, tenant):
                     continue  # a copy being indexed elsewhere: purged when it is back
                 points += self.stores.open(generation, self.dimensions).delete_tenant(tenant)
+        self.quotas.drop(tenant)
+        self._save_checkpoint(self._checkpoint)
         cached = self.embedder.cache.delete_tenant(tenant)
         self.embedder.forget_recent(tenant)
         self.applied.purge_tenant(tenant)
@@ -213,14 +224,28 @@ class VectorProjection:
 
     # --- apply -----------------------------------------------------------------------
 
-    def apply(self, batch: Batch, upto: int = 0, bodies: Sequence[bytes] | None = None) -> Applied:
+    def apply(
+        self,
+        batch: Batch,
+        upto: int = 0,
+        bodies: Sequence[bytes] | None = None,
+        reapplied: Mapping[int, ev.AnyEvent | ev.UnknownEvent] | None = None,
+    ) -> Applied:
         """Fold the batch's memory events in order, embed what changed, write, then save
         the checkpoint. Points are idempotent, so a batch applied twice changes nothing.
         Everything an event decides (the fold, the texts, the payloads) is done before
         the first write, so an event that fails on its own leaves no effect. A failure of
-        the storage raises StorageFailure with the checkpoint unchanged."""
-        with storage_guard(self.name, _part_of):
-            return self._apply(batch, upto)
+        the storage raises StorageFailure with the checkpoint unchanged. ``reapplied``:
+        the events the batch's quota.reapplied events name, as the stream holds them."""
+        limits = dict(self.quotas.own)
+        try:
+            with storage_guard(self.name, _part_of):
+                return self._apply(batch, upto, reapplied or {})
+        except BaseException:
+            # The quotas as committed: the ledgers are read again from the points.
+            self.quotas.own = limits
+            self.quotas.forget_usage()
+            raise
 
     def check_storage(self) -> None:
         """The engine takes writes, the SQLite files take writes, the embedder answers."""
@@ -236,7 +261,9 @@ class VectorProjection:
                     f"the vectors projection's embedder refuses every text: {err}"
                 ) from err
 
-    def _apply(self, batch: Batch, upto: int) -> Applied:
+    def _apply(
+        self, batch: Batch, upto: int, reapplied: Mapping[int, ev.AnyEvent | ev.UnknownEvent]
+    ) -> Applied:
         fresh = [(s, e) for s, e in batch if s > self._checkpoint]
         last_seq = max(fresh[-1][0] if fresh else 0, upto)
         if last_seq <= self._checkpoint:
@@ -246,7 +273,10 @@ class VectorProjection:
         # The stored records the batch's memory events build on: each is decided against
         # the memory's revision (compare-and-set), as the history decides it.
         wanted = [(e.tenant, e.memory_id) for _, e in fresh if isinstance(e, MemoryEvent)]
-        fold = PayloadFold(self._retrieve(wanted) if wanted else {})
+        wanted += [
+            (e.tenant, e.memory_id) for e in reapplied.values() if isinstance(e, MemoryEvent)
+        ]
+        fold = PayloadFold(self._retrieve(wanted) if wanted else {}, self.quotas, self._usage)
         finished = {(e.tenant, e.task_id) for _, e in fresh if isinstance(e, TaskEvent)}
         tasks = self._retrieve(sorted(finished), ("tasks",))["tasks"] if finished else {}
         changes: _Changes = {}
@@ -254,6 +284,10 @@ class VectorProjection:
         for seq, e in fresh:
             if e.type in MEMORY_TYPES:
                 fold.apply(seq, e)  # type: ignore[arg-type]
+            elif isinstance(e, ev.QuotaSet):
+                fold.set_quota(e)
+            elif isinstance(e, ev.QuotaReapplied):
+                fold.reapply(e, reapplied)
             elif isinstance(e, TaskEvent):
                 key = (e.tenant, e.task_id)
                 tasks[key] = changes[("tasks", *key)] = task_record(tasks.get(key), seq, e)
@@ -309,6 +343,15 @@ class VectorProjection:
         if ids:
             with self._lock:
                 self.store.delete(ids)
+
+    def _usage(self, tenant: str) -> list[tuple[str, int, float | None]]:
+        """The tenant's stored memories as quotas count them: (memory_id, bytes, expiry)."""
+        usage = []
+        for kind in MEMORY_KINDS:
+            for stored in self.store.payloads(tenant, where={"kind": kind}):
+                p = from_payload(stored)
+                usage.append((p["ref"], memory_bytes(p, kind), p.get("expires_epoch")))
+        return usage
 
     def _first_applications(
         self, acting: list[tuple[int, Any]]

@@ -27,6 +27,7 @@ __all__ = [
     "NotCaughtUp",
     "PublishError",
     "QueryError",
+    "QuotaExceeded",
     "RebuildBusy",
     "RevisionConflict",
     "SubjectMismatch",
@@ -216,6 +217,19 @@ class MemoryNotFound(MemstreamError):
     or expired)."""
 
     code = "not_found"
+
+    def __init__(self, message: str, memory_id: str) -> None:
+        super().__init__(message)
+        self.memory_id = memory_id
+
+
+class QuotaExceeded(MemstreamError):
+    """A confirmed store or revise was not applied: it would have taken the tenant past
+    its hard quota (memories or storage). The log keeps it: once the quota is raised or
+    memories are forgotten, ``memstream tenant reapply`` applies it without publishing
+    it again."""
+
+    code = "quota_exceeded"
 
     def __init__(self, message: str, memory_id: str) -> None:
         super().__init__(message)

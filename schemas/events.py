@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "EVENT_TYPES",
     "MAX_DEPTH",
+    "OPERATOR_TYPES",
     "AnyEvent",
     "CollabMessage",
     "CollabRecorded",
@@ -38,6 +39,8 @@ __all__ = [
     "MemoryForgotten",
     "MemoryLinked",
     "MemoryRevised",
+    "QuotaReapplied",
+    "QuotaSet",
     "Scoped",
     "SolutionStored",
     "TaskCompleted",
@@ -277,6 +280,29 @@ class ToolUsed(Event, frozen=True, tag="tool.used"):
     ok: bool | None = None
 
 
+# --- quotas (the operator's: a tenant's own users may not publish them) ---------------
+
+
+class QuotaSet(Event, frozen=True, tag="quota.set"):
+    """The tenant's hard limits from here on in the stream: live memories, and megabytes
+    of their text (0: none). A limit left out stays as it was (the deployment's default
+    until a quota.set gives one)."""
+
+    memories: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    storage_mb: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+class QuotaReapplied(Event, frozen=True, tag="quota.reapplied"):
+    """Decides again, here, the tenant's stores and revises at ``seqs`` (refused their
+    quota before): each is applied if the quota now allows it and its memory has not
+    changed since. Nothing is published again: the projections read them from the log."""
+
+    seqs: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=1)], ...],
+        msgspec.Meta(max_length=10_000),
+    ]
+
+
 AnyEvent: TypeAlias = (
     KnowledgeStored
     | SolutionStored
@@ -295,7 +321,12 @@ AnyEvent: TypeAlias = (
     | ConversationTurn
     | ConversationTurnsRemoved
     | ToolUsed
+    | QuotaSet
+    | QuotaReapplied
 )
+
+# The types only the operator publishes (no tenant's user may: see consumers.auth).
+OPERATOR_TYPES: Final = frozenset({"quota.set", "quota.reapplied"})
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
     cls.__struct_config__.tag: cls for cls in AnyEvent.__args__

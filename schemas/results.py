@@ -21,6 +21,7 @@ __all__ = [
     "MemoryKind",
     "Outcome",
     "OutcomeResult",
+    "QuotaUsage",
     "RecallResult",
     "RecallSource",
     "Revision",
@@ -132,6 +133,17 @@ class RecallResult(msgspec.Struct, frozen=True, kw_only=True):
     strategy: Strategy = "balanced"
 
 
+class QuotaUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's live memories against its hard quotas (0: none). ``warning``: the soft
+    limit (80% of a hard one) it is past, or the hard one it is at, in words."""
+
+    memories: int
+    memories_limit: int = 0
+    storage_bytes: int
+    storage_limit_bytes: int = 0
+    warning: str | None = None
+
+
 class StatsResult(msgspec.Struct, frozen=True, kw_only=True):
     events_by_type: dict[str, int]
     events_by_agent: dict[str, int]
@@ -143,6 +155,8 @@ class StatsResult(msgspec.Struct, frozen=True, kw_only=True):
     health: dict[str, str] = {}
     # The memories that are there now (not forgotten, not expired), by kind.
     memories_by_kind: dict[str, int] = {}
+    # Those memories against the tenant's quotas (None from a worker without the history).
+    quota: QuotaUsage | None = None
 
 
 class _MemoryFields(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -229,14 +243,17 @@ class LinksResult(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool = False
 
 
-Outcome: TypeAlias = Literal["applied", "conflict", "not_found", "dead_lettered"]
+Outcome: TypeAlias = Literal["applied", "conflict", "not_found", "quota_exceeded", "dead_lettered"]
 
 
 class OutcomeResult(msgspec.Struct, frozen=True, kw_only=True):
     """``applied``; ``conflict`` (its expected_revision was not the memory's: read
     ``current_revision`` and try again); ``not_found`` (a revise or forget of a memory
-    that is not live); ``dead_lettered`` (it could not be applied: see the DLQ).
-    ``revision``: the memory's after the event, where it changed one."""
+    that is not live); ``quota_exceeded`` (a store or revise past the tenant's hard
+    quota: ``message`` says which); ``dead_lettered`` (it could not be applied: see the
+    DLQ). ``revision``: the memory's after the event, where it changed one.
+    ``message``: why a write was refused its quota, or the soft limit an applied one
+    passed (absent otherwise)."""
 
     seq: int
     type: str
@@ -244,6 +261,7 @@ class OutcomeResult(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Outcome
     revision: int | None = None
     current_revision: int | None = None
+    message: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class AnalyticsResult(msgspec.Struct, frozen=True, kw_only=True):

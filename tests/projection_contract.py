@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
@@ -233,6 +234,49 @@ class ProjectionContract:
         reference.apply(applied, upto=7)
         assert backend.memories(reference) == backend.memories(projection)
         assert 7 == projection.checkpoint
+
+    @pytest.mark.parametrize("batching", ["one batch", "one event a batch"])
+    def test_a_store_past_the_quota_is_not_applied_until_reapplied(
+        self, backend: Backend, batching: str
+    ) -> None:
+        """Quotas, the same in every backend and however the events are batched: at a
+        limit of 2 live memories a third store is refused, a memory expired by a store's
+        time does not count, and a reapply after the limit is raised decides the refused
+        stores again at its own place (one comes in, one is still over)."""
+        base = contract_events("acme")[0]
+        at = base.ts
+
+        def event(cls: type[ev.Event], n: int, s: float = 0, **fields: Any) -> ev.Event:
+            return cls(id=f"{base.id}-quota-{n}", tenant="acme", agent="a4",
+                       ts=at + dt.timedelta(seconds=s), **fields)  # type: ignore[arg-type]  # fmt: skip
+
+        def store(n: int, memory_id: str, s: float = 0, **fields: Any) -> tuple[int, ev.Event]:
+            return n, event(ev.KnowledgeStored, n, s, memory_id=memory_id, domain="d",
+                            content=f"the {memory_id} memory", **fields)  # fmt: skip
+
+        expires = {"expires_at": at + dt.timedelta(seconds=10)}
+        refused = {4: store(4, "c")[1], 6: store(6, "e", 20)[1]}
+        batch = [
+            (1, event(ev.QuotaSet, 1, memories=2)),
+            store(2, "a"),
+            store(3, "b", **expires),
+            store(4, "c"),  # a and b live: refused
+            store(5, "d", 20),  # b expired by then: applied
+            store(6, "e", 20),  # a and d live: refused
+            (7, event(ev.QuotaSet, 7, memories=3)),
+            (8, event(ev.QuotaReapplied, 8, 30, seqs=(4, 6))),  # c comes in; e is a fourth
+        ]
+        projection = backend.open()
+        if batching == "one batch":
+            projection.apply(batch, reapplied=refused)
+        else:
+            for item in batch:
+                projection.apply([item], reapplied=refused)
+        reference = backend.other()
+        reference.apply([store(2, "a"), store(3, "b", **expires), store(4, "c"),
+                         store(5, "d", 20)], upto=8)  # fmt: skip
+        assert backend.memories(reference) == backend.memories(projection)
+        assert 8 == projection.checkpoint
 
     def test_removed_turns_leave_every_read(self, backend: Backend) -> None:
         """A removal by seq and a clear of the session take its turns out of the reads,

@@ -92,4 +92,7 @@ def sample_events(tenant: str = "acme", agent: str = "a1") -> list[Event]:
             duration_ms=12,
             ok=True,
         ),
+        # Limits no sample comes near; seq 1 is never a store these samples refused.
+        ev.QuotaSet(**common(), memories=1_000_000, storage_mb=10_000.0),
+        ev.QuotaReapplied(**common(), seqs=(1,)),
     ]

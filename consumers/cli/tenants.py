@@ -25,9 +25,13 @@ from memstream.consumers.cli._common import (
 from memstream.consumers.limits import set_limits
 from memstream.consumers.ops import ask_tenant_admin, connect_tenant_user
 from memstream.consumers.settings import Settings, load_settings
+from memstream.producers.client import MemoryClient
+from memstream.projections.quotas import MB
 from memstream.schemas.admin import AuditRequest, AuditResult
-from memstream.schemas.errors import UsageError
+from memstream.schemas.errors import AdminError, UsageError
+from memstream.schemas.events import QuotaReapplied, QuotaSet
 from memstream.schemas.ids import validate_tenant
+from memstream.schemas.queries import QuotaUsage
 from memstream.schemas.subjects import split_nats_user
 from memstream.schemas.tenancy import AUDIT_ADMIN, TenantLimits
 
@@ -289,6 +293,176 @@ async def _set_limits(
         return await set_limits(nc, tenant, given, reset=reset, replicas=settings.stream_replicas)
     finally:
         await nc.drain()
+
+
+# --- quotas ---------------------------------------------------------------------------
+
+# Who the operator's quota events name as their agent.
+_OPERATOR_AGENT = "memstream-operator"
+# How many refused events one quota.reapplied names (the contract's most).
+_REAPPLY_CHUNK = 10_000
+# How long a quota command waits for the history to apply its event.
+_WAIT_MS = 30_000
+
+
+@tenant.command(name="quota")
+@click.argument("name", metavar="TENANT")
+@click.option(
+    "--memories",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Live memories the tenant may hold (0: no limit).",
+)
+@click.option(
+    "--storage-mb",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Megabytes of memory text the tenant may hold (0: no limit).",
+)
+@click.option(
+    "--queries-per-hour",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Every query of the tenant, an hour (0: no limit); as 'tenant limits'.",
+)
+@data_dir_option
+@nats_url_option
+@json_option
+def tenant_quota(
+    name: str,
+    memories: int | None,
+    storage_mb: float | None,
+    queries_per_hour: int | None,
+    data_dir: str | None,
+    nats_url: str | None,
+    as_json: bool,
+) -> None:
+    """Show or set TENANT's quotas. A store past a hard limit is not applied (its
+    outcome is quota_exceeded; the log keeps it for 'tenant reapply'); past 80% of one
+    it is applied with a warning. A limit not given keeps its value: the server's
+    default (MEMSTREAM_QUOTA_MEMORIES, MEMSTREAM_QUOTA_STORAGE_MB) until one is set.
+    The limits go into the stream, so a replay decides as the live projections did."""
+    validate_tenant(name)
+    settings = load(data_dir=data_dir, nats_url=nats_url)
+    usage, hourly = run(
+        _quota(settings, url_given(nats_url), name, memories, storage_mb, queries_per_hour)
+    )
+    if as_json:
+        print_json({"tenant": name, **msgspec.structs.asdict(usage), "queries_per_hour": hourly})
+        return
+    out.print(f"memories          {usage.memories:,} of {_limit(usage.memories_limit)}")
+    storage = f"{usage.storage_bytes / MB:,.1f} MB"
+    out.print(f"storage           {storage} of {_limit(usage.storage_limit_bytes, MB, ' MB')}")
+    out.print(f"queries an hour   {_limit(hourly)}")
+    if usage.warning:
+        out.print(usage.warning)
+
+
+def _limit(value: float, unit: float = 1, suffix: str = "") -> str:
+    return "no limit" if not value else f"{value / unit:,.{1 if suffix else 0}f}{suffix}"
+
+
+async def _quota(
+    settings: Settings,
+    nats_url_given: bool,
+    tenant: str,
+    memories: int | None,
+    storage_mb: float | None,
+    queries_per_hour: int | None,
+) -> tuple[QuotaUsage, int]:
+    nc = await connect_operator(settings, nats_url_given, "memstream:tenant-quota")
+    try:
+        client = MemoryClient(nc, tenant=tenant, agent=_OPERATOR_AGENT)
+        if memories is not None or storage_mb is not None:
+            event = client.new_event(QuotaSet, memories=memories, storage_mb=storage_mb)
+            # Confirmed: the history has applied it when the stats below are read.
+            ack = await client.publish(event)
+            await client.outcome(ack.id, min_seq=ack.seq, wait_ms=_WAIT_MS)
+        own = await set_limits(
+            nc,
+            tenant,
+            TenantLimits(queries_per_hour=queries_per_hour),
+            replicas=settings.stream_replicas,
+        )
+        hourly = own.over(settings.tenant_limits).queries_per_hour or 0
+        stats = await client.stats(consistency="latest")
+        if stats.quota is None:
+            raise AdminError("the history does not answer for quotas here", "unavailable")
+        return stats.quota, int(hourly)
+    finally:
+        await nc.drain()
+
+
+@tenant.command(name="reapply")
+@click.argument("name", metavar="TENANT")
+@data_dir_option
+@nats_url_option
+@json_option
+def tenant_reapply(name: str, data_dir: str | None, nats_url: str | None, as_json: bool) -> None:
+    """Apply TENANT's stores that its quota refused, where the quota now allows them,
+    without publishing them again: a quota.reapplied event names them, and both
+    projections read them back from the log and decide them again at that point. A
+    memory changed since by a later write keeps the later one."""
+    validate_tenant(name)
+    settings = load(data_dir=data_dir, nats_url=nats_url)
+    decided = run(_reapply(settings, url_given(nats_url), data_dir_given(data_dir), name))
+    if as_json:
+        print_json({"tenant": name, "outcomes": decided})
+        return
+    if not decided:
+        out.print(f"tenant {name} has no store its quota refused")
+        return
+    applied = decided.get("applied", 0)
+    still = decided.get("quota_exceeded", 0)
+    total = sum(decided.values())
+    line = f"reapplied {applied} of {total} refused stores of {name}"
+    if still:
+        line += f"; {still} still over the quota (raise it with 'memstream tenant quota')"
+    others = {k: v for k, v in decided.items() if k not in ("applied", "quota_exceeded")}
+    if others:
+        line += "; " + ", ".join(f"{v} {k}" for k, v in sorted(others.items()))
+    out.print(line)
+
+
+async def _reapply(
+    settings: Settings, nats_url_given: bool, data_dir_given: bool, tenant: str
+) -> dict[str, int]:
+    """Name the refused events in quota.reapplied events; what became of them."""
+    from memstream.consumers import ops
+
+    # Refused, and their memory not written since (a later store stands).
+    refused = await ops.sql(
+        settings,
+        "SELECT o.seq FROM outcomes o WHERE o.tenant = "
+        f"'{tenant}' AND o.outcome = 'quota_exceeded' AND NOT EXISTS ("
+        "SELECT 1 FROM outcomes l WHERE l.tenant = o.tenant AND l.memory_id = o.memory_id "
+        "AND l.seq > o.seq AND l.outcome = 'applied') ORDER BY o.seq",
+        nats_url_given,
+        1_000_000,
+        data_dir_given,
+    )
+    seqs = [int(row[0]) for row in refused.rows]
+    if not seqs:
+        return {}
+    nc = await connect_operator(settings, nats_url_given, "memstream:tenant-reapply")
+    try:
+        client = MemoryClient(nc, tenant=tenant, agent=_OPERATOR_AGENT)
+        for start in range(0, len(seqs), _REAPPLY_CHUNK):
+            chunk = tuple(seqs[start : start + _REAPPLY_CHUNK])
+            ack = await client.publish(client.new_event(QuotaReapplied, seqs=chunk))
+            # Applied by the history before its outcomes are read below.
+            await client.outcome(ack.id, min_seq=ack.seq, wait_ms=_WAIT_MS)
+    finally:
+        await nc.drain()
+    decided = await ops.sql(
+        settings,
+        f"SELECT outcome, count(*) FROM outcomes WHERE tenant = '{tenant}' "
+        f"AND list_contains({list(seqs)}, seq) GROUP BY outcome",
+        nats_url_given,
+        100,
+        data_dir_given,
+    )
+    return {str(outcome): int(n) for outcome, n in decided.rows}
 
 
 # --- audit ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from nats.aio.client import Client as NatsClient
 
 from memstream.consumers.sources import HistoryReads, Source
+from memstream.projections.quotas import Limits
 from memstream.schemas.errors import QueryError
 from memstream.schemas.events import EVENT_TYPES
 from memstream.schemas.filters import Node, parse_filter
@@ -23,6 +24,8 @@ class Worker(Protocol):
     sources: dict[str, Source]
     history_reads: HistoryReads | None
     search_inline: bool
+    # The hard quotas of a tenant that has set none (stats reports them).
+    quota_defaults: Limits
 
     async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(cursor, *args, **kwargs)`` against the history."""

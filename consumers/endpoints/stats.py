@@ -23,7 +23,9 @@ __all__ = ["analytics", "stats"]
 
 async def stats(w: Worker, tenant: str, req: StatsRequest) -> StatsResult:
     by_type, by_agent = await w.read(reads.counts, tenant)
-    live = await w.read(memories.live_counts, tenant, dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    live = await w.read(memories.live_counts, tenant, now)
+    quota = await w.read(memories.quota_usage, tenant, now, w.quota_defaults)
     js = w.nc.jetstream()
     last_seq = (await js.stream_info(EVENT_STREAM)).state.last_seq
     applied: dict[str, int] = {name: source.checkpoint for name, source in w.sources.items()}
@@ -52,6 +54,7 @@ async def stats(w: Worker, tenant: str, req: StatsRequest) -> StatsResult:
         lag=lag,
         dlq_count=sum((dlq.state.subjects or {}).values()),
         memories_by_kind=live,
+        quota=quota,
         health={
             name: getattr(source, "unhealthy", None) or "ok" for name, source in w.sources.items()
         },

@@ -62,7 +62,8 @@ def test_up_with_auth_admits_each_tenant_to_its_own_subjects(tmp_path: Path) -> 
         purged = run_cli("tenant", "purge", "acme", "--yes", *q, env=operator)
         assert 0 == purged.returncode, purged.stderr
         assert f"purged tenant acme from {data.resolve()} (NATS {up.url}):" in purged.stdout
-        assert "stream MEMORY       1 messages" in purged.stdout
+        # Its two memories' events, its two quota.set and its quota.reapplied.
+        assert "stream MEMORY       5 messages" in purged.stdout
         # acme's admin purges its own tenant with its own credentials, and only that.
         theirs = run_cli("tenant", "purge", "beta", "--yes", *q, env=lead)
         assert 1 == theirs.returncode
@@ -145,6 +146,24 @@ def _users_roles_and_audit(url: str, data: Path, elsewhere: dict[str, str]) -> d
     assert theirs.stderr.rstrip().endswith(
         "may not ask memadm.audit._admin: it takes the service user"
     )
+
+    # A quota of 1 memory, which acme holds: the admin's store is refused until the
+    # operator raises it and reapplies; the quota was the operator's to set, not the admin's.
+    quota = run_cli("tenant", "quota", "acme", "--memories", "1", *q, "--json", env=env)
+    assert 0 == quota.returncode, quota.stderr
+    assert (1, 1) == (
+        json.loads(quota.stdout)["memories"],
+        json.loads(quota.stdout)["memories_limit"],
+    )
+    run_cli("remember", *q, "-t", "acme", "-a", "l1", "--domain", "d", "one more", env=lead)
+    shown = run_cli("tenant", "quota", "acme", *q, env=env)
+    assert "tenant acme is at its quota of 1 memory" in shown.stdout, shown.stdout
+    theirs = run_cli("tenant", "quota", "acme", "--memories", "100", *q, env=lead)
+    assert 1 == theirs.returncode and "may not publish to mem.acme.quota.set" in theirs.stderr
+    raised = run_cli("tenant", "quota", "acme", "--memories", "100", *q, env=env)
+    assert 0 == raised.returncode, raised.stderr
+    reapplied = run_cli("tenant", "reapply", "acme", *q, env=env)
+    assert "reapplied 1 of 1 refused stores of acme" == reapplied.stdout.strip(), reapplied.stderr
 
     rotated = run_cli("tenant", "user", "rotate", "acme", "research", *dd)
     assert 0 == rotated.returncode, rotated.stderr

@@ -209,10 +209,12 @@ async def test_hostile_queries_get_an_answer_and_never_internal(
 class _Choking(HistoryProjection):
     """The real history, unable to store one particular event (as a bug would be)."""
 
-    def apply(self, batch: Any, upto: int = 0, bodies: Any = None) -> Applied:
+    def apply(
+        self, batch: Any, upto: int = 0, bodies: Any = None, reapplied: Any = None
+    ) -> Applied:
         if any(e.id == "poison" for _, e in batch):
             raise RuntimeError("this event breaks the projection")
-        return super().apply(batch, upto, bodies)
+        return super().apply(batch, upto, bodies, reapplied)
 
 
 async def test_an_event_the_projection_cannot_apply_is_isolated_not_a_stall(

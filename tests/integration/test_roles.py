@@ -18,6 +18,7 @@ from memstream.producers import MemoryClient
 from memstream.producers.connection import connect_nats
 from memstream.schemas.admin import AuditRequest, AuditResult, PurgeRequest, PurgeResult
 from memstream.schemas.errors import AdminError, ConnectError, Forbidden, PublishError
+from memstream.schemas.events import QuotaReapplied, QuotaSet
 from tests.conftest import pid_alive
 from tests.integration.test_query_worker import running
 from tests.waiting import wait_for
@@ -119,6 +120,24 @@ async def test_a_reader_asks_and_a_writer_writes(stack: tuple[NatsServer, Path])
     finally:
         await reader.close()
         await writer.close()
+
+
+async def test_no_user_of_a_tenant_sets_its_quota(secured: tuple[NatsServer, Path]) -> None:
+    """A tenant's quota is the operator's: the server refuses a quota.set or a
+    quota.reapplied from its writer and its admin alike, though both write memories."""
+    server, data = secured
+    for name in ("coder", "lead"):
+        mem = await _client(server, data, "acme", name)
+        try:
+            mem.ack_timeout = 1
+            with pytest.raises(PublishError, match="may not publish to mem.acme.quota.set"):
+                await mem.publish(mem.new_event(QuotaSet, memories=1_000_000))
+            with pytest.raises(PublishError, match="may not publish to mem.acme.quota.reapplied"):
+                await mem.publish(mem.new_event(QuotaReapplied, seqs=(1,)))
+            # The same user's memories are written.
+            await mem.store_knowledge(f"{name} may write", domain="d")
+        finally:
+            await mem.close()
 
 
 async def test_only_an_admin_purges_and_only_its_own_tenant(
