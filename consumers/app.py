@@ -442,6 +442,8 @@ async def _serve(
             started.append(service)
         if parts.indexer is not None:
             parts.indexer.start()
+        if parts.audit_table is not None:
+            parts.audit_table.start()
         if services:
             await admin.start()
         refresher = asyncio.create_task(
@@ -481,6 +483,8 @@ async def _serve(
             server.stop()
         if parts.indexer is not None:
             await parts.indexer.stop()
+        if parts.audit_table is not None:
+            await parts.audit_table.stop()
         # Queries first (they read the projections), then the projections.
         if worker is not None:
             await worker.stop()

@@ -7,6 +7,7 @@ import asyncio
 import os
 from typing import Any
 
+from memstream.consumers.audit_table import AuditTable
 from memstream.consumers.deployment import Hold
 from memstream.consumers.engine_process import EngineProcesses, SearcherProcess
 from memstream.consumers.indexer import IndexBuilder
@@ -55,6 +56,12 @@ class RoleParts:
                 consumer=own["history"],
                 **tuning,
             )
+        # The history's audit table follows the audit stream, in the process with it.
+        self.audit_table = (
+            AuditTable(nc, self.services["history"], held.partition)
+            if "history" in self.services
+            else None
+        )
         self.indexer: IndexBuilder | None = None
         # Qdrant Edge in processes of its own (one for each generation open), and the
         # searcher beside them, which this process starts and watches.

@@ -138,6 +138,12 @@ def _ddl() -> str:
         # id republished later is still a repeat and brings no erased text back.
         "CREATE TABLE IF NOT EXISTS erased_ids "
         "(tenant VARCHAR NOT NULL, id VARCHAR NOT NULL, seq BIGINT NOT NULL)",
+        # The audit trail, following the MEMORY_AUDIT stream (consumers.audit_table):
+        # not a tenant's data, so a purge leaves it, as it leaves the stream's.
+        "CREATE TABLE IF NOT EXISTS audit (seq BIGINT, ts TIMESTAMP, tenant VARCHAR, "
+        "user VARCHAR, agent VARCHAR, kind VARCHAR, op VARCHAR, digest VARCHAR, "
+        "results BIGINT, ms DOUBLE, outcome VARCHAR)",
+        "CREATE TABLE IF NOT EXISTS audit_state (last_seq BIGINT NOT NULL)",
     ]
     for name, cols in TABLES.items():
         keys = KEYS.get(name, ())
