@@ -235,7 +235,13 @@ class MemoryFold(Generic[R]):
         return [(m, s, x) for m, (s, x) in entries.items()]
 
     def _admit(
-        self, tenant: str, memory_id: str, kind: str, record: R, at: dt.datetime
+        self,
+        tenant: str,
+        memory_id: str,
+        kind: str,
+        record: R,
+        at: dt.datetime,
+        revising: bool = False,
     ) -> tuple[bool, str | None]:
         """Whether ``record`` may be the memory now, by the tenant's quota; the message
         that goes with it (why not, or the soft limit it passes)."""
@@ -257,8 +263,9 @@ class MemoryFold(Generic[R]):
             broken = limits.describe("storage")
         if broken is not None:
             self.quota_refused[tenant] += 1
+            done = "revised" if revising else "stored"
             return False, (
-                f"tenant {tenant} is at {broken}, so memory {memory_id!r} was not stored: "
+                f"tenant {tenant} is at {broken}, so memory {memory_id!r} was not {done}: "
                 "forget memories or raise the quota (memstream tenant quota), then "
                 "memstream tenant reapply"
             )
@@ -308,7 +315,7 @@ class MemoryFold(Generic[R]):
                     return Decision("conflict", None, current)
                 kind, record = found
                 record = self.revised(record, kind, seq, e)
-                admitted, message = self._admit(e.tenant, e.memory_id, kind, record, at)
+                admitted, message = self._admit(e.tenant, e.memory_id, kind, record, at, True)
                 if not admitted:
                     return Decision("quota_exceeded", None, current, message)
                 self.state[kind][key] = record

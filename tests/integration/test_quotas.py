@@ -170,7 +170,7 @@ async def test_a_storage_quota_counts_the_text_and_spares_what_does_not_grow_it(
         await mem.store_knowledge(text, domain="d", memory_id=f"k{i}", confirm=True)
     with pytest.raises(QuotaExceeded, match=r"its quota of 0\.0 MB of memory text"):
         await mem.store_knowledge(text, domain="d", memory_id="k3", confirm=True)
-    with pytest.raises(QuotaExceeded):
+    with pytest.raises(QuotaExceeded, match="so memory 'k0' was not revised"):
         await mem.revise("k0", content="y" * 500, confirm=True)
     shrunk = await mem.revise("k0", content="y" * 100, confirm=True)
     assert shrunk.outcome is not None and 2 == shrunk.outcome.revision
