@@ -1,5 +1,6 @@
 """``memstream tenant``: tenants' NATS users and the users within them, a tenant's query
-limits, and purging a tenant's data; ``memstream audit``: a tenant's audit trail."""
+limits and quotas, and purging a tenant's data; ``memstream audit``: a tenant's audit
+trail."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ __all__ = ["audit", "tenant"]
 
 @click.group()
 def tenant() -> None:
-    """Tenants: their NATS users and roles (with up --auth), query limits, and purging
-    one's data."""
+    """Tenants: their NATS users and roles (with up --auth), query limits, quotas, and
+    purging one's data."""
 
 
 def _creds(data_dir: str | None) -> TenantCredentials:
