@@ -25,6 +25,7 @@ import pyarrow as pa
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from memstream.consumers.decoding import stream_seq
 from memstream.consumers.log import get_logger
 from memstream.consumers.service import ProjectionService
 from memstream.consumers.streams import AUDIT_RETENTION_S
@@ -182,7 +183,7 @@ class AuditTable:
                 msg = await sub.next_msg(timeout=wait)
             except (nats.errors.TimeoutError, TimeoutError):
                 break
-            seq = msg.metadata.sequence.stream
+            seq = stream_seq(msg.reply)[0]  # not msg.metadata: objects for every record
             # Once one came, the rest of the batch is what follows at once.
             deadline = min(deadline, time.monotonic() + self.max_wait)
             try:

@@ -207,33 +207,38 @@ class ProjectionContract:
     def test_a_write_that_is_not_applied_changes_nothing(self, backend: Backend) -> None:
         """Compare-and-set, the same in every backend: a stale expected_revision, a
         second create-if-absent and a revise or forget of a memory that does not exist
-        leave the memories as if they had never been published (the log keeps them)."""
+        (or had expired by the revise's time, swept or not) leave the memories as if they
+        had never been published (the log keeps them)."""
         base = contract_events("acme")[0]
 
-        def event(cls: type[ev.Event], n: int, **fields: Any) -> ev.Event:
-            return cls(id=f"{base.id}-cas-{n}", tenant="acme", agent="a3", ts=base.ts,
-                       **fields)  # type: ignore[arg-type]  # fmt: skip
+        def event(cls: type[ev.Event], n: int, s: float = 0, **fields: Any) -> ev.Event:
+            return cls(id=f"{base.id}-cas-{n}", tenant="acme", agent="a3",
+                       ts=base.ts + dt.timedelta(seconds=s), **fields)  # type: ignore[arg-type]  # fmt: skip
 
         applied = [
             (1, event(ev.KnowledgeStored, 1, memory_id="plan", domain="d", content="v1",
                       expected_revision=0)),
             (2, event(ev.MemoryRevised, 2, memory_id="plan", content="v2", expected_revision=1)),
+            (3, event(ev.KnowledgeStored, 3, memory_id="brief", domain="d", content="soon gone",
+                      expires_at=base.ts + dt.timedelta(seconds=1))),
         ]  # fmt: skip
         refused = [
-            (3, event(ev.MemoryRevised, 3, memory_id="plan", content="stale",
+            (4, event(ev.MemoryRevised, 4, memory_id="plan", content="stale",
                       expected_revision=1)),
-            (4, event(ev.KnowledgeStored, 4, memory_id="plan", domain="d", content="again",
+            (5, event(ev.KnowledgeStored, 5, memory_id="plan", domain="d", content="again",
                       expected_revision=0)),
-            (5, event(ev.MemoryForgotten, 5, memory_id="plan", expected_revision=1)),
-            (6, event(ev.MemoryRevised, 6, memory_id="ghost", content="x")),
-            (7, event(ev.MemoryForgotten, 7, memory_id="ghost")),
+            (6, event(ev.MemoryForgotten, 6, memory_id="plan", expected_revision=1)),
+            (7, event(ev.MemoryRevised, 7, memory_id="ghost", content="x")),
+            (8, event(ev.MemoryForgotten, 8, memory_id="ghost")),
+            # 'brief' expired a second after it was stored; nothing has swept it yet.
+            (9, event(ev.MemoryRevised, 9, 2, memory_id="brief", content="too late")),
         ]  # fmt: skip
         projection = backend.open()
         projection.apply([*applied, *refused])
         reference = backend.other()
-        reference.apply(applied, upto=7)
+        reference.apply(applied, upto=9)
         assert backend.memories(reference) == backend.memories(projection)
-        assert 7 == projection.checkpoint
+        assert 9 == projection.checkpoint
 
     @pytest.mark.parametrize("batching", ["one batch", "one event a batch"])
     def test_a_store_past_the_quota_is_not_applied_until_reapplied(

@@ -223,6 +223,14 @@ def user_remove(name: str, user: str, data_dir: str | None) -> None:
 # --- query limits ---------------------------------------------------------------------
 
 
+_QUERIES_PER_HOUR = click.option(
+    "--queries-per-hour",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Every query of the tenant, an hour (0: no limit).",
+)
+
+
 @tenant.command(name="limits")
 @click.argument("name", metavar="TENANT")
 @click.option(
@@ -243,12 +251,7 @@ def user_remove(name: str, user: str, data_dir: str | None) -> None:
     default=None,
     help="Each user's queries, a second (0: no limit).",
 )
-@click.option(
-    "--queries-per-hour",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Every query of the tenant, an hour (0: no limit).",
-)
+@_QUERIES_PER_HOUR
 @click.option("--reset", is_flag=True, help="Drop the tenant's own limits: the defaults apply.")
 @data_dir_option
 @nats_url_option
@@ -320,12 +323,7 @@ _WAIT_MS = 30_000
     default=None,
     help="Megabytes of memory text the tenant may hold (0: no limit).",
 )
-@click.option(
-    "--queries-per-hour",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Every query of the tenant, an hour (0: no limit); as 'tenant limits'.",
-)
+@_QUERIES_PER_HOUR
 @data_dir_option
 @nats_url_option
 @json_option

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -23,6 +25,20 @@ from tests.conftest import pid_alive
 from tests.waiting import wait_for
 
 
+@contextlib.contextmanager
+def auth_server(data: Path) -> Iterator[NatsServer]:
+    """A nats-server admitting only the users memstream wrote under ``data`` (as
+    ``up --auth`` runs it), stopped by its pid afterwards."""
+    server = NatsServer(data, port=0, extra_config='include "../auth/auth.conf"')
+    server.start()
+    try:
+        yield server
+    finally:
+        pid = server.pid
+        server.stop()
+        assert pid is not None and not pid_alive(pid)
+
+
 @pytest.fixture(scope="module")
 def secured(
     tmp_path_factory: pytest.TempPathFactory,
@@ -32,14 +48,8 @@ def secured(
     creds = TenantCredentials(data)
     creds.add("acme")
     creds.add("beta")
-    server = NatsServer(data, port=0, extra_config='include "../auth/auth.conf"')
-    server.start()
-    try:
+    with auth_server(data) as server:
         yield server, creds
-    finally:
-        pid = server.pid
-        server.stop()
-        assert pid is not None and not pid_alive(pid)
 
 
 async def _as(server: NatsServer, creds: TenantCredentials, tenant: str) -> NatsClient:

@@ -19,7 +19,7 @@ from memstream.producers.connection import connect_nats
 from memstream.schemas.admin import AuditRequest, AuditResult, PurgeRequest, PurgeResult
 from memstream.schemas.errors import AdminError, ConnectError, Forbidden, PublishError
 from memstream.schemas.events import QuotaReapplied, QuotaSet
-from tests.conftest import pid_alive
+from tests.integration.test_auth import auth_server
 from tests.integration.test_query_worker import running
 from tests.waiting import wait_for
 
@@ -38,14 +38,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NatsServ
     creds.add_user("acme", "coder", "writer")
     creds.add_user("acme", "lead", "admin")
     creds.add_user("beta", "boss", "admin")
-    server = NatsServer(data, port=0, extra_config='include "../auth/auth.conf"')
-    server.start()
-    try:
+    with auth_server(data) as server:
         yield server, data
-    finally:
-        pid = server.pid
-        server.stop()
-        assert pid is not None and not pid_alive(pid)
 
 
 def _user(data: Path, tenant: str, name: str) -> User:
