@@ -228,13 +228,17 @@ async def acked(nc: nats.NATS, projection: str) -> int:
 async def wait_acked(nc: nats.NATS, projection: str, seq: int, what: str) -> float:
     """Wait until the projection's consumers have all acked stream sequence ``seq``;
     returns the seconds."""
-    start = time.perf_counter()
+    start = told = time.perf_counter()
     while True:
         done = await acked(nc, projection)
         if done >= seq:
             return time.perf_counter() - start
-        print(f"  {what}: {done:,}/{seq:,}", file=sys.stderr, end="\r")
-        await asyncio.sleep(1)
+        # Asked every 50 ms, so that a rate over seconds is not rounded to the second;
+        # the progress is shown once a second.
+        if time.perf_counter() - told >= 1:
+            told = time.perf_counter()
+            print(f"  {what}: {done:,}/{seq:,}", file=sys.stderr, end="\r")
+        await asyncio.sleep(0.05)
 
 
 def arguments(parser: argparse.ArgumentParser, smoke: dict[str, Any]) -> argparse.Namespace:

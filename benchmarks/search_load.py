@@ -20,9 +20,14 @@ for the index built aside to be swapped in. Then each round has four phases of
    recorded (memstream, nats-server, the publisher, the clients), since they share the
    machine's cores.
 
-Targets (README, "Benchmarks"): search p99 under load <= 25 ms, and each projection's
-ingest rate under load >= 0.7 x its idle rate. ``--rounds`` rounds run; the medians of
-the rounds' figures are reported, each round on stderr.
+Under load, the time each projection takes to ack the last event after the publisher
+offered it is its lag at the end of the load: how long it takes to catch up.
+
+Targets (README, "Performance"): search p99 idle <= 5 ms; at ``--rate`` up to 1,000,
+p99 under load <= 10 ms and each projection's ingest under load >= 0.95 x its idle rate;
+beyond, p99 under load <= 25 ms, and the projections catch up within 2 x the load's
+duration once it stops. ``--rounds`` rounds run; the medians of the rounds' figures are
+reported, each round on stderr.
 
     python -m benchmarks.search_load [--tenants 10] [--per-tenant 5000] [--rounds 3]
 """
@@ -61,6 +66,24 @@ from memstream.consumers.log import configure_logging
 from memstream.producers import MemoryClient
 
 PROJECTIONS = ("history", "vectors")
+# Search p99 idle, and the targets under load by the events offered (README, "Performance").
+IDLE_P99_MS = 5.0
+
+
+@dataclass(frozen=True)
+class Targets:
+    p99_ms: float  # search p99 under load
+    kept: float  # each projection's ingest under load, of its idle rate
+    behind: float  # the time to catch up once the load stops, of the load's duration
+
+
+def targets(rate: int) -> Targets:
+    """Up to 1,000 events/s the machine has room for both: searches stay fast and ingest
+    keeps its rate. Beyond, reads come first: ingest takes what is left, and catches up
+    within twice the load's duration once it stops."""
+    if rate <= 1_000:
+        return Targets(p99_ms=10, kept=0.95, behind=2)
+    return Targets(p99_ms=25, kept=0, behind=2)
 
 
 @dataclass
@@ -75,6 +98,10 @@ class Round:
     load_qps: float
     ingest_idle: dict[str, float]
     ingest_load: dict[str, float]
+    # Seconds from the publisher's last event to each projection's ack of it, under load;
+    # and how long the publisher took to offer the load.
+    behind: dict[str, float]
+    offered_s: float
     cpu: dict[str, float]  # while searching under load: CPU seconds a second, by process
 
 
@@ -167,14 +194,24 @@ async def _clients(
             await nc.close()
 
 
-async def _ingest(nc: nats.NATS, publisher: Publisher, n: int) -> dict[str, float]:
-    """Each projection's events applied a second: ``n`` over first publish to last ack."""
+@dataclass
+class Ingest:
+    rates: dict[str, float]  # events applied a second: n over first publish to last ack
+    behind: dict[str, float]  # seconds from the last publish to its ack
+    offered_s: float  # seconds from the first publish to the last
+
+
+async def _ingest(nc: nats.NATS, publisher: Publisher, n: int) -> Ingest:
+    """Each projection's ingest of the ``n`` events ``publisher`` offers."""
     last = await publisher.last()
+    published = time.perf_counter()
     rates: dict[str, float] = {}
+    behind: dict[str, float] = {}
     for projection in PROJECTIONS:
         await wait_acked(nc, projection, last, f"{projection} catching up")
         rates[projection] = n / (time.perf_counter() - publisher.started)
-    return rates
+        behind[projection] = time.perf_counter() - published
+    return Ingest(rates, behind, published - publisher.started)
 
 
 async def _round(
@@ -188,7 +225,7 @@ async def _round(
         idle, idle_qps = await _clients(url, tenants, texts, clients, seconds, args.search_rate)
         publisher = Publisher(url, tenants, rate, n, offset=2 * r * n)
         try:
-            ingest_idle = await _ingest(nc, publisher, n)
+            ingest_idle = (await _ingest(nc, publisher, n)).rates
         finally:
             publisher.stop()
         publisher = Publisher(url, tenants, rate, n, offset=(2 * r + 1) * n)
@@ -206,7 +243,7 @@ async def _round(
             )
             took = time.perf_counter() - began
             cpu = {g: (c - before[g]) / took for g, c in used().items()}
-            ingest_load = await _ingest(nc, publisher, n)
+            ingest = await _ingest(nc, publisher, n)
         finally:
             publisher.stop()
     finally:
@@ -215,7 +252,8 @@ async def _round(
         capacity=capacity, capacity_p50=statistics.median(closed),
         idle_p50=statistics.median(idle), idle_p99=percentile(idle, 0.99), idle_qps=idle_qps,
         load_p50=statistics.median(loaded), load_p99=percentile(loaded, 0.99), load_qps=load_qps,
-        ingest_idle=ingest_idle, ingest_load=ingest_load, cpu=cpu,
+        ingest_idle=ingest_idle, ingest_load=ingest.rates, behind=ingest.behind,
+        offered_s=ingest.offered_s, cpu=cpu,
     )  # fmt: skip
 
 
@@ -248,6 +286,7 @@ async def _run(
             + ", ".join(f"{p} {one.ingest_idle[p]:,.0f}/s" for p in PROJECTIONS)
             + "; under load "
             + ", ".join(f"{p} {one.ingest_load[p]:,.0f}/s" for p in PROJECTIONS)
+            + f"; caught up {one.behind['vectors']:.1f} s after {one.offered_s:.1f} s of load"
             + "; CPU under load: "
             + ", ".join(f"{g} {c:.2f}" for g, c in one.cpu.items()),
             file=sys.stderr,
@@ -283,7 +322,16 @@ def main(args: argparse.Namespace) -> bool:
 
     p99 = med([r.load_p99 for r in rounds])
     ratios = {p: med([r.ingest_load[p] / r.ingest_idle[p] for r in rounds]) for p in PROJECTIONS}
-    ok = p99 <= 25 and all(ratio >= 0.7 for ratio in ratios.values())
+    # Catching up, as a share of how long the load lasted (target <= 2).
+    behind = {p: med([r.behind[p] / r.offered_s for r in rounds]) for p in PROJECTIONS}
+    target = targets(args.rate)
+    idle99 = med([r.idle_p99 for r in rounds])
+    ok = (
+        p99 <= target.p99_ms
+        and idle99 <= IDLE_P99_MS
+        and all(ratio >= target.kept for ratio in ratios.values())
+        and all(b <= target.behind for b in behind.values())
+    )
     print(
         f"search_load: {args.tenants} tenants x {args.per_tenant} memories, {args.clients} "
         f"clients asking {args.search_rate:,.0f} searches/s, {args.rate:,} events/s offered, "
@@ -298,7 +346,8 @@ def main(args: argparse.Namespace) -> bool:
         f"search_load: search idle p50 {med([r.idle_p50 for r in rounds]):.1f} ms, p99 "
         f"{med([r.idle_p99 for r in rounds]):.1f} ms, {med([r.idle_qps for r in rounds]):,.0f}"
         f"/s; under load p50 {med([r.load_p50 for r in rounds]):.1f} ms, p99 {p99:.1f} ms, "
-        f"{med([r.load_qps for r in rounds]):,.0f}/s (target p99 <= 25 ms)"
+        f"{med([r.load_qps for r in rounds]):,.0f}/s (targets: p99 <= {IDLE_P99_MS:.0f} ms "
+        f"idle, <= {target.p99_ms:.0f} ms under load)"
     )
     cpu = {g: med([r.cpu[g] for r in rounds]) for g in rounds[0].cpu}
     print(
@@ -310,9 +359,12 @@ def main(args: argparse.Namespace) -> bool:
         print(
             f"search_load: {p} ingest {med([r.ingest_load[p] for r in rounds]):,.0f} events/s "
             f"under load vs {med([r.ingest_idle[p] for r in rounds]):,.0f} idle; "
-            f"{ratios[p]:.2f}x (target >= 0.70x)"
+            f"{ratios[p]:.2f}x (target >= {target.kept:.2f}x); caught up "
+            f"{med([r.behind[p] for r in rounds]):.1f} s after the load stopped, "
+            f"{behind[p]:.2f}x the load's {med([r.offered_s for r in rounds]):.1f} s "
+            f"(target <= {target.behind:.0f}x)"
         )
-    idle50, idle99 = med([r.idle_p50 for r in rounds]), med([r.idle_p99 for r in rounds])
+    idle50 = med([r.idle_p50 for r in rounds])
     record("search_load", "idle p50", idle50, None, "ms")
     record("search_load", "idle p99", idle99, None, "ms")
     record(
