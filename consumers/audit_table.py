@@ -27,6 +27,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from memstream.consumers.decoding import stream_seq
 from memstream.consumers.log import get_logger
+from memstream.consumers.runner import applying
 from memstream.consumers.service import ProjectionService
 from memstream.consumers.streams import AUDIT_RETENTION_S
 from memstream.projections.history import HistoryProjection
@@ -158,7 +159,8 @@ class AuditTable:
                         async with self.service.reading() as current:
                             if current is not history:
                                 return  # swapped meanwhile: the new file starts over
-                            await asyncio.to_thread(_insert, cursor, rows, seq)
+                            # At ingest's priority: the searches it records come first.
+                            await applying(_insert, cursor, rows, seq)
                     if time.monotonic() - self._pruned > _PRUNE_EVERY_S:
                         await asyncio.to_thread(_prune, cursor, dt.datetime.now(dt.UTC))
                         self._pruned = time.monotonic()

@@ -12,8 +12,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import os
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from memstream.consumers.decoding import (
 from memstream.consumers.log import get_logger
 from memstream.consumers.streams import consumer_config, until_jetstream_answers
 from memstream.projections.base import Projection, StorageFailure
+from memstream.projections.priority import lower_priority
 from memstream.schemas.events import EventDecoder
 from memstream.schemas.partitions import WHOLE, Partition
 from memstream.schemas.subjects import EVENT_PREFIX, EVENT_STREAM
@@ -45,21 +44,12 @@ __all__ = ["LiveRunner", "RunnerStats", "erase_from_stream"]
 
 # Failed attempts at a whole batch before it is applied event by event.
 _ISOLATE_AFTER = 3
-# The projections apply in threads of a lower CPU priority (a nice of 10 more than the
-# process's): on a machine the events keep busy, a search (the searcher's and the
-# engine's processes, at the usual priority) is scheduled as soon as it comes, and the
+# The projections apply (and decode) in threads of ingest's lower CPU priority
+# (projections.priority): on a machine the events keep busy, a search (the searcher's and
+# the engine's processes, at the usual priority) is scheduled as soon as it comes, and the
 # events take the CPU that is left: reads first, and the projection reports its lag.
-APPLY_NICE = 10
-
-
-def _lower_priority() -> None:
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: as it is
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + APPLY_NICE)
-
-
 _APPLYING = concurrent.futures.ThreadPoolExecutor(
-    max_workers=4, thread_name_prefix="memstream-apply", initializer=_lower_priority
+    max_workers=8, thread_name_prefix="memstream-apply", initializer=lower_priority
 )
 
 
@@ -272,7 +262,8 @@ class LiveRunner:
                         await in_flight
                         in_flight = None
                     if gap:
-                        await self._apply_and_ack(msgs[:gap], self._decoder.decode(msgs[:gap]))
+                        decoded = await applying(self._decoder.decode, msgs[:gap])
+                        await self._apply_and_ack(msgs[:gap], decoded)
                     # A puller of its own for the new consumer: deliveries of the old one
                     # still on their way go to an inbox nobody reads.
                     await puller.stop()
@@ -280,7 +271,8 @@ class LiveRunner:
                     puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer)
                     await puller.start()
                     continue
-                decoded = self._decoder.decode(msgs)
+                # Decoded at ingest's priority too, while the batch before is applied.
+                decoded = await applying(self._decoder.decode, msgs)
                 if in_flight is not None:
                     await in_flight
                 in_flight = asyncio.create_task(self._apply_and_ack(msgs, decoded))

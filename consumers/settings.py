@@ -18,6 +18,7 @@ from memstream.producers.connection import (
     USER_VAR,
     NatsAuth,
 )
+from memstream.projections.priority import PRIORITY_VAR, IngestPriority
 from memstream.projections.quotas import MB, Limits
 from memstream.schemas.errors import ConfigError
 from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
@@ -40,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Where the embedded engine (Qdrant Edge) runs: a process of its own, so searches do
     # not wait behind the events being applied; or inline, in the projection's process.
     vector_engine: Literal["process", "inline"] = "process"
+    # The CPU priority of the threads that apply, embed and index events, below the
+    # searches' (projections.priority): nice 10, or the idle class.
+    ingest_priority: IngestPriority = "low"
     embedder: Literal["minilm", "hash", "openai", "sentence-transformers"] | None = None
     embedding_model: str | None = None
     embedding_dim: Annotated[int, msgspec.Meta(ge=8, le=65536)] | None = None
@@ -128,6 +132,7 @@ ENV_VARS: dict[str, str] = {
     "queries_per_hour": "MEMSTREAM_QUERIES_PER_HOUR",
     "quota_memories": "MEMSTREAM_QUOTA_MEMORIES",
     "quota_storage_mb": "MEMSTREAM_QUOTA_STORAGE_MB",
+    "ingest_priority": PRIORITY_VAR,
 }
 
 
@@ -157,7 +162,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(_explain(err, raw, source)) from None
 
 
-_CHOICES = frozenset({"embedder", "log_format", "log_level", "vector_engine"})
+_CHOICES = frozenset({"embedder", "log_format", "log_level", "vector_engine", "ingest_priority"})
 
 # What a person should write instead, where msgspec's own words are too terse.
 _HINTS = {
@@ -165,6 +170,7 @@ _HINTS = {
     "embedder": "use one of minilm, hash, openai, sentence-transformers",
     "log_format": "use console or json",
     "vector_engine": "use process or inline",
+    "ingest_priority": "use low or idle",
     "log_level": "use one of debug, info, warning, error",
     "embedding_dim": "expected a whole number from 8 to 65536",
     "embedding_threads": "expected a whole number of threads from 1 to 256",

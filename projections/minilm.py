@@ -10,13 +10,12 @@ model's card describes it. Its vectors match sentence-transformers' to cosine 0.
 Texts are embedded in batches of similar length (padding is work for nothing). A query
 (``within`` set) goes ahead of ingest: an ingest call embeds in small batches and starts
 none while a query is embedding, so a query shares the cores with at most one small
-batch; and ingest runs on a thread of its own at a lower priority (nice 10), so the
-searches' threads get the cores first.
+batch; and ingest runs on a thread of its own at ingest's lower priority
+(:mod:`projections.priority`), so the searches' threads get the cores first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -29,6 +28,7 @@ import numpy as np
 
 from memstream.projections._onnx import Graph
 from memstream.projections.embedders import Vectors
+from memstream.projections.priority import lower_priority
 from memstream.schemas.errors import ConfigError
 
 __all__ = ["MODEL_NAME", "MiniLMEmbedder", "model_files"]
@@ -155,13 +155,6 @@ def build_graph(w: dict[str, np.ndarray], config: dict[str, Any]) -> bytes:
     return g.model()
 
 
-def _lower_priority() -> None:
-    """This thread (and the threads it starts) at nice 10: the scheduler serves the
-    searches' threads first when both want a core. Linux sets nice per thread."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: no change
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
 class _QueriesFirst:
     """Queries run at once; an ingest batch starts only when no query is waiting or
     running, so a query waits for at most the one ingest batch already running."""
@@ -217,7 +210,7 @@ class MiniLMEmbedder:
         graph = build_graph(weights, config)
         # Ingest runs on a thread of its own at a lower priority, and the session (with
         # its pool threads, which inherit it) is made there: the searches come first.
-        self._ingest = ThreadPoolExecutor(1, "memstream-embed", initializer=_lower_priority)
+        self._ingest = ThreadPoolExecutor(1, "memstream-embed", initializer=lower_priority)
         self._session = self._ingest.submit(
             onnxruntime.InferenceSession, graph, options, providers=["CPUExecutionProvider"]
         ).result()

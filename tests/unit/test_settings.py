@@ -66,6 +66,10 @@ def test_an_openai_key_alone_does_not_change_the_embedder() -> None:
             {"MEMSTREAM_LOG_FORMAT": "xml"},
             "MEMSTREAM_LOG_FORMAT='xml' is not valid: use console or json",
         ),
+        (
+            {"MEMSTREAM_INGEST_PRIORITY": "high"},
+            "MEMSTREAM_INGEST_PRIORITY='high' is not valid: use low or idle",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], expected: str) -> None:

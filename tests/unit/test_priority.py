@@ -1,0 +1,65 @@
+"""Ingest's work runs below the searches': the threads that decode, apply and embed
+events at nice 10 (or in the idle scheduling class), and the threads they start too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from memstream.consumers.runner import applying
+from memstream.projections.priority import PRIORITY_VAR, lower_priority, priority_of
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="thread priorities are Linux's"
+)
+
+
+def _in_thread(fn: Callable[[], object]) -> object:
+    """``fn()``'s result, run in a new thread of this process's usual priority."""
+    out: list[object] = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def _lowered() -> tuple[str, str]:
+    """The priority of a thread after ``lower_priority()``, and of a thread it starts."""
+    lower_priority()
+    mine = priority_of(threading.get_native_id())
+    return mine, str(_in_thread(lambda: priority_of(threading.get_native_id())))
+
+
+def _low() -> str:
+    usual = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    return f"nice {min(usual + 10, 19)}"
+
+
+def test_low_is_the_default_and_passes_to_the_threads_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(PRIORITY_VAR, raising=False)
+    usual = priority_of(threading.get_native_id())
+    assert _in_thread(_lowered) == (_low(), _low())
+    assert priority_of(threading.get_native_id()) == usual  # only that thread
+
+
+def test_idle_is_the_idle_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PRIORITY_VAR, "IDLE")
+    assert _in_thread(_lowered) == ("idle", "idle")
+
+
+def test_events_are_decoded_and_applied_at_ingest_priority(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(PRIORITY_VAR, raising=False)
+
+    async def where() -> str:
+        return priority_of(await applying(threading.get_native_id))
+
+    assert asyncio.run(where()) == _low()
