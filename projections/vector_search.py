@@ -6,6 +6,7 @@ query`` against a Qdrant server)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -14,6 +15,7 @@ from memstream.projections.embedders import Vectors
 from memstream.projections.embedding_cache import CachedEmbedder
 from memstream.projections.point_store import (
     Condition,
+    Found,
     Mode,
     PointStore,
     PointStores,
@@ -21,6 +23,7 @@ from memstream.projections.point_store import (
     bm25_query,
     from_payload,
 )
+from memstream.projections.point_store.remote import RemoteStores
 from memstream.schemas.filters import Node, kinds_of, parse_filter, with_fields
 from memstream.schemas.queries import RecallRequest, SearchRequest
 
@@ -99,13 +102,10 @@ def embed_queries(
     return embedder.embed(tenant, list(queries), within, keep=False)
 
 
-def search_store(
-    store: PointStore, tenant: str, queries: Sequence[str], vectors: Vectors, spec: SearchSpec
-) -> list[list[Hit]]:
-    """One list of the best ``spec.top_k`` hits per query (a text and its row of
-    ``vectors``), best first; equal scores in one order, whatever the engine's."""
-    if not spec.kinds:
-        return [[] for _ in queries]  # the filter rules out every kind asked for
+def _searches(
+    tenant: str, queries: Sequence[str], vectors: Vectors, spec: SearchSpec
+) -> list[Search]:
+    """The engine's search of each query (a text and its row of ``vectors``)."""
     must = [Condition("kind", any_of=spec.kinds)]
     if spec.session_id:
         must.append(Condition("session_id", any_of=(spec.session_id,)))
@@ -113,20 +113,36 @@ def search_store(
         must.append(Condition("task_id", any_of=(spec.task_id,)))
     days = spec.recency_half_life_days
     half_life = days * 86_400 if days else None
-    found = []
+    searches = []
     for text, vector in zip(queries, vectors, strict=True):
         search = Search(
             tenant=tenant, dense=vector.tolist(), sparse=bm25_query(text), limit=spec.top_k,
             mode=spec.mode, must=tuple(must), min_score=spec.threshold,
             recency_half_life_s=half_life, filter=spec.filter,
         )  # fmt: skip
-        hits = []
-        for f in store.search(search):
-            p = from_payload(f.payload)
-            hits.append(Hit(p["kind"], p["ref"], f.score, p["text"], p))
-        hits.sort(key=lambda h: (-h.score, h.kind, h.ref))
-        found.append(hits)
-    return found
+        searches.append(search)
+    return searches
+
+
+def _hits(found: Sequence[Found]) -> list[Hit]:
+    """The engine's points as hits, best first; equal scores in one order, whatever the
+    engine's."""
+    hits = []
+    for f in found:
+        p = from_payload(f.payload)
+        hits.append(Hit(p["kind"], p["ref"], f.score, p["text"], p))
+    hits.sort(key=lambda h: (-h.score, h.kind, h.ref))
+    return hits
+
+
+def search_store(
+    store: PointStore, tenant: str, queries: Sequence[str], vectors: Vectors, spec: SearchSpec
+) -> list[list[Hit]]:
+    """One list of the best ``spec.top_k`` hits per query (a text and its row of
+    ``vectors``), best first; equal scores in one order, whatever the engine's."""
+    if not spec.kinds:
+        return [[] for _ in queries]  # the filter rules out every kind asked for
+    return [_hits(store.search(s)) for s in _searches(tenant, queries, vectors, spec)]
 
 
 def request(query: str | Sequence[str], **fields: Any) -> SearchRequest:
@@ -180,3 +196,22 @@ class VectorReader:
         if store is None:
             return [[] for _ in queries]
         return search_store(store, tenant, queries, vectors, spec)
+
+    @property
+    def awaits(self) -> bool:
+        """Whether :meth:`search_vectors_async` awaits the engine on the event loop
+        (the engine in a process of its own), rather than in a thread."""
+        return isinstance(self.stores, RemoteStores)
+
+    async def search_vectors_async(
+        self, tenant: str, queries: Sequence[str], vectors: Vectors, spec: SearchSpec
+    ) -> list[list[Hit]]:
+        """:meth:`search_vectors` from an event loop: the engine process's searches are
+        awaited on the loop (no thread waits for them); any other engine's in a thread."""
+        if not isinstance(self.stores, RemoteStores):
+            return await asyncio.to_thread(self.search_vectors, tenant, queries, vectors, spec)
+        if not spec.kinds or self.stores.current() is None:
+            return [[] for _ in queries]
+        searches = _searches(tenant, queries, vectors, spec)
+        found = await asyncio.gather(*(self.stores.search(s) for s in searches))
+        return [_hits(f) for f in found]

@@ -81,6 +81,12 @@ async def vector_search(
         if w.search_inline:
             found: list[list[Hit]] = vectors.search_vectors(tenant, queries, matrix, spec)
             return found
+        if getattr(vectors, "awaits", False):
+            # The engine's process, awaited on this loop: no thread hand-off each way.
+            awaited: list[list[Hit]] = await vectors.search_vectors_async(
+                tenant, queries, matrix, spec
+            )
+            return awaited
         return await asyncio.to_thread(vectors.search_vectors, tenant, queries, matrix, spec)
 
 

@@ -12,12 +12,16 @@ reply ``[0, result]`` or ``[1, kind, message, errno]``, the engine's error raise
 the same kind (an ``OSError`` with its errno for a full disk, a plain ``Exception`` for
 the engine's own failures), so the projection tells the storage's failures from an
 event's as it does in-process. Each thread has a connection of its own and waits for
-each reply before its next call, so one thread's calls are applied in its order.
+each reply before its next call, so one thread's calls are applied in its order. The
+searcher's event loop has one more, for searches only, on which several are asked at
+once and awaited without a thread (:meth:`RemoteStores.search`).
 """
 
 from __future__ import annotations
 
 import array
+import asyncio
+import collections
 import contextlib
 import datetime as dt
 import hashlib
@@ -209,6 +213,14 @@ def _raise(kind: str, message: str, errno: int | None) -> None:
     raise RuntimeError(message)
 
 
+def _result(body: bytes) -> Any:
+    """A reply's result, or its error raised again."""
+    reply = _decode(body)
+    if reply[0] != 0:
+        _raise(*reply[1:])
+    return reply[1]
+
+
 def read_frame(sock: socket.socket) -> bytes | None:
     """One frame's body, or None at the end of the stream."""
     head = _read_exactly(sock, HEADER.size)
@@ -290,16 +302,124 @@ class _Client:
                     "restarted by memstream; the call is repeated then"
                 )
         assert body is not None
-        reply = _decode(body)
-        if reply[0] == 0:
-            return reply[1]
-        _raise(*reply[1:])
+        return _result(body)
 
     def close(self) -> None:
         with self._lock:
             for sock in self._all:
                 sock.close()
             self._all.clear()
+
+
+class _Connection:
+    """One connection of an :class:`_AsyncClient`, and the calls waiting for a reply
+    on it, oldest first."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.waiting: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
+        self.closed = False
+
+    def end(self) -> None:
+        """Closed: every call still waiting on it learns that the engine is gone."""
+        self.closed = True
+        self.writer.close()
+        while self.waiting:
+            reply = self.waiting.popleft()
+            if not reply.done():
+                reply.set_result(None)
+
+
+class _AsyncClient:
+    """A connection to the engine process from an event loop, for reads only (the
+    searcher's searches): a call is sent as it comes and awaits its reply, which comes
+    back in the order the calls were sent (the engine answers a connection's reads in
+    order). No thread waits on the socket, so a reply reaches the loop without a hand-off
+    between threads (each a wake-up, and a wait for the interpreter lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: _Connection | None = None
+        self._connecting = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _connection(self) -> _Connection:
+        async with self._connecting:
+            if self._conn is not None and not self._conn.closed:
+                return self._conn
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(self.path))
+            except OSError as err:
+                raise EngineUnavailable(
+                    f"the vector engine process does not answer at {self.path} "
+                    f"({err.strerror or err}): it is starting or being restarted"
+                ) from None
+            conn = self._conn = _Connection(writer)
+            self._loop = asyncio.get_running_loop()
+            task = asyncio.create_task(self._replies(reader, conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return conn
+
+    @staticmethod
+    async def _replies(reader: asyncio.StreamReader, conn: _Connection) -> None:
+        """Each reply to the call on ``conn`` waiting longest, until the stream ends."""
+        try:
+            while True:
+                head = await reader.readexactly(HEADER.size)
+                body = await reader.readexactly(HEADER.unpack(head)[0])
+                if conn.waiting:
+                    reply = conn.waiting.popleft()
+                    if not reply.done():  # its asker gave up (cancelled)
+                        reply.set_result(body)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            conn.end()
+
+    async def call(self, op: str, *args: Any) -> Any:
+        frame = _encode([op, *args])
+        frame = HEADER.pack(len(frame)) + frame
+        # A connection made before the engine was restarted fails at its first use: then
+        # once more on a new one (a read is safe to repeat).
+        for reused in (self._conn is not None and not self._conn.closed, False):
+            conn = await self._connection()
+            body: bytes | None = None
+            if not conn.closed:  # (it may have ended while this call waited for it)
+                reply: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+                conn.waiting.append(reply)
+                conn.writer.write(frame)
+                body = await reply
+            if body is not None:
+                break
+            if not reused:
+                raise EngineUnavailable(
+                    "the vector engine process stopped answering: it is restarted by "
+                    "memstream; ask again then"
+                )
+        assert body is not None
+        return _result(body)
+
+    def close(self) -> None:
+        """Closed on its loop's thread, whichever thread asks (the generation it serves
+        may be let go of by a call in a worker thread)."""
+        loop = self._loop
+        with contextlib.suppress(RuntimeError):
+            if loop is not None and asyncio.get_running_loop() is loop:
+                loop = None
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._close_now)
+            return
+        with contextlib.suppress(RuntimeError):  # its loop closed: nothing left to end
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._conn is not None:
+            self._conn.end()
+            self._conn = None
+        for task in list(self._tasks):
+            task.cancel()
 
 
 class RemoteStore:
@@ -410,6 +530,8 @@ class RemoteStores(Lending):
         self.engines: Engines = engines or Listening(shards)
         self.files = ProjectionFiles(shards, "shard", "")
         self._clients: dict[str, _Client] = {}
+        # The event loop's connections (searches from the searcher's loop).
+        self._async_clients: dict[str, _AsyncClient] = {}
         self._lock = threading.Lock()
         # The generation in use, as last read, and the pointer file it was read from.
         self._current: tuple[tuple[int, int] | None, str | None] = (None, None)
@@ -426,8 +548,37 @@ class RemoteStores(Lending):
         """Let go of ``generation``'s engine (swapped out by the process that owns it)."""
         with self._lock:
             client = self._clients.pop(generation, None)
+            async_client = self._async_clients.pop(generation, None)
         if client is not None:
             client.close()
+        if async_client is not None:
+            async_client.close()
+
+    async def search(self, search: Search) -> list[Found]:
+        """``search`` of the generation in use, from an event loop (the searcher's):
+        awaited without a thread. One swapped out meanwhile (its engine ended) is asked
+        once more, as the one in use now."""
+        generation = self.current()
+        if generation is None:
+            raise RuntimeError("the vector engine has no generation in use yet")
+        wire = search_to_wire(search)
+        try:
+            found = await self._async_client(generation).call("search", generation, wire)
+        except (EngineUnavailable, RuntimeError):
+            now = self.current(fresh=True)
+            if now is None or now == generation:
+                raise
+            self.forget(generation)
+            found = await self._async_client(now).call("search", now, wire)
+        return [Found(i, s, p) for i, s, p in found]
+
+    def _async_client(self, generation: str) -> _AsyncClient:
+        found = self._async_clients.get(generation)
+        if found is None:
+            found = _AsyncClient(self.engines.socket(generation))
+            with self._lock:
+                self._async_clients[generation] = found
+        return found
 
     def path(self, generation: str) -> Path:
         return self.shards / f"shard-{generation}"
@@ -501,5 +652,8 @@ class RemoteStores(Lending):
     def close(self) -> None:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
+            async_clients, self._async_clients = list(self._async_clients.values()), {}
         for client in clients:
             client.close()
+        for async_client in async_clients:
+            async_client.close()

@@ -3,6 +3,7 @@ server where a Docker engine runs (skipped with the reason otherwise)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import threading
@@ -388,10 +389,15 @@ def test_a_flush_waits_for_a_quiet_engine_or_a_long_log(
     store.close()
 
 
-def test_a_reader_follows_the_generation_in_use_from_engine_to_engine(tmp_path: Path) -> None:
+@pytest.mark.parametrize("awaited", [False, True], ids=["in-a-thread", "awaited"])
+def test_a_reader_follows_the_generation_in_use_from_engine_to_engine(
+    tmp_path: Path, awaited: bool
+) -> None:
     """Each generation in an engine process of its own: a reader in another process (the
     searcher) searches the one in use through its engine, and goes on answering while
-    the owner swaps generations in and out and their engines start and end."""
+    the owner swaps generations in and out and their engines start and end. Awaited (as
+    the searcher asks), several searches are on one connection at once, each answered
+    with its own hits."""
     shards = tmp_path / "vectors"
     engines = EngineProcesses(shards)
     owner, reader = RemoteStores(shards, engines), RemoteStores(shards)
@@ -410,7 +416,19 @@ def test_a_reader_follows_the_generation_in_use_from_engine_to_engine(tmp_path: 
             except Exception as err:
                 failures.append(err)
 
-    thread = threading.Thread(target=searching)
+    async def awaiting() -> None:
+        asked = [search("acme", "gateway"), search("acme", "nothing like it", mode="keyword")]
+        while not done.is_set():
+            try:
+                found = await asyncio.gather(*(reader.search(asked[i % 2]) for i in range(6)))
+            except Exception as err:
+                failures.append(err)
+                continue
+            if any(found[1::2]):  # a reply went to another's call
+                failures.append(AssertionError(f"keyword searches found {found[1::2]}"))
+            answered.extend([f.payload["ref"] for f in hits] for hits in found[::2])
+
+    thread = threading.Thread(target=(lambda: asyncio.run(awaiting())) if awaited else searching)
     thread.start()
     try:
         old = first
