@@ -37,6 +37,7 @@ from memstream.consumers.log import get_logger
 from memstream.consumers.metrics import Health
 from memstream.consumers.service import ProjectionService
 from memstream.consumers.tenants import purge_projection, purge_stream
+from memstream.producers.connection import subscriptions_held
 from memstream.projections.analytics import SqlRejected, run_readonly
 from memstream.schemas.admin import (
     ADMIN_OPS,
@@ -130,7 +131,7 @@ class AdminResponder:
                     subject, queue=self.queue, cb=self._handler(op, handlers[op])
                 )
             )
-        await self.nc.flush()
+        await subscriptions_held(self.nc)
 
     async def stop(self) -> None:
         for sub in self._subs:

@@ -33,6 +33,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig, StorageType
 
 from memstream.consumers.log import get_logger
+from memstream.producers.connection import subscriptions_held
 from memstream.schemas.ids import new_id
 from memstream.schemas.tenancy import LIMITS_BUCKET, TenantLimits
 
@@ -197,7 +198,7 @@ class QueryLimits:
         self._nc = nc
         self._subs.append(await nc.subscribe(f"$KV.{LIMITS_BUCKET}.>", cb=self._on_limits))
         self._subs.append(await nc.subscribe(SHARE_SUBJECT, cb=self._on_shared))
-        await nc.flush()
+        await subscriptions_held(nc)
         await self._load(nc)
         self._sharing = asyncio.create_task(self._share_loop())
 

@@ -40,6 +40,7 @@ from memstream.consumers.endpoints import ENDPOINTS, Endpoint
 from memstream.consumers.limits import QueryLimits
 from memstream.consumers.log import get_logger
 from memstream.consumers.sources import HistoryReads, LocalHistory, Source, read_history
+from memstream.producers.connection import subscriptions_held
 from memstream.projections.quotas import NO_LIMITS, Limits
 from memstream.schemas.errors import ConfigError, MemstreamError, QueryError
 from memstream.schemas.ids import new_id
@@ -189,7 +190,7 @@ class QueryWorker:
         for subject in self.subjects:
             self._subs.append(await self.nc.subscribe(subject, queue=self.queue, cb=self._on_msg))
         # The server has the subscriptions once this returns: "ready" means answering.
-        await self.nc.flush()
+        await subscriptions_held(self.nc)
         log.info("query_worker_started", ops=sorted(self.ops), queue=self.queue)
 
     async def stop(self) -> None:

@@ -18,6 +18,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from memstream.producers.connection import subscriptions_held
 from memstream.schemas.events import AnyEvent, UnknownEvent, decode_event
 from memstream.schemas.queries import WatchResult
 from memstream.schemas.subjects import reply_inbox_prefix
@@ -60,7 +61,7 @@ async def follow(
         sub = await nc.subscribe(inbox)
         restart = False
         try:
-            await nc.flush()
+            await subscriptions_held(nc)
             started = await ask(
                 deliver_to=inbox, types=list(types) or None, from_seq=next_seq,
                 heartbeat_ms=int(heartbeat_s * 1000),

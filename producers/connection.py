@@ -32,6 +32,7 @@ __all__ = [
     "default_url",
     "denied",
     "or_denied",
+    "subscriptions_held",
 ]
 
 T = TypeVar("T")
@@ -119,6 +120,23 @@ async def or_denied(nc: NatsClient, subject: str, call: Awaitable[T]) -> T:
         task.cancel()
         raise Forbidden(watch.result())
     return task.result()
+
+
+async def subscriptions_held(nc: NatsClient, tries: int = 20) -> None:
+    """Return once the server holds every subscription ``nc`` has made so far.
+
+    ``nc.flush()`` alone does not promise it: nats-py writes its PING to the socket at
+    once, ahead of what still waits for its flusher task (a SUB among them), so the
+    server can answer the PING before it has read the SUB. Seen under load: a query sent
+    as soon as its worker said it was ready reached no member of that worker's queue
+    group, and went unanswered. A flush hands what waits to the flusher; once nothing
+    waits, every SUB is on the socket, and the next PING follows them."""
+    await nc.flush()
+    for _ in range(tries):
+        if not nc.pending_data_size:
+            break
+        await nc.flush()
+    await nc.flush()
 
 
 def default_url() -> str:
