@@ -197,21 +197,18 @@ class VectorReader:
             return [[] for _ in queries]
         return search_store(store, tenant, queries, vectors, spec)
 
-    @property
-    def awaits(self) -> bool:
-        """Whether :meth:`search_vectors_async` awaits the engine on the event loop
-        (the engine in a process of its own), rather than in a thread."""
-        return isinstance(self.stores, RemoteStores)
-
     async def search_vectors_async(
         self, tenant: str, queries: Sequence[str], vectors: Vectors, spec: SearchSpec
     ) -> list[list[Hit]]:
         """:meth:`search_vectors` from an event loop: the engine process's searches are
-        awaited on the loop (no thread waits for them); any other engine's in a thread."""
-        if not isinstance(self.stores, RemoteStores):
+        awaited on the loop (no thread waits for them), several at once; any other
+        engine's in a thread."""
+        stores = self.stores
+        if not isinstance(stores, RemoteStores):
             return await asyncio.to_thread(self.search_vectors, tenant, queries, vectors, spec)
-        if not spec.kinds or self.stores.current() is None:
+        generation = stores.current()
+        if generation is None or not spec.kinds:
             return [[] for _ in queries]
         searches = _searches(tenant, queries, vectors, spec)
-        found = await asyncio.gather(*(self.stores.search(s) for s in searches))
+        found = await asyncio.gather(*(stores.search(s, generation) for s in searches))
         return [_hits(f) for f in found]

@@ -81,11 +81,10 @@ async def vector_search(
         if w.search_inline:
             found: list[list[Hit]] = vectors.search_vectors(tenant, queries, matrix, spec)
             return found
-        if getattr(vectors, "awaits", False):
-            # The engine's process, awaited on this loop: no thread hand-off each way.
-            awaited: list[list[Hit]] = await vectors.search_vectors_async(
-                tenant, queries, matrix, spec
-            )
+        awaiting = getattr(vectors, "search_vectors_async", None)
+        if awaiting is not None:
+            # A reader of the engine's process awaits it on this loop: no thread hand-off.
+            awaited: list[list[Hit]] = await awaiting(tenant, queries, matrix, spec)
             return awaited
         return await asyncio.to_thread(vectors.search_vectors, tenant, queries, matrix, spec)
 

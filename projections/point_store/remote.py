@@ -449,10 +449,9 @@ class RemoteStore:
         try:
             return self._stores.client(generation).call(op, generation, *args)
         except (EngineUnavailable, RuntimeError):
-            now = self._stores.current(fresh=True)
-            if now is None or now == generation:
+            now = self._stores.swapped_from(generation)
+            if now is None:
                 raise
-            self._stores.forget(generation)
             return self._stores.client(now).call(op, now, *args)
 
     def upsert(self, points: Sequence[StorePoint]) -> None:
@@ -554,21 +553,27 @@ class RemoteStores(Lending):
         if async_client is not None:
             async_client.close()
 
-    async def search(self, search: Search) -> list[Found]:
-        """``search`` of the generation in use, from an event loop (the searcher's):
-        awaited without a thread. One swapped out meanwhile (its engine ended) is asked
-        once more, as the one in use now."""
-        generation = self.current()
-        if generation is None:
-            raise RuntimeError("the vector engine has no generation in use yet")
+    def swapped_from(self, generation: str) -> str | None:
+        """After a call to ``generation`` failed: the generation in use now, to ask once
+        more, with ``generation``'s engine let go of; None if the pointer has not moved
+        (the failure is the answer)."""
+        now = self.current(fresh=True)
+        if now is None or now == generation:
+            return None
+        self.forget(generation)
+        return now
+
+    async def search(self, search: Search, generation: str) -> list[Found]:
+        """``search`` of ``generation`` (the one in use, as :meth:`current` said), from an
+        event loop (the searcher's): awaited without a thread. One swapped out meanwhile
+        (its engine ended) is asked once more, as the one in use now."""
         wire = search_to_wire(search)
         try:
             found = await self._async_client(generation).call("search", generation, wire)
         except (EngineUnavailable, RuntimeError):
-            now = self.current(fresh=True)
-            if now is None or now == generation:
+            now = self.swapped_from(generation)
+            if now is None:
                 raise
-            self.forget(generation)
             found = await self._async_client(now).call("search", now, wire)
         return [Found(i, s, p) for i, s, p in found]
 

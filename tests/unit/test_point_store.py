@@ -420,7 +420,11 @@ def test_a_reader_follows_the_generation_in_use_from_engine_to_engine(
         asked = [search("acme", "gateway"), search("acme", "nothing like it", mode="keyword")]
         while not done.is_set():
             try:
-                found = await asyncio.gather(*(reader.search(asked[i % 2]) for i in range(6)))
+                in_use = reader.current()  # as the searcher asks, once a request
+                assert in_use is not None
+                found = await asyncio.gather(
+                    *(reader.search(asked[i % 2], in_use) for i in range(6))
+                )
             except Exception as err:
                 failures.append(err)
                 continue
