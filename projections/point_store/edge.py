@@ -31,6 +31,7 @@ from memstream.projections.point_store.contract import (
     FULL_SCAN_KB,
     KEYWORD_FIELDS,
     SPARSE,
+    SPARSE_FULL_SCAN,
     STATE_ID,
     STATE_TENANT,
     TENANT_GRAPH_M,
@@ -410,10 +411,16 @@ class EdgeStore:
         self.shard.close()
 
 
-def _edge_config(dimensions: int) -> edge.EdgeConfig:
+def _edge_config(
+    dimensions: int, sparse_full_scan: int | None = SPARSE_FULL_SCAN
+) -> edge.EdgeConfig:
+    """A new generation's settings; ``sparse_full_scan`` None is the engine's default."""
+    sparse = edge.EdgeSparseVectorParams(
+        modifier=edge.Modifier.Idf, full_scan_threshold=sparse_full_scan
+    )
     return edge.EdgeConfig(
         vectors={DENSE: edge.EdgeVectorParams(size=dimensions, distance=edge.Distance.Cosine)},
-        sparse_vectors={SPARSE: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
+        sparse_vectors={SPARSE: sparse},
         hnsw_config=edge.HnswIndexConfig(
             m=0, payload_m=TENANT_GRAPH_M, ef_construct=100, full_scan_threshold=FULL_SCAN_KB
         ),
@@ -427,11 +434,16 @@ def _edge_config(dimensions: int) -> edge.EdgeConfig:
 def _load(path: Path) -> edge.EdgeShard:
     """The shard at ``path``. One made by an earlier memstream gets today's settings
     (kept in the shard's ``edge_config.json``; a copy built aside keeps them too): its
-    search threads at once, its graphs at the next index build."""
+    search threads at once, its graphs at the next index build. Its keyword side keeps the
+    full scan it was made with (see SPARSE_FULL_SCAN): in a generation made before
+    tenants had term ids of their own, the index would read every tenant's postings."""
     try:
         made = json.loads((path / "edge_config.json").read_text())
         size = int(made["vectors"][DENSE]["size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        sparse_full_scan = (
+            (made.get("sparse_vectors") or {}).get(SPARSE, {}).get("full_scan_threshold")
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return edge.EdgeShard.load(str(path))  # what is wrong is the engine's to say
     graph = made.get("hnsw_config") or {}
     optimizers = made.get("optimizers") or {}
@@ -444,7 +456,7 @@ def _load(path: Path) -> edge.EdgeShard:
         and graph.get("full_scan_threshold") == FULL_SCAN_KB
     ):
         return edge.EdgeShard.load(str(path))
-    return edge.EdgeShard.load(str(path), _edge_config(size))
+    return edge.EdgeShard.load(str(path), _edge_config(size, sparse_full_scan))
 
 
 def shard_generations(directory: Path) -> list[str]:

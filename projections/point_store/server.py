@@ -14,6 +14,7 @@ from memstream.projections.point_store.contract import (
     FULL_SCAN_KB,
     KEYWORD_FIELDS,
     SPARSE,
+    SPARSE_FULL_SCAN,
     STATE_ID,
     STATE_TENANT,
     TENANT_GRAPH_M,
@@ -176,7 +177,12 @@ class ServerStore:
         client.create_collection(
             self.name,
             vectors_config={DENSE: m.VectorParams(size=dimensions, distance=m.Distance.COSINE)},
-            sparse_vectors_config={SPARSE: m.SparseVectorParams(modifier=m.Modifier.IDF)},
+            sparse_vectors_config={
+                SPARSE: m.SparseVectorParams(
+                    modifier=m.Modifier.IDF,
+                    index=m.SparseIndexParams(full_scan_threshold=SPARSE_FULL_SCAN),
+                )
+            },
             hnsw_config=m.HnswConfigDiff(  # as on Edge
                 m=0, payload_m=TENANT_GRAPH_M, full_scan_threshold=FULL_SCAN_KB
             ),

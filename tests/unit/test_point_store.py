@@ -22,6 +22,7 @@ from memstream.projections.point_store import (
     SEARCH_THREADS,
     SEGMENTS,
     SHARED_TERMS,
+    SPARSE_FULL_SCAN,
     STATE_ID,
     STATE_TENANT,
     TENANT_GRAPH_M,
@@ -276,9 +277,11 @@ def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
     for generation in ("old", "new"):
         stores.open(generation, DIMS).upsert([point("acme", "k1", "kept")])
     stores.close()
-    for generation in ("old", "new"):
+    for generation, sparse_full_scan in (("old", None), ("new", SPARSE_FULL_SCAN)):
         made = json.loads((stores.path(generation) / "edge_config.json").read_text())
         assert SEARCH_THREADS == made["max_search_threads"] == 1
+        # The keyword side's full scan is the one the generation was made with.
+        assert sparse_full_scan == made["sparse_vectors"]["bm25"].get("full_scan_threshold")
         graph = made["hnsw_config"]
         assert (0, TENANT_GRAPH_M, FULL_SCAN_KB) == (
             graph["m"],
@@ -294,6 +297,36 @@ def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
         store = reopened.open(generation, DIMS)
         assert ["k1"] == refs(store, search("acme", "kept"))
         reopened.close()
+
+
+def test_the_keyword_side_finds_the_same_through_the_index_as_by_a_full_scan(
+    tmp_path: Path,
+) -> None:
+    """A generation made today reads a tenant's keyword postings through the index (its
+    segment holds more than SPARSE_FULL_SCAN of the tenant's points); one made before
+    scores each of the tenant's points. Same hits, same scores, no other tenant's (every
+    hit asked for, so that equal scores in another order compare equal)."""
+    words = ["deploy", "key", "rotates", "staging", "database", "payments", "retry",
+             "backoff", "cache", "replay"]  # fmt: skip
+    points = [
+        point(tenant, f"{tenant}{i}", " ".join(words[(i * k) % len(words)] for k in (1, 3, 7)))
+        for tenant in ("acme", "beta")
+        for i in range(2 * SPARSE_FULL_SCAN)
+    ]
+    stores = EdgeStores(tmp_path / "vectors")
+    _shard_made_before(stores.path("old")).close()
+    found = {}
+    for generation in ("old", "new"):
+        store = stores.open(generation, DIMS)
+        store.upsert(points)
+        found[generation] = [
+            sorted((f.payload["ref"], round(f.score, 3)) for f in store.search(s))
+            for query in ("deploy key", "payments retry backoff", "cache", "staging replay")
+            for s in (search("acme", query, mode="keyword", limit=len(points)),)
+        ]
+    stores.close()
+    assert found["old"] == found["new"]
+    assert all(hits and all(ref.startswith("acme") for ref, _ in hits) for hits in found["new"])
 
 
 def test_a_shard_made_with_shared_term_ids_keeps_them_until_rebuilt(tmp_path: Path) -> None:
