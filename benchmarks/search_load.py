@@ -20,6 +20,12 @@ for the index built aside to be swapped in. Then each round has four phases of
    recorded (memstream, nats-server, the publisher, the clients), since they share the
    machine's cores.
 
+The raw limit beside each search figure: the same clients, at the same rate, asking an
+echo (a process of its own that answers every request with ``ECHO_BYTES``, about a
+search reply of five hits) through the same broker, idle and while the publisher offers
+the same load: what a request and its reply cost on this machine before any work is done
+for them, the clients' own wake-ups included.
+
 Under load, the time each projection takes to ack the last event after the publisher
 offered it is its lag at the end of the load: how long it takes to catch up.
 
@@ -44,10 +50,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
+from nats.aio.msg import Msg
 
 from benchmarks._common import (
     arguments,
@@ -66,6 +74,9 @@ from memstream.consumers.log import configure_logging
 from memstream.producers import MemoryClient
 
 PROJECTIONS = ("history", "vectors")
+# The echo's subject and reply (about a search reply of five hits' size).
+ECHO_SUBJECT = "bench.echo"
+ECHO_BYTES = 2_048
 # Search p99 idle, and the targets under load by the events offered (README, "Performance").
 IDLE_P99_MS = 5.0
 
@@ -96,6 +107,10 @@ class Round:
     load_p50: float
     load_p99: float
     load_qps: float
+    echo_idle_p50: float  # the raw limit: the same clients asking an echo
+    echo_idle_p99: float
+    echo_load_p50: float
+    echo_load_p99: float
     ingest_idle: dict[str, float]
     ingest_load: dict[str, float]
     # Seconds from the publisher's last event to each projection's ack of it, under load;
@@ -152,17 +167,57 @@ class Publisher:
             self.process.wait()
 
 
+# --- the echo (the raw limit: a request and its reply, no work done for them) ---------
+
+
+async def _echo(url: str) -> None:
+    nc = await nats.connect(url)
+    reply = b"x" * ECHO_BYTES
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(reply)
+
+    await nc.subscribe(ECHO_SUBJECT, queue="echo", cb=answer)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()  # until stopped
+
+
+@contextlib.contextmanager
+def echo_process(url: str) -> Iterator[int]:
+    """The echo in a process of its own, ready when entered; stopped by its pid after."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.search_load", "--echo", url],
+        stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the echo exited with {process.wait()}")
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
 # --- the phases -----------------------------------------------------------------------
 
 
 async def _clients(
-    url: str, tenants: int, texts: list[str], clients: int, seconds: float, rate: float
+    url: str,
+    tenants: int,
+    texts: list[str],
+    clients: int,
+    seconds: float,
+    rate: float,
+    echo: bool = False,
 ) -> tuple[list[float], float]:
     """``clients`` searchers for ``seconds``: every search's time in ms, and the searches
     answered per second. With ``rate`` 0, a closed loop (each client asks again as soon
     as answered: what the worker sustains); otherwise each client asks at random times,
     ``rate / clients`` a second on average (a Poisson process, as independent agents
-    ask), and a search's time runs from when it was due, so a late start counts."""
+    ask), and a search's time runs from when it was due, so a late start counts. With
+    ``echo``, each asks the echo instead, with the text a search would send."""
     conns = [await nats.connect(url) for _ in range(clients)]
     timings: list[float] = []
     try:
@@ -183,9 +238,12 @@ async def _clients(
                     return
                 text = texts[i % len(texts)]
                 i += clients
-                hits = await mem.search(text)
+                if echo:
+                    await conns[c].request(ECHO_SUBJECT, text.encode(), timeout=10)
+                else:
+                    hits = await mem.search(text)
+                    assert hits, "a search found nothing"
                 timings.append((time.perf_counter() - due) * 1000)
-                assert hits, "a search found nothing"
 
         await asyncio.gather(*(client(c) for c in range(clients)))
         return timings, len(timings) / (time.perf_counter() - began)
@@ -223,12 +281,15 @@ async def _round(
     try:
         closed, capacity = await _clients(url, tenants, texts, clients, seconds, 0)
         idle, idle_qps = await _clients(url, tenants, texts, clients, seconds, args.search_rate)
-        publisher = Publisher(url, tenants, rate, n, offset=2 * r * n)
+        echo_idle, _ = await _clients(
+            url, tenants, texts, clients, seconds, args.search_rate, echo=True
+        )
+        publisher = Publisher(url, tenants, rate, n, offset=3 * r * n)
         try:
             ingest_idle = (await _ingest(nc, publisher, n)).rates
         finally:
             publisher.stop()
-        publisher = Publisher(url, tenants, rate, n, offset=(2 * r + 1) * n)
+        publisher = Publisher(url, tenants, rate, n, offset=(3 * r + 1) * n)
         try:
             groups = {**pids, "publisher": [publisher.process.pid]}
 
@@ -246,12 +307,23 @@ async def _round(
             ingest = await _ingest(nc, publisher, n)
         finally:
             publisher.stop()
+        # The raw limit under the same load: the echo asked while the publisher offers it.
+        publisher = Publisher(url, tenants, rate, n, offset=(3 * r + 2) * n)
+        try:
+            echo_load, _ = await _clients(
+                url, tenants, texts, clients, seconds, args.search_rate, echo=True
+            )
+            await _ingest(nc, publisher, n)
+        finally:
+            publisher.stop()
     finally:
         await nc.close()
     return Round(
         capacity=capacity, capacity_p50=statistics.median(closed),
         idle_p50=statistics.median(idle), idle_p99=percentile(idle, 0.99), idle_qps=idle_qps,
         load_p50=statistics.median(loaded), load_p99=percentile(loaded, 0.99), load_qps=load_qps,
+        echo_idle_p50=statistics.median(echo_idle), echo_idle_p99=percentile(echo_idle, 0.99),
+        echo_load_p50=statistics.median(echo_load), echo_load_p99=percentile(echo_load, 0.99),
         ingest_idle=ingest_idle, ingest_load=ingest.rates, behind=ingest.behind,
         offered_s=ingest.offered_s, cpu=cpu,
     )  # fmt: skip
@@ -282,7 +354,9 @@ async def _run(
             f"  round {r + 1}: capacity {one.capacity:,.0f}/s (p50 {one.capacity_p50:.1f} ms); "
             f"search idle p50 {one.idle_p50:.1f} ms p99 {one.idle_p99:.1f} ms "
             f"({one.idle_qps:,.0f}/s); under load p50 {one.load_p50:.1f} ms p99 "
-            f"{one.load_p99:.1f} ms ({one.load_qps:,.0f}/s); ingest idle "
+            f"{one.load_p99:.1f} ms ({one.load_qps:,.0f}/s); echo idle p50 "
+            f"{one.echo_idle_p50:.1f} ms p99 {one.echo_idle_p99:.1f} ms, under load p50 "
+            f"{one.echo_load_p50:.1f} ms p99 {one.echo_load_p99:.1f} ms; ingest idle "
             + ", ".join(f"{p} {one.ingest_idle[p]:,.0f}/s" for p in PROJECTIONS)
             + "; under load "
             + ", ".join(f"{p} {one.ingest_load[p]:,.0f}/s" for p in PROJECTIONS)
@@ -315,6 +389,7 @@ def main(args: argparse.Namespace) -> bool:
                     )  # fmt: skip
                     pids["memstream"].append(started["pid"])
             shards = Path(tmp) / ("vectors" if args.processes == "one" else "vectors/vectors")
+            processes.enter_context(echo_process(server.url))
             rounds = asyncio.run(_run(server.url, shards, last, args, texts, pids))
 
     def med(values: list[float]) -> float:
@@ -349,6 +424,15 @@ def main(args: argparse.Namespace) -> bool:
         f"{med([r.load_qps for r in rounds]):,.0f}/s (targets: p99 <= {IDLE_P99_MS:.0f} ms "
         f"idle, <= {target.p99_ms:.0f} ms under load)"
     )
+    echo = {
+        f: med([getattr(r, f"echo_{f}") for r in rounds])
+        for f in ("idle_p50", "idle_p99", "load_p50", "load_p99")
+    }
+    print(
+        f"search_load: raw limit, the same clients asking an echo: idle p50 "
+        f"{echo['idle_p50']:.1f} ms, p99 {echo['idle_p99']:.1f} ms; under load p50 "
+        f"{echo['load_p50']:.1f} ms, p99 {echo['load_p99']:.1f} ms"
+    )
     cpu = {g: med([r.cpu[g] for r in rounds]) for g in rounds[0].cpu}
     print(
         "search_load: CPU while searching under load (cores): "
@@ -365,12 +449,11 @@ def main(args: argparse.Namespace) -> bool:
             f"(target <= {target.behind:.0f}x)"
         )
     idle50 = med([r.idle_p50 for r in rounds])
-    record("search_load", "idle p50", idle50, None, "ms")
-    record("search_load", "idle p99", idle99, None, "ms")
-    record(
-        "search_load", f"{args.rate} events/s p50", med([r.load_p50 for r in rounds]), idle50, "ms"
-    )
-    record("search_load", f"{args.rate} events/s p99", p99, idle99, "ms")
+    record("search_load", "idle p50", idle50, echo["idle_p50"], "ms")
+    record("search_load", "idle p99", idle99, echo["idle_p99"], "ms")
+    load50 = med([r.load_p50 for r in rounds])
+    record("search_load", f"{args.rate} events/s p50", load50, echo["load_p50"], "ms")
+    record("search_load", f"{args.rate} events/s p99", p99, echo["load_p99"], "ms")
     for p in PROJECTIONS:
         record(
             "search_load", f"{args.rate} events/s {p} ingest",
@@ -382,6 +465,8 @@ def main(args: argparse.Namespace) -> bool:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo":
+        asyncio.run(_echo(sys.argv[2]))
     if len(sys.argv) == 7 and sys.argv[1] == "--pace":
         url, tenants, rate, n, offset = sys.argv[2], *map(int, sys.argv[3:])
         print(asyncio.run(_pace(url, tenants, rate, n, offset)))
