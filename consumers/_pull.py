@@ -30,13 +30,24 @@ _TROUBLE = frozenset({"409", "503"})
 
 class BatchPuller:
     def __init__(
-        self, nc: NatsClient, stream: str, consumer: str, *, linger: float = 0.005
+        self,
+        nc: NatsClient,
+        stream: str,
+        consumer: str,
+        *,
+        linger: float = 0.005,
+        spacing: float = 0.0,
     ) -> None:
         self.nc = nc
         self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         # A batch is handed over this long after its last message when fewer than asked
         # for came: a lone event is applied in milliseconds, not after the whole expiry.
         self.linger = linger
+        # ... and, unless full, no sooner than ``spacing`` after the batch before it: a
+        # steady flow is handed over in batches of that many seconds of it, not one per
+        # publish, while the first event after a quiet spell still waits only ``linger``.
+        self.spacing = spacing
+        self._handed = -spacing
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._ids = itertools.count()
@@ -97,7 +108,7 @@ class BatchPuller:
         if self._wake is None or self._wake.done():
             return
         loop = asyncio.get_running_loop()
-        quiet_until = self._last + self.linger
+        quiet_until = max(self._last + self.linger, self._handed + self.spacing)
         if loop.time() >= quiet_until:
             self._set_wake()
         else:
@@ -111,17 +122,22 @@ class BatchPuller:
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:  # noqa: ASYNC109
         """Up to ``batch`` messages: as soon as there are ``batch``, or ``linger`` after
-        the last one, or (none arriving) once a request of ``timeout`` seconds expires."""
+        the last one (and ``spacing`` after the last batch), or (none arriving) once a
+        request of ``timeout`` seconds expires."""
         if self._sub is None:
             raise RuntimeError("BatchPuller.start() was not called")
-        if len(self._msgs) < batch:
+        loop = asyncio.get_running_loop()
+        first = True
+        while len(self._msgs) < batch:
             if not self._owed:
                 await self._request(batch - len(self._msgs), timeout)
             self._wanted = batch
-            self._wake = asyncio.get_running_loop().create_future()
+            self._wake = loop.create_future()
             if self._msgs and self.linger:
-                self._last = asyncio.get_running_loop().time()
+                if first:
+                    self._last = loop.time()
                 self._linger_check()
+            first = False
             try:
                 # The server answers 408 at expiry; the margin covers a lost status.
                 await asyncio.wait_for(asyncio.shield(self._wake), timeout + 2.0)
@@ -131,7 +147,14 @@ class BatchPuller:
             if self._linger_handle is not None:
                 self._linger_handle.cancel()
                 self._linger_handle = None
+            # A request that expired (or delivered all it asked) before the spacing is
+            # up: ask again and go on gathering, unless the server is in trouble.
+            spaced = loop.time() >= self._handed + self.spacing
+            if not self._msgs or spaced or self.last_status is not None:
+                break
         msgs, self._msgs = self._msgs[:batch], self._msgs[batch:]
+        if msgs:
+            self._handed = loop.time()
         if not self._owed:
             # Prefetch: the next batch streams in while the caller works on this one.
             await self._request(batch, timeout)

@@ -42,6 +42,7 @@ class RoleParts:
         tuning: dict[str, Any] = {
             "batch_size": settings.batch_size,
             "max_wait": settings.batch_wait_ms / 1000,
+            "spacing": settings.batch_spacing_ms / 1000,
             # One event size limit everywhere: the SDK, the broker, the stream, the workers.
             "decoder": EventDecoder(max_bytes=settings.max_event_bytes),
         }

@@ -86,6 +86,7 @@ class LiveRunner:
         *,
         batch_size: int = 2000,
         max_wait: float = 0.2,
+        spacing: float = 0.0,
         decoder: EventDecoder | None = None,
         on_applied: Callable[[], Awaitable[None]] | None = None,
         consumer: str | None = None,
@@ -104,6 +105,8 @@ class LiveRunner:
         self.consumer = consumer or projection.name
         self.batch_size = batch_size
         self.max_wait = max_wait
+        # The least seconds between two batches of a steady flow (see BatchPuller).
+        self.spacing = spacing
         self.stats = RunnerStats()
         # Why the projection is not advancing (its storage failing), or None.
         self.unhealthy: str | None = None
@@ -241,7 +244,7 @@ class LiveRunner:
     async def run(self) -> RunnerStats:
         await until_jetstream_answers(self.sync_position, f"the {self.name} consumer")
         self.positioned.set()
-        puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer)
+        puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer, spacing=self.spacing)
         await puller.start()
         in_flight: asyncio.Task[None] | None = None
         try:
@@ -268,7 +271,7 @@ class LiveRunner:
                     # still on their way go to an inbox nobody reads.
                     await puller.stop()
                     await self.sync_position(force=True)
-                    puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer)
+                    puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer, spacing=self.spacing)
                     await puller.start()
                     continue
                 # Decoded at ingest's priority too, while the batch before is applied.

@@ -53,6 +53,7 @@ class ProjectionService(Generic[P]):
         *,
         batch_size: int = 2000,
         max_wait: float = 0.2,
+        spacing: float = 0.0,
         decoder: EventDecoder | None = None,
         consumer: str | None = None,
         sweep_every: float = 60.0,
@@ -73,6 +74,7 @@ class ProjectionService(Generic[P]):
         self.name = storage.name
         self.batch_size = batch_size
         self.max_wait = max_wait
+        self.spacing = spacing
         self.decoder = decoder or EventDecoder()
         self._running: _Running[P] | None = None
         self._rebuilding = asyncio.Lock()
@@ -98,6 +100,7 @@ class ProjectionService(Generic[P]):
             projection,
             batch_size=self.batch_size,
             max_wait=self.max_wait,
+            spacing=self.spacing,
             decoder=self.decoder,
             on_applied=self._notify_applied,
             consumer=self.consumer,
