@@ -70,6 +70,11 @@ def test_an_openai_key_alone_does_not_change_the_embedder() -> None:
             {"MEMSTREAM_INGEST_PRIORITY": "high"},
             "MEMSTREAM_INGEST_PRIORITY='high' is not valid: use low or idle",
         ),
+        (
+            {"MEMSTREAM_BATCH_SPACING_MS": "-5"},
+            "MEMSTREAM_BATCH_SPACING_MS='-5' is not valid: expected a whole number of "
+            "milliseconds from 0 to 10000",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], expected: str) -> None:
