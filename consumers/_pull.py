@@ -127,17 +127,15 @@ class BatchPuller:
         if self._sub is None:
             raise RuntimeError("BatchPuller.start() was not called")
         loop = asyncio.get_running_loop()
-        first = True
+        if self._msgs:
+            self._last = loop.time()  # what came before this call lingers from now
         while len(self._msgs) < batch:
             if not self._owed:
                 await self._request(batch - len(self._msgs), timeout)
             self._wanted = batch
             self._wake = loop.create_future()
             if self._msgs and self.linger:
-                if first:
-                    self._last = loop.time()
                 self._linger_check()
-            first = False
             try:
                 # The server answers 408 at expiry; the margin covers a lost status.
                 await asyncio.wait_for(asyncio.shield(self._wake), timeout + 2.0)
