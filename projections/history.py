@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from memstream.projections._idindex import Hashes, IdIndex
 from memstream.projections._tables import ARROW_SCHEMAS, DDL, KEYS, TABLES
 from memstream.projections.base import Applied, Batch, check_writable, storage_guard
 from memstream.projections.memory import MEMORY_KINDS, Key
+from memstream.projections.priority import opened_below_reads
 from memstream.projections.quotas import NO_LIMITS, Limits, Quotas
 from memstream.schemas import events as ev
 from memstream.schemas.events import AnyEvent, UnknownEvent
@@ -79,9 +81,13 @@ class HistoryProjection:
         self.path = Path(path)
         self.read_only = read_only
         # No file access from SQL: `memstream sql` must not become a way to read the disk.
-        self.con = duckdb.connect(
-            str(self.path), read_only=read_only, config={"enable_external_access": False}
-        )
+        connect = functools.partial(
+            duckdb.connect, str(self.path), read_only=read_only,
+            config={"enable_external_access": False},
+        )  # fmt: skip
+        # The writer's database workers run the statements of each batch: ingest's work,
+        # below the searches' (projections.priority). A reader's keep the usual priority.
+        self.con = connect() if read_only else opened_below_reads(connect)
         # Times are UTC throughout; a filter's timestamp without a zone is read as UTC
         # whatever the host's zone, in this connection and every cursor of it.
         self.con.execute("SET GLOBAL TimeZone = 'UTC'")

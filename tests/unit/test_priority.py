@@ -8,10 +8,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
+import duckdb
 import pytest
 
 from memstream.consumers.runner import applying
+from memstream.projections.history import HistoryProjection
 from memstream.projections.priority import PRIORITY_VAR, lower_priority, priority_of
 
 pytestmark = pytest.mark.skipif(
@@ -63,3 +66,43 @@ def test_events_are_decoded_and_applied_at_ingest_priority(
         return priority_of(await applying(threading.get_native_id))
 
     assert asyncio.run(where()) == _low()
+
+
+def _threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+def test_the_history_writers_database_workers_run_at_ingest_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB's workers, started as the database opens, run each batch's statements
+    beside the apply thread: the writer's at nice 10 (never the idle class: reads hand
+    them tasks too), a reader's at the usual priority, the opener's own unchanged."""
+    monkeypatch.setenv(PRIORITY_VAR, "idle")
+    usual = priority_of(threading.get_native_id())
+    before = _threads()
+    writer = HistoryProjection(tmp_path / "history.duckdb")
+    try:
+        workers = _threads() - before
+        assert workers, "the database started no threads"
+        assert {priority_of(t) for t in workers} == {_low()}
+        assert priority_of(threading.get_native_id()) == usual
+        assert writer.con.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    finally:
+        writer.close()
+    before = _threads()
+    reader = HistoryProjection(tmp_path / "history.duckdb", read_only=True)
+    try:
+        workers = _threads() - before
+        assert workers
+        assert {priority_of(t) for t in workers} == {usual}
+    finally:
+        reader.close()
+
+
+def test_a_database_that_cannot_be_opened_says_why_in_the_callers_thread(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "history.duckdb").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(duckdb.Error):
+        HistoryProjection(tmp_path / "history.duckdb")
