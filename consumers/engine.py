@@ -55,6 +55,7 @@ from memstream.projections.point_store.remote import (
     points_from_wire,
     search_from_wire,
 )
+from memstream.projections.priority import lower_priority
 
 __all__ = ["EngineServer", "main"]
 
@@ -93,7 +94,11 @@ class EngineServer:
         self.job: tuple[_Conn, _Write] | None = None
         self.job_op = ""
         self.waiting: concurrent.futures.Future[Any] | None = None
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-copy")
+        # A shard's copy for an index build (hundreds of MB through the page cache: a
+        # core for seconds) is the build's work, at its priority: searches go first.
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="engine-copy", initializer=lower_priority, initargs=("low",)
+        )
         self.stopping = False
         self.started = time.time()
         self.counts = {"searches": 0, "reads": 0, "write_calls": 0, "connections": 0}

@@ -1,6 +1,7 @@
 """The CPU priority of the work that may wait: decoding and applying events, embedding
-them for the vectors, filling the audit table. (An index build runs at ``low`` whatever
-the setting: it is what keeps searches fast, see ``consumers.index_aside``.)
+them for the vectors, filling the audit table. (An index build, and the engine's copy of
+the shard it starts from, run at ``low`` whatever the setting: it is what keeps searches
+fast, see ``consumers.index_aside``.)
 
 A search is on an agent's critical path; ingest can lag and catch up (read-your-writes
 waits for ``min_seq``). So the threads that do ingest's work run below the searches'.

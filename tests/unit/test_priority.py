@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -13,9 +14,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from memstream.consumers.engine import EngineServer
 from memstream.consumers.runner import applying
 from memstream.projections.history import HistoryProjection
+from memstream.projections.point_store import EdgeStores
 from memstream.projections.priority import PRIORITY_VAR, lower_priority, priority_of
+from tests.unit.test_point_store import DIMS, point
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="thread priorities are Linux's"
@@ -106,3 +110,36 @@ def test_a_database_that_cannot_be_opened_says_why_in_the_callers_thread(
     (tmp_path / "history.duckdb").write_bytes(b"not a database at all" * 100)
     with pytest.raises(duckdb.Error):
         HistoryProjection(tmp_path / "history.duckdb")
+
+
+def test_the_engine_copies_a_shard_for_an_index_build_at_ingest_priority(
+    tmp_path: Path,
+) -> None:
+    """The copy an index build starts from goes through the page cache for seconds at a
+    large shard: in the engine process, at the build's priority, below the searches'."""
+    stores = EdgeStores(tmp_path / "shards")
+    store = stores.open("g1", DIMS)
+    store.upsert([point("acme", "k1", "a memory to copy")])
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server = EngineServer(stores, listener, "g1")
+    copied_at: list[str] = []
+    copy_files = store.copy_files
+
+    def watched(target: Path) -> None:
+        copied_at.append(priority_of(threading.get_native_id()))
+        copy_files(target)
+
+    store.copy_files = watched  # type: ignore[method-assign]
+    try:
+        job = server._write(["copy_to", "g1", str(tmp_path / "copy")])
+        waiting = next(job)
+        assert waiting is not None
+        waiting.result(timeout=30)
+        with pytest.raises(StopIteration):
+            next(job)
+        assert copied_at == [_low()]
+        assert priority_of(threading.get_native_id()) == priority_of(os.getpid())
+        assert (tmp_path / "copy" / "edge_config.json").exists()
+    finally:
+        server.close()
+        listener.close()
