@@ -241,11 +241,16 @@ class LiveRunner:
         with contextlib.suppress(nats.errors.Error):
             await self.sync_position()
 
+    async def _puller(self) -> BatchPuller:
+        """A started puller of this projection's consumer, its batches spaced."""
+        puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer, spacing=self.spacing)
+        await puller.start()
+        return puller
+
     async def run(self) -> RunnerStats:
         await until_jetstream_answers(self.sync_position, f"the {self.name} consumer")
         self.positioned.set()
-        puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer, spacing=self.spacing)
-        await puller.start()
+        puller = await self._puller()
         in_flight: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
@@ -271,8 +276,7 @@ class LiveRunner:
                     # still on their way go to an inbox nobody reads.
                     await puller.stop()
                     await self.sync_position(force=True)
-                    puller = BatchPuller(self.nc, EVENT_STREAM, self.consumer, spacing=self.spacing)
-                    await puller.start()
+                    puller = await self._puller()
                     continue
                 # Decoded at ingest's priority too, while the batch before is applied.
                 decoded = await applying(self._decoder.decode, msgs)
