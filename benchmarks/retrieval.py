@@ -17,7 +17,12 @@ recall of the answer turn, terse answers and answers that restate apart.
 Embeddings: memstream's default, all-MiniLM-L6-v2 (``--embedder minilm``), or the hash
 embedder (``--embedder hash``: words, no meaning).
 
+Searched as projected, the dense side is an exact search (no index is built yet). With
+``--indexed``, the shard's indexes are built first, as the vectors service builds them
+aside, so the dense side of a tenant this large goes through its graph.
+
     python -m benchmarks.retrieval [--distractors 3000] [--sessions 400] [--embedder minilm]
+                                   [--indexed]
 """
 
 from __future__ import annotations
@@ -227,7 +232,16 @@ def _embedder(name: str) -> Embedder:
     return MiniLMEmbedder()
 
 
-def main(n: int, embedder_name: str) -> dict[tuple[str, str], dict[int, float]]:
+def _build_indexes(projection: VectorProjection, dimensions: int) -> None:
+    """The shard's indexes built, as an index build aside builds them."""
+    generation = projection.stores.current()
+    if generation is not None:
+        projection.stores.open(generation, dimensions).shard.optimize()
+
+
+def main(
+    n: int, embedder_name: str, indexed: bool = False
+) -> dict[tuple[str, str], dict[int, float]]:
     memories = [(f"d{i}", text) for i, text in enumerate(distractors(n))]
     planted = {"in other words": PLANTED, "by name": NAMED}
     facts = [(group, f"fact-{g}-{i}", fact, question)
@@ -252,6 +266,8 @@ def main(n: int, embedder_name: str) -> dict[tuple[str, str], dict[int, float]]:
         print(f"  {len(events):,} memories embedded and projected in "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr)  # fmt: skip
         vectors = embed_queries(cached, TENANT, questions)
+        if indexed:
+            _build_indexes(projection, len(vectors[0]))
         for mode in ("dense", "keyword", "hybrid"):
             spec = SearchSpec(mode=mode, top_k=max(KS))
             found = projection.search_vectors(TENANT, questions, vectors, spec)
@@ -266,7 +282,8 @@ def main(n: int, embedder_name: str) -> dict[tuple[str, str], dict[int, float]]:
                 }
     print(
         f"retrieval: {len(facts)} planted facts among {n:,} look-alike memories, "
-        f"{embedder_name} embeddings; recall@1 / @5 / @10 of the questions"
+        f"{embedder_name} embeddings{', indexed' if indexed else ''}; "
+        "recall@1 / @5 / @10 of the questions"
     )
     for (group, mode), at in recall.items():
         figures = " / ".join(f"{100 * at[k]:3.0f}%" for k in KS)
@@ -275,7 +292,9 @@ def main(n: int, embedder_name: str) -> dict[tuple[str, str], dict[int, float]]:
     return recall
 
 
-def turns(sessions: int, embedder_name: str) -> dict[tuple[str, str, str], dict[int, float]]:
+def turns(
+    sessions: int, embedder_name: str, indexed: bool = False
+) -> dict[tuple[str, str, str], dict[int, float]]:
     """The planted exchanges of benchmarks._conversations, found among every session's
     turns (``conversation.turn`` events) by each side of each context choice."""
     talk, planted = conversations(sessions)
@@ -298,6 +317,8 @@ def turns(sessions: int, embedder_name: str) -> dict[tuple[str, str, str], dict[
             projection = VectorProjection(EdgeStores(Path(tmp) / side), cached, turn_context=side)
             for at in range(0, len(events), 500):
                 projection.apply(events[at : at + 500])
+            if indexed:
+                _build_indexes(projection, len(vectors[0]))
             for mode in ("dense", "keyword", "hybrid"):
                 spec = SearchSpec(mode=mode, top_k=max(KS), kinds=("turns",))
                 found = projection.search_vectors(TENANT, questions, vectors, spec)
@@ -328,6 +349,9 @@ if __name__ == "__main__":
     parser.add_argument("--distractors", type=int, default=3000)
     parser.add_argument("--sessions", type=int, default=400)
     parser.add_argument("--embedder", choices=("minilm", "hash"), default="minilm")
+    parser.add_argument(
+        "--indexed", action="store_true", help="build the shard's indexes before searching"
+    )
     args = arguments(parser, smoke=dict(distractors=200, sessions=50, embedder="hash"))
-    main(args.distractors, args.embedder)
-    turns(args.sessions, args.embedder)
+    main(args.distractors, args.embedder, args.indexed)
+    turns(args.sessions, args.embedder, args.indexed)
