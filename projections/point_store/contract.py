@@ -55,11 +55,12 @@ FLOAT_FIELDS: Final = ("ts_epoch", "created_epoch", "expires_epoch")
 # builds in 26 s, not 101 s, and a hybrid query of one tenant answers in 1.3 ms p50,
 # not 4.1 ms (dense 0.37 ms, not 0.68 ms).
 TENANT_GRAPH_M: Final = 16
-# A tenant's points are searched through its graph once their dense vectors pass this
-# many KB (1,000 KB: ~670 points at 384 dimensions, ~170 at 1,536), exactly below. The
-# engine's default, 10,000 KB, left tenants of up to ~6,700 memories to the exact
-# search: measured here at 10 x 5,000, a hybrid query of one tenant took 2.7 ms p50
-# (dense 1.8) exactly, and 1.3 ms (dense 0.8) through the graph.
+# On a Qdrant server, a tenant's points are searched through its graph once their dense
+# vectors pass this many KB (1,000 KB: ~670 points at 384 dimensions, ~170 at 1,536),
+# exactly below. The engine's default, 10,000 KB, left tenants of up to ~6,700 memories
+# to the exact search: measured here at 10 x 5,000, a hybrid query of one tenant took
+# 2.7 ms p50 (dense 1.8) exactly, and 1.3 ms (dense 0.8) through the graph. Qdrant Edge
+# reads int8 copies of the vectors instead, up to far larger tenants (edge.SCAN_KB).
 FULL_SCAN_KB: Final = 1_000
 # The keyword side of a search reads the inverted index once a segment holds this many
 # points of the tenant, and scores each of them below. The engine's default, 5,000,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,6 @@ import qdrant_edge as edge
 from memstream.consumers.engine_process import EngineProcesses
 from memstream.projections.embedders import HashEmbedder
 from memstream.projections.point_store import (
-    FULL_SCAN_KB,
     INDEXING_KB,
     SEARCH_THREADS,
     SEGMENTS,
@@ -283,7 +283,7 @@ def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
         # The keyword side's full scan is the one the generation was made with.
         assert sparse_full_scan == made["sparse_vectors"]["bm25"].get("full_scan_threshold")
         graph = made["hnsw_config"]
-        assert (0, TENANT_GRAPH_M, FULL_SCAN_KB) == (
+        assert (0, TENANT_GRAPH_M, edge_store.SCAN_KB) == (
             graph["m"],
             graph["payload_m"],
             graph["full_scan_threshold"],
@@ -293,10 +293,50 @@ def test_a_shard_made_before_gets_todays_settings(tmp_path: Path) -> None:
             optimizers["default_segment_number"],
             optimizers["indexing_threshold"],
         )
+        # Its next index build keeps the dense vectors as int8 too.
+        assert {"type": "int8", "quantile": edge_store.QUANTILE, "always_ram": True} == (
+            made["vectors"]["dense"]["quantization_config"]["scalar"]
+        )
         reopened = EdgeStores(tmp_path / "vectors")
         store = reopened.open(generation, DIMS)
         assert ["k1"] == refs(store, search("acme", "kept"))
         reopened.close()
+
+
+def test_an_indexed_tenant_finds_what_an_exact_search_finds(tmp_path: Path) -> None:
+    """Once a build has indexed a tenant's points, the search reads their int8 copies
+    (the tenant is below SCAN_KB) and scores the best again by the stored vectors: the
+    same hits as an exact search, in the same order, each at its exact cosine (an int8
+    score is off by up to several percent; through a graph, hits go missing)."""
+    embed = HashEmbedder(384)
+    rng = random.Random(5)
+    words = [f"w{n}" for n in range(2_000)]
+    texts = [" ".join(rng.choices(words, k=12)) for _ in range(5_000)]
+    vectors = embed.embed(texts)
+    points = [
+        StorePoint(id=point_id("acme", "knowledge", f"k{i}"), dense=vectors[i].tolist(),
+                   sparse=bm25_document(text),
+                   payload={"tenant": "acme", "kind": "knowledge", "ref": f"k{i}", "text": text,
+                            "ts_epoch": NOW.timestamp()})
+        for i, text in enumerate(texts)
+    ]  # fmt: skip
+    stores = EdgeStores(tmp_path / "vectors")
+    store = stores.open("g", 384)
+    store.upsert(points)
+    assert store.shard.optimize()
+    exact = edge.SearchParams(exact=True)
+    tenant = edge.Filter(must=[edge.FieldCondition(key="tenant", match=edge.MatchValue("acme"))])
+    for i in range(0, 5_000, 250):
+        query = vectors[i].tolist()
+        found = store.search(Search(tenant="acme", dense=query, sparse=None, limit=10, now=NOW,
+                                    mode="dense"))  # fmt: skip
+        expected = store.shard.query(
+            edge.QueryRequest(limit=10, query=edge.Query.Nearest(query, using="dense"),
+                              filter=tenant, params=exact, with_payload=False)
+        )  # fmt: skip
+        assert [f.id for f in found] == [str(e.id) for e in expected]
+        assert [f.score for f in found] == pytest.approx([e.score for e in expected], abs=1e-5)
+    stores.close()
 
 
 def test_the_keyword_side_finds_the_same_through_the_index_as_by_a_full_scan(
