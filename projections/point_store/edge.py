@@ -110,14 +110,13 @@ UPSERT_CHUNK: Final = 32
 #   1 tenant x 60,000                 graph, int8     0.29 ms      0.42
 #                                     scan, int8      1.43 ms      1.00
 #
-# One tenant of 10 x 10,000 asked again and again is where the graph does best: the
-# whole query 0.20 ms through it, 0.49 ms now (benchmarks.search). The read costs the
-# same whichever tenant comes, and finds what an exact search finds.
-#
 # and an index build of 50,000 new points took 3 s, not 8-11 (no graph for tenants
 # below it). With all-MiniLM-L6-v2 (benchmarks.retrieval --indexed), the graph lost up
-# to a fifth of the answers an exact search finds; the scan loses none. 30,000 KB is
-# ~20,000 memories of 384 dimensions in a segment (~5,000 of 1,536), ~0.5 ms to read.
+# to a fifth of the answers an exact search finds; the scan loses none. One tenant of
+# 10 x 10,000 asked again and again is where the graph does best: the whole query 0.20
+# ms through it, 0.49 ms read in full (benchmarks.search); the read costs the same
+# whichever tenant comes. 30,000 KB is ~20,000 memories of 384 dimensions in a segment
+# (~5,000 of 1,536), ~0.5 ms to read.
 QUANTILE: Final = 0.99
 OVERSAMPLING: Final = 2.0
 SCAN_KB: Final = 30_000

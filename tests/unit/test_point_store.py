@@ -92,10 +92,13 @@ def store(stores: PointStores) -> PointStore:
     return opened
 
 
-def point(tenant: str, ref: str, text: str, kind: str = "knowledge", **payload: Any) -> StorePoint:
+def point(
+    tenant: str, ref: str, text: str, kind: str = "knowledge", embed: HashEmbedder = EMBED,
+    **payload: Any,
+) -> StorePoint:  # fmt: skip
     return StorePoint(
         id=point_id(tenant, kind, ref),
-        dense=EMBED.embed([text])[0].tolist(),
+        dense=embed.embed([text])[0].tolist(),
         sparse=bm25_document(text),
         payload={"tenant": tenant, "kind": kind, "ref": ref, "text": text,
                  "ts_epoch": NOW.timestamp(), **payload},
@@ -313,16 +316,9 @@ def test_an_indexed_tenant_finds_what_an_exact_search_finds(tmp_path: Path) -> N
     words = [f"w{n}" for n in range(2_000)]
     texts = [" ".join(rng.choices(words, k=12)) for _ in range(5_000)]
     vectors = embed.embed(texts)
-    points = [
-        StorePoint(id=point_id("acme", "knowledge", f"k{i}"), dense=vectors[i].tolist(),
-                   sparse=bm25_document(text),
-                   payload={"tenant": "acme", "kind": "knowledge", "ref": f"k{i}", "text": text,
-                            "ts_epoch": NOW.timestamp()})
-        for i, text in enumerate(texts)
-    ]  # fmt: skip
     stores = EdgeStores(tmp_path / "vectors")
     store = stores.open("g", 384)
-    store.upsert(points)
+    store.upsert([point("acme", f"k{i}", text, embed=embed) for i, text in enumerate(texts)])
     assert store.shard.optimize()
     exact = edge.SearchParams(exact=True)
     tenant = edge.Filter(must=[edge.FieldCondition(key="tenant", match=edge.MatchValue("acme"))])
