@@ -55,7 +55,11 @@ from memstream.projections.point_store.remote import (
     points_from_wire,
     search_from_wire,
 )
-from memstream.projections.priority import lower_priority
+from memstream.projections.priority import (
+    ingests_turn,
+    lower_priority,
+    raise_search_priority,
+)
 
 __all__ = ["EngineServer", "main"]
 
@@ -129,16 +133,19 @@ class EngineServer:
                 log.warning("engine_parent_gone", parent=parent)
                 self.stopping = True
             if not (self.reads or self.writes or self.job):
-                self._flush_when_idle()
+                with ingests_turn():
+                    self._flush_when_idle()
             if self.reads:
                 self._answer_read()
             elif self.job is not None and self._runnable():
-                self._step()
+                with ingests_turn():
+                    self._step()
             elif self.job is None and self.writes:
                 conn, call = self.writes.popleft()
                 self.job = (conn, self._write(call))
                 self.job_op = call[0]
-                self._step()
+                with ingests_turn():
+                    self._step()
 
     def _flush_when_idle(self) -> None:
         """With no call waiting, flush a shard that is due (a flush holds the engine for
@@ -363,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", type=Path)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    not_raised = raise_search_priority()  # before any thread: they take it from this one
     configure_logging(level=args.log_level)
+    if not_raised is not None:
+        log.warning("search_priority_not_raised", reason=not_raised)
     parent = os.getppid()
     shards: Path = args.shards
     shards.mkdir(parents=True, exist_ok=True)

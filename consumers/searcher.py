@@ -40,6 +40,7 @@ from memstream.consumers.storage import embedder_from_settings
 from memstream.producers.connection import connect_nats
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.point_store.remote import RemoteStores
+from memstream.projections.priority import raise_search_priority
 from memstream.projections.vector_search import VectorReader
 from memstream.schemas.errors import MemstreamError
 
@@ -144,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=Path, required=True)
     parser.add_argument("--subject", action="append", required=True)
     args = parser.parse_args(argv)
+    not_raised = raise_search_priority()  # before any thread: they take it from this one
     try:
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
+        if not_raised is not None:
+            log.warning("search_priority_not_raised", reason=not_raised)
         asyncio.run(_serve(args.shards, args.subject))
     except MemstreamError as err:
         print(f"memstream searcher: {err}", file=sys.stderr)

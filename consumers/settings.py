@@ -18,7 +18,12 @@ from memstream.producers.connection import (
     USER_VAR,
     NatsAuth,
 )
-from memstream.projections.priority import PRIORITY_VAR, IngestPriority
+from memstream.projections.priority import (
+    PRIORITY_VAR,
+    SEARCH_PRIORITY_VAR,
+    IngestPriority,
+    SearchPriority,
+)
 from memstream.projections.quotas import MB, Limits
 from memstream.schemas.errors import ConfigError
 from memstream.schemas.events import DEFAULT_MAX_EVENT_BYTES
@@ -44,6 +49,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The CPU priority of the threads that apply, embed and index events, below the
     # searches' (projections.priority): nice 10, or the idle class.
     ingest_priority: IngestPriority = "low"
+    # The searcher's and the engine's processes at nice 10 below memstream's (where
+    # allowed), above the other programs of the machine too.
+    search_priority: SearchPriority = "usual"
     embedder: Literal["minilm", "hash", "openai", "sentence-transformers"] | None = None
     embedding_model: str | None = None
     embedding_dim: Annotated[int, msgspec.Meta(ge=8, le=65536)] | None = None
@@ -139,6 +147,7 @@ ENV_VARS: dict[str, str] = {
     "quota_memories": "MEMSTREAM_QUOTA_MEMORIES",
     "quota_storage_mb": "MEMSTREAM_QUOTA_STORAGE_MB",
     "ingest_priority": PRIORITY_VAR,
+    "search_priority": SEARCH_PRIORITY_VAR,
 }
 
 
@@ -168,7 +177,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(_explain(err, raw, source)) from None
 
 
-_CHOICES = frozenset({"embedder", "log_format", "log_level", "vector_engine", "ingest_priority"})
+_CHOICES = frozenset(
+    {"embedder", "log_format", "log_level", "vector_engine", "ingest_priority", "search_priority"}
+)
 
 # What a person should write instead, where msgspec's own words are too terse.
 _HINTS = {
@@ -177,6 +188,7 @@ _HINTS = {
     "log_format": "use console or json",
     "vector_engine": "use process or inline",
     "ingest_priority": "use low or idle",
+    "search_priority": "use usual or high",
     "log_level": "use one of debug, info, warning, error",
     "embedding_dim": "expected a whole number from 8 to 65536",
     "embedding_threads": "expected a whole number of threads from 1 to 256",

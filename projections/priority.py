@@ -25,6 +25,14 @@ hand tasks to the same workers, and a read must not wait for a thread that runs 
 a core nobody else wants.
 
 Where neither can be set (not Linux), the threads keep the process's priority.
+
+The searches can also be put above everything else on the machine that runs at the
+usual priority (the broker, other programs): ``MEMSTREAM_SEARCH_PRIORITY=high`` starts
+the searcher's and the vector engine's processes at nice 10 below memstream's
+(:func:`raise_search_priority`). Only a process allowed to (root, ``CAP_SYS_NICE``, or a
+nice limit of at least 30: systemd's ``LimitNICE=``) may; elsewhere the searches keep the
+usual priority and the process says why. Ingest's threads in those processes stay at
+nice 10 above memstream's, not above the raised one.
 """
 
 from __future__ import annotations
@@ -32,15 +40,19 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final, Literal, TypeVar
 
 __all__ = [
     "PRIORITY_VAR",
+    "SEARCH_PRIORITY_VAR",
     "IngestPriority",
+    "SearchPriority",
+    "ingests_turn",
     "lower_priority",
     "opened_below_reads",
     "priority_of",
+    "raise_search_priority",
 ]
 
 T = TypeVar("T")
@@ -48,6 +60,61 @@ T = TypeVar("T")
 IngestPriority = Literal["low", "idle"]
 PRIORITY_VAR: Final = "MEMSTREAM_INGEST_PRIORITY"
 LOW_NICE: Final = 10
+SearchPriority = Literal["usual", "high"]
+SEARCH_PRIORITY_VAR: Final = "MEMSTREAM_SEARCH_PRIORITY"
+HIGH_NICE: Final = 10
+# memstream's own nice in a process that raised its searches' (None: the process's).
+_usual: int | None = None
+
+
+def _memstreams_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, os.getpid()) if _usual is None else _usual
+
+
+def raise_search_priority() -> str | None:
+    """At the start of the searcher's or the engine's process, before it starts a
+    thread: with ``MEMSTREAM_SEARCH_PRIORITY=high``, this thread (and so every thread
+    started from it) at nice ``HIGH_NICE`` below memstream's. None once raised or when
+    not asked; else why it could not be, for the process to say."""
+    global _usual
+    if (os.environ.get(SEARCH_PRIORITY_VAR) or "usual").lower() != "high":
+        return None
+    try:
+        usual = os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        return "thread priorities are Linux's: the searches keep the usual priority"
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(usual - HIGH_NICE, -20))  # 0: this thread
+    except OSError as err:
+        return (
+            f"{SEARCH_PRIORITY_VAR}=high: this process may not raise its priority "
+            f"({err.strerror}): run memstream as root, give it CAP_SYS_NICE, or a nice "
+            f"limit of at least {20 - (usual - HIGH_NICE)} (systemd: LimitNICE=); the "
+            "searches keep the usual priority"
+        )
+    _usual = usual
+    return None
+
+
+@contextlib.contextmanager
+def ingests_turn() -> Iterator[None]:
+    """In a process that raised its searches' priority, for a thread that does both
+    (the engine's: searches, and between them the projection's writes and the shard's
+    flushes): this thread at memstream's own priority for the block, then raised again,
+    so that ingest's work does not go ahead of the machine's other programs, and a
+    search that wakes the thread wakes it at the raised one. Nothing where the priority
+    was not raised."""
+    if _usual is None:
+        yield
+        return
+    raised = max(_usual - HIGH_NICE, -20)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, _usual)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, raised)
 
 
 def lower_priority(priority: str | None = None) -> None:
@@ -63,11 +130,12 @@ def lower_priority(priority: str | None = None) -> None:
 
 
 def _nice_low() -> None:
-    """This thread at nice ``LOW_NICE`` more than the process's (its main thread's),
-    unless it is there already (a thread started by one at ingest's priority)."""
+    """This thread at nice ``LOW_NICE`` more than memstream's (its process's main
+    thread's, unless that raised the searches'), unless it is there already (a thread
+    started by one at ingest's priority)."""
     with contextlib.suppress(OSError, AttributeError):
         tid = threading.get_native_id()
-        low = min(os.getpriority(os.PRIO_PROCESS, os.getpid()) + LOW_NICE, 19)
+        low = min(_memstreams_nice() + LOW_NICE, 19)
         if os.getpriority(os.PRIO_PROCESS, tid) < low:
             os.setpriority(os.PRIO_PROCESS, tid, low)
 

@@ -5,12 +5,14 @@ what the vectors hold afterwards is what a clean replay of the stream makes."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+import pytest
 from nats.aio.client import Client as NatsClient
 
 from memstream.consumers.nats_server import NatsServer
@@ -22,6 +24,7 @@ from memstream.producers import MemoryClient
 from memstream.projections.embedders import HashEmbedder
 from memstream.projections.embedding_cache import CachedEmbedder, EmbeddingCache
 from memstream.projections.point_store import EdgeStores, from_payload
+from memstream.projections.priority import SEARCH_PRIORITY_VAR
 from memstream.projections.vectors import VectorProjection
 from memstream.schemas.errors import MemstreamError
 from tests.e2e.conftest import Up, start_up
@@ -200,6 +203,37 @@ async def test_the_searcher_killed_is_restarted_and_answers(
         assert ["the gateway times out after 30 s"] == [h.text for h in found[-1]]
         [restarted] = child_pids(running.process.pid, b"memstream.consumers.searcher")
         assert restarted != killed
+    finally:
+        assert 0 == running.stop(signal.SIGTERM, timeout=60)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0
+    and resource.getrlimit(resource.RLIMIT_NICE)[0]
+    < 20 - (os.getpriority(os.PRIO_PROCESS, 0) - 10),
+    reason="raising a priority needs root or a nice limit (RLIMIT_NICE) of 30",
+)
+async def test_high_search_priority_raises_the_searcher_and_the_engine_alone(
+    nc: NatsClient, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """``MEMSTREAM_SEARCH_PRIORITY=high``: the searcher's and the engine's processes run
+    at nice 10 below memstream's, the process that applies the events at memstream's,
+    and searches are answered."""
+    env = {**ENV, SEARCH_PRIORITY_VAR: "high"}
+    running = start_up(tmp_path / "data", "--nats-url", nats_server.url, env=env)
+    try:
+        mem = MemoryClient(nc, tenant="acme", agent="writer")
+        ack = await mem.store_knowledge("the gateway times out after 30 s", domain="ops")
+        found: list[Any] = []
+        await wait_for(lambda: _answered(mem, ack.seq, found), timeout=30, what="a search")
+        assert ["the gateway times out after 30 s"] == [h.text for h in found[-1]]
+        usual = os.getpriority(os.PRIO_PROCESS, 0)
+        [searcher] = child_pids(running.process.pid, b"memstream.consumers.searcher")
+        engines = child_pids(running.process.pid)
+        assert engines
+        raised = {pid: os.getpriority(os.PRIO_PROCESS, pid) for pid in [searcher, *engines]}
+        assert raised == {pid: max(usual - 10, -20) for pid in raised}
+        assert usual == os.getpriority(os.PRIO_PROCESS, running.process.pid)
     finally:
         assert 0 == running.stop(signal.SIGTERM, timeout=60)
 

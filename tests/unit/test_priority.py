@@ -4,8 +4,12 @@ events at nice 10 (or in the idle scheduling class), and the threads they start 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import json
 import os
+import resource
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -18,7 +22,12 @@ from memstream.consumers.engine import EngineServer
 from memstream.consumers.runner import applying
 from memstream.projections.history import HistoryProjection
 from memstream.projections.point_store import EdgeStores
-from memstream.projections.priority import PRIORITY_VAR, lower_priority, priority_of
+from memstream.projections.priority import (
+    PRIORITY_VAR,
+    SEARCH_PRIORITY_VAR,
+    lower_priority,
+    priority_of,
+)
 from tests.unit.test_point_store import DIMS, point
 
 pytestmark = pytest.mark.skipif(
@@ -143,3 +152,101 @@ def test_the_engine_copies_a_shard_for_an_index_build_at_ingest_priority(
     finally:
         server.close()
         listener.close()
+
+
+_PR_CAPBSET_DROP, _CAP_SYS_NICE = 24, 23  # linux/prctl.h, linux/capability.h
+_RAISED = """
+import json, threading
+from memstream.projections.priority import (
+    ingests_turn, lower_priority, priority_of, raise_search_priority,
+)
+
+said = raise_search_priority()
+out = {"said": said, "main": priority_of(threading.get_native_id())}
+with ingests_turn():
+    out["ingests_turn"] = priority_of(threading.get_native_id())
+out["after_it"] = priority_of(threading.get_native_id())
+
+def started() -> None:
+    out["started"] = priority_of(threading.get_native_id())
+
+def lowered() -> None:
+    lower_priority("low")
+    out["lowered"] = priority_of(threading.get_native_id())
+
+for fn in (started, lowered):
+    thread = threading.Thread(target=fn)
+    thread.start()
+    thread.join()
+print(json.dumps(out))
+"""
+
+
+def _searchers_start(priority: str | None, as_nobody: bool = False) -> dict[str, str | None]:
+    """What a new process (as the searcher's and the engine's start) says and runs at
+    with ``MEMSTREAM_SEARCH_PRIORITY=priority``: its own thread, that thread in ingest's
+    turn (as the engine's for a write) and after it, a thread it starts, a thread it
+    lowers to ingest's. ``as_nobody``: a user that may not raise a priority."""
+    env = {k: v for k, v in os.environ.items() if k != SEARCH_PRIORITY_VAR}
+    if priority is not None:
+        env[SEARCH_PRIORITY_VAR] = priority
+
+    def unprivileged() -> None:
+        # No nice limit to raise within, and no CAP_SYS_NICE after the exec, even as root
+        # (dropped from the bounding set; a user without it cannot drop it, nor has it).
+        resource.setrlimit(resource.RLIMIT_NICE, (0, resource.getrlimit(resource.RLIMIT_NICE)[1]))
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_CAPBSET_DROP, _CAP_SYS_NICE, 0, 0, 0)
+
+    done = subprocess.run(
+        [sys.executable, "-c", _RAISED],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=unprivileged if as_nobody else None,
+    )
+    assert 0 == done.returncode, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def _usual() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def _running_at(searches: int) -> dict[str, str | None]:
+    """What ``_searchers_start`` finds with its searches at nice ``searches``: ingest's
+    turn at memstream's (this process's) priority, a lowered thread 10 above it."""
+    usual = _usual()
+    return {
+        "main": f"nice {searches}",
+        "ingests_turn": f"nice {usual}",
+        "after_it": f"nice {searches}",
+        "started": f"nice {searches}",
+        "lowered": f"nice {min(usual + 10, 19)}",
+    }
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 and resource.getrlimit(resource.RLIMIT_NICE)[0] < 20 - (_usual() - 10),
+    reason="raising a priority needs root or a nice limit (RLIMIT_NICE) of 30",
+)
+def test_high_search_priority_raises_the_process_and_keeps_ingest_below_memstreams() -> None:
+    """The searcher's and the engine's process at nice 10 below memstream's, and the
+    threads it starts; the engine's thread back at memstream's for ingest's turn (its
+    writes) and raised again after it; a thread it lowers to ingest's runs at nice 10
+    above memstream's, not above the raised one."""
+    raised = max(_usual() - 10, -20)
+    assert {"said": None, **_running_at(raised)} == _searchers_start("HIGH")
+
+
+def test_the_usual_search_priority_changes_nothing() -> None:
+    assert {"said": None, **_running_at(_usual())} == _searchers_start(None)
+
+
+def test_high_search_priority_where_it_is_not_allowed_says_why_and_keeps_the_usual() -> None:
+    out = _searchers_start("high", as_nobody=True)
+    said = out.pop("said")
+    assert said is not None
+    assert said.startswith("MEMSTREAM_SEARCH_PRIORITY=high: this process may not raise")
+    assert "CAP_SYS_NICE" in said and "LimitNICE=" in said and "usual priority" in said
+    assert _running_at(_usual()) == out

@@ -71,6 +71,10 @@ def test_an_openai_key_alone_does_not_change_the_embedder() -> None:
             "MEMSTREAM_INGEST_PRIORITY='high' is not valid: use low or idle",
         ),
         (
+            {"MEMSTREAM_SEARCH_PRIORITY": "max"},
+            "MEMSTREAM_SEARCH_PRIORITY='max' is not valid: use usual or high",
+        ),
+        (
             {"MEMSTREAM_BATCH_SPACING_MS": "-5"},
             "MEMSTREAM_BATCH_SPACING_MS='-5' is not valid: expected a whole number of "
             "milliseconds from 0 to 10000",
