@@ -19,7 +19,8 @@ embedder (``--embedder hash``: words, no meaning).
 
 Searched as projected, the dense side is an exact search (no index is built yet). With
 ``--indexed``, the shard's indexes are built first, as the vectors service builds them
-aside, so the dense side of a tenant this large goes through its graph.
+aside, so the dense side searches what an indexed tenant is searched by: its int8
+copies read in full, or its graph once past ``SCAN_KB`` in a segment.
 
     python -m benchmarks.retrieval [--distractors 3000] [--sessions 400] [--embedder minilm]
                                    [--indexed]
